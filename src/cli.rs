@@ -1,0 +1,18 @@
+//! The operator's subcommands (`ros-macvlan <subcommand>`), as opposed to CNI invocations.
+
+pub fn main(args: &[String]) -> i32 {
+    match args[0].as_str() {
+        "version" | "--version" => {
+            println!("ros-macvlan {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            2
+        }
+    }
+}
+
+const USAGE: &str = "usage: ros-macvlan <subcommand>
+  (no subcommand)  run as a CNI plugin: CNI_COMMAND and friends in the environment, config on stdin
+  version          print the version";

@@ -1,0 +1,385 @@
+//! The network configuration read from stdin: decoded, defaulted and validated before the
+//! plugin touches anything.
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use serde::Deserialize;
+use serde_json::Value;
+use std::net::Ipv4Addr;
+
+use super::error::{Error, Result};
+use super::version::Version;
+
+/// The macvlan modes the reference plugin accepts (`source` is not one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacvlanMode {
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+impl MacvlanMode {
+    fn parse(s: &str) -> Result<MacvlanMode> {
+        Ok(match s {
+            "" | "bridge" => MacvlanMode::Bridge,
+            "private" => MacvlanMode::Private,
+            "vepa" => MacvlanMode::Vepa,
+            "passthru" => MacvlanMode::Passthru,
+            other => {
+                return Err(Error::InvalidConfig(format!(
+                    "mode {other:?} is unknown: use bridge, private, vepa or passthru"
+                )))
+            }
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacvlanMode::Bridge => "bridge",
+            MacvlanMode::Private => "private",
+            MacvlanMode::Vepa => "vepa",
+            MacvlanMode::Passthru => "passthru",
+        }
+    }
+}
+
+/// The ROS-aware part, all on by default; an empty list turns its part off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MulticastConf {
+    /// Groups joined on the interface with a membership the kernel holds.
+    pub groups: Vec<Ipv4Addr>,
+    /// Destinations routed out the interface (link scope).
+    pub routes: Vec<Ipv4Network>,
+    /// Clear the MULTICAST flag of the pod's other interfaces (the cluster network's eth0)
+    /// so DDS implementations that rank interfaces pick this one.
+    pub mark_other_interfaces: bool,
+    /// Set rp_filter on the interface to loose (2).
+    pub loose_rp_filter: bool,
+    /// Length of the macvlan broadcast/multicast queue (IFLA_MACVLAN_BC_QUEUE_LEN).
+    pub bc_queue_len: Option<u32>,
+}
+
+pub const ROS_DISCOVERY_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
+
+impl Default for MulticastConf {
+    fn default() -> Self {
+        MulticastConf {
+            groups: vec![ROS_DISCOVERY_GROUP],
+            routes: vec![Ipv4Network::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("valid prefix")],
+            mark_other_interfaces: true,
+            loose_rp_filter: true,
+            bc_queue_len: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawMulticast {
+    groups: Option<Vec<String>>,
+    routes: Option<Vec<String>>,
+    mark_other_interfaces: Option<bool>,
+    loose_rp_filter: Option<bool>,
+    bc_queue_len: Option<u32>,
+}
+
+impl RawMulticast {
+    fn validate(self) -> Result<MulticastConf> {
+        let d = MulticastConf::default();
+        let groups = match self.groups {
+            None => d.groups,
+            Some(list) => list
+                .iter()
+                .map(|g| match g.parse::<Ipv4Addr>() {
+                    Ok(a) if a.is_multicast() => Ok(a),
+                    _ => Err(Error::InvalidConfig(format!(
+                        "multicast.groups: {g:?} is not an IPv4 multicast group (224.0.0.0/4)"
+                    ))),
+                })
+                .collect::<Result<_>>()?,
+        };
+        let routes = match self.routes {
+            None => d.routes,
+            Some(list) => list
+                .iter()
+                .map(|r| {
+                    r.parse::<Ipv4Network>().map_err(|_| {
+                        Error::InvalidConfig(format!(
+                            "multicast.routes: {r:?} is not an IPv4 prefix like 224.0.0.0/4"
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        Ok(MulticastConf {
+            groups,
+            routes,
+            mark_other_interfaces: self
+                .mark_other_interfaces
+                .unwrap_or(d.mark_other_interfaces),
+            loose_rp_filter: self.loose_rp_filter.unwrap_or(d.loose_rp_filter),
+            bc_queue_len: self.bc_queue_len,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawRuntimeConfig {
+    mac: Option<String>,
+    ips: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawNetConf {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+    master: Option<String>,
+    mode: Option<String>,
+    mtu: Option<u32>,
+    mac: Option<String>,
+    #[serde(default)]
+    link_in_container: bool,
+    ipam: Option<Value>,
+    multicast: Option<RawMulticast>,
+    #[serde(default)]
+    runtime_config: RawRuntimeConfig,
+    prev_result: Option<Value>,
+    log_file: Option<String>,
+    log_level: Option<String>,
+}
+
+/// Runtime-requested addresses (the `ips` capability).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimeConfig {
+    pub mac: Option<[u8; 6]>,
+    pub ips: Vec<IpNetwork>,
+}
+
+/// A validated network configuration.
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub version: Version,
+    pub name: String,
+    pub plugin_type: String,
+    pub master: Option<String>,
+    pub mode: MacvlanMode,
+    /// 0 or absent: the master's MTU.
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub link_in_container: bool,
+    /// The `ipam` object as given; the ipam module reads it.
+    pub ipam: Value,
+    pub multicast: MulticastConf,
+    pub runtime_config: RuntimeConfig,
+    pub prev_result: Option<Value>,
+    pub log_file: Option<String>,
+    pub log_level: Option<String>,
+    /// The whole config as received, for delegated IPAM plugins.
+    pub raw: Value,
+}
+
+impl NetConf {
+    /// Decodes and validates the config. Only the version is checked first, so an unknown
+    /// version is reported as such (code 1) whatever else is wrong.
+    pub fn parse(bytes: &[u8]) -> Result<NetConf> {
+        let raw_value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            Error::Decode(format!("network config on stdin is not valid JSON: {e}"))
+        })?;
+        if !raw_value.is_object() {
+            return Err(Error::Decode(
+                "network config on stdin must be a JSON object".into(),
+            ));
+        }
+        let version = Version::parse(raw_value.get("cniVersion").and_then(Value::as_str))?;
+        let raw: RawNetConf = serde_json::from_value(raw_value.clone())
+            .map_err(|e| Error::Decode(format!("network config: {e}")))?;
+        let name = raw
+            .name
+            .ok_or_else(|| Error::InvalidConfig("network config has no \"name\"".into()))?;
+        validate_network_name(&name)?;
+        let mtu = match raw.mtu {
+            Some(0) | None => None,
+            Some(m) if m < 68 => {
+                return Err(Error::InvalidConfig(format!(
+                    "mtu {m} is below the IPv4 minimum of 68"
+                )))
+            }
+            Some(m) => Some(m),
+        };
+        if let Some(master) = &raw.master {
+            crate::cni::env::validate_ifname(master).map_err(|_| {
+                Error::InvalidConfig(format!("master {master:?} is not a valid interface name"))
+            })?;
+        }
+        let runtime_config = RuntimeConfig {
+            mac: raw
+                .runtime_config
+                .mac
+                .as_deref()
+                .map(|m| parse_mac(m, "runtimeConfig.mac"))
+                .transpose()?,
+            ips: raw
+                .runtime_config
+                .ips
+                .unwrap_or_default()
+                .iter()
+                .map(|s| parse_requested_ip(s))
+                .collect::<Result<_>>()?,
+        };
+        Ok(NetConf {
+            version,
+            name,
+            plugin_type: raw.plugin_type.unwrap_or_default(),
+            master: raw.master.filter(|m| !m.is_empty()),
+            mode: MacvlanMode::parse(raw.mode.as_deref().unwrap_or(""))?,
+            mtu,
+            mac: raw
+                .mac
+                .as_deref()
+                .map(|m| parse_mac(m, "mac"))
+                .transpose()?,
+            link_in_container: raw.link_in_container,
+            ipam: raw.ipam.unwrap_or(Value::Null),
+            multicast: raw.multicast.unwrap_or_default().validate()?,
+            runtime_config,
+            prev_result: raw.prev_result,
+            log_file: raw.log_file,
+            log_level: raw.log_level,
+            raw: raw_value,
+        })
+    }
+
+    /// `ipam.type`, empty when there is no IPAM.
+    pub fn ipam_type(&self) -> &str {
+        self.ipam.get("type").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+/// The network name becomes a directory name in the address store: it follows the spec's
+/// rule (`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`), which also rules out `/` and `..`.
+pub fn validate_network_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "network name {name:?} is invalid: it must start with a letter or digit and hold only letters, digits, '_', '.' and '-' (it names a directory in the address store)"
+        )))
+    }
+}
+
+/// A unicast MAC in `aa:bb:cc:dd:ee:ff` form.
+pub fn parse_mac(s: &str, what: &str) -> Result<[u8; 6]> {
+    let bad = || {
+        Error::InvalidConfig(format!(
+            "{what} {s:?} is not a unicast MAC address like 02:00:00:00:00:01"
+        ))
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 == 1 || mac == [0; 6] {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A runtime-requested address: `198.51.100.7/24` or a bare `198.51.100.7`.
+fn parse_requested_ip(s: &str) -> Result<IpNetwork> {
+    s.parse::<IpNetwork>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNetwork::from))
+        .map_err(|_| Error::InvalidConfig(format!("runtimeConfig.ips: {s:?} is not an IP address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUIDE: &str = r#"{
+      "cniVersion": "1.0.0", "name": "ros-net", "type": "ros-macvlan",
+      "master": "eth0", "mode": "bridge", "isDefaultgateway": false,
+      "ipam": { "type": "host-local",
+        "ranges": [[{ "subnet": "198.51.100.0/24", "rangeStart": "198.51.100.160",
+                      "rangeEnd": "198.51.100.180", "gateway": "198.51.100.1" }]] } }"#;
+
+    #[test]
+    fn guide_config_parses_with_defaults() {
+        let c = NetConf::parse(GUIDE.as_bytes()).unwrap();
+        assert_eq!(c.name, "ros-net");
+        assert_eq!(c.mode, MacvlanMode::Bridge);
+        assert_eq!(c.master.as_deref(), Some("eth0"));
+        assert_eq!(c.ipam_type(), "host-local");
+        assert_eq!(c.multicast, MulticastConf::default());
+        assert_eq!(c.multicast.groups, vec![Ipv4Addr::new(239, 255, 0, 1)]);
+    }
+
+    #[test]
+    fn multicast_can_be_turned_off_piecewise() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","multicast":{"groups":[],"routes":[],"markOtherInterfaces":false,"bcQueueLen":2000}}"#,
+        )
+        .unwrap();
+        assert!(c.multicast.groups.is_empty() && c.multicast.routes.is_empty());
+        assert!(!c.multicast.mark_other_interfaces);
+        assert_eq!(c.multicast.bc_queue_len, Some(2000));
+    }
+
+    fn code_of(s: &str) -> u32 {
+        NetConf::parse(s.as_bytes()).unwrap_err().code()
+    }
+
+    #[test]
+    fn bad_configs_have_their_codes() {
+        assert_eq!(code_of("{not json"), 6);
+        assert_eq!(code_of("[]"), 6);
+        assert_eq!(code_of(r#"{"cniVersion":"0.9.0","name":"n"}"#), 1);
+        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"../etc"}"#), 7);
+        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"a/b"}"#), 7);
+        assert_eq!(code_of(r#"{"cniVersion":"1.0.0"}"#), 7);
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","mode":"source"}"#),
+            7
+        );
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","mac":"01:00:5e:00:00:01"}"#),
+            7
+        );
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","master":"a/b"}"#),
+            7
+        );
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","multicast":{"groups":["10.0.0.1"]}}"#),
+            7
+        );
+        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"n","mtu":"x"}"#), 6);
+    }
+
+    #[test]
+    fn mac_roundtrip() {
+        let m = parse_mac("02:AB:cd:00:00:01", "mac").unwrap();
+        assert_eq!(format_mac(&m), "02:ab:cd:00:00:01");
+        assert!(parse_mac("02:ab:cd:00:00", "mac").is_err());
+        assert!(parse_mac("02:ab:cd:00:00:0g", "mac").is_err());
+    }
+}

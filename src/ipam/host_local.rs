@@ -1,0 +1,313 @@
+//! The built-in host-local IPAM: the reference plugin's keys and allocation rules over the
+//! shared on-disk store.
+
+use std::net::IpAddr;
+use std::path::{Component, PathBuf};
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::range::{Range, RangeSet, RawRange};
+use super::store::Store;
+use crate::cni::result::{Dns, IpConfig, Route};
+use crate::cni::{Error, Result};
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawRoute {
+    dst: Option<String>,
+    gw: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawHostLocal {
+    ranges: Option<Vec<Vec<RawRange>>>,
+    #[serde(flatten)]
+    legacy: RawRange,
+    routes: Option<Vec<RawRoute>>,
+    data_dir: Option<String>,
+    resolv_conf: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostLocalConf {
+    pub range_sets: Vec<RangeSet>,
+    pub routes: Vec<Route>,
+    pub data_dir: PathBuf,
+    pub resolv_conf: Option<PathBuf>,
+}
+
+impl HostLocalConf {
+    pub fn parse(ipam: &Value) -> Result<HostLocalConf> {
+        let raw: RawHostLocal = serde_json::from_value(ipam.clone())
+            .map_err(|e| Error::InvalidConfig(format!("ipam: {e}")))?;
+        let raw_sets: Vec<Vec<RawRange>> = match (raw.ranges, raw.legacy.subnet.is_some()) {
+            (Some(sets), _) if !sets.is_empty() => sets,
+            (_, true) => vec![vec![raw.legacy]],
+            _ => {
+                return Err(Error::InvalidConfig(
+                    "ipam: host-local needs \"ranges\" (or the legacy \"subnet\")".into(),
+                ))
+            }
+        };
+        let range_sets = raw_sets
+            .iter()
+            .enumerate()
+            .map(|(i, set)| {
+                let ranges = set
+                    .iter()
+                    .enumerate()
+                    .map(|(j, r)| Range::from_raw(r, &format!("ipam.ranges[{i}][{j}]")))
+                    .collect::<Result<Vec<_>>>()?;
+                RangeSet::validate(ranges, &format!("ipam.ranges[{i}]"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let routes = raw
+            .routes
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| parse_route(r, i))
+            .collect::<Result<_>>()?;
+        let data_dir = PathBuf::from(raw.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR));
+        if !data_dir.is_absolute() || data_dir.components().any(|c| c == Component::ParentDir) {
+            return Err(Error::InvalidConfig(format!(
+                "ipam.dataDir {:?} must be an absolute path without '..'",
+                data_dir.display()
+            )));
+        }
+        Ok(HostLocalConf {
+            range_sets,
+            routes,
+            data_dir,
+            resolv_conf: raw.resolv_conf.filter(|s| !s.is_empty()).map(PathBuf::from),
+        })
+    }
+
+    /// Claims one address from every range set (the requested ones where given) and returns
+    /// the IP configs; everything claimed here is released again if any set fails.
+    pub fn allocate(
+        &self,
+        network: &str,
+        id: &str,
+        ifname: &str,
+        requested: &[IpNetwork],
+    ) -> Result<Vec<IpConfig>> {
+        for req in requested {
+            if !self
+                .range_sets
+                .iter()
+                .any(|s| s.range_of(req.ip()).is_some())
+            {
+                return Err(Error::InvalidConfig(format!(
+                    "requested address {} is in no configured range",
+                    req.ip()
+                )));
+            }
+        }
+        let store = Store::open(&self.data_dir, network)?;
+        let held = store.find(id, ifname)?;
+        let mut claimed = Vec::new();
+        let outcome = self
+            .range_sets
+            .iter()
+            .enumerate()
+            .map(|(idx, set)| {
+                let want = requested
+                    .iter()
+                    .map(|r| r.ip())
+                    .find(|ip| set.range_of(*ip).is_some());
+                let (ip, range) = match held
+                    .iter()
+                    .find_map(|ip| set.range_of(*ip).map(|r| (*ip, r)))
+                {
+                    // An ADD repeated for the same attachment gets the same address.
+                    Some(existing) if want.is_none_or(|w| w == existing.0) => existing,
+                    _ => {
+                        let got = claim_in_set(&store, set, idx, id, ifname, want, network)?;
+                        claimed.push(got.0);
+                        got
+                    }
+                };
+                Ok(IpConfig {
+                    address: IpNetwork::new(ip, range.subnet.prefix())
+                        .expect("prefix of a valid subnet"),
+                    gateway: Some(range.gateway),
+                    interface: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>();
+        if outcome.is_err() {
+            for ip in claimed {
+                let _ = store.release_ip(ip);
+            }
+        }
+        outcome
+    }
+
+    pub fn release(&self, network: &str, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let dir = self.data_dir.join(network);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        Store::open(&self.data_dir, network)?.release(id, ifname)
+    }
+
+    /// The addresses this attachment holds in the store.
+    pub fn held(&self, network: &str, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        Store::open(&self.data_dir, network)?.find(id, ifname)
+    }
+
+    pub fn dns(&self) -> Result<Dns> {
+        match &self.resolv_conf {
+            None => Ok(Dns::default()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(format!("ipam.resolvConf {}", path.display()), e))?;
+                Ok(parse_resolv_conf(&text))
+            }
+        }
+    }
+}
+
+fn claim_in_set<'a>(
+    store: &Store,
+    set: &'a RangeSet,
+    idx: usize,
+    id: &str,
+    ifname: &str,
+    want: Option<IpAddr>,
+    network: &str,
+) -> Result<(IpAddr, &'a Range)> {
+    if let Some(ip) = want {
+        let range = set.range_of(ip).expect("checked by the caller");
+        if range.is_reserved(ip) || !store.reserve(ip, id, ifname, idx)? {
+            return Err(Error::InvalidConfig(format!(
+                "requested address {ip} is not available in network {network}"
+            )));
+        }
+        return Ok((ip, range));
+    }
+    for (ip, range) in set.candidates(store.last_reserved(idx)) {
+        if store.reserve(ip, id, ifname, idx)? {
+            return Ok((ip, range));
+        }
+    }
+    let bounds: Vec<String> = set
+        .0
+        .iter()
+        .map(|r| format!("{}-{}", r.start, r.end))
+        .collect();
+    Err(Error::RangeExhausted(format!(
+        "no free address left in network {network} range {} (claims under {}); widen the range or remove stale claims",
+        bounds.join(", "),
+        store.dir().display()
+    )))
+}
+
+fn parse_route(r: &RawRoute, i: usize) -> Result<Route> {
+    let dst_s = r
+        .dst
+        .as_deref()
+        .ok_or_else(|| Error::InvalidConfig(format!("ipam.routes[{i}] has no \"dst\"")))?;
+    let dst: IpNetwork = dst_s.parse().map_err(|_| {
+        Error::InvalidConfig(format!("ipam.routes[{i}].dst {dst_s:?} is not a prefix"))
+    })?;
+    let gw =
+        r.gw.as_deref()
+            .filter(|g| !g.is_empty())
+            .map(|g| {
+                g.parse::<IpAddr>().map_err(|_| {
+                    Error::InvalidConfig(format!("ipam.routes[{i}].gw {g:?} is not an address"))
+                })
+            })
+            .transpose()?;
+    Ok(Route { dst, gw })
+}
+
+fn parse_resolv_conf(text: &str) -> Dns {
+    let mut dns = Dns::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns.nameservers.extend(words.next().map(str::to_owned)),
+            Some("domain") => dns.domain = words.next().map(str::to_owned),
+            Some("search") => dns.search = words.map(str::to_owned).collect(),
+            Some("options") => dns.options.extend(words.map(str::to_owned)),
+            _ => {}
+        }
+    }
+    dns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn legacy_form_and_ranges_form_agree() {
+        let a = HostLocalConf::parse(&json!({"type":"host-local","subnet":"198.51.100.0/24","rangeStart":"198.51.100.160","rangeEnd":"198.51.100.180","gateway":"198.51.100.1"})).unwrap();
+        let b = HostLocalConf::parse(&json!({"type":"host-local","ranges":[[{"subnet":"198.51.100.0/24","rangeStart":"198.51.100.160","rangeEnd":"198.51.100.180","gateway":"198.51.100.1"}]]})).unwrap();
+        assert_eq!(a.range_sets, b.range_sets);
+        assert_eq!(a.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        for (cfg, needle) in [
+            (json!({"type":"host-local"}), "ranges"),
+            (
+                json!({"ranges":[[{"subnet":"198.51.100.0/24","rangeStart":"203.0.113.1"}]]}),
+                "ipam.ranges[0][0]",
+            ),
+            (
+                json!({"subnet":"198.51.100.0/24","dataDir":"relative"}),
+                "dataDir",
+            ),
+            (
+                json!({"subnet":"198.51.100.0/24","dataDir":"/var/lib/../../etc"}),
+                "dataDir",
+            ),
+            (
+                json!({"subnet":"198.51.100.0/24","routes":[{"dst":"nope"}]}),
+                "routes[0]",
+            ),
+        ] {
+            let e = HostLocalConf::parse(&cfg).unwrap_err();
+            assert_eq!(e.code(), 7);
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn resolv_conf_is_read() {
+        let d = parse_resolv_conf("nameserver 198.51.100.53\nsearch a.example b.example\noptions ndots:2\ndomain example\n");
+        assert_eq!(d.nameservers, ["198.51.100.53"]);
+        assert_eq!(d.search, ["a.example", "b.example"]);
+        assert_eq!(d.options, ["ndots:2"]);
+        assert_eq!(d.domain.as_deref(), Some("example"));
+    }
+
+    #[test]
+    fn allocation_is_round_robin_and_exhaustion_is_reported() {
+        let dir = std::env::temp_dir().join(format!("rmv-hl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let conf = HostLocalConf::parse(&json!({"subnet":"198.51.100.0/24","rangeStart":"198.51.100.10","rangeEnd":"198.51.100.11","dataDir": dir})).unwrap();
+        let a = conf.allocate("n", "c1", "net1", &[]).unwrap();
+        let again = conf.allocate("n", "c1", "net1", &[]).unwrap();
+        assert_eq!(a, again, "a repeated ADD keeps its address");
+        let b = conf.allocate("n", "c2", "net1", &[]).unwrap();
+        assert_ne!(a[0].address, b[0].address);
+        let e = conf.allocate("n", "c3", "net1", &[]).unwrap_err();
+        assert!(e.to_string().contains("198.51.100.10-198.51.100.11"), "{e}");
+        conf.release("n", "c1", "net1").unwrap();
+        let c = conf.allocate("n", "c3", "net1", &[]).unwrap();
+        assert_eq!(c[0].address, a[0].address);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,102 @@
+//! Address management: the built-in host-local, or delegation to any other IPAM plugin.
+
+pub mod delegate;
+pub mod host_local;
+pub mod range;
+pub mod store;
+
+use std::net::IpAddr;
+
+use crate::cni::config::NetConf;
+use crate::cni::env::CniEnv;
+use crate::cni::result::CniResult;
+use crate::cni::{Error, Result};
+use delegate::Delegate;
+use host_local::HostLocalConf;
+
+/// The IPAM an attachment uses, validated before any side effect.
+#[derive(Debug, Clone)]
+pub enum Ipam {
+    /// No `ipam` section: the interface gets no address.
+    None,
+    HostLocal(HostLocalConf),
+    Delegate(Delegate),
+}
+
+impl Ipam {
+    pub fn from_conf(conf: &NetConf, env: &CniEnv) -> Result<Ipam> {
+        match conf.ipam_type() {
+            "" if conf.ipam.is_null() || conf.ipam.as_object().is_some_and(|o| o.is_empty()) => {
+                Ok(Ipam::None)
+            }
+            "" => Err(Error::InvalidConfig("ipam has no \"type\"".into())),
+            "host-local" => Ok(Ipam::HostLocal(HostLocalConf::parse(&conf.ipam)?)),
+            other => Ok(Ipam::Delegate(Delegate::find(other, env)?)),
+        }
+    }
+
+    /// Obtains the addresses, routes and DNS of a new attachment.
+    pub fn add(&self, conf: &NetConf, env: &CniEnv) -> Result<CniResult> {
+        match self {
+            Ipam::None => Ok(CniResult::default()),
+            Ipam::HostLocal(hl) => {
+                let ips = hl.allocate(
+                    &conf.name,
+                    &env.container_id,
+                    &env.ifname,
+                    &conf.runtime_config.ips,
+                )?;
+                let dns = match hl.dns() {
+                    Ok(dns) => dns,
+                    Err(e) => {
+                        let _ = hl.release(&conf.name, &env.container_id, &env.ifname);
+                        return Err(e);
+                    }
+                };
+                Ok(CniResult {
+                    ips,
+                    routes: hl.routes.clone(),
+                    dns,
+                    ..CniResult::default()
+                })
+            }
+            Ipam::Delegate(d) => d.add(env, &conf.raw),
+        }
+    }
+
+    /// Releases the attachment's addresses; releasing nothing is success.
+    pub fn del(&self, conf: &NetConf, env: &CniEnv) -> Result<()> {
+        match self {
+            Ipam::None => Ok(()),
+            Ipam::HostLocal(hl) => hl
+                .release(&conf.name, &env.container_id, &env.ifname)
+                .map(drop),
+            Ipam::Delegate(d) => d.exec("DEL", env, &conf.raw).map(drop),
+        }
+    }
+
+    /// Verifies the attachment still holds the addresses its result names.
+    pub fn check(&self, conf: &NetConf, env: &CniEnv, prev: &CniResult) -> Result<()> {
+        match self {
+            Ipam::None => Ok(()),
+            Ipam::HostLocal(hl) => {
+                let held = hl.held(&conf.name, &env.container_id, &env.ifname)?;
+                let missing: Vec<IpAddr> = prev
+                    .ips
+                    .iter()
+                    .map(|i| i.address.ip())
+                    .filter(|ip| !held.contains(ip))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Error::CheckFailed(format!(
+                        "host-local holds no claim for {missing:?} of container {}",
+                        env.container_id
+                    )))
+                }
+            }
+            Ipam::Delegate(d) => d.exec("CHECK", env, &conf.raw).map(drop),
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! host-local ranges: parsing with the reference plugin's defaults, and round-robin
+//! iteration over a range set.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+use crate::cni::{Error, Result};
+
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RawRange {
+    pub subnet: Option<String>,
+    pub range_start: Option<String>,
+    pub range_end: Option<String>,
+    pub gateway: Option<String>,
+}
+
+/// A canonical range: every field filled in and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub subnet: IpNetwork,
+    pub start: IpAddr,
+    pub end: IpAddr,
+    pub gateway: IpAddr,
+}
+
+pub fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_u128(n: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4((n as u32).into())
+    } else {
+        IpAddr::V6(n.into())
+    }
+}
+
+impl Range {
+    /// Fills in defaults the way the reference plugin does (gateway .1, start .1 skipping the
+    /// gateway, end the last address before broadcast) and checks everything lies in the subnet.
+    pub fn from_raw(raw: &RawRange, what: &str) -> Result<Range> {
+        let bad = |m: String| Error::InvalidConfig(format!("{what}: {m}"));
+        let subnet_str = raw
+            .subnet
+            .as_deref()
+            .ok_or_else(|| bad("\"subnet\" is missing".into()))?;
+        let parsed: IpNetwork = subnet_str.parse().map_err(|_| {
+            bad(format!(
+                "subnet {subnet_str:?} is not a prefix like 198.51.100.0/24"
+            ))
+        })?;
+        let subnet =
+            IpNetwork::new(parsed.network(), parsed.prefix()).expect("prefix already valid");
+        let bits = if subnet.is_ipv4() { 32 } else { 128 };
+        if subnet.prefix() > bits - 2 {
+            return Err(bad(format!(
+                "subnet {subnet} is too small to allocate from"
+            )));
+        }
+        let parse_in = |field: &str, v: &Option<String>| -> Result<Option<IpAddr>> {
+            let Some(s) = v else { return Ok(None) };
+            let ip: IpAddr = s
+                .parse()
+                .map_err(|_| bad(format!("{field} {s:?} is not an IP address")))?;
+            if !subnet.contains(ip) {
+                return Err(bad(format!("{field} {ip} is outside subnet {subnet}")));
+            }
+            Ok(Some(ip))
+        };
+        let first = from_u128(to_u128(subnet.network()) + 1, subnet.is_ipv4());
+        let last = {
+            let bcast = to_u128(subnet.broadcast());
+            from_u128(
+                if subnet.is_ipv4() { bcast - 1 } else { bcast },
+                subnet.is_ipv4(),
+            )
+        };
+        let gateway = parse_in("gateway", &raw.gateway)?.unwrap_or(first);
+        let start = parse_in("rangeStart", &raw.range_start)?.unwrap_or(first);
+        let end = parse_in("rangeEnd", &raw.range_end)?.unwrap_or(last);
+        if to_u128(start) > to_u128(end) {
+            return Err(bad(format!("rangeStart {start} is after rangeEnd {end}")));
+        }
+        Ok(Range {
+            subnet,
+            start,
+            end,
+            gateway,
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.subnet.is_ipv4()
+            && (to_u128(self.start)..=to_u128(self.end)).contains(&to_u128(ip))
+    }
+
+    /// Addresses never handed out: the network, the IPv4 broadcast and the gateway.
+    pub fn is_reserved(&self, ip: IpAddr) -> bool {
+        ip == self.gateway
+            || ip == self.subnet.network()
+            || (self.subnet.is_ipv4() && ip == self.subnet.broadcast())
+    }
+
+    fn overlaps(&self, other: &Range) -> bool {
+        self.contains(other.start)
+            || self.contains(other.end)
+            || other.contains(self.start)
+            || other.contains(self.end)
+    }
+
+    pub fn size(&self) -> u128 {
+        to_u128(self.end) - to_u128(self.start) + 1
+    }
+}
+
+/// A range set: the ranges one address is drawn from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeSet(pub Vec<Range>);
+
+impl RangeSet {
+    pub fn validate(ranges: Vec<Range>, what: &str) -> Result<RangeSet> {
+        if ranges.is_empty() {
+            return Err(Error::InvalidConfig(format!("{what} is empty")));
+        }
+        for (i, a) in ranges.iter().enumerate() {
+            for b in &ranges[i + 1..] {
+                if a.subnet.is_ipv4() != b.subnet.is_ipv4() {
+                    return Err(Error::InvalidConfig(format!(
+                        "{what} mixes IPv4 and IPv6 ranges; put them in separate range sets"
+                    )));
+                }
+                if a.overlaps(b) {
+                    return Err(Error::InvalidConfig(format!(
+                        "{what}: ranges {}-{} and {}-{} overlap",
+                        a.start, a.end, b.start, b.end
+                    )));
+                }
+            }
+        }
+        Ok(RangeSet(ranges))
+    }
+
+    pub fn range_of(&self, ip: IpAddr) -> Option<&Range> {
+        self.0.iter().find(|r| r.contains(ip))
+    }
+
+    /// Every candidate address once, round-robin: starting after `last` when it lies in the
+    /// set, else at the first range's start; wrapping over all ranges. Reserved addresses
+    /// are skipped.
+    pub fn candidates(&self, last: Option<IpAddr>) -> impl Iterator<Item = (IpAddr, &Range)> + '_ {
+        let (start_range, start_offset) = last
+            .and_then(|ip| {
+                self.0
+                    .iter()
+                    .position(|r| r.contains(ip))
+                    .map(|i| (i, to_u128(ip) - to_u128(self.0[i].start) + 1))
+            })
+            .unwrap_or((0, 0));
+        let n = self.0.len();
+        // The start range is visited twice: from the offset to its end first, and from its
+        // beginning up to the offset at the very end.
+        (0..=n)
+            .flat_map(move |step| {
+                let ri = (start_range + step) % n;
+                let r = &self.0[ri];
+                let (lo, hi) = match step {
+                    0 => (start_offset, r.size()),
+                    s if s == n => (0, start_offset.min(r.size())),
+                    _ => (0, r.size()),
+                };
+                let v4 = r.subnet.is_ipv4();
+                let base = to_u128(r.start);
+                (lo..hi).map(move |off| (from_u128(base + off, v4), r))
+            })
+            .filter(|(ip, r)| !r.is_reserved(*ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(
+        subnet: &str,
+        start: Option<&str>,
+        end: Option<&str>,
+        gw: Option<&str>,
+    ) -> Result<Range> {
+        Range::from_raw(
+            &RawRange {
+                subnet: Some(subnet.into()),
+                range_start: start.map(Into::into),
+                range_end: end.map(Into::into),
+                gateway: gw.map(Into::into),
+            },
+            "ipam.ranges[0][0]",
+        )
+    }
+
+    #[test]
+    fn defaults_follow_the_reference() {
+        let r = range("198.51.100.0/24", None, None, None).unwrap();
+        assert_eq!(r.gateway.to_string(), "198.51.100.1");
+        assert_eq!(r.start.to_string(), "198.51.100.1");
+        assert_eq!(r.end.to_string(), "198.51.100.254");
+        let set = RangeSet::validate(vec![r], "set").unwrap();
+        let first: Vec<String> = set
+            .candidates(None)
+            .take(2)
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        assert_eq!(first, ["198.51.100.2", "198.51.100.3"]);
+    }
+
+    #[test]
+    fn outside_subnet_is_refused() {
+        let e = range("198.51.100.0/24", Some("203.0.113.5"), None, None).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("outside subnet"), "{e}");
+        assert!(range("198.51.100.0/31", None, None, None).is_err());
+        assert!(range(
+            "198.51.100.0/24",
+            Some("198.51.100.9"),
+            Some("198.51.100.5"),
+            None
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn round_robin_after_last_and_wraps() {
+        let r = range(
+            "198.51.100.0/24",
+            Some("198.51.100.10"),
+            Some("198.51.100.12"),
+            None,
+        )
+        .unwrap();
+        let set = RangeSet::validate(vec![r], "s").unwrap();
+        let order: Vec<String> = set
+            .candidates(Some("198.51.100.11".parse().unwrap()))
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        assert_eq!(order, ["198.51.100.12", "198.51.100.10", "198.51.100.11"]);
+    }
+
+    #[test]
+    fn several_ranges_visit_each_address_once() {
+        let a = range(
+            "198.51.100.0/24",
+            Some("198.51.100.10"),
+            Some("198.51.100.11"),
+            None,
+        )
+        .unwrap();
+        let b = range(
+            "203.0.113.0/24",
+            Some("203.0.113.20"),
+            Some("203.0.113.21"),
+            None,
+        )
+        .unwrap();
+        let set = RangeSet::validate(vec![a, b], "s").unwrap();
+        let order: Vec<String> = set
+            .candidates(Some("198.51.100.11".parse().unwrap()))
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "203.0.113.20",
+                "203.0.113.21",
+                "198.51.100.10",
+                "198.51.100.11"
+            ]
+        );
+    }
+
+    #[test]
+    fn gateway_network_and_broadcast_are_never_candidates() {
+        let r = range(
+            "198.51.100.0/30",
+            Some("198.51.100.0"),
+            Some("198.51.100.3"),
+            Some("198.51.100.1"),
+        )
+        .unwrap();
+        let set = RangeSet::validate(vec![r], "s").unwrap();
+        let all: Vec<String> = set.candidates(None).map(|(ip, _)| ip.to_string()).collect();
+        assert_eq!(all, ["198.51.100.2"]);
+    }
+
+    #[test]
+    fn overlapping_ranges_are_refused() {
+        let a = range(
+            "198.51.100.0/24",
+            Some("198.51.100.10"),
+            Some("198.51.100.20"),
+            None,
+        )
+        .unwrap();
+        let b = range(
+            "198.51.100.0/24",
+            Some("198.51.100.15"),
+            Some("198.51.100.30"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(RangeSet::validate(vec![a, b], "s").unwrap_err().code(), 7);
+    }
+}

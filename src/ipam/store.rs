@@ -1,0 +1,216 @@
+//! The host-local address store, byte for byte the reference plugin's: under
+//! `<dataDir>/<network>/`, one file per claimed address holding `<container id>\r\n<ifname>`,
+//! `last_reserved_ip.<range set index>`, and a `lock` file taken with flock by every writer
+//! (ours and the reference's), so both plugins can share one store.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::cni::{Error, Result};
+
+const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+const LINE_BREAK: &str = "\r\n";
+/// Where a claim is written in full before it is linked into place under its address.
+const STAGING: &str = ".claim-staging";
+
+/// Who holds a claim, as the claim file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub container_id: String,
+    /// Empty for claims in the reference's old format (ID only).
+    pub ifname: String,
+}
+
+impl Holder {
+    fn parse(content: &str) -> Option<Holder> {
+        let t = content.trim();
+        if t.is_empty() {
+            return None;
+        }
+        let (id, ifname) = t.split_once(LINE_BREAK).unwrap_or((t, ""));
+        Some(Holder {
+            container_id: id.trim().to_owned(),
+            ifname: ifname.trim().to_owned(),
+        })
+    }
+
+    /// The reference's matching rule: `id\r\nifname`, or an old-format file holding the id alone.
+    fn matches(&self, id: &str, ifname: &str) -> bool {
+        self.container_id == id && (self.ifname == ifname || self.ifname.is_empty())
+    }
+}
+
+/// The store of one network, locked for as long as it lives.
+pub struct Store {
+    dir: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl Store {
+    pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
+        let dir = data_dir.join(network);
+        fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let lock_path = dir.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| Error::io(format!("open {}", lock_path.display()), e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::Io(format!("lock {}: {e}", lock_path.display())))?;
+        Ok(Store { dir, _lock: lock })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn claim_path(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+
+    /// Claims `ip` for the holder. Returns false when someone else holds it.
+    ///
+    /// The claim is written to a staging file and hard-linked into place, so a claim file
+    /// is never seen empty or half-written, even if the plugin is killed mid-way. An empty
+    /// claim file (left by a writer killed between create and write; every writer holds the
+    /// lock, so none is being written now) holds nothing and is taken over.
+    pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str, range_set: usize) -> Result<bool> {
+        let staging = self.dir.join(STAGING);
+        let _ = fs::remove_file(&staging);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&staging)
+            .map_err(|e| Error::io(format!("create {}", staging.display()), e))?;
+        f.write_all(format!("{}{LINE_BREAK}{ifname}", id.trim()).as_bytes())
+            .and_then(|_| f.sync_data())
+            .map_err(|e| Error::io(format!("write {}", staging.display()), e))?;
+        drop(f);
+        let target = self.claim_path(ip);
+        let mut linked = fs::hard_link(&staging, &target);
+        if matches!(&linked, Err(e) if e.kind() == ErrorKind::AlreadyExists)
+            && self.holder_of(ip).is_none()
+        {
+            let _ = fs::remove_file(&target);
+            linked = fs::hard_link(&staging, &target);
+        }
+        let _ = fs::remove_file(&staging);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(Error::io(format!("claim {}", target.display()), e)),
+        }
+        let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"));
+        fs::write(&last, ip.to_string())
+            .map_err(|e| Error::io(format!("write {}", last.display()), e))?;
+        Ok(true)
+    }
+
+    pub fn last_reserved(&self, range_set: usize) -> Option<IpAddr> {
+        let s =
+            fs::read_to_string(self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"))).ok()?;
+        s.trim().parse().ok()
+    }
+
+    /// The holder of one address; `None` when unclaimed or the claim file is empty.
+    pub fn holder_of(&self, ip: IpAddr) -> Option<Holder> {
+        fs::read_to_string(self.claim_path(ip))
+            .ok()
+            .and_then(|c| Holder::parse(&c))
+    }
+
+    /// Every claim in the store (files named by an address).
+    pub fn claims(&self) -> Result<Vec<(IpAddr, Option<Holder>)>> {
+        let entries = fs::read_dir(&self.dir)
+            .map_err(|e| Error::io(format!("read {}", self.dir.display()), e))?;
+        Ok(entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.parse::<IpAddr>().ok())
+            .map(|ip| (ip, self.holder_of(ip)))
+            .collect())
+    }
+
+    /// The addresses held by the attachment.
+    pub fn find(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        Ok(self
+            .claims()?
+            .into_iter()
+            .filter(|(_, h)| h.as_ref().is_some_and(|h| h.matches(id, ifname)))
+            .map(|(ip, _)| ip)
+            .collect())
+    }
+
+    /// Releases every address the attachment holds; returns them.
+    pub fn release(&self, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+        let ips = self.find(id, ifname)?;
+        for ip in &ips {
+            self.release_ip(*ip)?;
+        }
+        Ok(ips)
+    }
+
+    pub fn release_ip(&self, ip: IpAddr) -> Result<()> {
+        match fs::remove_file(self.claim_path(ip)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(
+                format!("release {}", self.claim_path(ip).display()),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rmv-store-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn claim_file_has_reference_format() {
+        let d = temp_dir("fmt");
+        let s = Store::open(&d, "net").unwrap();
+        let ip: IpAddr = "198.51.100.5".parse().unwrap();
+        assert!(s.reserve(ip, "cid", "net1", 0).unwrap());
+        assert_eq!(
+            fs::read(d.join("net/198.51.100.5")).unwrap(),
+            b"cid\r\nnet1"
+        );
+        assert_eq!(
+            fs::read(d.join("net/last_reserved_ip.0")).unwrap(),
+            b"198.51.100.5"
+        );
+        assert!(d.join("net/lock").exists());
+        assert!(!s.reserve(ip, "other", "net1", 0).unwrap());
+        assert_eq!(s.release("cid", "net1").unwrap(), vec![ip]);
+        assert!(s.find("cid", "net1").unwrap().is_empty());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn empty_claim_is_taken_over_and_old_format_is_matched() {
+        let d = temp_dir("empty");
+        let s = Store::open(&d, "net").unwrap();
+        fs::write(d.join("net/198.51.100.7"), b"").unwrap();
+        assert!(s
+            .reserve("198.51.100.7".parse().unwrap(), "cid", "net1", 0)
+            .unwrap());
+        fs::write(d.join("net/198.51.100.8"), b"old\n").unwrap();
+        assert_eq!(s.release("old", "net1").unwrap().len(), 1);
+        fs::remove_dir_all(&d).unwrap();
+    }
+}

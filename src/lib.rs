@@ -1,0 +1,152 @@
+//! ros-macvlan: a CNI plugin giving ROS 2 pods a macvlan interface on the node's LAN on
+//! which DDS discovery works. This file dispatches the CNI verbs and the CLI subcommands.
+
+pub mod cli;
+pub mod cni;
+pub mod ipam;
+pub mod lifecycle;
+pub mod macvlan;
+pub mod multicast;
+pub mod netlink;
+pub mod netns;
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use cni::config::NetConf;
+use cni::env::{CniEnv, Command};
+use cni::version::{Version, LATEST, SUPPORTED};
+use cni::{Error, Result};
+use ipam::Ipam;
+
+/// What the process prints on stdout and exits with.
+pub struct Outcome {
+    pub stdout: Option<Value>,
+    pub exit_code: i32,
+}
+
+/// Runs one CNI invocation: environment from `lookup`, config from `stdin`.
+pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    let started = Instant::now();
+    // The version errors are reported in: the config's, when it names one we speak.
+    let reply_version = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .filter(|v| SUPPORTED.contains(&v.as_str()))
+        .unwrap_or_else(|| LATEST.to_owned());
+    let result = match CniEnv::from_lookup(&lookup) {
+        Ok(env) => {
+            let result = dispatch_guarded(&env, stdin);
+            lifecycle::log_invocation(&env, stdin, &result, started.elapsed());
+            result
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(stdout) => Outcome {
+            stdout,
+            exit_code: 0,
+        },
+        Err(e) => Outcome {
+            stdout: Some(e.to_json(&reply_version)),
+            exit_code: 1,
+        },
+    }
+}
+
+/// A bug must still answer in the protocol: a panic becomes an error JSON, not a crash
+/// the runtime cannot read.
+fn dispatch_guarded(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, stdin))).unwrap_or_else(
+        |_| {
+            Err(Error::Io(
+                "internal error in ros-macvlan (a bug: please report it with the config used)"
+                    .into(),
+            ))
+        },
+    )
+}
+
+fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
+    if env.command == Command::Version {
+        return Ok(Some(version_info(stdin)));
+    }
+    let conf = NetConf::parse(stdin)?;
+    match env.command {
+        Command::Add => {
+            let ipam = Ipam::from_conf(&conf, env)?;
+            block_on(async {
+                let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
+                macvlan::add(&conf, env, &ipam, &ns).await
+            })
+            .map(|r| Some(r.to_json(&conf.version)))
+        }
+        Command::Del => {
+            let ipam = Ipam::from_conf(&conf, env)?;
+            block_on(macvlan::del(&conf, env, &ipam)).map(|_| None)
+        }
+        Command::Check => {
+            if !conf.version.supports_check() {
+                return Err(Error::IncompatibleVersion(format!(
+                    "CHECK needs cniVersion 0.4.0 or later; the config says {}",
+                    conf.version.as_str()
+                )));
+            }
+            let ipam = Ipam::from_conf(&conf, env)?;
+            block_on(async {
+                let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
+                macvlan::check(&conf, env, &ipam, &ns).await
+            })
+            .map(|_| None)
+        }
+        Command::Gc => {
+            require_1_1(&conf.version, "GC")?;
+            lifecycle::gc(&conf, env).map(|_| None)
+        }
+        Command::Status => {
+            require_1_1(&conf.version, "STATUS")?;
+            block_on(lifecycle::status(&conf, env)).map(|_| None)
+        }
+        Command::Version => unreachable!("answered above"),
+    }
+}
+
+fn require_1_1(v: &Version, verb: &str) -> Result<()> {
+    if v.supports_gc_and_status() {
+        Ok(())
+    } else {
+        Err(Error::IncompatibleVersion(format!(
+            "{verb} needs cniVersion 1.1.0; the config says {}",
+            v.as_str()
+        )))
+    }
+}
+
+/// VERSION: answers in the version asked for (when we speak it) with every version we speak.
+fn version_info(stdin: &[u8]) -> Value {
+    let asked = serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .filter(|v| SUPPORTED.contains(&v.as_str()))
+        .unwrap_or_else(|| LATEST.to_owned());
+    json!({ "cniVersion": asked, "supportedVersions": SUPPORTED })
+}
+
+/// Runs async netlink work on a current-thread runtime: the process lives milliseconds.
+pub fn block_on<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::io("start async runtime", e))?
+        .block_on(fut)
+}

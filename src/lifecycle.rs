@@ -1,0 +1,144 @@
+//! The verbs around an attachment's life: GC and STATUS (CNI 1.1), and the one log line
+//! per invocation operators read.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cni::config::NetConf;
+use crate::cni::env::{CniEnv, Command};
+use crate::cni::{Error, Result};
+use crate::ipam::store::Store;
+use crate::ipam::Ipam;
+use crate::macvlan::resolve_master;
+use crate::netlink::Netlink;
+use crate::netns::Netns;
+
+/// The attachments the runtime says are still valid: `cni.dev/valid-attachments`, or the
+/// older `cni.dev/attachments`.
+fn valid_attachments(conf: &NetConf) -> HashSet<(String, String)> {
+    ["cni.dev/valid-attachments", "cni.dev/attachments"]
+        .iter()
+        .filter_map(|k| conf.raw.get(*k).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a.get("containerID")?.as_str()?.to_owned(),
+                a.get("ifname")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// GC: releases every claim of this network held by no valid attachment.
+pub fn gc(conf: &NetConf, env: &CniEnv) -> Result<()> {
+    let valid = valid_attachments(conf);
+    match Ipam::from_conf(conf, env)? {
+        Ipam::HostLocal(hl) => {
+            if !hl.data_dir.join(&conf.name).exists() {
+                return Ok(());
+            }
+            let store = Store::open(&hl.data_dir, &conf.name)?;
+            for (ip, holder) in store.claims()? {
+                let keep = holder.is_some_and(|h| {
+                    valid.contains(&(h.container_id.clone(), h.ifname.clone()))
+                        || (h.ifname.is_empty()
+                            && valid.iter().any(|(id, _)| *id == h.container_id))
+                });
+                if !keep {
+                    store.release_ip(ip)?;
+                }
+            }
+            Ok(())
+        }
+        Ipam::Delegate(d) => d.exec("GC", env, &conf.raw).map(drop),
+        Ipam::None => Ok(()),
+    }
+}
+
+/// STATUS: ready when the master is there and up and an address is left to hand out.
+pub async fn status(conf: &NetConf, env: &CniEnv) -> Result<()> {
+    let nl = Netlink::connect(&Netns::current()?)?;
+    let master = resolve_master(&nl, conf)
+        .await
+        .map_err(|e| Error::NotAvailable(e.to_string()))?;
+    if !master.is_up() {
+        return Err(Error::NotAvailable(format!(
+            "master interface {} is down; bring it up",
+            master.name
+        )));
+    }
+    if let Ipam::HostLocal(hl) = Ipam::from_conf(conf, env)? {
+        let store = Store::open(&hl.data_dir, &conf.name)?;
+        for (i, set) in hl.range_sets.iter().enumerate() {
+            let free = set
+                .candidates(None)
+                .any(|(ip, _)| store.holder_of(ip).is_none());
+            if !free {
+                return Err(Error::NoAddressesLeft(format!(
+                    "range set {i} of network {} has no free address left",
+                    conf.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line per ADD, DEL and CHECK: the pod, container, interface, address, duration and
+/// outcome; on stderr, or appended to `logFile`. `logLevel` "error" logs failures only,
+/// "none" nothing.
+pub fn log_invocation(env: &CniEnv, stdin: &[u8], result: &Result<Option<Value>>, took: Duration) {
+    if !matches!(env.command, Command::Add | Command::Del | Command::Check) {
+        return;
+    }
+    let conf: Value = serde_json::from_slice(stdin).unwrap_or(Value::Null);
+    let level = conf
+        .get("logLevel")
+        .and_then(Value::as_str)
+        .unwrap_or("info");
+    if level == "none" || (level == "error" && result.is_ok()) {
+        return;
+    }
+    let pod = format!(
+        "{}/{}",
+        env.arg("K8S_POD_NAMESPACE").unwrap_or("-"),
+        env.arg("K8S_POD_NAME").unwrap_or("-")
+    );
+    let address = result
+        .as_ref()
+        .ok()
+        .and_then(|r| r.as_ref())
+        .and_then(|r| {
+            r.get("ips")
+                .and_then(|i| i.get(0))
+                .and_then(|i| i.get("address"))
+                .or(r.get("ip4").and_then(|i| i.get("ip")))
+        })
+        .and_then(Value::as_str)
+        .unwrap_or("-")
+        .to_owned();
+    let outcome = match result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("error {}: {e}", e.code()),
+    };
+    let line = format!(
+        "ros-macvlan {} pod={pod} container={} if={} address={address} took={:.1}ms {outcome}\n",
+        env.command.as_str(),
+        env.container_id,
+        env.ifname,
+        took.as_secs_f64() * 1000.0
+    );
+    match conf.get("logFile").and_then(Value::as_str) {
+        Some(path) => {
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+        }
+        None => eprint!("{line}"),
+    }
+}

@@ -1,0 +1,104 @@
+//! Network namespaces. The only place that calls setns: a namespace is entered on a
+//! dedicated short-lived thread (setns is per thread), which does its one job there, such as
+//! opening a netlink socket that then works from any thread.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sched::{setns, CloneFlags};
+
+use crate::cni::{Error, Result};
+
+/// An open handle on a network namespace.
+#[derive(Debug)]
+pub struct Netns {
+    file: File,
+    path: String,
+}
+
+impl Netns {
+    /// Opens the namespace at `path` (a bind mount such as /var/run/netns/x, or /proc/PID/ns/net).
+    /// A namespace that does not exist is "container unknown" (code 3): there is nothing for
+    /// the runtime to clean up.
+    pub fn open(path: &str) -> Result<Netns> {
+        let file = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::ContainerUnknown(format!(
+                "network namespace {path} does not exist (was the pod sandbox removed?)"
+            )),
+            _ => Error::Netns(format!("cannot open network namespace {path}: {e}")),
+        })?;
+        let ns = Netns {
+            file,
+            path: path.to_owned(),
+        };
+        ns.verify_is_netns()?;
+        Ok(ns)
+    }
+
+    /// The namespace the plugin itself runs in.
+    pub fn current() -> Result<Netns> {
+        Netns::open("/proc/thread-self/ns/net")
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Runs `job` on a new thread that has entered this namespace; the thread ends with the job.
+    pub fn run<T: Send>(&self, job: impl FnOnce() -> T + Send) -> Result<T> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+                        Error::Netns(format!("cannot enter network namespace {}: {e}", self.path))
+                    })?;
+                    Ok(job())
+                })
+                .join()
+                .map_err(|_| {
+                    Error::Netns(format!(
+                        "worker in network namespace {} panicked",
+                        self.path
+                    ))
+                })?
+        })
+    }
+
+    /// A file that is not a network namespace (a regular file, another namespace type) is
+    /// refused before anything is done with it.
+    fn verify_is_netns(&self) -> Result<()> {
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor's namespace type.
+        match unsafe { ns_get_nstype(self.file.as_raw_fd()) } {
+            Ok(t) if t == CloneFlags::CLONE_NEWNET.bits() => Ok(()),
+            Ok(_) => Err(Error::Netns(format!(
+                "{} is not a network namespace",
+                self.path
+            ))),
+            Err(Errno::ENOTTY) => Err(Error::Netns(format!(
+                "{} is not a namespace file",
+                self.path
+            ))),
+            Err(e) => Err(Error::Netns(format!(
+                "cannot inspect namespace {}: {e}",
+                self.path
+            ))),
+        }
+    }
+}
+
+// NS_GET_NSTYPE is _IO(0xb7, 0x3) (linux/nsfs.h).
+nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+
+/// Whether two handles name the same namespace (same inode).
+pub fn same_namespace(a: &Netns, b: &Netns) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.file.metadata(), b.file.metadata()) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
