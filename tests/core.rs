@@ -619,7 +619,9 @@ fn bad_input_table() {
     let holder = node.pod(51);
     add(&node, &holder, &good).ok();
 
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u64, &str)> = vec![
+    // (case, environment, stdin, expected code, what the message must name)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u64, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             base.clone(),
