@@ -1,0 +1,489 @@
+//! ROS-aware behaviour: with the original guide's config and nothing set in the pods, DDS
+//! discovery works over net1. Judged by the kernel's own state, by a snooping bridge, by
+//! plain multicast sockets, by a real DDS (CycloneDDS ddsperf) and by tshark.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
+
+fn attach(node: &Node, pod: &Pod, conf: &Value) -> Value {
+    run_in(
+        &node.ns.name,
+        &plugin_bin(),
+        &cni_env("ADD", pod, "net1", &pod.ns.path()),
+        &conf.to_string(),
+    )
+    .ok()
+    .clone()
+}
+
+fn detach(node: &Node, pod: &Pod, conf: &Value) {
+    run_in(
+        &node.ns.name,
+        &plugin_bin(),
+        &cni_env("DEL", pod, "net1", &pod.ns.path()),
+        &conf.to_string(),
+    )
+    .ok();
+}
+
+fn net1_addr(result: &Value) -> Ipv4Addr {
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn flags(pod: &Pod, dev: &str) -> Vec<String> {
+    pod.ns.ip_json(&["link", "show", dev])[0]["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn membership_route_rp_filter_and_marking_then_del_restores() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::new();
+    let node = Node::new(&lan);
+    let pod = node.pod(11);
+    pod.ns.sysctl("net.ipv4.conf.all.rp_filter", "1");
+    pod.ns.sysctl("net.ipv4.conf.default.rp_filter", "1");
+    let data = DataDir::new();
+    let conf = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.160",
+        "198.51.100.180",
+    );
+    let result = attach(&node, &pod, &conf);
+
+    let igmp = pod.ns.read("/proc/thread-self/net/igmp");
+    let net1_block: String = igmp
+        .split("net1")
+        .nth(1)
+        .unwrap_or_default()
+        .lines()
+        .take(4)
+        .collect();
+    assert!(
+        net1_block.contains("0100FFEF"),
+        "239.255.0.1 not joined on net1:\n{igmp}"
+    );
+    let local = pod.ns.ip(&["route", "show", "table", "local"]);
+    assert!(
+        !local.contains("239.255.0.1"),
+        "the auto-join local route would loop sends back:\n{local}"
+    );
+    let main = pod.ns.ip(&["route", "show"]);
+    assert!(
+        main.contains("224.0.0.0/4 dev net1 proto static scope link"),
+        "{main}"
+    );
+    assert!(main.contains("default via 169.254.1.1 dev eth0"), "{main}");
+    assert_eq!(
+        pod.ns.read("/proc/sys/net/ipv4/conf/net1/rp_filter").trim(),
+        "2"
+    );
+    assert!(
+        !flags(&pod, "eth0").contains(&"MULTICAST".into()),
+        "eth0 still offers multicast to DDS"
+    );
+    assert!(flags(&pod, "net1").contains(&"MULTICAST".into()));
+
+    // The membership report reached the snooping switch, which now forwards the group to us.
+    let mut learned = false;
+    for _ in 0..20 {
+        let mdb = sh(&["bridge", "-n", &lan.switch.name, "mdb", "show"]);
+        if mdb.contains("239.255.0.1") {
+            learned = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(learned, "no IGMP membership report reached the switch");
+
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = result;
+    let check = |what: &str| {
+        run_in(
+            &node.ns.name,
+            &plugin_bin(),
+            &cni_env("CHECK", &pod, "net1", &pod.ns.path()),
+            &with_prev.to_string(),
+        )
+        .err_code_or_ok(what)
+    };
+    assert_eq!(check("healthy"), 0);
+    pod.ns.ip(&["link", "set", "eth0", "multicast", "on"]);
+    assert_eq!(check("eth0 multicast"), 104);
+    pod.ns.ip(&["link", "set", "eth0", "multicast", "off"]);
+    pod.ns.ip(&["route", "del", "224.0.0.0/4", "dev", "net1"]);
+    assert_eq!(check("route gone"), 104);
+
+    detach(&node, &pod, &conf);
+    assert!(
+        flags(&pod, "eth0").contains(&"MULTICAST".into()),
+        "DEL gives eth0 its multicast flag back"
+    );
+    assert!(pod
+        .ns
+        .ip(&["-d", "link", "show", "eth0"])
+        .find("alias")
+        .is_none());
+}
+
+trait ErrCodeOrOk {
+    fn err_code_or_ok(&self, what: &str) -> u64;
+}
+
+impl ErrCodeOrOk for Reply {
+    fn err_code_or_ok(&self, what: &str) -> u64 {
+        eprintln!("CHECK {what}: {} {}", self.code, self.json);
+        if self.code == 0 {
+            0
+        } else {
+            self.err_code()
+        }
+    }
+}
+
+#[test]
+fn every_pod_sends_to_and_hears_every_other_both_ways() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::new();
+    let node = Node::new(&lan);
+    let data = DataDir::new();
+    let conf = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.160",
+        "198.51.100.180",
+    );
+    let pods: Vec<Pod> = (0..3).map(|i| node.pod(11 + i)).collect();
+    let mut addrs = Vec::new();
+    for pod in &pods {
+        // Hardened nodes: strict reverse-path filtering inherited by new interfaces.
+        pod.ns.sysctl("net.ipv4.conf.all.rp_filter", "1");
+        pod.ns.sysctl("net.ipv4.conf.default.rp_filter", "1");
+        addrs.push(net1_addr(&attach(&node, pod, &conf)));
+    }
+    let exchange = |round: &str| {
+        for (i, from) in pods.iter().enumerate() {
+            for (j, to) in pods.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                for via in [None, Some(addrs[i])] {
+                    let port = 7400;
+                    let rx = group_receiver(&to.ns, port);
+                    let payload = format!("{round} {i}->{j} via {via:?}");
+                    send_to_group(&from.ns, GROUP, port, payload.as_bytes(), via);
+                    assert!(
+                        hears(&rx, payload.as_bytes()),
+                        "pod {j} did not hear: {payload}"
+                    );
+                }
+            }
+        }
+    };
+    exchange("first");
+    node.ns.ip(&["link", "set", "lan0", "down"]);
+    std::thread::sleep(Duration::from_millis(200));
+    node.ns.ip(&["link", "set", "lan0", "up"]);
+    std::thread::sleep(Duration::from_millis(300));
+    exchange("after a carrier flap of the master");
+    for pod in &pods {
+        detach(&node, pod, &conf);
+    }
+}
+
+/// A ddsperf process in a pod; killed on drop.
+struct Dds(Option<Child>);
+
+impl Dds {
+    fn start(pod: &Pod, args: &[&str]) -> Dds {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &pod.ns.name, "ddsperf"])
+            .args(args)
+            .env_remove("CYCLONEDDS_URI")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ddsperf (Debian cyclonedds-tools) must be installed: run scripts/test.sh");
+        Dds(Some(child))
+    }
+    fn wait(mut self) -> (bool, String) {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+}
+
+impl Drop for Dds {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The original guide's example 4: two talkers and a listener in three pods, with no DDS
+/// configuration. Returns whether the listener matched both talkers and got their samples.
+fn guide_scene(
+    plugin: &std::path::Path,
+    plugin_type: &str,
+    multicast: Option<Value>,
+) -> (bool, String) {
+    let lan = Lan::new();
+    let node = Node::new(&lan);
+    let data = DataDir::new();
+    let mut conf = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.160",
+        "198.51.100.180",
+    );
+    conf["type"] = json!(plugin_type);
+    if let Some(m) = multicast {
+        conf["multicast"] = m;
+    }
+    let pods: Vec<Pod> = (0..3).map(|i| node.pod(11 + i)).collect();
+    for pod in &pods {
+        run_in(
+            &node.ns.name,
+            plugin,
+            &cni_env("ADD", pod, "net1", &pod.ns.path()),
+            &conf.to_string(),
+        )
+        .ok();
+    }
+    let _talkers: Vec<Dds> = pods[..2]
+        .iter()
+        .map(|p| Dds::start(p, &["-D", "8", "pub", "10Hz"]))
+        .collect();
+    let listener = Dds::start(
+        &pods[2],
+        &[
+            "-D",
+            "6",
+            "-Qminmatch:2",
+            "-Qmaxwait:5",
+            "-Qsamples:10",
+            "sub",
+        ],
+    );
+    let outcome = listener.wait();
+    for pod in &pods {
+        run_in(
+            &node.ns.name,
+            plugin,
+            &cni_env("DEL", pod, "net1", &pod.ns.path()),
+            &conf.to_string(),
+        )
+        .ok();
+    }
+    outcome
+}
+
+#[test]
+fn ddsperf_listener_discovers_both_talkers() {
+    if !require_root() {
+        return;
+    }
+    let (ok, log) = guide_scene(&plugin_bin(), "ros-macvlan", None);
+    assert!(
+        ok,
+        "ddsperf sub did not match both publishers over net1:\n{log}"
+    );
+}
+
+/// The control: the reference macvlan (no join, no multicast route, no marking) with the
+/// same config and pods. Discovery fails: what ros-macvlan adds is what makes it work.
+#[test]
+fn ddsperf_fails_with_the_reference_macvlan() {
+    if !require_root() {
+        return;
+    }
+    let reference = std::path::PathBuf::from(REFERENCE_DIR).join("macvlan");
+    let (ok, log) = guide_scene(&reference, "macvlan", None);
+    assert!(
+        !ok,
+        "discovery unexpectedly worked with the reference macvlan:\n{log}"
+    );
+}
+
+/// With eth0 left multicast-capable, CycloneDDS picks eth0 "arbitrarily" and discovery
+/// fails: the marking is what steers it to net1.
+#[test]
+fn ddsperf_fails_when_eth0_keeps_its_multicast_flag() {
+    if !require_root() {
+        return;
+    }
+    let (ok, log) = guide_scene(
+        &plugin_bin(),
+        "ros-macvlan",
+        Some(json!({"markOtherInterfaces": false})),
+    );
+    assert!(!ok, "discovery worked without the marking:\n{log}");
+}
+
+#[test]
+fn pods_on_two_nodes_discover_each_other_through_a_snooping_switch() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::new();
+    let nodes = [Node::new(&lan), Node::new(&lan)];
+    let data = [DataDir::new(), DataDir::new()];
+    let confs = [
+        guide_config(
+            Some("1.0.0"),
+            "lan0",
+            &data[0],
+            "198.51.100.160",
+            "198.51.100.169",
+        ),
+        guide_config(
+            Some("1.0.0"),
+            "lan0",
+            &data[1],
+            "198.51.100.170",
+            "198.51.100.179",
+        ),
+    ];
+    let pods: Vec<(usize, Pod)> = vec![
+        (0, nodes[0].pod(11)),
+        (1, nodes[1].pod(12)),
+        (1, nodes[1].pod(13)),
+    ];
+    let mut addrs = Vec::new();
+    for (n, pod) in &pods {
+        addrs.push(net1_addr(&attach(&nodes[*n], pod, &confs[*n])));
+    }
+    // Plain multicast across the nodes, both ways.
+    for (i, (_, from)) in pods.iter().enumerate() {
+        for (j, (_, to)) in pods.iter().enumerate() {
+            if i != j {
+                let rx = group_receiver(&to.ns, 7400);
+                let payload = format!("node-crossing {i}->{j}");
+                send_to_group(&from.ns, GROUP, 7400, payload.as_bytes(), None);
+                assert!(
+                    hears(&rx, payload.as_bytes()),
+                    "{payload} not heard ({:?} -> {:?})",
+                    addrs[i],
+                    addrs[j]
+                );
+            }
+        }
+    }
+    // And a real DDS: the listener on node 0 matches both talkers on node 1.
+    let _talkers: Vec<Dds> = pods[1..]
+        .iter()
+        .map(|(_, p)| Dds::start(p, &["-D", "8", "pub", "10Hz"]))
+        .collect();
+    let (ok, log) = Dds::start(
+        &pods[0].1,
+        &[
+            "-D",
+            "6",
+            "-Qminmatch:2",
+            "-Qmaxwait:5",
+            "-Qsamples:10",
+            "sub",
+        ],
+    )
+    .wait();
+    assert!(ok, "cross-node discovery failed:\n{log}");
+    for (n, pod) in &pods {
+        detach(&nodes[*n], pod, &confs[*n]);
+    }
+}
+
+#[test]
+fn spdp_captured_on_net1_decodes_as_rtps() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::new();
+    let node = Node::new(&lan);
+    let data = DataDir::new();
+    let conf = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.160",
+        "198.51.100.180",
+    );
+    let pods: Vec<Pod> = (0..2).map(|i| node.pod(11 + i)).collect();
+    for pod in &pods {
+        attach(&node, pod, &conf);
+    }
+    let capture = data.0.join("spdp.pcap");
+    let mut tcpdump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pods[1].ns.name,
+            "tcpdump",
+            "-p",
+            "-i",
+            "net1",
+            "-U",
+            "-w",
+        ])
+        .arg(&capture)
+        .args(["udp", "port", "7400"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump must be installed: run scripts/test.sh");
+    std::thread::sleep(Duration::from_millis(700));
+    let talker = Dds::start(&pods[0], &["-D", "3", "pub", "10Hz"]);
+    let _ = talker.wait();
+    let _ = tcpdump.kill();
+    let _ = tcpdump.wait();
+    let out = sh(&[
+        "tshark",
+        "-r",
+        capture.to_str().unwrap(),
+        "-Y",
+        "rtps",
+        "-T",
+        "fields",
+        "-e",
+        "rtps.sm.wrEntityId",
+    ]);
+    // 0x000100c2: ENTITYID_SPDP_BUILTIN_PARTICIPANT_WRITER, the SPDP announcement.
+    assert!(
+        out.contains("0x000100c2"),
+        "no SPDP DATA(p) decoded in the capture:\n{out}"
+    );
+    for pod in &pods {
+        detach(&node, pod, &conf);
+    }
+}
