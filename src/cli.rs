@@ -2,6 +2,7 @@
 
 pub fn main(args: &[String]) -> i32 {
     match args[0].as_str() {
+        "demo" => crate::demo::run(),
         "version" | "--version" => {
             println!("ros-macvlan {}", env!("CARGO_PKG_VERSION"));
             0
@@ -15,4 +16,5 @@ pub fn main(args: &[String]) -> i32 {
 
 const USAGE: &str = "usage: ros-macvlan <subcommand>
   (no subcommand)  run as a CNI plugin: CNI_COMMAND and friends in the environment, config on stdin
+  demo             (root) build the guide's two-talkers-one-listener scene in namespaces and show discovery working
   version          print the version";

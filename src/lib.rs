@@ -3,12 +3,14 @@
 
 pub mod cli;
 pub mod cni;
+pub mod demo;
 pub mod ipam;
 pub mod lifecycle;
 pub mod macvlan;
 pub mod multicast;
 pub mod netlink;
 pub mod netns;
+pub mod scene;
 
 use std::time::Instant;
 
