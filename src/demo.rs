@@ -65,7 +65,7 @@ fn scene(bin: &Path, data: &Path) -> bool {
     println!(
         "(each pod has a Calico-like eth0 holding its default route, which carries no multicast)."
     );
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
     let conf = json!({
         "cniVersion": "1.0.0", "name": "ros-net", "type": "ros-macvlan",

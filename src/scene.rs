@@ -121,7 +121,7 @@ pub struct Lan {
 }
 
 impl Lan {
-    pub fn new() -> Lan {
+    pub fn create() -> Lan {
         let switch = Ns::new("rmsw");
         switch.ip(&[
             "link",

@@ -56,10 +56,10 @@ fn add_check_del_round_trip() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
     let pod = node.pod(11);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let mut conf = guide_config(
         Some("1.0.0"),
         "lan0",
@@ -131,10 +131,10 @@ fn check_is_refused_before_0_4_0_and_needs_prev_result() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
     let pod = node.pod(12);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let conf = guide_config(
         Some("0.3.1"),
         "lan0",
@@ -172,9 +172,9 @@ fn results_have_the_shape_of_each_version() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
-    let data = DataDir::new();
+    let data = DataDir::create();
     for (i, version) in [
         None,
         Some("0.1.0"),
@@ -269,9 +269,9 @@ fn del_releases_the_claim_when_the_netns_is_gone() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let conf = guide_config(
         Some("1.0.0"),
         "lan0",
@@ -306,9 +306,9 @@ fn mac_mtu_and_modes_are_applied() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let pod = node.pod(14);
     let mut conf = guide_config(
         Some("1.1.0"),
@@ -383,7 +383,7 @@ fn master_defaults_to_the_default_route_interface() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
     node.ns
         .ip(&["addr", "add", "198.51.100.2/24", "dev", "lan0"]);
@@ -396,7 +396,7 @@ fn master_defaults_to_the_default_route_interface() {
         "dev",
         "lan0",
     ]);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let pod = node.pod(15);
     let mut conf = guide_config(
         Some("1.0.0"),
@@ -420,7 +420,7 @@ fn link_in_container_uses_a_master_inside_the_pod() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
     let pod = node.pod(16);
     // A second LAN leg that lives in the pod itself (as with an SR-IOV VF moved into it).
@@ -429,7 +429,7 @@ fn link_in_container_uses_a_master_inside_the_pod() {
         "link", "add", "uplink", "type", "veth", "peer", "name", &peer,
     ]);
     pod.ns.ip(&["link", "set", "uplink", "up"]);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let mut conf = guide_config(
         Some("1.0.0"),
         "uplink",
@@ -449,7 +449,7 @@ fn delegates_to_another_ipam_plugin() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
     let pod = node.pod(17);
     let conf = json!({
@@ -483,9 +483,9 @@ fn shares_the_store_with_the_reference_host_local() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let conf = guide_config(
         Some("1.0.0"),
         "lan0",
@@ -557,9 +557,9 @@ fn result_shape_matches_the_reference_macvlan() {
             other => other.clone(),
         }
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
-    let data = DataDir::new();
+    let data = DataDir::create();
     for version in ["0.3.1", "0.4.0", "1.0.0"] {
         let ours_pod = node.pod(40);
         let ref_pod = node.pod(41);
@@ -590,10 +590,10 @@ fn bad_input_table() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
     let pod = node.pod(50);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let good = guide_config(
         Some("1.0.0"),
         "lan0",
@@ -749,9 +749,9 @@ fn failed_ipam_leaves_no_link_unlike_the_reference() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let full = guide_config(
         Some("1.0.0"),
         "lan0",

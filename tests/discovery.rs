@@ -59,12 +59,12 @@ fn membership_route_rp_filter_and_marking_then_del_restores() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
     let pod = node.pod(11);
     pod.ns.sysctl("net.ipv4.conf.all.rp_filter", "1");
     pod.ns.sysctl("net.ipv4.conf.default.rp_filter", "1");
-    let data = DataDir::new();
+    let data = DataDir::create();
     let conf = guide_config(
         Some("1.0.0"),
         "lan0",
@@ -169,9 +169,9 @@ fn every_pod_sends_to_and_hears_every_other_both_ways() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let conf = guide_config(
         Some("1.0.0"),
         "lan0",
@@ -258,9 +258,9 @@ fn guide_scene(
     plugin_type: &str,
     multicast: Option<Value>,
 ) -> (bool, String) {
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let mut conf = guide_config(
         Some("1.0.0"),
         "lan0",
@@ -357,9 +357,9 @@ fn pods_on_two_nodes_discover_each_other_through_a_snooping_switch() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let nodes = [Node::new(&lan), Node::new(&lan)];
-    let data = [DataDir::new(), DataDir::new()];
+    let data = [DataDir::create(), DataDir::create()];
     let confs = [
         guide_config(
             Some("1.0.0"),
@@ -429,9 +429,9 @@ fn spdp_captured_on_net1_decodes_as_rtps() {
     if !require_root() {
         return;
     }
-    let lan = Lan::new();
+    let lan = Lan::create();
     let node = Node::new(&lan);
-    let data = DataDir::new();
+    let data = DataDir::create();
     let conf = guide_config(
         Some("1.0.0"),
         "lan0",

@@ -71,7 +71,7 @@ pub fn cni_env<'a>(
 pub struct DataDir(pub PathBuf);
 
 impl DataDir {
-    pub fn new() -> DataDir {
+    pub fn create() -> DataDir {
         let d = std::env::temp_dir().join(unique("rmdata"));
         std::fs::create_dir_all(&d).unwrap();
         DataDir(d)
