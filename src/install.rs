@@ -1,0 +1,156 @@
+//! `ros-macvlan install`: the DaemonSet's job. Copies this binary into the node's CNI bin
+//! dir so that a pod start running the plugin at that moment never sees a half-written file
+//! (temporary file in the same directory, fsync, rename) and a running plugin never causes
+//! "text file busy" (rename replaces the directory entry, not the file being executed).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const BINARY_NAME: &str = "ros-macvlan";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Installed {
+    /// The file was written (new, or replacing a different one).
+    Written,
+    /// The same bytes and mode were already there.
+    UpToDate,
+}
+
+/// Installs `source` as `<dir>/ros-macvlan`, idempotently.
+pub fn install(source: &Path, dir: &Path) -> io::Result<Installed> {
+    let target = dir.join(BINARY_NAME);
+    let bytes = fs::read(source)?;
+    if is_installed(&bytes, &target) {
+        return Ok(Installed::UpToDate);
+    }
+    fs::create_dir_all(dir)?;
+    let temp = dir.join(format!(".{BINARY_NAME}.tmp-{}", std::process::id()));
+    let written = write_synced(&temp, &bytes).and_then(|_| fs::rename(&temp, &target));
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written?;
+    // The rename is durable once the directory itself is synced.
+    File::open(dir)?.sync_all()?;
+    Ok(Installed::Written)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(path)?;
+    f.write_all(bytes)?;
+    // The mode requested at creation is filtered by the umask; set it exactly.
+    f.set_permissions(fs::Permissions::from_mode(0o755))?;
+    f.sync_all()
+}
+
+fn is_installed(bytes: &[u8], target: &Path) -> bool {
+    let mode_ok = fs::metadata(target).is_ok_and(|m| m.permissions().mode() & 0o7777 == 0o755);
+    mode_ok && fs::read(target).is_ok_and(|t| t == bytes)
+}
+
+/// `install --cni-bin-dir DIR [--verify] [--stay]`: `--verify` only reports whether DIR holds
+/// this exact binary (the DaemonSet's readiness probe); `--stay` keeps running afterwards
+/// (the DaemonSet's main process).
+pub fn main(args: &[String]) -> i32 {
+    let mut dir: Option<PathBuf> = None;
+    let (mut verify, mut stay) = (false, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--cni-bin-dir" => dir = it.next().map(PathBuf::from),
+            "--verify" => verify = true,
+            "--stay" => stay = true,
+            other => {
+                eprintln!("install: unknown option {other}; usage: ros-macvlan install --cni-bin-dir DIR [--verify] [--stay]");
+                return 2;
+            }
+        }
+    }
+    let Some(dir) = dir else {
+        eprintln!(
+            "install: --cni-bin-dir DIR is required (the node's CNI bin dir, e.g. /opt/cni/bin)"
+        );
+        return 2;
+    };
+    let source = match std::env::current_exe() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("install: cannot find my own binary: {e}");
+            return 1;
+        }
+    };
+    let target = dir.join(BINARY_NAME);
+    if verify {
+        let ok = fs::read(&source).is_ok_and(|b| is_installed(&b, &target));
+        println!(
+            "{} {}",
+            target.display(),
+            if ok {
+                "is installed and current"
+            } else {
+                "is missing or differs"
+            }
+        );
+        return if ok { 0 } else { 1 };
+    }
+    match install(&source, &dir) {
+        Ok(Installed::Written) => println!(
+            "installed {} (version {})",
+            target.display(),
+            env!("CARGO_PKG_VERSION")
+        ),
+        Ok(Installed::UpToDate) => println!(
+            "{} is already current (version {})",
+            target.display(),
+            env!("CARGO_PKG_VERSION")
+        ),
+        Err(e) => {
+            eprintln!("install: cannot install into {}: {e}", dir.display());
+            return 1;
+        }
+    }
+    if stay {
+        loop {
+            std::thread::park();
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_is_idempotent_and_exact() {
+        let dir = std::env::temp_dir().join(format!("rmv-install-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let src = std::env::temp_dir().join(format!("rmv-install-src-{}", std::process::id()));
+        fs::write(&src, b"#!/bin/sh\nexit 0\n").unwrap();
+        assert_eq!(install(&src, &dir).unwrap(), Installed::Written);
+        assert_eq!(install(&src, &dir).unwrap(), Installed::UpToDate);
+        let target = dir.join(BINARY_NAME);
+        assert_eq!(fs::read(&target).unwrap(), fs::read(&src).unwrap());
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        fs::write(&src, b"#!/bin/sh\nexit 1\n").unwrap();
+        assert_eq!(install(&src, &dir).unwrap(), Installed::Written);
+        assert_eq!(fs::read(&target).unwrap(), b"#!/bin/sh\nexit 1\n");
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers, [std::ffi::OsString::from(BINARY_NAME)]);
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_file(&src).unwrap();
+    }
+}

@@ -1,0 +1,99 @@
+//! The DaemonSet's install step, raced against a runtime executing the installed plugin.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+
+#[test]
+fn install_while_the_plugin_runs_never_breaks_an_execution() {
+    let dir = DataDir::create();
+    let bin_dir = dir.0.join("cni-bin");
+    let installed = bin_dir.join("ros-macvlan");
+    // A second, different build of the plugin (trailing bytes do not change how it runs), so
+    // that every install really replaces the file.
+    let variant = dir.0.join("variant/ros-macvlan");
+    std::fs::create_dir_all(variant.parent().unwrap()).unwrap();
+    let mut bytes = std::fs::read(plugin_bin()).unwrap();
+    bytes.extend_from_slice(b"variant");
+    std::fs::write(&variant, &bytes).unwrap();
+    std::fs::set_permissions(&variant, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let run_install = |bin: &std::path::Path| {
+        let out = Command::new(bin)
+            .args(["install", "--cni-bin-dir"])
+            .arg(&bin_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run_install(&plugin_bin()).starts_with("installed"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (runs, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let runner = {
+        let (stop, runs, failures, installed) = (
+            stop.clone(),
+            runs.clone(),
+            failures.clone(),
+            installed.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                // What a runtime does on every pod start: execute the plugin (VERSION here).
+                let ok = Command::new(&installed)
+                    .env_clear()
+                    .env("CNI_COMMAND", "VERSION")
+                    .output()
+                    .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"{"));
+                runs.fetch_add(1, Ordering::SeqCst);
+                if !ok {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    for _ in 0..10 {
+        run_install(&variant);
+        run_install(&plugin_bin());
+    }
+    stop.store(true, Ordering::SeqCst);
+    runner.join().unwrap();
+
+    assert!(runs.load(Ordering::SeqCst) > 10, "the runner barely ran");
+    assert_eq!(
+        failures.load(Ordering::SeqCst),
+        0,
+        "an execution failed during install"
+    );
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(plugin_bin()).unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(&installed).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    assert!(run_install(&plugin_bin()).contains("already current"));
+    let verify = Command::new(plugin_bin())
+        .args(["install", "--verify", "--cni-bin-dir"])
+        .arg(&bin_dir)
+        .status()
+        .unwrap();
+    assert!(verify.success());
+    let leftovers: Vec<_> = std::fs::read_dir(&bin_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
+}
