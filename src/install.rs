@@ -116,11 +116,32 @@ pub fn main(args: &[String]) -> i32 {
         }
     }
     if stay {
-        loop {
-            std::thread::park();
-        }
+        return wait_for_termination();
     }
     0
+}
+
+/// As a container's PID 1, signals without a handler are ignored: wait for SIGTERM (or
+/// SIGINT) explicitly so the pod stops at once instead of after its grace period.
+fn wait_for_termination() -> i32 {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    if let Err(e) = set.thread_block() {
+        eprintln!("install: cannot wait for signals: {e}");
+        return 1;
+    }
+    match set.wait() {
+        Ok(sig) => {
+            println!("{sig:?} received, stopping");
+            0
+        }
+        Err(e) => {
+            eprintln!("install: waiting for signals failed: {e}");
+            1
+        }
+    }
 }
 
 #[cfg(test)]

@@ -226,7 +226,8 @@ pub async fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
             nl.del_link(link.index).await?;
         }
     }
-    multicast::restore(&nl, &env.ifname).await
+    multicast::restore(&nl, &env.ifname).await?;
+    multicast::hand_over_routes(&nl, &pod_ns, &conf.multicast).await
 }
 
 /// CHECK against prevResult: the interface, its kind, mode, MAC, addresses and routes.

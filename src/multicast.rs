@@ -13,17 +13,22 @@ use crate::cni::{Error, Result};
 use crate::netlink::{Link, Netlink, RouteEntry, TABLE_LOCAL, TABLE_MAIN};
 use crate::netns::Netns;
 
-/// Interfaces whose MULTICAST flag the plugin cleared carry this alias, naming the attachment
-/// that did it and the alias they had before, so DEL restores exactly what it changed.
+/// Interfaces whose MULTICAST flag the plugin cleared carry this alias, naming the
+/// attachments that want it off (several ros-macvlan attachments may share a pod) and the
+/// alias the interface had before, so the last DEL restores exactly what was changed.
 const MARK_PREFIX: &str = "ros-macvlan:multicast-off-for:";
 
-fn mark_alias(ifname: &str, previous: &str) -> String {
-    format!("{MARK_PREFIX}{ifname};{previous}")
+fn mark_alias(owners: &[&str], previous: &str) -> String {
+    format!("{MARK_PREFIX}{};{previous}", owners.join(","))
 }
 
-/// The attachment and previous alias a mark names, if the alias is one of ours.
-fn parse_mark(alias: &str) -> Option<(&str, &str)> {
-    alias.strip_prefix(MARK_PREFIX)?.split_once(';')
+/// The attachments and previous alias a mark names, if the alias is one of ours.
+fn parse_mark(alias: &str) -> Option<(Vec<&str>, &str)> {
+    let (owners, previous) = alias.strip_prefix(MARK_PREFIX)?.split_once(';')?;
+    Some((
+        owners.split(',').filter(|o| !o.is_empty()).collect(),
+        previous,
+    ))
 }
 
 /// The RP filter values: 1 strict (drops discovery from peers whose route points elsewhere).
@@ -82,33 +87,77 @@ async fn group_local_routes(
         .collect())
 }
 
-/// The interfaces DDS could wrongly choose: up to now multicast-capable, not loopback, not a
-/// macvlan (ours or another attachment's).
+/// The interfaces DDS could wrongly choose: not loopback, not a macvlan (ours or another
+/// attachment's), not the attachment itself.
+fn is_candidate(link: &Link, ifname: &str) -> bool {
+    link.name != ifname && !link.is_loopback() && !link.is_macvlan()
+}
+
+/// A candidate that still offers multicast to DDS.
 fn is_rival(link: &Link, ifname: &str) -> bool {
-    link.name != ifname && !link.is_loopback() && !link.is_macvlan() && link.is_multicast()
+    is_candidate(link, ifname) && link.is_multicast()
 }
 
 async fn mark_other_interfaces(nl: &Netlink, ifname: &str) -> Result<()> {
     for link in nl.links().await? {
-        if is_rival(&link, ifname) {
-            let previous = link.alias.clone().unwrap_or_default();
-            nl.set_alias(link.index, &mark_alias(ifname, &previous))
-                .await?;
-            nl.set_multicast(link.index, false).await?;
+        if !is_candidate(&link, ifname) {
+            continue;
+        }
+        let alias = link.alias.clone().unwrap_or_default();
+        match parse_mark(&alias) {
+            // Marked by another attachment of this pod: count this one in too.
+            Some((mut owners, previous)) if !owners.contains(&ifname) => {
+                owners.push(ifname);
+                nl.set_alias(link.index, &mark_alias(&owners, previous))
+                    .await?;
+            }
+            Some(_) => {}
+            None if link.is_multicast() => {
+                nl.set_alias(link.index, &mark_alias(&[ifname], &alias))
+                    .await?;
+                nl.set_multicast(link.index, false).await?;
+            }
+            None => {}
         }
     }
     Ok(())
 }
 
-/// Gives back the MULTICAST flag (and alias) of every interface this attachment marked.
+/// Takes this attachment off every mark; an interface no attachment wants off multicast any
+/// more gets its MULTICAST flag and alias back.
 pub async fn restore(nl: &Netlink, ifname: &str) -> Result<()> {
     for link in nl.links().await? {
-        let Some((owner, previous)) = link.alias.as_deref().and_then(parse_mark) else {
+        let Some((mut owners, previous)) = link.alias.as_deref().and_then(parse_mark) else {
             continue;
         };
-        if owner == ifname {
+        if !owners.contains(&ifname) {
+            continue;
+        }
+        owners.retain(|o| *o != ifname);
+        if owners.is_empty() {
             nl.set_multicast(link.index, true).await?;
             nl.set_alias(link.index, previous).await?;
+        } else {
+            nl.set_alias(link.index, &mark_alias(&owners, previous))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// DEL of one of several attachments: the multicast routes went with its link, so they move
+/// to another attachment of the pod that joined the same groups, if one is left.
+pub async fn hand_over_routes(nl: &Netlink, ns: &Netns, mc: &MulticastConf) -> Result<()> {
+    if mc.routes.is_empty() {
+        return Ok(());
+    }
+    for link in nl.links().await?.iter().filter(|l| l.is_macvlan()) {
+        let joined = joined_groups(ns, &link.name)?;
+        if mc.groups.iter().any(|g| joined.contains(g)) {
+            for dst in &mc.routes {
+                nl.add_route(link.index, IpNetwork::V4(*dst), None).await?;
+            }
+            return Ok(());
         }
     }
     Ok(())

@@ -147,12 +147,21 @@ pub struct Node {
 
 impl Node {
     pub fn new(lan: &Lan) -> Node {
-        let ns = Ns::new("rmnode");
+        let node = Node {
+            ns: Ns::new("rmnode"),
+            master: "lan0".into(),
+        };
+        node.plug(lan, "lan0");
+        node
+    }
+
+    /// Adds a LAN interface `name` (a veth whose other end is a switch port).
+    pub fn plug(&self, lan: &Lan, name: &str) {
         let port = unique("swp");
-        ns.ip(&[
+        self.ns.ip(&[
             "link",
             "add",
-            "lan0",
+            name,
             "type",
             "veth",
             "peer",
@@ -161,13 +170,9 @@ impl Node {
             "netns",
             &lan.switch.name,
         ]);
-        ns.ip(&["link", "set", "lan0", "up"]);
+        self.ns.ip(&["link", "set", name, "up"]);
         lan.switch.ip(&["link", "set", &port, "master", "br0"]);
         lan.switch.ip(&["link", "set", &port, "up"]);
-        Node {
-            ns,
-            master: "lan0".into(),
-        }
     }
 
     /// A pod with a Calico-like eth0: a routed veth holding the default route, no multicast

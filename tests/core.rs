@@ -784,3 +784,76 @@ fn failed_ipam_leaves_no_link_unlike_the_reference() {
     del(&node, &ours, &full).ok();
     eprintln!("reference macvlan leaked net1 on IPAM failure: {leaked}");
 }
+
+#[test]
+fn runtime_ips_resolv_conf_arp_notify_log_file_and_del_with_prev_result() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pod = node.pod(70);
+    let data = DataDir::create();
+    let resolv = data.0.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 198.51.100.53\nsearch ros.example\n").unwrap();
+    let log = data.0.join("ros-macvlan.log");
+    let mut conf = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.160",
+        "198.51.100.180",
+    );
+    conf["ipam"]["resolvConf"] = json!(resolv);
+    conf["logFile"] = json!(log);
+    conf["runtimeConfig"] = json!({"ips": ["198.51.100.175/24"]});
+    let netns = pod.ns.path();
+    let mut env = cni_env("ADD", &pod, "net1", &netns);
+    env.push(("CNI_ARGS", "K8S_POD_NAMESPACE=robots;K8S_POD_NAME=listener"));
+    let r = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string());
+    let result = r.ok().clone();
+    assert_eq!(
+        result["ips"][0]["address"], "198.51.100.175/24",
+        "runtimeConfig ips honoured"
+    );
+    assert_eq!(result["dns"]["nameservers"], json!(["198.51.100.53"]));
+    assert_eq!(result["dns"]["search"], json!(["ros.example"]));
+    assert_eq!(
+        pod.ns
+            .read("/proc/sys/net/ipv4/conf/net1/arp_notify")
+            .trim(),
+        "1"
+    );
+    let line = std::fs::read_to_string(&log).unwrap();
+    assert!(line.contains("ADD pod=robots/listener"), "{line}");
+    assert!(
+        line.contains("address=198.51.100.175/24") && line.contains(" ok"),
+        "{line}"
+    );
+    assert!(
+        r.stderr.is_empty(),
+        "with logFile nothing goes to stderr: {}",
+        r.stderr
+    );
+
+    // A requested address already taken is refused, naming it.
+    let other = node.pod(71);
+    let r = add(&node, &other, &conf);
+    assert_eq!(r.err_code(), 7);
+    assert!(r.msg().contains("198.51.100.175"), "{}", r.msg());
+    assert_eq!(other.ns.link_names(), ["lo", "eth0"]);
+
+    // DEL with prevResult releases the claim it names.
+    let mut del_conf = conf.clone();
+    del_conf["prevResult"] = result;
+    del(&node, &pod, &del_conf).ok();
+    assert!(data.claims("ros-net").is_empty());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains(&format!(
+            "DEL pod=-/- container={} if=net1",
+            pod.container_id
+        )),
+        "{log}"
+    );
+}

@@ -487,3 +487,88 @@ fn spdp_captured_on_net1_decodes_as_rtps() {
         detach(&node, pod, &conf);
     }
 }
+
+#[test]
+fn two_attachments_in_one_pod_both_work_and_del_keeps_the_other_going() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    node.plug(&lan, "lan1");
+    let peer_node = Node::new(&lan);
+    let data = DataDir::create();
+    let conf1 = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.160",
+        "198.51.100.169",
+    );
+    let mut conf2 = json!({
+        "cniVersion": "1.0.0", "name": "ros-net-b", "type": "ros-macvlan", "master": "lan1",
+        "multicast": {"bcQueueLen": 2000},
+        "ipam": {"type": "host-local", "dataDir": data.path(), "ranges": [[{"subnet": "203.0.113.0/24", "rangeStart": "203.0.113.160", "rangeEnd": "203.0.113.169"}]]}
+    });
+    let pod = node.pod(11);
+    let peer = peer_node.pod(12);
+    attach(&node, &pod, &conf1);
+    let netns = pod.ns.path();
+    let r = run_in(
+        &node.ns.name,
+        &plugin_bin(),
+        &cni_env("ADD", &pod, "net2", &netns),
+        &conf2.to_string(),
+    );
+    let result2 = r.ok().clone();
+    let net2 = pod.ns.ip(&["-d", "link", "show", "net2"]);
+    assert!(net2.contains("bcqueuelen 2000"), "{net2}");
+    assert!(pod
+        .ns
+        .ip(&["-4", "addr", "show", "net2"])
+        .contains("203.0.113.160/24"));
+    let peer_conf = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.170",
+        "198.51.100.179",
+    );
+    attach(&peer_node, &peer, &peer_conf);
+
+    // net2's CHECK holds too (routes and marking are shared with net1).
+    conf2["prevResult"] = result2;
+    run_in(
+        &node.ns.name,
+        &plugin_bin(),
+        &cni_env("CHECK", &pod, "net2", &netns),
+        &conf2.to_string(),
+    )
+    .ok();
+
+    // DEL of net1 leaves eth0 marked (net2 still wants it) and the multicast route moves to net2.
+    detach(&node, &pod, &conf1);
+    assert!(
+        !flags(&pod, "eth0").contains(&"MULTICAST".into()),
+        "eth0 unmarked while net2 is attached"
+    );
+    let routes = pod.ns.ip(&["route", "show"]);
+    assert!(routes.contains("224.0.0.0/4 dev net2"), "{routes}");
+    let rx = group_receiver(&peer.ns, 7400);
+    send_to_group(&pod.ns, GROUP, 7400, b"via net2", None);
+    assert!(hears(&rx, b"via net2"), "sends stopped after net1's DEL");
+
+    run_in(
+        &node.ns.name,
+        &plugin_bin(),
+        &cni_env("DEL", &pod, "net2", &netns),
+        &conf2.to_string(),
+    )
+    .ok();
+    assert!(
+        flags(&pod, "eth0").contains(&"MULTICAST".into()),
+        "the last DEL restores eth0"
+    );
+    assert_eq!(pod.ns.link_names(), ["lo", "eth0"]);
+    detach(&peer_node, &peer, &peer_conf);
+}

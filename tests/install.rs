@@ -97,3 +97,30 @@ fn install_while_the_plugin_runs_never_breaks_an_execution() {
         .collect();
     assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
 }
+
+#[test]
+fn stay_keeps_running_until_sigterm() {
+    let dir = DataDir::create();
+    let mut child = Command::new(plugin_bin())
+        .args(["install", "--stay", "--cni-bin-dir"])
+        .arg(dir.0.join("bin"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "--stay exited on its own"
+    );
+    assert!(dir.0.join("bin/ros-macvlan").is_file());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM should end it cleanly: {status:?}"
+    );
+}

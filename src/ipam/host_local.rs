@@ -149,12 +149,19 @@ impl HostLocalConf {
         outcome
     }
 
-    pub fn release(&self, network: &str, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
+    /// Releases the attachment's claims. With the addresses its prevResult names, only those
+    /// claim files are read; the whole store is scanned only when that does not account for
+    /// them all (no prevResult, or claims made another way).
+    pub fn release(&self, network: &str, id: &str, ifname: &str, known: &[IpAddr]) -> Result<()> {
         let dir = self.data_dir.join(network);
         if !dir.exists() {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        Store::open(&self.data_dir, network)?.release(id, ifname)
+        let store = Store::open(&self.data_dir, network)?;
+        if !known.is_empty() && store.release_listed(known, id, ifname)? {
+            return Ok(());
+        }
+        store.release(id, ifname).map(drop)
     }
 
     /// The addresses this attachment holds in the store.
@@ -305,7 +312,7 @@ mod tests {
         assert_ne!(a[0].address, b[0].address);
         let e = conf.allocate("n", "c3", "net1", &[]).unwrap_err();
         assert!(e.to_string().contains("198.51.100.10-198.51.100.11"), "{e}");
-        conf.release("n", "c1", "net1").unwrap();
+        conf.release("n", "c1", "net1", &[]).unwrap();
         let c = conf.allocate("n", "c3", "net1", &[]).unwrap();
         assert_eq!(c[0].address, a[0].address);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -49,7 +49,7 @@ impl Ipam {
                 let dns = match hl.dns() {
                     Ok(dns) => dns,
                     Err(e) => {
-                        let _ = hl.release(&conf.name, &env.container_id, &env.ifname);
+                        let _ = hl.release(&conf.name, &env.container_id, &env.ifname, &[]);
                         return Err(e);
                     }
                 };
@@ -68,9 +68,16 @@ impl Ipam {
     pub fn del(&self, conf: &NetConf, env: &CniEnv) -> Result<()> {
         match self {
             Ipam::None => Ok(()),
-            Ipam::HostLocal(hl) => hl
-                .release(&conf.name, &env.container_id, &env.ifname)
-                .map(drop),
+            Ipam::HostLocal(hl) => {
+                // prevResult (sent with DEL by some runtimes) names the claims to release.
+                let known: Vec<IpAddr> = conf
+                    .prev_result
+                    .as_ref()
+                    .and_then(|p| CniResult::from_json(p).ok())
+                    .map(|p| p.ips.iter().map(|i| i.address.ip()).collect())
+                    .unwrap_or_default();
+                hl.release(&conf.name, &env.container_id, &env.ifname, &known)
+            }
             Ipam::Delegate(d) => d.exec("DEL", env, &conf.raw).map(drop),
         }
     }

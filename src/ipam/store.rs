@@ -159,6 +159,20 @@ impl Store {
         Ok(ips)
     }
 
+    /// Releases the listed addresses where the attachment holds them, reading only those
+    /// claim files. Returns whether it held every one of them.
+    pub fn release_listed(&self, ips: &[IpAddr], id: &str, ifname: &str) -> Result<bool> {
+        let mut all = true;
+        for ip in ips {
+            if self.holder_of(*ip).is_some_and(|h| h.matches(id, ifname)) {
+                self.release_ip(*ip)?;
+            } else {
+                all = false;
+            }
+        }
+        Ok(all)
+    }
+
     pub fn release_ip(&self, ip: IpAddr) -> Result<()> {
         match fs::remove_file(self.claim_path(ip)) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(
