@@ -269,10 +269,13 @@ mod tests {
 
     #[test]
     fn marks_round_trip() {
-        assert_eq!(parse_mark(&mark_alias("net1", "")), Some(("net1", "")));
         assert_eq!(
-            parse_mark(&mark_alias("net2", "uplink;x")),
-            Some(("net2", "uplink;x"))
+            parse_mark(&mark_alias(&["net1"], "")),
+            Some((vec!["net1"], ""))
+        );
+        assert_eq!(
+            parse_mark(&mark_alias(&["net1", "net2"], "uplink;x")),
+            Some((vec!["net1", "net2"], "uplink;x"))
         );
         assert_eq!(parse_mark("something else"), None);
     }
