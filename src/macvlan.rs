@@ -195,6 +195,9 @@ async fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progre
         }
     }
     if let Some(index) = progress.link {
+        if let Err(e) = multicast::leave(&ns.pod_nl, index, &conf.multicast).await {
+            eprintln!("ros-macvlan: rollback: leaving the multicast groups failed: {e}");
+        }
         if let Err(e) = ns.pod_nl.del_link(index).await {
             eprintln!("ros-macvlan: rollback: deleting the interface failed: {e}");
         }
@@ -223,6 +226,7 @@ pub async fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
     let nl = Netlink::connect(&pod_ns)?;
     if let Some(link) = nl.link_by_name(&env.ifname).await? {
         if link.is_macvlan() {
+            multicast::leave(&nl, link.index, &conf.multicast).await?;
             nl.del_link(link.index).await?;
         }
     }

@@ -123,6 +123,14 @@ async fn mark_other_interfaces(nl: &Netlink, ifname: &str) -> Result<()> {
     Ok(())
 }
 
+/// Leaves the groups before the interface goes (see `Netlink::leave_group`).
+pub async fn leave(nl: &Netlink, index: u32, mc: &MulticastConf) -> Result<()> {
+    for group in &mc.groups {
+        nl.leave_group(index, *group).await?;
+    }
+    Ok(())
+}
+
 /// Takes this attachment off every mark; an interface no attachment wants off multicast any
 /// more gets its MULTICAST flag and alias back.
 pub async fn restore(nl: &Netlink, ifname: &str) -> Result<()> {

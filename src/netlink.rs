@@ -341,23 +341,31 @@ impl Netlink {
     }
 
     /// Joins `group` on the link with a membership the kernel holds without any socket:
-    /// the group as an address with IFA_F_MCAUTOJOIN. rtnetlink's builder drops multicast
-    /// addresses, so the message is built here. An existing join is kept.
+    /// the group as an address with IFA_F_MCAUTOJOIN. An existing join is kept.
     pub async fn join_group(&self, index: u32, group: Ipv4Addr) -> Result<()> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = 32;
-        msg.header.index = index;
-        msg.header.scope = AddressScope::Universe;
-        msg.attributes
-            .push(AddressAttribute::Local(IpAddr::V4(group)));
-        msg.attributes
-            .push(AddressAttribute::Address(IpAddr::V4(group)));
+        let mut msg = group_address(index, group);
         msg.attributes
             .push(AddressAttribute::Flags(AddressFlags::Mcautojoin));
         match self.request_ack(RouteNetlinkMessage::NewAddress(msg)).await {
             Err(e) if errno_of(&e) == Some(Errno::EEXIST) => Ok(()),
             other => other.map_err(nl_err(format!("join multicast group {group}"))),
+        }
+    }
+
+    /// Leaves a group joined with `join_group`. This must happen before the link is deleted:
+    /// the kernel drops an auto-join membership only when its address is deleted, and the
+    /// memberships of a namespace are limited (igmp_max_memberships), so a link deleted with
+    /// the address on it leaks one, and repeated ADD/DEL in one pod end in ENOBUFS.
+    pub async fn leave_group(&self, index: u32, group: Ipv4Addr) -> Result<()> {
+        match self
+            .handle
+            .address()
+            .del(group_address(index, group))
+            .execute()
+            .await
+        {
+            Err(e) if matches!(errno_of(&e), Some(Errno::EADDRNOTAVAIL | Errno::ENODEV)) => Ok(()),
+            other => other.map_err(nl_err(format!("leave multicast group {group}"))),
         }
     }
 
@@ -464,6 +472,21 @@ impl RouteEntry {
             scope: m.header.scope,
         })
     }
+}
+
+/// The address message for a group joined on a link (rtnetlink's builder drops multicast
+/// addresses, so it is built here).
+fn group_address(index: u32, group: Ipv4Addr) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.prefix_len = 32;
+    msg.header.index = index;
+    msg.header.scope = AddressScope::Universe;
+    msg.attributes
+        .push(AddressAttribute::Local(IpAddr::V4(group)));
+    msg.attributes
+        .push(AddressAttribute::Address(IpAddr::V4(group)));
+    msg
 }
 
 fn route_addr(a: &RouteAddress) -> Option<IpAddr> {

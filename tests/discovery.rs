@@ -572,3 +572,34 @@ fn two_attachments_in_one_pod_both_work_and_del_keeps_the_other_going() {
     assert_eq!(pod.ns.link_names(), ["lo", "eth0"]);
     detach(&peer_node, &peer, &peer_conf);
 }
+
+/// The kernel drops an auto-join membership only when its address is deleted, and a
+/// namespace holds at most igmp_max_memberships (20) of them: DEL must leave the group
+/// before deleting the link, or the 21st ADD into the same pod fails with ENOBUFS.
+#[test]
+fn repeated_add_del_in_one_pod_does_not_exhaust_memberships() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pod = node.pod(11);
+    let data = DataDir::create();
+    let conf = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.160",
+        "198.51.100.180",
+    );
+    for cycle in 0..25 {
+        let r = run_in(
+            &node.ns.name,
+            &plugin_bin(),
+            &cni_env("ADD", &pod, "net1", &pod.ns.path()),
+            &conf.to_string(),
+        );
+        assert_eq!(r.code, 0, "ADD number {} failed: {}", cycle + 1, r.json);
+        detach(&node, &pod, &conf);
+    }
+}
