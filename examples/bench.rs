@@ -26,6 +26,7 @@ struct Run {
 
 /// Spawns `bin` inside `node`'s namespace (the child inherits the namespace of the thread
 /// that forks it), feeds the config, and reaps it with wait4 to read its max RSS.
+#[allow(clippy::zombie_processes)] // reaped by wait4 in `reap`, which std cannot do
 fn invoke(node: &Node, bin: &Path, verb: &str, pod: &Pod, conf: &Value) -> Run {
     let netns = pod.ns.path();
     let input = conf.to_string();
