@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -10,7 +11,7 @@ use serde_json::Value;
 use crate::cni::config::NetConf;
 use crate::cni::env::{CniEnv, Command};
 use crate::cni::{Error, Result};
-use crate::ipam::store::Store;
+use crate::ipam::store::{Record, Store};
 use crate::ipam::Ipam;
 use crate::macvlan::resolve_master;
 use crate::netlink::Netlink;
@@ -51,11 +52,55 @@ pub fn gc(conf: &NetConf, env: &CniEnv) -> Result<()> {
                     store.release_ip(ip)?;
                 }
             }
+            for record in store.records() {
+                if !valid.contains(&(record.container_id.clone(), record.ifname.clone())) {
+                    store.remove_record(&record.container_id, &record.ifname);
+                }
+            }
             Ok(())
         }
         Ipam::Delegate(d) => d.exec("GC", env, &conf.raw).map(drop),
         Ipam::None => Ok(()),
     }
+}
+
+/// An attachment whose pod is gone, released by `orphans`.
+#[derive(Debug)]
+pub struct Orphan {
+    pub network: String,
+    pub record: Record,
+}
+
+/// `ros-macvlan gc`: releases, in every network of `data_dir`, the claims whose record names
+/// a netns that no longer exists (the pod vanished without a DEL: a reboot, a lost DEL).
+/// Claims without a record (made by the reference plugin) are left alone: nothing tells
+/// whether their pod lives.
+pub fn release_orphans(data_dir: &Path) -> Result<Vec<Orphan>> {
+    let mut released = Vec::new();
+    let networks = match std::fs::read_dir(data_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(released),
+        Err(e) => return Err(Error::io(format!("read {}", data_dir.display()), e)),
+    };
+    for entry in networks
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+    {
+        let network = entry.file_name().to_string_lossy().into_owned();
+        let store = Store::open(data_dir, &network)?;
+        for record in store.records() {
+            if Path::new(&record.netns).exists() {
+                continue;
+            }
+            store.release_listed(&record.ips, &record.container_id, &record.ifname)?;
+            store.remove_record(&record.container_id, &record.ifname);
+            released.push(Orphan {
+                network: network.clone(),
+                record,
+            });
+        }
+    }
+    Ok(released)
 }
 
 /// STATUS: ready when the master is there and up and an address is left to hand out.

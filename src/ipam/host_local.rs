@@ -9,11 +9,21 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::range::{Range, RangeSet, RawRange};
-use super::store::Store;
+use super::store::{Record, Store};
 use crate::cni::result::{Dns, IpConfig, Route};
 use crate::cni::{Error, Result};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+
+/// The attachment a claim is made for, and what tells later whether its pod still exists.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub netns: &'a str,
+    pub pod_namespace: Option<&'a str>,
+    pub pod_name: Option<&'a str>,
+}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -93,10 +103,10 @@ impl HostLocalConf {
     pub fn allocate(
         &self,
         network: &str,
-        id: &str,
-        ifname: &str,
+        owner: &Owner,
         requested: &[IpNetwork],
     ) -> Result<Vec<IpConfig>> {
+        let (id, ifname) = (owner.container_id, owner.ifname);
         for req in requested {
             if !self
                 .range_sets
@@ -110,7 +120,8 @@ impl HostLocalConf {
             }
         }
         let store = Store::open(&self.data_dir, network)?;
-        let held = store.find(id, ifname)?;
+        // A repeated ADD of the same attachment keeps its addresses (the record says which).
+        let held = store.recorded_holdings(id, ifname);
         let mut claimed = Vec::new();
         let outcome = self
             .range_sets
@@ -140,7 +151,18 @@ impl HostLocalConf {
                     interface: None,
                 })
             })
-            .collect::<Result<Vec<_>>>();
+            .collect::<Result<Vec<_>>>()
+            .and_then(|ips| {
+                store.write_record(&Record {
+                    container_id: id.to_owned(),
+                    ifname: ifname.to_owned(),
+                    ips: ips.iter().map(|i| i.address.ip()).collect(),
+                    netns: owner.netns.to_owned(),
+                    pod_namespace: owner.pod_namespace.map(str::to_owned),
+                    pod_name: owner.pod_name.map(str::to_owned),
+                })?;
+                Ok(ips)
+            });
         if outcome.is_err() {
             for ip in claimed {
                 let _ = store.release_ip(ip);
@@ -149,19 +171,33 @@ impl HostLocalConf {
         outcome
     }
 
-    /// Releases the attachment's claims. With the addresses its prevResult names, only those
-    /// claim files are read; the whole store is scanned only when that does not account for
-    /// them all (no prevResult, or claims made another way).
+    /// Releases the attachment's claims. With the addresses its record (or prevResult)
+    /// names, only those claim files are read, so DEL costs the same with 1 or 1000 claims in
+    /// the store; the whole store is scanned only when they do not account for the claims
+    /// (no record: claims made by the reference plugin, or an ADD killed half-way).
     pub fn release(&self, network: &str, id: &str, ifname: &str, known: &[IpAddr]) -> Result<()> {
         let dir = self.data_dir.join(network);
         if !dir.exists() {
             return Ok(());
         }
         let store = Store::open(&self.data_dir, network)?;
-        if !known.is_empty() && store.release_listed(known, id, ifname)? {
-            return Ok(());
+        let mut listed: Vec<IpAddr> = store
+            .read_record(id, ifname)
+            .map(|r| r.ips)
+            .unwrap_or_default();
+        listed.extend(
+            known
+                .iter()
+                .filter(|ip| !listed.contains(ip))
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        let all_found = !listed.is_empty() && store.release_listed(&listed, id, ifname)?;
+        if !all_found {
+            store.release(id, ifname)?;
         }
-        store.release(id, ifname).map(drop)
+        store.remove_record(id, ifname);
+        Ok(())
     }
 
     /// The addresses this attachment holds in the store.
@@ -305,15 +341,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rmv-hl-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let conf = HostLocalConf::parse(&json!({"subnet":"198.51.100.0/24","rangeStart":"198.51.100.10","rangeEnd":"198.51.100.11","dataDir": dir})).unwrap();
-        let a = conf.allocate("n", "c1", "net1", &[]).unwrap();
-        let again = conf.allocate("n", "c1", "net1", &[]).unwrap();
+        let owner = |id| Owner {
+            container_id: id,
+            ifname: "net1",
+            netns: "/proc/1/ns/net",
+            pod_namespace: None,
+            pod_name: None,
+        };
+        let a = conf.allocate("n", &owner("c1"), &[]).unwrap();
+        let again = conf.allocate("n", &owner("c1"), &[]).unwrap();
         assert_eq!(a, again, "a repeated ADD keeps its address");
-        let b = conf.allocate("n", "c2", "net1", &[]).unwrap();
+        let b = conf.allocate("n", &owner("c2"), &[]).unwrap();
         assert_ne!(a[0].address, b[0].address);
-        let e = conf.allocate("n", "c3", "net1", &[]).unwrap_err();
+        let e = conf.allocate("n", &owner("c3"), &[]).unwrap_err();
         assert!(e.to_string().contains("198.51.100.10-198.51.100.11"), "{e}");
         conf.release("n", "c1", "net1", &[]).unwrap();
-        let c = conf.allocate("n", "c3", "net1", &[]).unwrap();
+        let c = conf.allocate("n", &owner("c3"), &[]).unwrap();
         assert_eq!(c[0].address, a[0].address);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -12,7 +12,7 @@ use crate::cni::env::CniEnv;
 use crate::cni::result::CniResult;
 use crate::cni::{Error, Result};
 use delegate::Delegate;
-use host_local::HostLocalConf;
+use host_local::{HostLocalConf, Owner};
 
 /// The IPAM an attachment uses, validated before any side effect.
 #[derive(Debug, Clone)]
@@ -40,12 +40,14 @@ impl Ipam {
         match self {
             Ipam::None => Ok(CniResult::default()),
             Ipam::HostLocal(hl) => {
-                let ips = hl.allocate(
-                    &conf.name,
-                    &env.container_id,
-                    &env.ifname,
-                    &conf.runtime_config.ips,
-                )?;
+                let owner = Owner {
+                    container_id: &env.container_id,
+                    ifname: &env.ifname,
+                    netns: &env.netns,
+                    pod_namespace: env.arg("K8S_POD_NAMESPACE"),
+                    pod_name: env.arg("K8S_POD_NAME"),
+                };
+                let ips = hl.allocate(&conf.name, &owner, &conf.runtime_config.ips)?;
                 let dns = match hl.dns() {
                     Ok(dns) => dns,
                     Err(e) => {

@@ -10,6 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
 
 use crate::cni::{Error, Result};
 
@@ -17,6 +18,27 @@ const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const LINE_BREAK: &str = "\r\n";
 /// Where a claim is written in full before it is linked into place under its address.
 const STAGING: &str = ".claim-staging";
+
+/// Beside the reference's files, one record per attachment (in a directory the reference
+/// ignores): the addresses it holds, so DEL reads a few files instead of every claim, and what
+/// tells whether its pod still exists, so `ros-macvlan gc` can release the claims of pods
+/// that vanished without a DEL (reboots, lost DELs).
+const RECORD_DIR: &str = ".ros-macvlan";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    pub ips: Vec<IpAddr>,
+    /// The pod's netns path when the claim was made; gone means the pod is gone.
+    pub netns: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+}
 
 /// Who holds a claim, as the claim file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +193,56 @@ impl Store {
             }
         }
         Ok(all)
+    }
+
+    fn record_path(&self, id: &str, ifname: &str) -> PathBuf {
+        // Container IDs hold no '@', so the name maps back to exactly one attachment.
+        self.dir.join(RECORD_DIR).join(format!("{id}@{ifname}"))
+    }
+
+    /// Writes the record whole (temporary file, then rename) or not at all.
+    pub fn write_record(&self, record: &Record) -> Result<()> {
+        let dir = self.dir.join(RECORD_DIR);
+        fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let path = self.record_path(&record.container_id, &record.ifname);
+        let temp = dir.join(".staging");
+        let body = serde_json::to_vec(record).map_err(|e| Error::Io(e.to_string()))?;
+        fs::write(&temp, body)
+            .and_then(|_| fs::rename(&temp, &path))
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))
+    }
+
+    pub fn read_record(&self, id: &str, ifname: &str) -> Option<Record> {
+        let bytes = fs::read(self.record_path(id, ifname)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn remove_record(&self, id: &str, ifname: &str) {
+        let _ = fs::remove_file(self.record_path(id, ifname));
+    }
+
+    /// Every readable record of this network.
+    pub fn records(&self) -> Vec<Record> {
+        fs::read_dir(self.dir.join(RECORD_DIR))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice(&b).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The addresses the attachment's record names that it still holds.
+    pub fn recorded_holdings(&self, id: &str, ifname: &str) -> Vec<IpAddr> {
+        self.read_record(id, ifname)
+            .map(|r| {
+                r.ips
+                    .into_iter()
+                    .filter(|ip| self.holder_of(*ip).is_some_and(|h| h.matches(id, ifname)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn release_ip(&self, ip: IpAddr) -> Result<()> {
