@@ -20,17 +20,33 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-/// `gc [--data-dir DIR]`: releases the claims of pods that are gone.
+/// `gc [--data-dir DIR] [--every SECONDS]`: releases the claims of pods that are gone; with
+/// `--every`, again and again (the DaemonSet's gc container).
 fn gc(args: &[String]) -> i32 {
-    let data_dir = match args {
-        [] => PathBuf::from(DEFAULT_DATA_DIR),
-        [flag, dir] if flag == "--data-dir" => PathBuf::from(dir),
-        _ => {
-            eprintln!("usage: ros-macvlan gc [--data-dir DIR]");
-            return 2;
+    let mut data_dir = PathBuf::from(DEFAULT_DATA_DIR);
+    let mut every: Option<u64> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.next()) {
+            ("--data-dir", Some(d)) => data_dir = PathBuf::from(d),
+            ("--every", Some(s)) if s.parse::<u64>().is_ok_and(|n| n > 0) => every = s.parse().ok(),
+            _ => {
+                eprintln!("usage: ros-macvlan gc [--data-dir DIR] [--every SECONDS]");
+                return 2;
+            }
         }
-    };
-    match crate::lifecycle::release_orphans(&data_dir) {
+    }
+    loop {
+        let code = gc_once(&data_dir);
+        match every {
+            Some(secs) => std::thread::sleep(std::time::Duration::from_secs(secs)),
+            None => return code,
+        }
+    }
+}
+
+fn gc_once(data_dir: &std::path::Path) -> i32 {
+    match crate::lifecycle::release_orphans(data_dir) {
         Ok(released) => {
             for o in &released {
                 let r = &o.record;
@@ -62,8 +78,8 @@ fn gc(args: &[String]) -> i32 {
 const USAGE: &str = "usage: ros-macvlan <subcommand>
   (no subcommand)  run as a CNI plugin: CNI_COMMAND and friends in the environment, config on stdin
   demo             (root) build the guide's two-talkers-one-listener scene in namespaces and show discovery working
-  install --cni-bin-dir DIR [--verify] [--stay]
+  install --cni-bin-dir DIR [--policy FILE --policy-dir DIR] [--verify] [--stay]
                    copy this binary into DIR atomically (the DaemonSet's job); --verify checks it is there
-  gc [--data-dir DIR]
+  gc [--data-dir DIR] [--every SECONDS]
                    release host-local claims whose pod's netns is gone (default dir /var/lib/cni/networks)
   version          print the version";

@@ -20,14 +20,19 @@ pub enum Installed {
 
 /// Installs `source` as `<dir>/ros-macvlan`, idempotently.
 pub fn install(source: &Path, dir: &Path) -> io::Result<Installed> {
-    let target = dir.join(BINARY_NAME);
-    let bytes = fs::read(source)?;
-    if is_installed(&bytes, &target) {
+    place(&fs::read(source)?, dir, BINARY_NAME, 0o755)
+}
+
+/// Puts `bytes` at `<dir>/<name>` with `mode`: a temporary file in the same directory,
+/// fsync, rename, fsync of the directory. Readers see the old file or the new one, whole.
+pub fn place(bytes: &[u8], dir: &Path, name: &str, mode: u32) -> io::Result<Installed> {
+    let target = dir.join(name);
+    if is_placed(bytes, &target, mode) {
         return Ok(Installed::UpToDate);
     }
     fs::create_dir_all(dir)?;
-    let temp = dir.join(format!(".{BINARY_NAME}.tmp-{}", std::process::id()));
-    let written = write_synced(&temp, &bytes).and_then(|_| fs::rename(&temp, &target));
+    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = write_synced(&temp, bytes, mode).and_then(|_| fs::rename(&temp, &target));
     if written.is_err() {
         let _ = fs::remove_file(&temp);
     }
@@ -37,37 +42,62 @@ pub fn install(source: &Path, dir: &Path) -> io::Result<Installed> {
     Ok(Installed::Written)
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o755)
+        .mode(mode)
         .open(path)?;
     f.write_all(bytes)?;
     // The mode requested at creation is filtered by the umask; set it exactly.
-    f.set_permissions(fs::Permissions::from_mode(0o755))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
     f.sync_all()
 }
 
-fn is_installed(bytes: &[u8], target: &Path) -> bool {
-    let mode_ok = fs::metadata(target).is_ok_and(|m| m.permissions().mode() & 0o7777 == 0o755);
+fn is_placed(bytes: &[u8], target: &Path, mode: u32) -> bool {
+    let mode_ok = fs::metadata(target).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode);
     mode_ok && fs::read(target).is_ok_and(|t| t == bytes)
 }
 
-/// `install --cni-bin-dir DIR [--verify] [--stay]`: `--verify` only reports whether DIR holds
-/// this exact binary (the DaemonSet's readiness probe); `--stay` keeps running afterwards
-/// (the DaemonSet's main process).
+/// The node policy follows the ConfigMap: copied when the ConfigMap has one, removed when
+/// it has none (then everything is allowed again).
+fn sync_policy(source: &Path, dir: &Path) -> io::Result<&'static str> {
+    let name = Path::new(crate::policy::DEFAULT_POLICY_FILE)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("policy.json");
+    match fs::read(source) {
+        Ok(bytes) => match place(&bytes, dir, name, 0o644)? {
+            Installed::Written => Ok("policy installed"),
+            Installed::UpToDate => Ok("policy current"),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::remove_file(dir.join(name)) {
+            Ok(()) => Ok("policy removed"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok("no policy"),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// `install --cni-bin-dir DIR [--policy FILE --policy-dir DIR] [--verify] [--stay]`:
+/// `--verify` only reports whether DIR holds this exact binary (the DaemonSet's readiness
+/// probe); `--policy` mirrors a ConfigMap's policy file into the node's policy dir; `--stay`
+/// keeps running afterwards (the DaemonSet's main process).
 pub fn main(args: &[String]) -> i32 {
     let mut dir: Option<PathBuf> = None;
+    let (mut policy, mut policy_dir): (Option<PathBuf>, Option<PathBuf>) = (None, None);
     let (mut verify, mut stay) = (false, false);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--cni-bin-dir" => dir = it.next().map(PathBuf::from),
+            "--policy" => policy = it.next().map(PathBuf::from),
+            "--policy-dir" => policy_dir = it.next().map(PathBuf::from),
             "--verify" => verify = true,
             "--stay" => stay = true,
             other => {
-                eprintln!("install: unknown option {other}; usage: ros-macvlan install --cni-bin-dir DIR [--verify] [--stay]");
+                eprintln!("install: unknown option {other}; usage: ros-macvlan install --cni-bin-dir DIR [--policy FILE --policy-dir DIR] [--verify] [--stay]");
                 return 2;
             }
         }
@@ -87,7 +117,7 @@ pub fn main(args: &[String]) -> i32 {
     };
     let target = dir.join(BINARY_NAME);
     if verify {
-        let ok = fs::read(&source).is_ok_and(|b| is_installed(&b, &target));
+        let ok = fs::read(&source).is_ok_and(|b| is_placed(&b, &target, 0o755));
         println!(
             "{} {}",
             target.display(),
@@ -113,6 +143,18 @@ pub fn main(args: &[String]) -> i32 {
         Err(e) => {
             eprintln!("install: cannot install into {}: {e}", dir.display());
             return 1;
+        }
+    }
+    if let (Some(src), Some(pdir)) = (&policy, &policy_dir) {
+        match sync_policy(src, pdir) {
+            Ok(what) => println!("{what} ({})", pdir.display()),
+            Err(e) => {
+                eprintln!(
+                    "install: cannot install the node policy into {}: {e}",
+                    pdir.display()
+                );
+                return 1;
+            }
         }
     }
     if stay {

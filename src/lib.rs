@@ -11,6 +11,7 @@ pub mod macvlan;
 pub mod multicast;
 pub mod netlink;
 pub mod netns;
+pub mod policy;
 pub mod scene;
 
 use std::time::Instant;

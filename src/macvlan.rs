@@ -13,6 +13,7 @@ use crate::ipam::Ipam;
 use crate::multicast;
 use crate::netlink::{kernel_mode, Link, Netlink, NewMacvlan, TABLE_MAIN};
 use crate::netns::Netns;
+use crate::policy::Policy;
 
 /// The namespaces and netlink connections one invocation works with.
 pub struct Namespaces {
@@ -73,17 +74,53 @@ fn chosen_mac(conf: &NetConf, env: &CniEnv) -> Result<Option<[u8; 6]>> {
     Ok(conf.mac)
 }
 
-/// A name no pod interface has: created under it, renamed to CNI_IFNAME inside the pod.
-fn temp_name() -> String {
-    let nanos = SystemTime::now()
+/// The temporary name a new macvlan gets before it is renamed to CNI_IFNAME inside the pod:
+/// a prefix fixed per attachment (so a DEL after an ADD killed before the rename finds it)
+/// and a random tail (so a concurrent ADD never collides with it).
+fn temp_name(env: &CniEnv) -> String {
+    let tail = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
+        .map(|d| d.subsec_nanos() ^ std::process::id())
         .unwrap_or_default();
-    format!(
-        "rmv{:05x}{:06x}",
-        std::process::id() & 0xfffff,
-        nanos & 0xffffff
-    )
+    format!("{}{:04x}", temp_prefix(env), tail & 0xffff)
+}
+
+fn temp_prefix(env: &CniEnv) -> String {
+    // FNV-1a: stable across runs and builds, unlike std's hasher.
+    let hash = format!("{}/{}", env.container_id, env.ifname)
+        .bytes()
+        .fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+    format!("rmv{hash:08x}")
+}
+
+/// A test-only switch: with ROS_MACVLAN_TEST_KILL_AT=<step>, ADD kills itself with SIGKILL
+/// at that step, so tests can show that the DEL a runtime sends next cleans up from any
+/// point. Unset (always, outside tests) it does nothing.
+pub fn crash_point(step: &str) {
+    if std::env::var("ROS_MACVLAN_TEST_KILL_AT").is_ok_and(|s| s == step) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// The steps of ADD a crash test can stop at, in order.
+pub const ADD_STEPS: &[&str] = &[
+    "created",
+    "renamed",
+    "claimed",
+    "addressed",
+    "up",
+    "routed",
+    "joined",
+    "marked",
+];
+
+/// What the checks before the first change decided.
+struct Plan {
+    master: Link,
+    mac: Option<[u8; 6]>,
+    policy: Option<Policy>,
 }
 
 /// What ADD has done so far, for rollback.
@@ -97,6 +134,10 @@ struct Progress {
 pub async fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result<CniResult> {
     // Everything checkable is checked before the first change.
     let master = resolve_master(&ns.master_nl, conf).await?;
+    let policy = Policy::load()?;
+    if let Some(p) = &policy {
+        p.check_master(&master.name)?;
+    }
     if let Some(mtu) = conf.mtu {
         if mtu > master.mtu {
             return Err(Error::InvalidConfig(format!(
@@ -113,8 +154,13 @@ pub async fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> 
         )));
     }
 
+    let plan = Plan {
+        master,
+        mac,
+        policy,
+    };
     let mut progress = Progress::default();
-    let outcome = add_steps(conf, env, ipam, ns, &master, mac, &mut progress).await;
+    let outcome = add_steps(conf, env, ipam, ns, &plan, &mut progress).await;
     if outcome.is_err() {
         undo(conf, env, ipam, ns, &progress).await;
     }
@@ -126,18 +172,18 @@ async fn add_steps(
     env: &CniEnv,
     ipam: &Ipam,
     ns: &Namespaces,
-    master: &Link,
-    mac: Option<[u8; 6]>,
+    plan: &Plan,
     progress: &mut Progress,
 ) -> Result<CniResult> {
-    let temp = temp_name();
+    let master = &plan.master;
+    let temp = temp_name(env);
     ns.master_nl
         .add_macvlan(&NewMacvlan {
             temp_name: &temp,
             master_index: master.index,
             mode: conf.mode,
             mtu: conf.mtu,
-            mac,
+            mac: plan.mac,
             bc_queue_len: conf.multicast.bc_queue_len,
             target_netns: (!ns.master_in_pod).then(|| ns.pod_ns.raw_fd()),
         })
@@ -148,22 +194,33 @@ async fn add_steps(
             Error::Netlink(format!("macvlan {temp} vanished right after creation"))
         })?;
     progress.link = Some(created.index);
+    crash_point("created");
     ns.pod_nl.rename(created.index, &env.ifname).await?;
+    crash_point("renamed");
     set_arp_notify(&ns.pod_ns, &env.ifname)?;
 
     let mut result = ipam.add(conf, env)?;
     progress.ipam = true;
+    if let Some(p) = &plan.policy {
+        for ip in &result.ips {
+            p.check_address(ip.address.ip())?;
+        }
+    }
+    crash_point("claimed");
 
     for ip in result.ips.iter_mut() {
         ns.pod_nl.add_address(created.index, ip.address).await?;
         ip.interface = Some(0);
     }
+    crash_point("addressed");
     ns.pod_nl.set_up(created.index).await?;
+    crash_point("up");
     for route in &result.routes {
         ns.pod_nl
             .add_route(created.index, route.dst, route.gw)
             .await?;
     }
+    crash_point("routed");
     let link = ns
         .pod_nl
         .link_by_index(created.index)
@@ -171,6 +228,7 @@ async fn add_steps(
         .ok_or_else(|| Error::Netlink(format!("{} vanished during setup", env.ifname)))?;
     progress.marked = conf.multicast.mark_other_interfaces;
     multicast::setup(&ns.pod_nl, &ns.pod_ns, &link, &conf.multicast).await?;
+    crash_point("marked");
 
     result.interfaces = vec![Interface {
         name: env.ifname.clone(),
@@ -224,8 +282,11 @@ pub async fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
         Err(e) => return Err(e),
     };
     let nl = Netlink::connect(&pod_ns)?;
-    if let Some(link) = nl.link_by_name(&env.ifname).await? {
-        if link.is_macvlan() {
+    // The attachment's link, and any it left under its temporary name (an ADD killed
+    // between creating and renaming it).
+    let prefix = temp_prefix(env);
+    for link in nl.links().await? {
+        if link.is_macvlan() && (link.name == env.ifname || link.name.starts_with(&prefix)) {
             multicast::leave(&nl, link.index, &conf.multicast).await?;
             nl.del_link(link.index).await?;
         }

@@ -51,6 +51,7 @@ pub async fn setup(nl: &Netlink, ns: &Netns, link: &Link, mc: &MulticastConf) ->
     if !mc.groups.is_empty() {
         drop_group_local_routes(nl, link.index, &mc.groups).await?;
     }
+    crate::macvlan::crash_point("joined");
     for dst in &mc.routes {
         // Present already means a first ros-macvlan attachment in this pod carries it.
         nl.add_route(link.index, IpNetwork::V4(*dst), None).await?;

@@ -124,3 +124,34 @@ fn stay_keeps_running_until_sigterm() {
         "SIGTERM should end it cleanly: {status:?}"
     );
 }
+
+#[test]
+fn policy_follows_the_config_map() {
+    let dir = DataDir::create();
+    let src = dir.0.join("configmap/policy.json");
+    std::fs::create_dir_all(src.parent().unwrap()).unwrap();
+    std::fs::write(&src, br#"{"masters": ["eth0"]}"#).unwrap();
+    let node_dir = dir.0.join("etc-cni-ros-macvlan");
+    let run = || {
+        let out = Command::new(plugin_bin())
+            .args(["install", "--cni-bin-dir"])
+            .arg(dir.0.join("bin"))
+            .arg("--policy")
+            .arg(&src)
+            .arg("--policy-dir")
+            .arg(&node_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run().contains("policy installed"));
+    assert_eq!(
+        std::fs::read(node_dir.join("policy.json")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    assert!(run().contains("policy current"));
+    std::fs::remove_file(&src).unwrap();
+    assert!(run().contains("policy removed"));
+    assert!(!node_dir.join("policy.json").exists());
+}

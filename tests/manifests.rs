@@ -73,7 +73,8 @@ fn manifests_pass_the_kubernetes_schemas() {
         "broken",
     );
     assert!(!ok, "kubernetes-validate accepted a broken pod");
-    for file in yaml_files("conf") {
+    let files = yaml_files("conf").into_iter().chain(yaml_files("install"));
+    for file in files.filter(|f| !f.ends_with("kustomization.yaml")) {
         let text = std::fs::read_to_string(&file).unwrap();
         // NetworkAttachmentDefinition is a CRD without a schema there: checked below.
         if text.contains("kind: NetworkAttachmentDefinition") && !text.contains("kind: Pod") {
@@ -187,4 +188,13 @@ fn conf_network_attachments_parse_with_the_plugins_own_parser() {
             "pods ask for {w}, conf/ defines {nads:?}"
         );
     }
+}
+
+/// The example node policy is one the plugin reads.
+#[test]
+fn policy_example_parses_as_a_policy() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("install/policy-example.yaml");
+    let doc: serde_yaml::Value = serde_yaml::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let json = doc["data"]["policy.json"].as_str().unwrap();
+    serde_json::from_str::<ros_macvlan::policy::Policy>(json).unwrap();
 }

@@ -1,0 +1,325 @@
+//! Under load, crashes and leaks: concurrency, kill at every step of ADD, garbage
+//! collection of claims whose pod vanished, GC and STATUS verbs, and the node policy.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn add(node: &Node, pod: &Pod, conf: &Value) -> Reply {
+    run_in(
+        &node.ns.name,
+        &plugin_bin(),
+        &cni_env("ADD", pod, "net1", &pod.ns.path()),
+        &conf.to_string(),
+    )
+}
+
+fn del(node: &Node, pod: &Pod, conf: &Value) -> Reply {
+    run_in(
+        &node.ns.name,
+        &plugin_bin(),
+        &cni_env("DEL", pod, "net1", &pod.ns.path()),
+        &conf.to_string(),
+    )
+}
+
+fn wide(data: &DataDir, name: &str) -> Value {
+    let mut c = guide_config(
+        Some("1.1.0"),
+        "lan0",
+        data,
+        "198.51.100.10",
+        "198.51.100.250",
+    );
+    c["name"] = json!(name);
+    c
+}
+
+#[test]
+fn a_hundred_concurrent_adds_get_distinct_addresses_and_dels_leave_nothing() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let data = DataDir::create();
+    let conf = wide(&data, "ros-net");
+    let pods: Vec<Pod> = (0..100).map(|i| node.pod(i as u8 + 1)).collect();
+    let replies: Vec<Reply> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|p| s.spawn(|| add(&node, p, &conf)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let addrs: HashSet<String> = replies
+        .iter()
+        .map(|r| r.ok()["ips"][0]["address"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(addrs.len(), 100, "some address was handed out twice");
+    assert_eq!(data.claims("ros-net").len(), 100);
+    std::thread::scope(|s| {
+        for p in &pods {
+            let (node, conf) = (&node, &conf);
+            s.spawn(move || del(node, p, conf).ok().clone());
+        }
+    });
+    assert!(
+        data.claims("ros-net").is_empty(),
+        "claims left: {:?}",
+        data.claims("ros-net")
+    );
+    for p in &pods {
+        assert_eq!(p.ns.link_names(), ["lo", "eth0"]);
+    }
+}
+
+/// A network's store is locked while an ADD allocates; another network must not wait.
+#[test]
+fn two_networks_never_wait_for_each_other() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let data = DataDir::create();
+    let (a, b) = (wide(&data, "net-a"), wide(&data, "net-b"));
+    let lock_dir = data.0.join("net-a");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_dir.join("lock"))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+
+    let (pa, pb) = (node.pod(11), node.pod(12));
+    std::thread::scope(|s| {
+        let blocked = s.spawn(|| {
+            let start = Instant::now();
+            add(&node, &pa, &a).ok();
+            start.elapsed()
+        });
+        let start = Instant::now();
+        add(&node, &pb, &b).ok();
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "net-b waited for net-a's lock"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!blocked.is_finished(), "net-a's ADD ignored the store lock");
+        drop(held);
+        assert!(blocked.join().unwrap() >= Duration::from_millis(500));
+    });
+    del(&node, &pa, &a).ok();
+    del(&node, &pb, &b).ok();
+}
+
+/// SIGKILL at every step of ADD; the DEL the runtime sends next cleans everything, and a
+/// repeated ADD succeeds.
+#[test]
+fn killed_at_any_step_of_add_the_next_del_cleans_up() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let data = DataDir::create();
+    let conf = wide(&data, "ros-net");
+    for step in ros_macvlan::macvlan::ADD_STEPS {
+        let pod = node.pod(50);
+        let netns = pod.ns.path();
+        let mut env = cni_env("ADD", &pod, "net1", &netns);
+        env.push(("ROS_MACVLAN_TEST_KILL_AT", step));
+        let r = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string());
+        assert_eq!(r.code, -1, "{step}: the plugin was not killed: {}", r.json);
+        del(&node, &pod, &conf).ok();
+        assert_eq!(
+            pod.ns.link_names(),
+            ["lo", "eth0"],
+            "{step}: a link is left"
+        );
+        assert!(
+            data.claims("ros-net").is_empty(),
+            "{step}: claims left {:?}",
+            data.claims("ros-net")
+        );
+        let eth0 = pod.ns.ip(&["link", "show", "eth0"]);
+        assert!(eth0.contains("MULTICAST"), "{step}: eth0 left marked");
+        add(&node, &pod, &conf).ok();
+        del(&node, &pod, &conf).ok();
+    }
+}
+
+#[test]
+fn gc_subcommand_releases_claims_of_pods_that_vanished() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let data = DataDir::create();
+    let conf = wide(&data, "ros-net");
+    let (gone, alive) = (node.pod(11), node.pod(12));
+    let netns = gone.ns.path();
+    let mut env = cni_env("ADD", &gone, "net1", &netns);
+    env.push(("CNI_ARGS", "K8S_POD_NAMESPACE=robots;K8S_POD_NAME=talker"));
+    let lost = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string()).ok()["ips"][0]
+        ["address"]
+        .clone();
+    let kept = add(&node, &alive, &conf).ok()["ips"][0]["address"].clone();
+    // A reboot or a lost DEL: the pod's netns goes, no DEL comes.
+    drop(gone);
+    let out = std::process::Command::new(plugin_bin())
+        .args(["gc", "--data-dir", data.path()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("robots/talker"), "gc names the pod: {text}");
+    let claims = data.claims("ros-net");
+    let ip = |v: &Value| v.as_str().unwrap().split('/').next().unwrap().to_owned();
+    assert_eq!(
+        claims,
+        [ip(&kept)],
+        "lost {lost} should be released, kept {kept} not"
+    );
+    del(&node, &alive, &conf).ok();
+}
+
+#[test]
+fn gc_verb_releases_what_is_not_valid_and_status_reports_readiness() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let data = DataDir::create();
+    let conf = guide_config(
+        Some("1.1.0"),
+        "lan0",
+        &data,
+        "198.51.100.160",
+        "198.51.100.161",
+    );
+    let pods = [node.pod(11), node.pod(12)];
+    for p in &pods {
+        add(&node, p, &conf).ok();
+    }
+    let plain = |verb: &'static str, conf: &Value| {
+        run_in(
+            &node.ns.name,
+            &plugin_bin(),
+            &[("CNI_COMMAND", verb), ("CNI_PATH", REFERENCE_DIR)],
+            &conf.to_string(),
+        )
+    };
+    // The range is full: STATUS says no addresses left.
+    assert_eq!(plain("STATUS", &conf).err_code(), 51);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] =
+        json!([{"containerID": pods[0].container_id, "ifname": "net1"}]);
+    plain("GC", &gc).ok();
+    assert_eq!(data.claims("ros-net").len(), 1);
+    assert_eq!(plain("STATUS", &conf).code, 0);
+    // The older key is read too.
+    let mut old = conf.clone();
+    old["cni.dev/attachments"] = json!([]);
+    plain("GC", &old).ok();
+    assert!(data.claims("ros-net").is_empty());
+    // A master that is down or missing: not available.
+    node.ns.ip(&["link", "set", "lan0", "down"]);
+    assert_eq!(plain("STATUS", &conf).err_code(), 50);
+    node.ns.ip(&["link", "set", "lan0", "up"]);
+    let mut missing = conf.clone();
+    missing["master"] = json!("enp9s9");
+    assert_eq!(plain("STATUS", &missing).err_code(), 50);
+    // GC and STATUS are 1.1 verbs.
+    let mut v1 = conf.clone();
+    v1["cniVersion"] = json!("1.0.0");
+    assert_eq!(plain("STATUS", &v1).err_code(), 1);
+    for p in &pods {
+        del(&node, p, &conf).ok();
+    }
+}
+
+#[test]
+fn node_policy_bounds_masters_and_ranges() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    node.plug(&lan, "lan1");
+    let data = DataDir::create();
+    let policy = data.0.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"masters": ["lan0"], "ranges": ["198.51.100.0/25"]}"#,
+    )
+    .unwrap();
+    let pod = node.pod(11);
+    let netns = pod.ns.path();
+    let policy_path = policy.to_str().unwrap().to_owned();
+    let run = |conf: &Value| {
+        let mut env = cni_env("ADD", &pod, "net1", &netns);
+        env.push(("ROS_MACVLAN_POLICY_FILE", &policy_path));
+        run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string())
+    };
+    let allowed = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.10",
+        "198.51.100.20",
+    );
+    run(&allowed).ok();
+    del(&node, &pod, &allowed).ok();
+
+    let other_master = guide_config(
+        Some("1.0.0"),
+        "lan1",
+        &data,
+        "198.51.100.10",
+        "198.51.100.20",
+    );
+    let r = run(&other_master);
+    assert_eq!(r.err_code(), 106);
+    assert!(
+        r.msg().contains("lan1") && r.msg().contains(&policy_path),
+        "{}",
+        r.msg()
+    );
+
+    let other_range = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.200",
+        "198.51.100.210",
+    );
+    let r = run(&other_range);
+    assert_eq!(r.err_code(), 106);
+    assert!(r.msg().contains("198.51.100.200"), "{}", r.msg());
+    assert_eq!(
+        pod.ns.link_names(),
+        ["lo", "eth0"],
+        "a refused ADD leaves no link"
+    );
+    assert!(
+        data.claims("ros-net").is_empty(),
+        "a refused ADD leaves no claim"
+    );
+
+    std::fs::write(&policy, "{not json").unwrap();
+    assert_eq!(
+        run(&allowed).err_code(),
+        106,
+        "a broken policy refuses everything"
+    );
+}
