@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cni;
 pub mod demo;
+pub mod duplicate;
 pub mod install;
 pub mod ipam;
 pub mod lifecycle;

@@ -1,6 +1,7 @@
 //! ADD, DEL and CHECK of the macvlan attachment, with explicit rollback: a failed ADD
 //! leaves the node and the pod as they were.
 
+use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnetwork::IpNetwork;
@@ -9,6 +10,7 @@ use crate::cni::config::{format_mac, parse_mac, NetConf};
 use crate::cni::env::CniEnv;
 use crate::cni::result::{CniResult, Interface};
 use crate::cni::{Error, Result};
+use crate::duplicate;
 use crate::ipam::Ipam;
 use crate::multicast;
 use crate::netlink::{kernel_mode, Link, Netlink, NewMacvlan, TABLE_MAIN};
@@ -199,14 +201,12 @@ async fn add_steps(
     crash_point("renamed");
     set_arp_notify(&ns.pod_ns, &env.ifname)?;
 
-    let mut result = ipam.add(conf, env)?;
-    progress.ipam = true;
+    let mut result = claim_unused_addresses(conf, env, ipam, ns, &created, progress).await?;
     if let Some(p) = &plan.policy {
         for ip in &result.ips {
             p.check_address(ip.address.ip())?;
         }
     }
-    crash_point("claimed");
 
     for ip in result.ips.iter_mut() {
         ns.pod_nl.add_address(created.index, ip.address).await?;
@@ -237,6 +237,56 @@ async fn add_steps(
         mtu: Some(link.mtu),
     }];
     Ok(result)
+}
+
+/// Gets the addresses from IPAM and, with duplicate detection on (host-local), ARP-probes
+/// each on the LAN first; an address someone answers for is released and passed over.
+async fn claim_unused_addresses(
+    conf: &NetConf,
+    env: &CniEnv,
+    ipam: &Ipam,
+    ns: &Namespaces,
+    link: &Link,
+    progress: &mut Progress,
+) -> Result<CniResult> {
+    let detection = match ipam {
+        Ipam::HostLocal(_) => conf.duplicate_detection,
+        _ => None,
+    };
+    let mut avoid: Vec<IpAddr> = Vec::new();
+    loop {
+        let result = ipam.add(conf, env, &avoid)?;
+        progress.ipam = true;
+        crash_point("claimed");
+        let Some(d) = detection else {
+            return Ok(result);
+        };
+        // Probing needs the link up; it has no address yet, as RFC 5227 wants.
+        ns.pod_nl.set_up(link.index).await?;
+        let mac: [u8; 6] = link.mac.as_slice().try_into().unwrap_or_default();
+        let mut conflicts = Vec::new();
+        for ip in &result.ips {
+            if let IpAddr::V4(v4) = ip.address.ip() {
+                if duplicate::in_use(&ns.pod_ns, link.index, mac, v4, &d)? {
+                    conflicts.push(ip.address.ip());
+                }
+            }
+        }
+        if conflicts.is_empty() {
+            return Ok(result);
+        }
+        eprintln!(
+            "ros-macvlan: {conflicts:?} in use on the LAN (ARP answered); trying another address"
+        );
+        ipam.del(conf, env)?;
+        progress.ipam = false;
+        avoid.extend(conflicts);
+        if avoid.len() >= d.max_conflicts as usize {
+            return Err(Error::RangeExhausted(format!(
+                "addresses {avoid:?} are already in use on the LAN (other hosts answered ARP probes): the range overlaps addresses of other nodes or hosts; give each node a range of its own"
+            )));
+        }
+    }
 }
 
 /// Undoes a failed ADD, most recent step first. Failures here are logged, not returned: the

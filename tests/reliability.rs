@@ -323,3 +323,54 @@ fn node_policy_bounds_masters_and_ranges() {
         "a broken policy refuses everything"
     );
 }
+
+/// One NetworkAttachmentDefinition for two nodes, a store per node: without detection both
+/// nodes hand out the same addresses (the control); with it (the default) every pod on
+/// both nodes gets a distinct one.
+#[test]
+fn duplicate_detection_keeps_addresses_distinct_across_nodes() {
+    if !require_root() {
+        return;
+    }
+    fn scene(detection: Option<Value>) -> Vec<String> {
+        let lan = Lan::create();
+        let nodes = [Node::new(&lan), Node::new(&lan)];
+        let data = [DataDir::create(), DataDir::create()];
+        let mut addrs = Vec::new();
+        let mut attached = Vec::new();
+        for round in 0..3u8 {
+            for (n, node) in nodes.iter().enumerate() {
+                let mut conf = guide_config(
+                    Some("1.0.0"),
+                    "lan0",
+                    &data[n],
+                    "198.51.100.160",
+                    "198.51.100.180",
+                );
+                if let Some(d) = &detection {
+                    conf["duplicateDetection"] = d.clone();
+                }
+                let pod = node.pod(10 + round * 2 + n as u8);
+                let r = add(node, &pod, &conf);
+                addrs.push(r.ok()["ips"][0]["address"].as_str().unwrap().to_owned());
+                attached.push((n, pod, conf));
+            }
+        }
+        for (n, pod, conf) in &attached {
+            del(&nodes[*n], pod, conf).ok();
+        }
+        addrs
+    }
+    let distinct = |v: &Vec<String>| v.iter().collect::<HashSet<_>>().len();
+    let without = scene(Some(json!(false)));
+    assert!(
+        distinct(&without) < without.len(),
+        "the control should collide: {without:?}"
+    );
+    let with = scene(None);
+    assert_eq!(
+        distinct(&with),
+        with.len(),
+        "duplicates with detection on: {with:?}"
+    );
+}

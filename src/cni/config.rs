@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 
 use super::error::{Error, Result};
 use super::version::Version;
+use crate::duplicate::Detection;
 
 /// The macvlan modes the reference plugin accepts (`source` is not one of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +178,8 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     pub log_file: Option<String>,
     pub log_level: Option<String>,
+    /// ARP probing of new addresses on the LAN; `None` when turned off.
+    pub duplicate_detection: Option<Detection>,
     /// The whole config as received, for delegated IPAM plugins.
     pub raw: Value,
 }
@@ -248,6 +251,7 @@ impl NetConf {
             prev_result: raw.prev_result,
             log_file: raw.log_file,
             log_level: raw.log_level,
+            duplicate_detection: Detection::from_config(raw_value.get("duplicateDetection"))?,
             raw: raw_value,
         })
     }

@@ -105,6 +105,7 @@ impl HostLocalConf {
         network: &str,
         owner: &Owner,
         requested: &[IpNetwork],
+        avoid: &[IpAddr],
     ) -> Result<Vec<IpConfig>> {
         let (id, ifname) = (owner.container_id, owner.ifname);
         for req in requested {
@@ -139,7 +140,8 @@ impl HostLocalConf {
                     // An ADD repeated for the same attachment gets the same address.
                     Some(existing) if want.is_none_or(|w| w == existing.0) => existing,
                     _ => {
-                        let got = claim_in_set(&store, set, idx, id, ifname, want, network)?;
+                        let got =
+                            claim_in_set(&store, set, idx, (id, ifname), want, avoid, network)?;
                         claimed.push(got.0);
                         got
                     }
@@ -221,13 +223,18 @@ fn claim_in_set<'a>(
     store: &Store,
     set: &'a RangeSet,
     idx: usize,
-    id: &str,
-    ifname: &str,
+    (id, ifname): (&str, &str),
     want: Option<IpAddr>,
+    avoid: &[IpAddr],
     network: &str,
 ) -> Result<(IpAddr, &'a Range)> {
     if let Some(ip) = want {
         let range = set.range_of(ip).expect("checked by the caller");
+        if avoid.contains(&ip) {
+            return Err(Error::InvalidConfig(format!(
+                "requested address {ip} is in use on the LAN (another host answered ARP for it)"
+            )));
+        }
         if range.is_reserved(ip) || !store.reserve(ip, id, ifname, idx)? {
             return Err(Error::InvalidConfig(format!(
                 "requested address {ip} is not available in network {network}"
@@ -236,7 +243,7 @@ fn claim_in_set<'a>(
         return Ok((ip, range));
     }
     for (ip, range) in set.candidates(store.last_reserved(idx)) {
-        if store.reserve(ip, id, ifname, idx)? {
+        if !avoid.contains(&ip) && store.reserve(ip, id, ifname, idx)? {
             return Ok((ip, range));
         }
     }
@@ -348,15 +355,15 @@ mod tests {
             pod_namespace: None,
             pod_name: None,
         };
-        let a = conf.allocate("n", &owner("c1"), &[]).unwrap();
-        let again = conf.allocate("n", &owner("c1"), &[]).unwrap();
+        let a = conf.allocate("n", &owner("c1"), &[], &[]).unwrap();
+        let again = conf.allocate("n", &owner("c1"), &[], &[]).unwrap();
         assert_eq!(a, again, "a repeated ADD keeps its address");
-        let b = conf.allocate("n", &owner("c2"), &[]).unwrap();
+        let b = conf.allocate("n", &owner("c2"), &[], &[]).unwrap();
         assert_ne!(a[0].address, b[0].address);
-        let e = conf.allocate("n", &owner("c3"), &[]).unwrap_err();
+        let e = conf.allocate("n", &owner("c3"), &[], &[]).unwrap_err();
         assert!(e.to_string().contains("198.51.100.10-198.51.100.11"), "{e}");
         conf.release("n", "c1", "net1", &[]).unwrap();
-        let c = conf.allocate("n", &owner("c3"), &[]).unwrap();
+        let c = conf.allocate("n", &owner("c3"), &[], &[]).unwrap();
         assert_eq!(c[0].address, a[0].address);
         std::fs::remove_dir_all(&dir).unwrap();
     }

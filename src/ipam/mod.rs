@@ -35,8 +35,9 @@ impl Ipam {
         }
     }
 
-    /// Obtains the addresses, routes and DNS of a new attachment.
-    pub fn add(&self, conf: &NetConf, env: &CniEnv) -> Result<CniResult> {
+    /// Obtains the addresses, routes and DNS of a new attachment; host-local passes over the
+    /// addresses in `avoid` (found in use on the LAN).
+    pub fn add(&self, conf: &NetConf, env: &CniEnv, avoid: &[IpAddr]) -> Result<CniResult> {
         match self {
             Ipam::None => Ok(CniResult::default()),
             Ipam::HostLocal(hl) => {
@@ -47,7 +48,7 @@ impl Ipam {
                     pod_namespace: env.arg("K8S_POD_NAMESPACE"),
                     pod_name: env.arg("K8S_POD_NAME"),
                 };
-                let ips = hl.allocate(&conf.name, &owner, &conf.runtime_config.ips)?;
+                let ips = hl.allocate(&conf.name, &owner, &conf.runtime_config.ips, avoid)?;
                 let dns = match hl.dns() {
                     Ok(dns) => dns,
                     Err(e) => {
