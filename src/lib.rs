@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cni;
 pub mod demo;
+pub mod doctor;
 pub mod duplicate;
 pub mod install;
 pub mod ipam;
@@ -13,6 +14,8 @@ pub mod multicast;
 pub mod netlink;
 pub mod netns;
 pub mod policy;
+pub mod probe;
+pub mod rtps;
 pub mod scene;
 
 use std::time::Instant;

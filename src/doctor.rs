@@ -1,0 +1,388 @@
+//! `ros-macvlan doctor`: checks a pod's discovery path step by step and says, for each
+//! broken step, how to fix it.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
+
+use crate::netlink::{Netlink, TABLE_LOCAL, TABLE_MAIN};
+use crate::netns::Netns;
+use crate::probe;
+use crate::rtps;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug)]
+pub struct Check {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+fn pass(name: &'static str, detail: String) -> Check {
+    Check {
+        name,
+        verdict: Verdict::Pass,
+        detail,
+        fix: None,
+    }
+}
+fn fail(name: &'static str, detail: String, fix: String) -> Check {
+    Check {
+        name,
+        verdict: Verdict::Fail,
+        detail,
+        fix: Some(fix),
+    }
+}
+fn warn(name: &'static str, detail: String, fix: String) -> Check {
+    Check {
+        name,
+        verdict: Verdict::Warn,
+        detail,
+        fix: Some(fix),
+    }
+}
+
+pub struct Options {
+    pub netns: Option<String>,
+    pub iface: String,
+    pub domain: u16,
+    pub seconds: f64,
+}
+
+/// Runs every check; the live probe only when the interface is usable at all.
+pub fn run(opts: &Options) -> Vec<Check> {
+    let ns = match opts
+        .netns
+        .as_deref()
+        .map(Netns::open)
+        .unwrap_or_else(Netns::current)
+    {
+        Ok(ns) => ns,
+        Err(e) => {
+            return vec![fail(
+                "netns",
+                e.to_string(),
+                "pass the pod's netns path with --netns".into(),
+            )]
+        }
+    };
+    let mut checks = match crate::block_on(static_checks(&ns, opts)) {
+        Ok(c) => c,
+        Err(e) => vec![fail("netlink", e.to_string(), "run doctor as root".into())],
+    };
+    if checks
+        .iter()
+        .any(|c| c.name == "interface" && c.verdict == Verdict::Fail)
+    {
+        return checks;
+    }
+    checks.extend(live_checks(&ns, opts));
+    checks
+}
+
+async fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Check>> {
+    let nl = Netlink::connect(ns)?;
+    let mut out = Vec::new();
+    let Some(link) = nl.link_by_name(&opts.iface).await? else {
+        out.push(fail(
+            "interface",
+            format!("{} does not exist in the pod", opts.iface),
+            "annotate the pod with k8s.v1.cni.cncf.io/networks: <your ros-macvlan NetworkAttachmentDefinition>".into(),
+        ));
+        return Ok(out);
+    };
+    let v4: Vec<IpNetwork> = nl
+        .addresses(Some(link.index))
+        .await?
+        .into_iter()
+        .map(|(_, a, _)| a)
+        .filter(|a| a.is_ipv4() && !a.ip().is_multicast())
+        .collect();
+    out.push(match (link.is_up(), v4.first()) {
+        (true, Some(a)) => pass("interface", format!("{} is up with {a}", opts.iface)),
+        (false, _) => fail(
+            "interface",
+            format!("{} is down", opts.iface),
+            format!("ip link set {} up", opts.iface),
+        ),
+        (true, None) => fail(
+            "interface",
+            format!("{} has no IPv4 address", opts.iface),
+            "check the attachment's ipam section".into(),
+        ),
+    });
+
+    let group = rtps::SPDP_GROUP;
+    let joined = crate::multicast::joined_groups(ns, &opts.iface)?;
+    out.push(if joined.contains(&group) {
+        pass("membership", format!("{group} joined on {} (the switch is told to forward discovery)", opts.iface))
+    } else {
+        fail(
+            "membership",
+            format!("{group} is not joined on {}: IGMP-snooping switches will not forward discovery here", opts.iface),
+            format!("ip addr add {group}/32 dev {} autojoin && ip route del local {group} dev {} table local (ros-macvlan does this by default: multicast.groups)", opts.iface, opts.iface),
+        )
+    });
+
+    let local = nl.routes_v4(TABLE_LOCAL).await?;
+    let looped = local.iter().any(|r| {
+        r.dst == IpNetwork::V4(ipnetwork::Ipv4Network::new(group, 32).expect("/32"))
+            && r.kind == rtnetlink::packet_route::route::RouteType::Local
+    });
+    let main = nl.routes_v4(TABLE_MAIN).await?;
+    let chosen = main
+        .iter()
+        .filter(|r| r.dst.contains(IpAddr::V4(group)))
+        .max_by_key(|r| r.dst.prefix());
+    out.push(match chosen {
+        _ if looped => fail(
+            "route",
+            format!(
+                "local route for {group}: the pod's own discovery sends loop back and never leave"
+            ),
+            format!("ip route del local {group} dev {} table local", opts.iface),
+        ),
+        Some(r) if r.oif == Some(link.index) => pass(
+            "route",
+            format!(
+                "multicast to {group} leaves through {} ({})",
+                opts.iface, r.dst
+            ),
+        ),
+        other => {
+            let via = other
+                .and_then(|r| r.oif)
+                .map(|i| format!("interface {i}"))
+                .unwrap_or_else(|| "no route".into());
+            fail(
+                "route",
+                format!(
+                    "multicast to {group} does not leave through {} ({via})",
+                    opts.iface
+                ),
+                format!("ip route add 224.0.0.0/4 dev {} scope link", opts.iface),
+            )
+        }
+    });
+
+    let read = |path: String| ns.run(move || std::fs::read_to_string(path).unwrap_or_default());
+    let all = read("/proc/sys/net/ipv4/conf/all/rp_filter".into())?;
+    let dev = read(format!("/proc/sys/net/ipv4/conf/{}/rp_filter", opts.iface))?;
+    let effective = all
+        .trim()
+        .parse::<u8>()
+        .unwrap_or(0)
+        .max(dev.trim().parse::<u8>().unwrap_or(0));
+    out.push(if effective == 1 {
+        fail(
+            "rp_filter",
+            format!("rp_filter on {} is strict (1): discovery from peers whose route points elsewhere is dropped", opts.iface),
+            format!("sysctl -w net.ipv4.conf.{}.rp_filter=2", opts.iface),
+        )
+    } else {
+        pass("rp_filter", format!("rp_filter on {} is {effective}", opts.iface))
+    });
+
+    let rivals: Vec<String> = nl
+        .links()
+        .await?
+        .into_iter()
+        .filter(|l| {
+            l.index != link.index
+                && !l.is_loopback()
+                && l.is_up()
+                && l.is_multicast()
+                && !l.is_macvlan()
+        })
+        .map(|l| l.name)
+        .collect();
+    out.push(if rivals.is_empty() {
+        pass("interface choice", format!("{} is the only multicast-capable interface: DDS picks it", opts.iface))
+    } else {
+        fail(
+            "interface choice",
+            format!("{} also multicast-capable: CycloneDDS may pick it \"arbitrarily\" and miss every peer", rivals.join(", ")),
+            format!("ip link set {} multicast off (ros-macvlan does this by default: multicast.markOtherInterfaces)", rivals.join(" ")),
+        )
+    });
+    Ok(out)
+}
+
+fn live_checks(ns: &Netns, opts: &Options) -> Vec<Check> {
+    let querier = IgmpWatch::open(ns);
+    let popts = probe::Options {
+        netns: Some(ns.path().to_owned()),
+        iface: opts.iface.clone(),
+        domains: vec![opts.domain],
+        seconds: opts.seconds,
+        json: false,
+        announce: true,
+        live: false,
+    };
+    let mut out = Vec::new();
+    let report = match probe::run(&popts) {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(fail(
+                "live probe",
+                e.to_string(),
+                "run doctor as root in the pod's netns".into(),
+            ));
+            return out;
+        }
+    };
+    let own_subnets = subnets_of(ns, &opts.iface).unwrap_or_default();
+    let peers: Vec<&probe::Sighting> = report.participants.values().collect();
+    out.push(if peers.is_empty() {
+        warn(
+            "participants",
+            format!("no DDS participant heard on domain {} in {} s", opts.domain, opts.seconds),
+            "start a ROS 2 node in another pod on the same network (same ROS_DOMAIN_ID), or check the switch and the other pods with doctor".into(),
+        )
+    } else {
+        let names: Vec<String> = peers
+            .iter()
+            .map(|s| format!("{} {} from {}", s.participant.vendor(), s.participant.guid_prefix_hex(), s.source.ip()))
+            .collect();
+        pass("participants", format!("{} heard: {}", peers.len(), names.join("; ")))
+    });
+    for s in &peers {
+        let unreachable: Vec<String> = s
+            .participant
+            .locators()
+            .filter(|l| {
+                l.kind == 1
+                    && !l.address.is_multicast()
+                    && !l.address.is_unspecified()
+                    && !own_subnets.iter().any(|n| n.contains(l.address))
+            })
+            .map(ToString::to_string)
+            .collect();
+        if !unreachable.is_empty() {
+            out.push(fail(
+                "locators",
+                format!("{} announces {} outside {}'s subnets: peers cannot reach it there", s.participant.guid_prefix_hex(), unreachable.join(", "), opts.iface),
+                "make that participant use the ros-macvlan interface (CycloneDDS: mark other interfaces non-multicast, or set its network interface to net1)".into(),
+            ));
+        }
+        if s.collision {
+            out.push(fail(
+                "guid collision",
+                format!("two participants announce GUID prefix {} from {}", s.participant.guid_prefix_hex(), s.source.ip()),
+                "older Fast DDS gives two processes in one pod the same GUID: share the pod's process namespace (shareProcessNamespace: true) or upgrade".into(),
+            ));
+        }
+        let real_dds = s.participant.vendor_id != [0, 0];
+        if real_dds {
+            if let IpAddr::V4(src) = IpAddr::V4(*s.source.ip()) {
+                if !report.answered_by.contains(&src) {
+                    out.push(fail(
+                        "one-way discovery",
+                        format!("{} at {src} is heard here but never answered this pod's announcement", s.participant.guid_prefix_hex()),
+                        "run doctor in that pod: its membership, route or rp_filter likely drops our discovery".into(),
+                    ));
+                }
+            }
+        }
+    }
+    out.push(match querier.map(|q| q.seen()) {
+        Some(Some(from)) => pass("igmp querier", format!("queries seen from {from}")),
+        _ => warn(
+            "igmp querier",
+            format!("no IGMP query seen in {} s (queriers ask every 125 s by default)", opts.seconds),
+            "without a querier, snooping switches age memberships out after ~260 s and discovery stops: enable the switch's IGMP querier".into(),
+        ),
+    });
+    out
+}
+
+fn subnets_of(ns: &Netns, iface: &str) -> Option<Vec<IpNetwork>> {
+    let name = iface.to_owned();
+    ns.run(move || {
+        nix::ifaddrs::getifaddrs().ok().map(|addrs| {
+            addrs
+                .filter(|a| a.interface_name == name)
+                .filter_map(|a| {
+                    let ip = a.address?.as_sockaddr_in()?.ip();
+                    let mask = a.netmask?.as_sockaddr_in()?.ip();
+                    IpNetwork::with_netmask(IpAddr::V4(ip), IpAddr::V4(mask)).ok()
+                })
+                .collect()
+        })
+    })
+    .ok()
+    .flatten()
+}
+
+/// A raw IGMP socket opened before the probe: membership queries arriving meanwhile queue up.
+struct IgmpWatch(std::os::fd::OwnedFd);
+
+impl IgmpWatch {
+    fn open(ns: &Netns) -> Option<IgmpWatch> {
+        use std::os::fd::FromRawFd;
+        ns.run(|| {
+            // SAFETY: plain socket(2); the descriptor is owned at once.
+            let fd = unsafe {
+                nix::libc::socket(
+                    nix::libc::AF_INET,
+                    nix::libc::SOCK_RAW | nix::libc::SOCK_NONBLOCK | nix::libc::SOCK_CLOEXEC,
+                    nix::libc::IPPROTO_IGMP,
+                )
+            };
+            (fd >= 0).then(|| IgmpWatch(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// The source of the first membership query (type 0x11) received, if any.
+    fn seen(&self) -> Option<Ipv4Addr> {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 1500];
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n = unsafe {
+                nix::libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+            };
+            if n <= 0 {
+                return None;
+            }
+            let pkt = &buf[..n as usize];
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            if pkt.len() > ihl && pkt[ihl] == 0x11 {
+                return Some(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]));
+            }
+        }
+    }
+}
+
+pub fn print(checks: &[Check]) -> i32 {
+    let mut failed = false;
+    for c in checks {
+        let tag = match c.verdict {
+            Verdict::Pass => "PASS",
+            Verdict::Warn => "WARN",
+            Verdict::Fail => {
+                failed = true;
+                "FAIL"
+            }
+        };
+        println!("{tag} {:<18} {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            println!("     {:<18} fix: {fix}", "");
+        }
+    }
+    if failed {
+        1
+    } else {
+        0
+    }
+}

@@ -1,0 +1,469 @@
+//! `ros-macvlan probe`: listens for DDS discovery (SPDP to 239.255.0.1, port 7400 + 250 ×
+//! domain) in a pod and shows who announces itself, decoded by our own RTPS decoder; with
+//! `--announce` it announces a minimal participant too, so two probes see each other with
+//! no DDS installed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::IoSliceMut;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant};
+
+use nix::libc;
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
+use serde_json::json;
+
+use crate::netns::Netns;
+use crate::rtps::{self, Participant};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub netns: Option<String>,
+    pub iface: String,
+    pub domains: Vec<u16>,
+    pub seconds: f64,
+    pub json: bool,
+    pub announce: bool,
+    /// Print events while listening (the CLI); `doctor` only wants the report.
+    pub live: bool,
+}
+
+/// A participant as heard.
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    pub participant: Participant,
+    pub source: SocketAddrV4,
+    pub iface: String,
+    pub domain: u16,
+    pub last_seen: Instant,
+    pub announcements: u64,
+    /// Different announcements under one GUID prefix: two participants colliding.
+    pub collision: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub participants: BTreeMap<[u8; 12], Sighting>,
+    pub malformed: u64,
+    /// Sources of unicast packets to our announced locator: peers that heard our announcement.
+    pub answered_by: HashSet<Ipv4Addr>,
+    pub own_prefix: [u8; 12],
+    pub iface_addr: Option<Ipv4Addr>,
+}
+
+/// The sockets a probe reads, opened inside the pod's namespace.
+struct Sockets {
+    /// One per domain: bound to the discovery port, joined to the group on the interface.
+    discovery: Vec<(u16, UdpSocket)>,
+    /// Our announcements leave from here; peers' unicast answers arrive here.
+    unicast: Option<UdpSocket>,
+    iface_addr: Option<Ipv4Addr>,
+    names: BTreeMap<u32, String>,
+}
+
+pub fn run(opts: &Options) -> std::io::Result<Report> {
+    let ns = match &opts.netns {
+        Some(p) => Netns::open(p),
+        None => Netns::current(),
+    }
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let o = opts.clone();
+    let sockets = ns
+        .run(move || open_sockets(&o))
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    listen(opts, sockets)
+}
+
+fn open_sockets(opts: &Options) -> std::io::Result<Sockets> {
+    let names: BTreeMap<u32, String> = nix::net::if_::if_nameindex()
+        .map_err(std::io::Error::from)?
+        .iter()
+        .map(|i| (i.index(), i.name().to_string_lossy().into_owned()))
+        .collect();
+    let iface_index = names
+        .iter()
+        .find(|(_, n)| **n == opts.iface)
+        .map(|(i, _)| *i)
+        .ok_or_else(|| {
+            std::io::Error::other(format!("interface {} not found in the pod", opts.iface))
+        })?;
+    let iface_addr = nix::ifaddrs::getifaddrs()
+        .map_err(std::io::Error::from)?
+        .filter(|a| a.interface_name == opts.iface)
+        .find_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|v4| v4.ip())));
+    let mut discovery = Vec::new();
+    for &domain in &opts.domains {
+        let sock = bound_udp(
+            Ipv4Addr::UNSPECIFIED,
+            rtps::discovery_multicast_port(domain),
+            true,
+        )?;
+        set_mreqn(
+            &sock,
+            libc::IP_ADD_MEMBERSHIP,
+            Some(rtps::SPDP_GROUP),
+            iface_index,
+        )?;
+        setsockopt(&sock, sockopt::Ipv4PacketInfo, &true).map_err(std::io::Error::from)?;
+        discovery.push((domain, sock));
+    }
+    let unicast = match (opts.announce, iface_addr) {
+        (true, Some(addr)) => {
+            let sock = bound_udp(addr, 0, false)?;
+            set_mreqn(&sock, libc::IP_MULTICAST_IF, None, iface_index)?;
+            Some(sock)
+        }
+        (true, None) => {
+            return Err(std::io::Error::other(format!(
+                "{} has no IPv4 address to announce",
+                opts.iface
+            )))
+        }
+        _ => None,
+    };
+    Ok(Sockets {
+        discovery,
+        unicast,
+        iface_addr,
+        names,
+    })
+}
+
+fn bound_udp(addr: Ipv4Addr, port: u16, reuse: bool) -> std::io::Result<UdpSocket> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    if reuse {
+        // DDS participants on the same pod bind the discovery port too.
+        setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(std::io::Error::from)?;
+        setsockopt(&fd, sockopt::ReusePort, &true).map_err(std::io::Error::from)?;
+    }
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(addr, port)),
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// IP_ADD_MEMBERSHIP / IP_MULTICAST_IF by interface index (ip_mreqn), which works whether or
+/// not the interface has an address.
+fn set_mreqn(
+    sock: &UdpSocket,
+    opt: i32,
+    group: Option<Ipv4Addr>,
+    ifindex: u32,
+) -> std::io::Result<()> {
+    let req = libc::ip_mreqn {
+        imr_multiaddr: libc::in_addr {
+            s_addr: u32::from(group.unwrap_or(Ipv4Addr::UNSPECIFIED)).to_be(),
+        },
+        imr_address: libc::in_addr { s_addr: 0 },
+        imr_ifindex: ifindex as i32,
+    };
+    // SAFETY: req is a valid ip_mreqn of the given size for both options.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            opt,
+            &req as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::ip_mreqn>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn listen(opts: &Options, sockets: Sockets) -> std::io::Result<Report> {
+    let mut report = Report {
+        own_prefix: own_prefix(),
+        iface_addr: sockets.iface_addr,
+        ..Report::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs_f64(opts.seconds);
+    let mut next_announce = Instant::now();
+    let mut seq = 1u64;
+    let mut buf = [0u8; 65536];
+    while Instant::now() < deadline {
+        if let (Some(sock), true) = (&sockets.unicast, Instant::now() >= next_announce) {
+            let port = sock.local_addr()?.port();
+            for &d in &opts.domains {
+                let msg = rtps::encode_spdp(
+                    report.own_prefix,
+                    d,
+                    sockets.iface_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    port,
+                    "ros-macvlan-probe",
+                    seq,
+                );
+                sock.send_to(&msg, (rtps::SPDP_GROUP, rtps::discovery_multicast_port(d)))?;
+            }
+            seq += 1;
+            next_announce = Instant::now() + Duration::from_millis(500);
+        }
+        expire(&mut report, opts);
+        let wait = deadline
+            .min(next_announce)
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let mut fds: Vec<nix::poll::PollFd> = sockets
+            .discovery
+            .iter()
+            .map(|(_, s)| s.as_fd())
+            .chain(sockets.unicast.iter().map(|s| s.as_fd()))
+            .map(|fd| nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN))
+            .collect();
+        let timeout = nix::poll::PollTimeout::try_from(wait.as_millis().min(1000) as i32)
+            .unwrap_or(nix::poll::PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| {
+                f.revents()
+                    .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN))
+            })
+            .collect();
+        for (i, (domain, sock)) in sockets.discovery.iter().enumerate() {
+            if ready[i] {
+                if let Some((n, src, ifindex)) = recv_with_iface(sock, &mut buf) {
+                    let iface = sockets
+                        .names
+                        .get(&ifindex)
+                        .cloned()
+                        .unwrap_or_else(|| format!("if{ifindex}"));
+                    heard(&mut report, opts, &buf[..n], src, iface, *domain);
+                }
+            }
+        }
+        if let (Some(sock), Some(true)) = (&sockets.unicast, ready.get(sockets.discovery.len())) {
+            if let Ok((n, std::net::SocketAddr::V4(src))) = sock.recv_from(&mut buf) {
+                report.answered_by.insert(*src.ip());
+                // DDS implementations answer a new participant with their own SPDP, sent
+                // straight to its unicast locator: that is a sighting too.
+                if rtps::decode_spdp(&buf[..n]).is_ok() {
+                    heard(
+                        &mut report,
+                        opts,
+                        &buf[..n],
+                        src,
+                        opts.iface.clone(),
+                        opts.domains[0],
+                    );
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn recv_with_iface(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddrV4, u32)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+    let msg = recvmsg::<SockaddrIn>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .ok()?;
+    let ifindex = msg
+        .cmsgs()
+        .ok()?
+        .find_map(|c| match c {
+            ControlMessageOwned::Ipv4PacketInfo(info) => Some(info.ipi_ifindex as u32),
+            _ => None,
+        })
+        .unwrap_or(0);
+    let src = msg.address.map(SocketAddrV4::from)?;
+    Some((msg.bytes, src, ifindex))
+}
+
+fn heard(
+    report: &mut Report,
+    opts: &Options,
+    pkt: &[u8],
+    src: SocketAddrV4,
+    iface: String,
+    domain: u16,
+) {
+    let p = match rtps::decode_spdp(pkt) {
+        Ok(p) => p,
+        Err(_) => {
+            report.malformed += 1;
+            return;
+        }
+    };
+    if p.guid_prefix == report.own_prefix {
+        return;
+    }
+    let key = p.guid_prefix;
+    let now = Instant::now();
+    let event = match report.participants.get_mut(&key) {
+        None => {
+            report.participants.insert(
+                key,
+                Sighting {
+                    participant: p,
+                    source: src,
+                    iface,
+                    domain,
+                    last_seen: now,
+                    announcements: 1,
+                    collision: false,
+                },
+            );
+            "new"
+        }
+        Some(s) => {
+            s.last_seen = now;
+            s.announcements += 1;
+            let same = s.participant.default_unicast == p.default_unicast
+                && s.participant.metatraffic_unicast == p.metatraffic_unicast
+                && s.participant.name == p.name;
+            if same {
+                return;
+            }
+            // Two processes under one GUID prefix alternate their announcements.
+            s.collision = s.source.ip() == src.ip() || s.participant.name != p.name || s.collision;
+            s.participant = p;
+            s.source = src;
+            "changed"
+        }
+    };
+    if opts.live {
+        print_event(opts, event, &report.participants[&key]);
+    }
+}
+
+fn expire(report: &mut Report, opts: &Options) {
+    let now = Instant::now();
+    let gone: Vec<[u8; 12]> = report
+        .participants
+        .iter()
+        .filter(|(_, s)| {
+            let lease = s
+                .participant
+                .lease_duration
+                .unwrap_or(20.0)
+                .clamp(1.0, 3600.0);
+            now.duration_since(s.last_seen) > Duration::from_secs_f64(lease)
+        })
+        .map(|(k, _)| *k)
+        .collect();
+    for k in gone {
+        if let Some(s) = report.participants.remove(&k) {
+            if opts.live {
+                print_event(opts, "expired", &s);
+            }
+        }
+    }
+}
+
+pub fn sighting_json(event: &str, s: &Sighting) -> serde_json::Value {
+    let p = &s.participant;
+    let locs = |v: &Vec<rtps::Locator>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+    json!({
+        "event": event,
+        "guidPrefix": p.guid_prefix_hex(),
+        "vendor": p.vendor(),
+        "vendorId": format!("{:02x}.{:02x}", p.vendor_id[0], p.vendor_id[1]),
+        "protocolVersion": format!("{}.{}", p.protocol_version.0, p.protocol_version.1),
+        "domain": s.domain,
+        "domainId": p.domain_id,
+        "name": p.name,
+        "source": s.source.to_string(),
+        "iface": s.iface,
+        "defaultUnicast": locs(&p.default_unicast),
+        "defaultMulticast": locs(&p.default_multicast),
+        "metatrafficUnicast": locs(&p.metatraffic_unicast),
+        "metatrafficMulticast": locs(&p.metatraffic_multicast),
+        "leaseDuration": p.lease_duration,
+        "collision": s.collision,
+    })
+}
+
+fn print_event(opts: &Options, event: &str, s: &Sighting) {
+    if opts.json {
+        println!("{}", sighting_json(event, s));
+    } else {
+        let mark = match event {
+            "new" => "+",
+            "changed" => "~",
+            _ => "-",
+        };
+        println!("{mark} {}", row(s));
+    }
+}
+
+fn row(s: &Sighting) -> String {
+    let p = &s.participant;
+    let meta: Vec<String> = p
+        .metatraffic_unicast
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    format!(
+        "{:<24} {:<22} {:<4} {:<6} {:<21} {:<6} {:<24} {}",
+        p.guid_prefix_hex(),
+        p.vendor(),
+        format!("{}.{}", p.protocol_version.0, p.protocol_version.1),
+        p.domain_id
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| s.domain.to_string()),
+        s.source.to_string(),
+        s.iface,
+        p.name.as_deref().unwrap_or("-"),
+        meta.join(",")
+    )
+}
+
+/// The final table (or JSON summary line).
+pub fn print_report(opts: &Options, report: &Report) {
+    if opts.json {
+        println!(
+            "{}",
+            json!({"event": "summary", "participants": report.participants.len(), "malformed": report.malformed,
+                   "answeredBy": report.answered_by.iter().map(ToString::to_string).collect::<Vec<_>>()})
+        );
+        return;
+    }
+    println!(
+        "\n  {:<24} {:<22} {:<4} {:<6} {:<21} {:<6} {:<24} metatraffic unicast",
+        "GUID prefix", "vendor", "RTPS", "domain", "source", "iface", "name"
+    );
+    for s in report.participants.values() {
+        println!("  {}", row(s));
+    }
+    println!(
+        "{} participant(s), {} malformed packet(s) skipped",
+        report.participants.len(),
+        report.malformed
+    );
+}
+
+/// A GUID prefix of our own: unique per run, never one of a real DDS vendor's.
+fn own_prefix() -> [u8; 12] {
+    let mut p = [0u8; 12];
+    p[0..4].copy_from_slice(b"rmv\0");
+    p[4..8].copy_from_slice(&std::process::id().to_be_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    p[8..12].copy_from_slice(&nanos.to_be_bytes());
+    p
+}

@@ -1,0 +1,398 @@
+//! The operator's tools: `probe` decodes real SPDP (from ddsperf) exactly as tshark's RTPS
+//! dissector does; two announcing probes see each other; `doctor` passes a healthy pod and
+//! names the broken check on pods broken on purpose.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bg(ns: &Ns, args: &[&str]) -> Bg {
+    Bg(Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn"))
+}
+
+fn tool(args: &[&str]) -> (i32, String) {
+    let out = Command::new(plugin_bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+struct Scene {
+    _lan: Lan,
+    _node: Node,
+    pods: Vec<Pod>,
+    data: DataDir,
+}
+
+fn scene(n: u8) -> Scene {
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let data = DataDir::create();
+    let conf = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.160",
+        "198.51.100.180",
+    );
+    let pods: Vec<Pod> = (0..n).map(|i| node.pod(11 + i)).collect();
+    for p in &pods {
+        run_in(
+            &node.ns.name,
+            &plugin_bin(),
+            &cni_env("ADD", p, "net1", &p.ns.path()),
+            &conf.to_string(),
+        )
+        .ok();
+    }
+    Scene {
+        _lan: lan,
+        node,
+        pods,
+        data,
+    }
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn probe_decodes_ddsperf_spdp_like_tshark() {
+    if !require_root() {
+        return;
+    }
+    let (Some(_), Some(_)) = (require_tool("tshark"), require_tool("ddsperf")) else {
+        return;
+    };
+    let s = scene(2);
+    let pcap = s.data.0.join("spdp.pcap");
+    let _capture = bg(
+        &s.pods[0].ns,
+        &[
+            "tcpdump",
+            "-p",
+            "-i",
+            "net1",
+            "-U",
+            "-w",
+            pcap.to_str().unwrap(),
+            "udp",
+            "port",
+            "7400",
+        ],
+    );
+    let probe = Command::new(plugin_bin())
+        .args([
+            "probe",
+            "--netns",
+            &s.pods[0].ns.path(),
+            "--seconds",
+            "4",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let _talker = bg(&s.pods[1].ns, &["ddsperf", "-D", "3", "pub", "10Hz"]);
+    let out = probe.wait_with_output().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(_capture);
+    let events = json_lines(&String::from_utf8_lossy(&out.stdout));
+    let seen = events
+        .iter()
+        .find(|e| e["event"] == "new")
+        .unwrap_or_else(|| panic!("probe heard nothing: {events:?}"));
+    assert_eq!(seen["vendor"], "Eclipse Cyclone DDS");
+    assert_eq!(seen["iface"], "net1");
+
+    let fields = sh(&[
+        "tshark",
+        "-r",
+        pcap.to_str().unwrap(),
+        "-Y",
+        "rtps.sm.wrEntityId == 0x000100c2",
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+        "-e",
+        "rtps.guidPrefix.src",
+        "-e",
+        "rtps.vendorId",
+        "-e",
+        "rtps.version",
+        "-e",
+        "rtps.domain_id",
+        "-e",
+        "rtps.locator.kind",
+        "-e",
+        "rtps.locator.port",
+        "-e",
+        "rtps.locator.ipv4",
+        "-e",
+        "ip.src",
+        "-e",
+        "rtps.param.participant_guid",
+    ]);
+    let line = fields
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("tshark decoded no SPDP in the capture"));
+    let f: Vec<&str> = line.split('|').collect();
+    let first = |s: &str| s.split(',').next().unwrap_or("").to_owned();
+    assert_eq!(seen["guidPrefix"], f[0], "GUID prefix");
+    assert!(
+        f[8].starts_with(f[0]),
+        "participant GUID carries the prefix"
+    );
+    assert_eq!(
+        seen["vendorId"].as_str().unwrap().replace('.', ""),
+        first(f[1]).trim_start_matches("0x"),
+        "vendor id"
+    );
+    let version = first(f[2]);
+    let v = u16::from_str_radix(version.trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(
+        seen["protocolVersion"],
+        format!("{}.{}", v >> 8, v & 0xff),
+        "protocol version"
+    );
+    assert_eq!(seen["domain"].to_string(), f[3], "domain");
+    assert_eq!(
+        seen["source"].as_str().unwrap().split(':').next(),
+        Some(f[7]),
+        "source address"
+    );
+    // Every locator, in packet order on tshark's side; ours are grouped by kind.
+    let kinds: Vec<&str> = f[4].split(',').collect();
+    let ports: Vec<&str> = f[5].split(',').collect();
+    let ips: Vec<&str> = f[6].split(',').collect();
+    let mut theirs: Vec<String> = (0..ports.len())
+        .filter(|i| kinds.get(*i).is_some_and(|k| k.ends_with('1')))
+        .map(|i| format!("udp/{}:{}", ips[i], ports[i]))
+        .collect();
+    let mut ours: Vec<String> = [
+        "defaultUnicast",
+        "defaultMulticast",
+        "metatrafficUnicast",
+        "metatrafficMulticast",
+    ]
+    .iter()
+    .flat_map(|k| {
+        seen[*k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_owned())
+    })
+    .collect();
+    theirs.sort();
+    ours.sort();
+    assert_eq!(ours, theirs, "locators");
+    assert!(
+        seen["leaseDuration"].as_f64().is_some_and(|l| l > 0.0),
+        "lease duration"
+    );
+}
+
+#[test]
+fn two_announcing_probes_see_each_other_and_tshark_reads_them() {
+    if !require_root() {
+        return;
+    }
+    let Some(_) = require_tool("tshark") else {
+        return;
+    };
+    let s = scene(2);
+    let pcap = s.data.0.join("probe.pcap");
+    let _capture = bg(
+        &s.pods[1].ns,
+        &[
+            "tcpdump",
+            "-p",
+            "-i",
+            "net1",
+            "-U",
+            "-w",
+            pcap.to_str().unwrap(),
+            "udp",
+            "port",
+            "7400",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (p0, p1) = (s.pods[0].ns.path(), s.pods[1].ns.path());
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| {
+            tool(&[
+                "probe",
+                "--netns",
+                &p0,
+                "--seconds",
+                "3",
+                "--announce",
+                "--json",
+            ])
+        });
+        let b = sc.spawn(|| {
+            tool(&[
+                "probe",
+                "--netns",
+                &p1,
+                "--seconds",
+                "3",
+                "--announce",
+                "--json",
+            ])
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    drop(_capture);
+    for (who, (code, out)) in [("pod 0", &a), ("pod 1", &b)] {
+        assert_eq!(*code, 0, "{who}: {out}");
+        let events = json_lines(out);
+        let peer = events
+            .iter()
+            .find(|e| e["event"] == "new")
+            .unwrap_or_else(|| panic!("{who} heard no peer: {out}"));
+        assert_eq!(peer["name"], "ros-macvlan-probe");
+        assert!(peer["source"].as_str().unwrap().starts_with("198.51.100."));
+    }
+    let names = sh(&[
+        "tshark",
+        "-r",
+        pcap.to_str().unwrap(),
+        "-Y",
+        "rtps.sm.wrEntityId == 0x000100c2",
+        "-T",
+        "fields",
+        "-e",
+        "rtps.param.entityName",
+    ]);
+    assert!(
+        names.contains("ros-macvlan-probe"),
+        "tshark did not decode our SPDP: {names}"
+    );
+}
+
+#[test]
+fn doctor_passes_a_healthy_pod_and_names_each_broken_check() {
+    if !require_root() {
+        return;
+    }
+    let Some(_) = require_tool("ddsperf") else {
+        return;
+    };
+    let s = scene(2);
+    let pod = &s.pods[0];
+    let netns = pod.ns.path();
+    let _peer = bg(&s.pods[1].ns, &["ddsperf", "-D", "30", "pub", "1Hz"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let doctor = || tool(&["doctor", "--netns", &netns, "--seconds", "2"]);
+    let (code, out) = doctor();
+    assert_eq!(code, 0, "healthy pod failed:\n{out}");
+    for check in [
+        "interface",
+        "membership",
+        "route",
+        "rp_filter",
+        "interface choice",
+        "participants",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("PASS") && l.contains(check)),
+            "{check} did not pass:\n{out}"
+        );
+    }
+    assert!(out.contains("Eclipse Cyclone DDS"), "{out}");
+
+    let broken = |what: &str, check: &str, breaks: &[&[&str]], mends: &[&[&str]]| {
+        for b in breaks {
+            pod.ns.ip(b);
+        }
+        let (code, out) = doctor();
+        assert_eq!(code, 1, "{what}: doctor passed:\n{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("FAIL") && l.contains(check)),
+            "{what}: {check} not named:\n{out}"
+        );
+        for m in mends {
+            pod.ns.ip(m);
+        }
+    };
+    broken(
+        "no route",
+        "route",
+        &[&["route", "del", "224.0.0.0/4", "dev", "net1"]],
+        &[&[
+            "route",
+            "add",
+            "224.0.0.0/4",
+            "dev",
+            "net1",
+            "scope",
+            "link",
+        ]],
+    );
+    broken(
+        "eth0 multicast",
+        "interface choice",
+        &[&["link", "set", "eth0", "multicast", "on"]],
+        &[&["link", "set", "eth0", "multicast", "off"]],
+    );
+    broken(
+        "group not joined",
+        "membership",
+        &[&["addr", "del", "239.255.0.1/32", "dev", "net1"]],
+        &[],
+    );
+    pod.ns.sysctl("net.ipv4.conf.all.rp_filter", "1");
+    pod.ns.sysctl("net.ipv4.conf.net1.rp_filter", "1");
+    let (code, out) = doctor();
+    assert_eq!(code, 1);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("rp_filter")),
+        "{out}"
+    );
+}
+
+#[test]
+fn ports_follow_the_rtps_mapping() {
+    let (code, out) = tool(&["ports", "--domain", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("239.255.0.1:7650"), "{out}");
+    assert!(out.contains("239.255.0.1:7651"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["0", "7660", "7661"]),
+        "{out}"
+    );
+    assert_eq!(tool(&["ports", "--domain", "233"]).0, 2);
+}
