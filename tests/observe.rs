@@ -67,7 +67,7 @@ fn scene(n: u8) -> Scene {
     }
     Scene {
         _lan: lan,
-        node,
+        _node: node,
         pods,
         data,
     }
