@@ -157,6 +157,10 @@ fn probe_decodes_ddsperf_spdp_like_tshark() {
         "ip.src",
         "-e",
         "rtps.param.participant_guid",
+        "-e",
+        "rtps.param.ntpTime.sec",
+        "-e",
+        "rtps.param.ntpTime.fraction",
     ]);
     let line = fields
         .lines()
@@ -213,8 +217,11 @@ fn probe_decodes_ddsperf_spdp_like_tshark() {
     theirs.sort();
     ours.sort();
     assert_eq!(ours, theirs, "locators");
-    assert!(
-        seen["leaseDuration"].as_f64().is_some_and(|l| l > 0.0),
+    let lease = first(f[9]).parse::<f64>().unwrap()
+        + first(f[10]).parse::<f64>().unwrap_or(0.0) / 4_294_967_296.0;
+    assert_eq!(
+        seen["leaseDuration"].as_f64(),
+        Some(lease),
         "lease duration"
     );
 }
