@@ -37,16 +37,8 @@ pub struct Outcome {
 /// Runs one CNI invocation: environment from `lookup`, config from `stdin`.
 pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     let started = Instant::now();
-    // The version errors are reported in: the config's, when it names one we speak.
-    let reply_version = serde_json::from_slice::<Value>(stdin)
-        .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .filter(|v| SUPPORTED.contains(&v.as_str()))
-        .unwrap_or_else(|| LATEST.to_owned());
+    // Errors are reported in the config's version, when it names one we speak.
+    let reply_version = requested_version(stdin);
     let result = match CniEnv::from_lookup(&lookup) {
         Ok(env) => {
             let result = dispatch_guarded(&env, stdin);
@@ -137,7 +129,12 @@ fn require_1_1(v: &Version, verb: &str) -> Result<()> {
 
 /// VERSION: answers in the version asked for (when we speak it) with every version we speak.
 fn version_info(stdin: &[u8]) -> Value {
-    let asked = serde_json::from_slice::<Value>(stdin)
+    json!({ "cniVersion": requested_version(stdin), "supportedVersions": SUPPORTED })
+}
+
+/// The `cniVersion` stdin asks for when it is one we speak, else the latest.
+fn requested_version(stdin: &[u8]) -> String {
+    serde_json::from_slice::<Value>(stdin)
         .ok()
         .and_then(|v| {
             v.get("cniVersion")
@@ -145,8 +142,7 @@ fn version_info(stdin: &[u8]) -> Value {
                 .map(str::to_owned)
         })
         .filter(|v| SUPPORTED.contains(&v.as_str()))
-        .unwrap_or_else(|| LATEST.to_owned());
-    json!({ "cniVersion": asked, "supportedVersions": SUPPORTED })
+        .unwrap_or_else(|| LATEST.to_owned())
 }
 
 /// Runs async netlink work on a current-thread runtime: the process lives milliseconds.
