@@ -6,33 +6,10 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn add(node: &Node, pod: &Pod, conf: &Value) -> Reply {
-    run_in(
-        &node.ns.name,
-        &plugin_bin(),
-        &cni_env("ADD", pod, "net1", &pod.ns.path()),
-        &conf.to_string(),
-    )
-}
-
-fn del(node: &Node, pod: &Pod, conf: &Value) -> Reply {
-    run_in(
-        &node.ns.name,
-        &plugin_bin(),
-        &cni_env("DEL", pod, "net1", &pod.ns.path()),
-        &conf.to_string(),
-    )
-}
-
 fn check(node: &Node, pod: &Pod, conf: &Value, prev: &Value) -> Reply {
     let mut c = conf.clone();
     c["prevResult"] = prev.clone();
-    run_in(
-        &node.ns.name,
-        &plugin_bin(),
-        &cni_env("CHECK", pod, "net1", &pod.ns.path()),
-        &c.to_string(),
-    )
+    cni("CHECK", node, pod, &c)
 }
 
 /// The pod's net1 as `ip -d -j link` sees it.

@@ -14,24 +14,11 @@ use serde_json::{json, Value};
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 
 fn attach(node: &Node, pod: &Pod, conf: &Value) -> Value {
-    run_in(
-        &node.ns.name,
-        &plugin_bin(),
-        &cni_env("ADD", pod, "net1", &pod.ns.path()),
-        &conf.to_string(),
-    )
-    .ok()
-    .clone()
+    add(node, pod, conf).ok().clone()
 }
 
 fn detach(node: &Node, pod: &Pod, conf: &Value) {
-    run_in(
-        &node.ns.name,
-        &plugin_bin(),
-        &cni_env("DEL", pod, "net1", &pod.ns.path()),
-        &conf.to_string(),
-    )
-    .ok();
+    del(node, pod, conf).ok();
 }
 
 fn net1_addr(result: &Value) -> Ipv4Addr {

@@ -57,13 +57,7 @@ fn scene(n: u8) -> Scene {
     );
     let pods: Vec<Pod> = (0..n).map(|i| node.pod(11 + i)).collect();
     for p in &pods {
-        run_in(
-            &node.ns.name,
-            &plugin_bin(),
-            &cni_env("ADD", p, "net1", &p.ns.path()),
-            &conf.to_string(),
-        )
-        .ok();
+        add(&node, p, &conf).ok();
     }
     Scene {
         _lan: lan,

@@ -9,24 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-fn add(node: &Node, pod: &Pod, conf: &Value) -> Reply {
-    run_in(
-        &node.ns.name,
-        &plugin_bin(),
-        &cni_env("ADD", pod, "net1", &pod.ns.path()),
-        &conf.to_string(),
-    )
-}
-
-fn del(node: &Node, pod: &Pod, conf: &Value) -> Reply {
-    run_in(
-        &node.ns.name,
-        &plugin_bin(),
-        &cni_env("DEL", pod, "net1", &pod.ns.path()),
-        &conf.to_string(),
-    )
-}
-
 fn wide(data: &DataDir, name: &str) -> Value {
     let mut c = guide_config(
         Some("1.1.0"),

@@ -142,3 +142,22 @@ pub fn guide_config(
     }
     c
 }
+
+/// Runs the plugin for `verb` on the pod's net1, as a runtime does.
+pub fn cni(verb: &str, node: &Node, pod: &Pod, conf: &Value) -> Reply {
+    let netns = pod.ns.path();
+    run_in(
+        &node.ns.name,
+        &plugin_bin(),
+        &cni_env(verb, pod, "net1", &netns),
+        &conf.to_string(),
+    )
+}
+
+pub fn add(node: &Node, pod: &Pod, conf: &Value) -> Reply {
+    cni("ADD", node, pod, conf)
+}
+
+pub fn del(node: &Node, pod: &Pod, conf: &Value) -> Reply {
+    cni("DEL", node, pod, conf)
+}
