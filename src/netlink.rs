@@ -42,17 +42,11 @@ pub struct Link {
     pub mtu: u32,
     pub flags: LinkFlags,
     pub alias: Option<String>,
-    /// IFLA_LINK: the lower device of a macvlan (an index in the master's namespace).
-    pub lower: Option<u32>,
-    pub bc_queue_len: Option<u32>,
 }
 
 impl Link {
     pub fn is_up(&self) -> bool {
         self.flags.contains(LinkFlags::Up)
-    }
-    pub fn has_carrier(&self) -> bool {
-        self.flags.contains(LinkFlags::LowerUp)
     }
     pub fn is_multicast(&self) -> bool {
         self.flags.contains(LinkFlags::Multicast)
@@ -74,8 +68,6 @@ impl Link {
             mtu: 0,
             flags: msg.header.flags,
             alias: None,
-            lower: None,
-            bc_queue_len: None,
         };
         for attr in msg.attributes {
             match attr {
@@ -83,17 +75,14 @@ impl Link {
                 LinkAttribute::Address(a) => link.mac = a,
                 LinkAttribute::Mtu(m) => link.mtu = m,
                 LinkAttribute::IfAlias(a) => link.alias = Some(a),
-                LinkAttribute::Link(l) => link.lower = Some(l),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
                             LinkInfo::Kind(k) => link.kind = Some(k),
                             LinkInfo::Data(InfoData::MacVlan(data)) => {
                                 for d in data {
-                                    match d {
-                                        InfoMacVlan::Mode(m) => link.macvlan_mode = Some(m),
-                                        InfoMacVlan::BcQueueLen(q) => link.bc_queue_len = Some(q),
-                                        _ => {}
+                                    if let InfoMacVlan::Mode(m) = d {
+                                        link.macvlan_mode = Some(m);
                                     }
                                 }
                             }

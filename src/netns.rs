@@ -93,12 +93,3 @@ impl Netns {
 
 // NS_GET_NSTYPE is _IO(0xb7, 0x3) (linux/nsfs.h).
 nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
-
-/// Whether two handles name the same namespace (same inode).
-pub fn same_namespace(a: &Netns, b: &Netns) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (a.file.metadata(), b.file.metadata()) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
-}

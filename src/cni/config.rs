@@ -148,8 +148,6 @@ struct RawNetConf {
     #[serde(default)]
     runtime_config: RawRuntimeConfig,
     prev_result: Option<Value>,
-    log_file: Option<String>,
-    log_level: Option<String>,
 }
 
 /// Runtime-requested addresses (the `ips` capability).
@@ -176,8 +174,6 @@ pub struct NetConf {
     pub multicast: MulticastConf,
     pub runtime_config: RuntimeConfig,
     pub prev_result: Option<Value>,
-    pub log_file: Option<String>,
-    pub log_level: Option<String>,
     /// ARP probing of new addresses on the LAN; `None` when turned off.
     pub duplicate_detection: Option<Detection>,
     /// The whole config as received, for delegated IPAM plugins.
@@ -249,8 +245,6 @@ impl NetConf {
             multicast: raw.multicast.unwrap_or_default().validate()?,
             runtime_config,
             prev_result: raw.prev_result,
-            log_file: raw.log_file,
-            log_level: raw.log_level,
             duplicate_detection: Detection::from_config(raw_value.get("duplicateDetection"))?,
             raw: raw_value,
         })
