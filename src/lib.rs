@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use cni::config::NetConf;
+use cni::config::{self, NetConf};
 use cni::env::{CniEnv, Command};
 use cni::version::{Version, LATEST, SUPPORTED};
 use cni::{Error, Result};
@@ -37,12 +37,13 @@ pub struct Outcome {
 /// Runs one CNI invocation: environment from `lookup`, config from `stdin`.
 pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     let started = Instant::now();
+    let input = config::decode(stdin);
     // Errors are reported in the config's version, when it names one we speak.
-    let reply_version = requested_version(stdin);
+    let reply_version = requested_version(input.as_ref().ok());
     let result = match CniEnv::from_lookup(&lookup) {
         Ok(env) => {
-            let result = dispatch_guarded(&env, stdin);
-            lifecycle::log_invocation(&env, stdin, &result, started.elapsed());
+            let result = dispatch_guarded(&env, &input);
+            lifecycle::log_invocation(&env, input.as_ref().ok(), &result, started.elapsed());
             result
         }
         Err(e) => Err(e),
@@ -61,8 +62,8 @@ pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome
 
 /// A bug must still answer in the protocol: a panic becomes an error JSON, not a crash
 /// the runtime cannot read.
-fn dispatch_guarded(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, stdin))).unwrap_or_else(
+fn dispatch_guarded(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, input))).unwrap_or_else(
         |_| {
             Err(Error::Io(
                 "internal error in ros-macvlan (a bug: please report it with the config used)"
@@ -72,11 +73,15 @@ fn dispatch_guarded(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
     )
 }
 
-fn dispatch(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>> {
+fn dispatch(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
     if env.command == Command::Version {
-        return Ok(Some(version_info(stdin)));
+        // VERSION may come with no config at all.
+        return Ok(Some(version_info(input.as_ref().ok())));
     }
-    let conf = NetConf::parse(stdin)?;
+    let conf = match input {
+        Ok(v) => NetConf::from_value(v)?,
+        Err(e) => return Err(Error::Decode(e.to_string())),
+    };
     match env.command {
         Command::Add => {
             let ipam = Ipam::from_conf(&conf, env)?;
@@ -128,14 +133,13 @@ fn require_1_1(v: &Version, verb: &str) -> Result<()> {
 }
 
 /// VERSION: answers in the version asked for (when we speak it) with every version we speak.
-fn version_info(stdin: &[u8]) -> Value {
-    json!({ "cniVersion": requested_version(stdin), "supportedVersions": SUPPORTED })
+fn version_info(input: Option<&Value>) -> Value {
+    json!({ "cniVersion": requested_version(input), "supportedVersions": SUPPORTED })
 }
 
-/// The `cniVersion` stdin asks for when it is one we speak, else the latest.
-fn requested_version(stdin: &[u8]) -> String {
-    serde_json::from_slice::<Value>(stdin)
-        .ok()
+/// The `cniVersion` the config asks for when it is one we speak, else the latest.
+fn requested_version(input: Option<&Value>) -> String {
+    input
         .and_then(|v| {
             v.get("cniVersion")
                 .and_then(Value::as_str)

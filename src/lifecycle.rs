@@ -135,11 +135,16 @@ pub async fn status(conf: &NetConf, env: &CniEnv) -> Result<()> {
 /// One line per ADD, DEL and CHECK: the pod, container, interface, address, duration and
 /// outcome; on stderr, or appended to `logFile`. `logLevel` "error" logs failures only,
 /// "none" nothing.
-pub fn log_invocation(env: &CniEnv, stdin: &[u8], result: &Result<Option<Value>>, took: Duration) {
+pub fn log_invocation(
+    env: &CniEnv,
+    conf: Option<&Value>,
+    result: &Result<Option<Value>>,
+    took: Duration,
+) {
     if !matches!(env.command, Command::Add | Command::Del | Command::Check) {
         return;
     }
-    let conf: Value = serde_json::from_slice(stdin).unwrap_or(Value::Null);
+    let conf = conf.unwrap_or(&Value::Null);
     let level = conf
         .get("logLevel")
         .and_then(Value::as_str)

@@ -184,16 +184,13 @@ impl NetConf {
     /// Decodes and validates the config. Only the version is checked first, so an unknown
     /// version is reported as such (code 1) whatever else is wrong.
     pub fn parse(bytes: &[u8]) -> Result<NetConf> {
-        let raw_value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            Error::Decode(format!("network config on stdin is not valid JSON: {e}"))
-        })?;
-        if !raw_value.is_object() {
-            return Err(Error::Decode(
-                "network config on stdin must be a JSON object".into(),
-            ));
-        }
+        NetConf::from_value(&decode(bytes)?)
+    }
+
+    /// Validates a config already decoded by `decode`.
+    pub fn from_value(raw_value: &Value) -> Result<NetConf> {
         let version = Version::parse(raw_value.get("cniVersion").and_then(Value::as_str))?;
-        let raw: RawNetConf = serde_json::from_value(raw_value.clone())
+        let raw = RawNetConf::deserialize(raw_value)
             .map_err(|e| Error::Decode(format!("network config: {e}")))?;
         let name = raw
             .name
@@ -246,13 +243,26 @@ impl NetConf {
             runtime_config,
             prev_result: raw.prev_result,
             duplicate_detection: Detection::from_config(raw_value.get("duplicateDetection"))?,
-            raw: raw_value,
+            raw: raw_value.clone(),
         })
     }
 
     /// `ipam.type`, empty when there is no IPAM.
     pub fn ipam_type(&self) -> &str {
         self.ipam.get("type").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+/// Decodes stdin into the JSON object every verb reads (once per invocation).
+pub fn decode(bytes: &[u8]) -> Result<Value> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Decode(format!("network config on stdin is not valid JSON: {e}")))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(Error::Decode(
+            "network config on stdin must be a JSON object".into(),
+        ))
     }
 }
 
