@@ -221,11 +221,11 @@ async fn add_steps(
             .await?;
     }
     crash_point("routed");
-    let link = ns
-        .pod_nl
-        .link_by_index(created.index)
-        .await?
-        .ok_or_else(|| Error::Netlink(format!("{} vanished during setup", env.ifname)))?;
+    // What the link looked like when created (MAC, MTU), under its final name.
+    let link = Link {
+        name: env.ifname.clone(),
+        ..created
+    };
     progress.marked = conf.multicast.mark_other_interfaces;
     multicast::setup(&ns.pod_nl, &ns.pod_ns, &link, &conf.multicast).await?;
     crash_point("marked");
@@ -293,7 +293,11 @@ async fn claim_unused_addresses(
 /// original error is what the runtime must see.
 async fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &Progress) {
     if progress.marked {
-        if let Err(e) = multicast::restore(&ns.pod_nl, &env.ifname).await {
+        let restored = match ns.pod_nl.links().await {
+            Ok(links) => multicast::restore(&ns.pod_nl, &links, &env.ifname).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = restored {
             eprintln!("ros-macvlan: rollback: restoring multicast flags failed: {e}");
         }
     }
@@ -335,14 +339,17 @@ pub async fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
     // The attachment's link, and any it left under its temporary name (an ADD killed
     // between creating and renaming it).
     let prefix = temp_prefix(env);
-    for link in nl.links().await? {
-        if link.is_macvlan() && (link.name == env.ifname || link.name.starts_with(&prefix)) {
-            multicast::leave(&nl, link.index, &conf.multicast).await?;
-            nl.del_link(link.index).await?;
-        }
+    let (ours, others): (Vec<Link>, Vec<Link>) = nl
+        .links()
+        .await?
+        .into_iter()
+        .partition(|l| l.is_macvlan() && (l.name == env.ifname || l.name.starts_with(&prefix)));
+    for link in &ours {
+        multicast::leave(&nl, link.index, &conf.multicast).await?;
+        nl.del_link(link.index).await?;
     }
-    multicast::restore(&nl, &env.ifname).await?;
-    multicast::hand_over_routes(&nl, &pod_ns, &conf.multicast).await
+    multicast::restore(&nl, &others, &env.ifname).await?;
+    multicast::hand_over_routes(&nl, &pod_ns, &others, &conf.multicast).await
 }
 
 /// CHECK against prevResult: the interface, its kind, mode, MAC, addresses and routes.

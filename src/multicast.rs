@@ -134,8 +134,8 @@ pub async fn leave(nl: &Netlink, index: u32, mc: &MulticastConf) -> Result<()> {
 
 /// Takes this attachment off every mark; an interface no attachment wants off multicast any
 /// more gets its MULTICAST flag and alias back.
-pub async fn restore(nl: &Netlink, ifname: &str) -> Result<()> {
-    for link in nl.links().await? {
+pub async fn restore(nl: &Netlink, links: &[Link], ifname: &str) -> Result<()> {
+    for link in links {
         let Some((mut owners, previous)) = link.alias.as_deref().and_then(parse_mark) else {
             continue;
         };
@@ -156,11 +156,16 @@ pub async fn restore(nl: &Netlink, ifname: &str) -> Result<()> {
 
 /// DEL of one of several attachments: the multicast routes went with its link, so they move
 /// to another attachment of the pod that joined the same groups, if one is left.
-pub async fn hand_over_routes(nl: &Netlink, ns: &Netns, mc: &MulticastConf) -> Result<()> {
+pub async fn hand_over_routes(
+    nl: &Netlink,
+    ns: &Netns,
+    links: &[Link],
+    mc: &MulticastConf,
+) -> Result<()> {
     if mc.routes.is_empty() {
         return Ok(());
     }
-    for link in nl.links().await?.iter().filter(|l| l.is_macvlan()) {
+    for link in links.iter().filter(|l| l.is_macvlan()) {
         let joined = joined_groups(ns, &link.name)?;
         if mc.groups.iter().any(|g| joined.contains(g)) {
             for dst in &mc.routes {
