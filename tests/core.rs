@@ -37,13 +37,7 @@ fn add_check_del_round_trip() {
     let node = Node::new(&lan);
     let pod = node.pod(11);
     let data = DataDir::create();
-    let mut conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let mut conf = guide(&data);
     conf["ipam"]["routes"] =
         json!([{"dst": "203.0.113.128/25"}, {"dst": "198.51.100.0/25", "gw": "198.51.100.1"}]);
 
@@ -127,13 +121,7 @@ fn check_is_refused_before_0_4_0_and_needs_prev_result() {
     );
     assert_eq!(r.err_code(), 1);
     assert_eq!(r.json["cniVersion"], "0.3.1");
-    let conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let conf = guide(&data);
     let r = run_in(
         &node.ns.name,
         &plugin_bin(),
@@ -249,13 +237,7 @@ fn del_releases_the_claim_when_the_netns_is_gone() {
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
-    let conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let conf = guide(&data);
     let pod = node.pod(13);
     add(&node, &pod, &conf).ok();
     assert_eq!(data.claims("ros-net"), ["198.51.100.160"]);
@@ -375,13 +357,7 @@ fn master_defaults_to_the_default_route_interface() {
     ]);
     let data = DataDir::create();
     let pod = node.pod(15);
-    let mut conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let mut conf = guide(&data);
     conf.as_object_mut().unwrap().remove("master");
     add(&node, &pod, &conf).ok();
     let lower = net1(&pod)["link_index"].as_u64().unwrap();
@@ -463,13 +439,7 @@ fn shares_the_store_with_the_reference_host_local() {
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
-    let conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let conf = guide(&data);
     let reference = std::path::PathBuf::from(REFERENCE_DIR).join("host-local");
     let mut pods = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -774,13 +744,7 @@ fn runtime_ips_resolv_conf_arp_notify_log_file_and_del_with_prev_result() {
     let resolv = data.0.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 198.51.100.53\nsearch ros.example\n").unwrap();
     let log = data.0.join("ros-macvlan.log");
-    let mut conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let mut conf = guide(&data);
     conf["ipam"]["resolvConf"] = json!(resolv);
     conf["logFile"] = json!(log);
     conf["runtimeConfig"] = json!({"ips": ["198.51.100.175/24"]});

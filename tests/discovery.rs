@@ -52,13 +52,7 @@ fn membership_route_rp_filter_and_marking_then_del_restores() {
     pod.ns.sysctl("net.ipv4.conf.all.rp_filter", "1");
     pod.ns.sysctl("net.ipv4.conf.default.rp_filter", "1");
     let data = DataDir::create();
-    let conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let conf = guide(&data);
     let result = attach(&node, &pod, &conf);
 
     let igmp = pod.ns.read("/proc/thread-self/net/igmp");
@@ -159,13 +153,7 @@ fn every_pod_sends_to_and_hears_every_other_both_ways() {
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
-    let conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let conf = guide(&data);
     let pods: Vec<Pod> = (0..3).map(|i| node.pod(11 + i)).collect();
     let mut addrs = Vec::new();
     for pod in &pods {
@@ -248,13 +236,7 @@ fn guide_scene(
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
-    let mut conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let mut conf = guide(&data);
     conf["type"] = json!(plugin_type);
     if let Some(m) = multicast {
         conf["multicast"] = m;
@@ -419,13 +401,7 @@ fn spdp_captured_on_net1_decodes_as_rtps() {
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
-    let conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let conf = guide(&data);
     let pods: Vec<Pod> = (0..2).map(|i| node.pod(11 + i)).collect();
     for pod in &pods {
         attach(&node, pod, &conf);
@@ -572,13 +548,7 @@ fn repeated_add_del_in_one_pod_does_not_exhaust_memberships() {
     let node = Node::new(&lan);
     let pod = node.pod(11);
     let data = DataDir::create();
-    let conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let conf = guide(&data);
     for cycle in 0..25 {
         let r = run_in(
             &node.ns.name,

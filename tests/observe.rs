@@ -29,6 +29,26 @@ fn bg(ns: &Ns, args: &[&str]) -> Bg {
         .expect("spawn"))
 }
 
+/// tcpdump on the pod's net1 (without promiscuous mode: only what the pod receives) of the
+/// discovery port, into `pcap`.
+fn capture_discovery(ns: &Ns, pcap: &std::path::Path) -> Bg {
+    bg(
+        ns,
+        &[
+            "tcpdump",
+            "-p",
+            "-i",
+            "net1",
+            "-U",
+            "-w",
+            pcap.to_str().unwrap(),
+            "udp",
+            "port",
+            "7400",
+        ],
+    )
+}
+
 fn tool(args: &[&str]) -> (i32, String) {
     let out = Command::new(plugin_bin()).args(args).output().unwrap();
     (
@@ -48,13 +68,7 @@ fn scene(n: u8) -> Scene {
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
-    let conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.180",
-    );
+    let conf = guide(&data);
     let pods: Vec<Pod> = (0..n).map(|i| node.pod(11 + i)).collect();
     for p in &pods {
         add(&node, p, &conf).ok();
@@ -83,21 +97,7 @@ fn probe_decodes_ddsperf_spdp_like_tshark() {
     };
     let s = scene(2);
     let pcap = s.data.0.join("spdp.pcap");
-    let _capture = bg(
-        &s.pods[0].ns,
-        &[
-            "tcpdump",
-            "-p",
-            "-i",
-            "net1",
-            "-U",
-            "-w",
-            pcap.to_str().unwrap(),
-            "udp",
-            "port",
-            "7400",
-        ],
-    );
+    let _capture = capture_discovery(&s.pods[0].ns, &pcap);
     let probe = Command::new(plugin_bin())
         .args([
             "probe",
@@ -230,21 +230,7 @@ fn two_announcing_probes_see_each_other_and_tshark_reads_them() {
     };
     let s = scene(2);
     let pcap = s.data.0.join("probe.pcap");
-    let _capture = bg(
-        &s.pods[1].ns,
-        &[
-            "tcpdump",
-            "-p",
-            "-i",
-            "net1",
-            "-U",
-            "-w",
-            pcap.to_str().unwrap(),
-            "udp",
-            "port",
-            "7400",
-        ],
-    );
+    let _capture = capture_discovery(&s.pods[1].ns, &pcap);
     std::thread::sleep(Duration::from_millis(300));
     let (p0, p1) = (s.pods[0].ns.path(), s.pods[1].ns.path());
     let (a, b) = std::thread::scope(|sc| {

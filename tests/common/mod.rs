@@ -143,6 +143,17 @@ pub fn guide_config(
     c
 }
 
+/// The guide's config as most tests use it: 1.0.0, master lan0, .160 to .180.
+pub fn guide(data: &DataDir) -> Value {
+    guide_config(
+        Some("1.0.0"),
+        "lan0",
+        data,
+        "198.51.100.160",
+        "198.51.100.180",
+    )
+}
+
 /// Runs the plugin for `verb` on the pod's net1, as a runtime does.
 pub fn cni(verb: &str, node: &Node, pod: &Pod, conf: &Value) -> Reply {
     let netns = pod.ns.path();
