@@ -74,7 +74,7 @@ pub fn run(opts: &Options) -> Vec<Check> {
             )]
         }
     };
-    let mut checks = match crate::block_on(static_checks(&ns, opts)) {
+    let mut checks = match static_checks(&ns, opts) {
         Ok(c) => c,
         Err(e) => vec![fail("netlink", e.to_string(), "run doctor as root".into())],
     };
@@ -88,10 +88,10 @@ pub fn run(opts: &Options) -> Vec<Check> {
     checks
 }
 
-async fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Check>> {
+fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Check>> {
     let nl = Netlink::connect(ns)?;
     let mut out = Vec::new();
-    let Some(link) = nl.link_by_name(&opts.iface).await? else {
+    let Some(link) = nl.link_by_name(&opts.iface)? else {
         out.push(fail(
             "interface",
             format!("{} does not exist in the pod", opts.iface),
@@ -100,8 +100,7 @@ async fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Che
         return Ok(out);
     };
     let v4: Vec<IpNetwork> = nl
-        .addresses(Some(link.index))
-        .await?
+        .addresses(Some(link.index))?
         .into_iter()
         .map(|(_, a, _)| a)
         .filter(|a| a.is_ipv4() && !a.ip().is_multicast())
@@ -132,12 +131,12 @@ async fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Che
         )
     });
 
-    let local = nl.routes_v4(TABLE_LOCAL).await?;
+    let local = nl.routes_v4(TABLE_LOCAL)?;
     let looped = local.iter().any(|r| {
         r.dst == IpNetwork::V4(ipnetwork::Ipv4Network::new(group, 32).expect("/32"))
-            && r.kind == rtnetlink::packet_route::route::RouteType::Local
+            && r.kind == netlink_packet_route::route::RouteType::Local
     });
-    let main = nl.routes_v4(TABLE_MAIN).await?;
+    let main = nl.routes_v4(TABLE_MAIN)?;
     let chosen = main
         .iter()
         .filter(|r| r.dst.contains(IpAddr::V4(group)))
@@ -192,8 +191,7 @@ async fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Che
     });
 
     let rivals: Vec<String> = nl
-        .links()
-        .await?
+        .links()?
         .into_iter()
         .filter(|l| {
             l.index != link.index

@@ -15,6 +15,7 @@ pub mod netlink;
 pub mod netns;
 pub mod policy;
 pub mod probe;
+pub mod reaper;
 pub mod rtps;
 pub mod scene;
 
@@ -85,15 +86,12 @@ fn dispatch(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
     match env.command {
         Command::Add => {
             let ipam = Ipam::from_conf(&conf, env)?;
-            block_on(async {
-                let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
-                macvlan::add(&conf, env, &ipam, &ns).await
-            })
-            .map(|r| Some(r.to_json(&conf.version)))
+            let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
+            macvlan::add(&conf, env, &ipam, &ns).map(|r| Some(r.to_json(&conf.version)))
         }
         Command::Del => {
             let ipam = Ipam::from_conf(&conf, env)?;
-            block_on(macvlan::del(&conf, env, &ipam)).map(|_| None)
+            macvlan::del(&conf, env, &ipam).map(|_| None)
         }
         Command::Check => {
             if !conf.version.supports_check() {
@@ -103,11 +101,8 @@ fn dispatch(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
                 )));
             }
             let ipam = Ipam::from_conf(&conf, env)?;
-            block_on(async {
-                let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
-                macvlan::check(&conf, env, &ipam, &ns).await
-            })
-            .map(|_| None)
+            let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
+            macvlan::check(&conf, env, &ipam, &ns).map(|_| None)
         }
         Command::Gc => {
             require_1_1(&conf.version, "GC")?;
@@ -115,7 +110,7 @@ fn dispatch(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
         }
         Command::Status => {
             require_1_1(&conf.version, "STATUS")?;
-            block_on(lifecycle::status(&conf, env)).map(|_| None)
+            lifecycle::status(&conf, env).map(|_| None)
         }
         Command::Version => unreachable!("answered above"),
     }
@@ -147,14 +142,4 @@ fn requested_version(input: Option<&Value>) -> String {
         })
         .filter(|v| SUPPORTED.contains(&v.as_str()))
         .unwrap_or_else(|| LATEST.to_owned())
-}
-
-/// Runs async netlink work on a current-thread runtime: the process lives milliseconds.
-pub fn block_on<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| Error::io("start async runtime", e))?
-        .block_on(fut)
 }

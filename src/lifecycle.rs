@@ -104,11 +104,9 @@ pub fn release_orphans(data_dir: &Path) -> Result<Vec<Orphan>> {
 }
 
 /// STATUS: ready when the master is there and up and an address is left to hand out.
-pub async fn status(conf: &NetConf, env: &CniEnv) -> Result<()> {
+pub fn status(conf: &NetConf, env: &CniEnv) -> Result<()> {
     let nl = Netlink::connect(&Netns::current()?)?;
-    let master = resolve_master(&nl, conf)
-        .await
-        .map_err(|e| Error::NotAvailable(e.to_string()))?;
+    let master = resolve_master(&nl, conf).map_err(|e| Error::NotAvailable(e.to_string()))?;
     if !master.is_up() {
         return Err(Error::NotAvailable(format!(
             "master interface {} is down; bring it up",

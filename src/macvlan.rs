@@ -13,7 +13,9 @@ use crate::cni::{Error, Result};
 use crate::duplicate;
 use crate::ipam::Ipam;
 use crate::multicast;
-use crate::netlink::{kernel_mode, Link, Netlink, NewMacvlan, TABLE_MAIN};
+use crate::netlink::{
+    kernel_mode, Link, LinkChange, Netlink, NewMacvlan, Op, DEVCONF_ARP_NOTIFY, TABLE_MAIN,
+};
 use crate::netns::Netns;
 use crate::policy::Policy;
 
@@ -45,20 +47,20 @@ impl Namespaces {
 }
 
 /// The master: the configured one, else the interface of the default route.
-pub async fn resolve_master(nl: &Netlink, conf: &NetConf) -> Result<Link> {
+pub fn resolve_master(nl: &Netlink, conf: &NetConf) -> Result<Link> {
     match &conf.master {
-        Some(name) => nl.link_by_name(name).await?.ok_or_else(|| {
+        Some(name) => nl.link_by_name(name)?.ok_or_else(|| {
             Error::MasterNotFound(format!(
                 "master interface {name} not found on node; set \"master\" to the node's LAN interface"
             ))
         }),
         None => {
-            let index = nl.default_route_link().await?.ok_or_else(|| {
+            let index = nl.default_route_link()?.ok_or_else(|| {
                 Error::MasterNotFound(
                     "no \"master\" given and the node has no default route to take it from; set \"master\"".into(),
                 )
             })?;
-            nl.link_by_index(index).await?.ok_or_else(|| {
+            nl.link_by_index(index)?.ok_or_else(|| {
                 Error::MasterNotFound(format!("default route interface {index} vanished"))
             })
         }
@@ -76,18 +78,18 @@ fn chosen_mac(conf: &NetConf, env: &CniEnv) -> Result<Option<[u8; 6]>> {
     Ok(conf.mac)
 }
 
-/// The temporary name a new macvlan gets before it is renamed to CNI_IFNAME inside the pod:
-/// a prefix fixed per attachment (so a DEL after an ADD killed before the rename finds it)
-/// and a random tail (so a concurrent ADD never collides with it).
-fn temp_name(env: &CniEnv) -> String {
+/// The name a deleted attachment's link takes while the kernel finishes removing it (see
+/// `del`): a prefix fixed per attachment (so a later DEL of the same attachment finds a link
+/// whose removal never finished) and a random tail (so two such links never collide).
+fn retired_name(env: &CniEnv) -> String {
     let tail = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos() ^ std::process::id())
         .unwrap_or_default();
-    format!("{}{:04x}", temp_prefix(env), tail & 0xffff)
+    format!("{}{:04x}", retired_prefix(env), tail & 0xffff)
 }
 
-fn temp_prefix(env: &CniEnv) -> String {
+fn retired_prefix(env: &CniEnv) -> String {
     // FNV-1a: stable across runs and builds, unlike std's hasher.
     let hash = format!("{}/{}", env.container_id, env.ifname)
         .bytes()
@@ -107,16 +109,7 @@ pub fn crash_point(step: &str) {
 }
 
 /// The steps of ADD a crash test can stop at, in order.
-pub const ADD_STEPS: &[&str] = &[
-    "created",
-    "renamed",
-    "claimed",
-    "addressed",
-    "up",
-    "routed",
-    "joined",
-    "marked",
-];
+pub const ADD_STEPS: &[&str] = &["created", "claimed", "configured", "marked"];
 
 /// What the checks before the first change decided.
 struct Plan {
@@ -133,9 +126,9 @@ struct Progress {
     marked: bool,
 }
 
-pub async fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result<CniResult> {
+pub fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result<CniResult> {
     // Everything checkable is checked before the first change.
-    let master = resolve_master(&ns.master_nl, conf).await?;
+    let master = resolve_master(&ns.master_nl, conf)?;
     let policy = Policy::load()?;
     if let Some(p) = &policy {
         p.check_master(&master.name)?;
@@ -149,12 +142,8 @@ pub async fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> 
         }
     }
     let mac = chosen_mac(conf, env)?;
-    if ns.pod_nl.link_by_name(&env.ifname).await?.is_some() {
-        return Err(Error::InvalidEnvironment(format!(
-            "interface {} already exists in pod netns {}; choose another CNI_IFNAME",
-            env.ifname, env.netns
-        )));
-    }
+    // An interface of that name in the pod already is refused by the creation itself,
+    // which changes nothing then.
 
     let plan = Plan {
         master,
@@ -162,14 +151,14 @@ pub async fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> 
         policy,
     };
     let mut progress = Progress::default();
-    let outcome = add_steps(conf, env, ipam, ns, &plan, &mut progress).await;
+    let outcome = add_steps(conf, env, ipam, ns, &plan, &mut progress);
     if outcome.is_err() {
-        undo(conf, env, ipam, ns, &progress).await;
+        undo(conf, env, ipam, ns, &progress);
     }
     outcome
 }
 
-async fn add_steps(
+fn add_steps(
     conf: &NetConf,
     env: &CniEnv,
     ipam: &Ipam,
@@ -178,10 +167,11 @@ async fn add_steps(
     progress: &mut Progress,
 ) -> Result<CniResult> {
     let master = &plan.master;
-    let temp = temp_name(env);
+    // Created in the pod's namespace under its final name, so there is no move and no
+    // rename; a DEL after an ADD killed at any point finds it by that name.
     ns.master_nl
         .add_macvlan(&NewMacvlan {
-            temp_name: &temp,
+            name: &env.ifname,
             master_index: master.index,
             mode: conf.mode,
             mtu: conf.mtu,
@@ -189,45 +179,58 @@ async fn add_steps(
             bc_queue_len: conf.multicast.bc_queue_len,
             target_netns: (!ns.master_in_pod).then(|| ns.pod_ns.raw_fd()),
         })
-        .await
-        .map_err(|e| e.context(&format!("on master {}", master.name)))?;
-    let created =
-        ns.pod_nl.link_by_name(&temp).await?.ok_or_else(|| {
-            Error::Netlink(format!("macvlan {temp} vanished right after creation"))
+        .map_err(|e| {
+            e.context(&format!(
+                "on master {}, in pod netns {}",
+                master.name, env.netns
+            ))
         })?;
-    progress.link = Some(created.index);
+    let link = ns.pod_nl.link_by_name(&env.ifname)?.ok_or_else(|| {
+        Error::Netlink(format!(
+            "macvlan {} vanished right after creation",
+            env.ifname
+        ))
+    })?;
+    progress.link = Some(link.index);
     crash_point("created");
-    ns.pod_nl.rename(created.index, &env.ifname).await?;
-    crash_point("renamed");
-    set_arp_notify(&ns.pod_ns, &env.ifname)?;
 
-    let mut result = claim_unused_addresses(conf, env, ipam, ns, &created, progress).await?;
+    let mut result = claim_unused_addresses(conf, env, ipam, ns, &link, progress)?;
     if let Some(p) = &plan.policy {
         for ip in &result.ips {
             p.check_address(ip.address.ip())?;
         }
     }
 
+    // The rest of the pod side in one exchange with the kernel, in the order it needs:
+    // up first (routes need a running link), addresses, the routes IPAM asked for, then
+    // the multicast memberships and routes.
+    let mut settings = vec![
+        // Peers update their ARP caches at once when an address moves to a new pod.
+        (DEVCONF_ARP_NOTIFY, 1),
+    ];
+    settings.extend(multicast::interface_settings(&conf.multicast));
+    let mut ops = vec![LinkChange::of(link.index)
+        .up(true)
+        .ipv4_conf(&settings)
+        .op()];
     for ip in result.ips.iter_mut() {
-        ns.pod_nl.add_address(created.index, ip.address).await?;
+        ops.push(Op::add_address(link.index, ip.address));
         ip.interface = Some(0);
     }
-    crash_point("addressed");
-    ns.pod_nl.set_up(created.index).await?;
-    crash_point("up");
-    for route in &result.routes {
-        ns.pod_nl
-            .add_route(created.index, route.dst, route.gw)
-            .await?;
-    }
-    crash_point("routed");
-    // What the link looked like when created (MAC, MTU), under its final name.
-    let link = Link {
-        name: env.ifname.clone(),
-        ..created
-    };
+    ops.extend(
+        result
+            .routes
+            .iter()
+            .map(|r| Op::add_route(link.index, r.dst, r.gw)),
+    );
+    ops.extend(multicast::setup_ops(link.index, &conf.multicast));
+    ns.pod_nl.apply(ops)?;
+    crash_point("configured");
+
     progress.marked = conf.multicast.mark_other_interfaces;
-    multicast::setup(&ns.pod_nl, &ns.pod_ns, &link, &conf.multicast).await?;
+    if progress.marked {
+        multicast::mark_other_interfaces(&ns.pod_nl, &env.ifname)?;
+    }
     crash_point("marked");
 
     result.interfaces = vec![Interface {
@@ -241,7 +244,7 @@ async fn add_steps(
 
 /// Gets the addresses from IPAM and, with duplicate detection on (host-local), ARP-probes
 /// each on the LAN first; an address someone answers for is released and passed over.
-async fn claim_unused_addresses(
+fn claim_unused_addresses(
     conf: &NetConf,
     env: &CniEnv,
     ipam: &Ipam,
@@ -262,7 +265,8 @@ async fn claim_unused_addresses(
             return Ok(result);
         };
         // Probing needs the link up; it has no address yet, as RFC 5227 wants.
-        ns.pod_nl.set_up(link.index).await?;
+        ns.pod_nl
+            .apply(vec![LinkChange::of(link.index).up(true).op()])?;
         let mac: [u8; 6] = link.mac.as_slice().try_into().unwrap_or_default();
         let mut conflicts = Vec::new();
         for ip in &result.ips {
@@ -291,10 +295,10 @@ async fn claim_unused_addresses(
 
 /// Undoes a failed ADD, most recent step first. Failures here are logged, not returned: the
 /// original error is what the runtime must see.
-async fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &Progress) {
+fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &Progress) {
     if progress.marked {
-        let restored = match ns.pod_nl.links().await {
-            Ok(links) => multicast::restore(&ns.pod_nl, &links, &env.ifname).await,
+        let restored = match ns.pod_nl.links() {
+            Ok(links) => multicast::restore(&ns.pod_nl, &links, &env.ifname),
             Err(e) => Err(e),
         };
         if let Err(e) = restored {
@@ -307,59 +311,73 @@ async fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progre
         }
     }
     if let Some(index) = progress.link {
-        if let Err(e) = multicast::leave(&ns.pod_nl, index, &conf.multicast).await {
-            eprintln!("ros-macvlan: rollback: leaving the multicast groups failed: {e}");
-        }
-        if let Err(e) = ns.pod_nl.del_link(index).await {
-            eprintln!("ros-macvlan: rollback: deleting the interface failed: {e}");
+        let mut ops = multicast::leave_ops(index, &conf.multicast);
+        ops.push(Op::del_link(index));
+        if let Err(e) = ns.pod_nl.apply(ops) {
+            eprintln!("ros-macvlan: rollback: removing the interface failed: {e}");
         }
     }
 }
 
-fn set_arp_notify(ns: &Netns, ifname: &str) -> Result<()> {
-    // Peers update their ARP caches at once when an address moves to a new pod.
-    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/arp_notify");
-    ns.run(|| std::fs::write(&path, "1"))?
-        .map_err(|e| Error::io(format!("set {path}"), e))
-}
-
-/// DEL: releases the address whatever state the pod is in, then removes the interface and
-/// restores what ADD changed, if the pod is still there. Nothing left to do is success.
-pub async fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
-    ipam.del(conf, env)?;
+/// DEL. The kernel's removal of a link waits for RCU grace periods (about 20 ms, most of
+/// a DEL), and so does taking a link down; so DEL makes the link inert at once and leaves
+/// the removal to a detached process (`reaper`): the link leaves its groups (the IGMP leave
+/// goes out), loses its addresses and routes (it answers for no address and carries no
+/// traffic of the pod's), and takes a name of its own, so `CNI_IFNAME` is free for the
+/// next ADD. Only then is the address released, so no other pod can get it while this link
+/// could still use it. Nothing left to do is success; a namespace that is gone has taken
+/// its links with it.
+pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
     if env.netns.is_empty() {
-        return Ok(());
+        return ipam.del(conf, env);
     }
     let pod_ns = match Netns::open(&env.netns) {
         Ok(ns) => ns,
-        Err(Error::ContainerUnknown(_)) => return Ok(()),
+        Err(Error::ContainerUnknown(_)) => return ipam.del(conf, env),
         Err(e) => return Err(e),
     };
     let nl = Netlink::connect(&pod_ns)?;
-    // The attachment's link, and any it left under its temporary name (an ADD killed
-    // between creating and renaming it).
-    let prefix = temp_prefix(env);
+    // The attachment's link, and any an earlier DEL left whose removal did not finish.
+    let prefix = retired_prefix(env);
     let (ours, others): (Vec<Link>, Vec<Link>) = nl
-        .links()
-        .await?
+        .links()?
         .into_iter()
         .partition(|l| l.is_macvlan() && (l.name == env.ifname || l.name.starts_with(&prefix)));
+    let addresses = if ours.is_empty() {
+        Vec::new()
+    } else {
+        nl.addresses(None)?
+    };
+    let mut ops = Vec::new();
     for link in &ours {
-        multicast::leave(&nl, link.index, &conf.multicast).await?;
-        nl.del_link(link.index).await?;
+        ops.extend(multicast::leave_ops(link.index, &conf.multicast));
+        ops.extend(
+            addresses
+                .iter()
+                .filter(|(index, addr, _)| *index == link.index && !addr.ip().is_multicast())
+                .map(|(_, addr, _)| Op::del_address(link.index, *addr)),
+        );
+        ops.extend(multicast::route_removal_ops(link.index, &conf.multicast));
+        if !link.name.starts_with(&prefix) {
+            ops.push(LinkChange::of(link.index).name(&retired_name(env)).op());
+        }
     }
-    multicast::restore(&nl, &others, &env.ifname).await?;
-    multicast::hand_over_routes(&nl, &pod_ns, &others, &conf.multicast).await
+    nl.apply(ops)?;
+    multicast::restore(&nl, &others, &env.ifname)?;
+    multicast::hand_over_routes(&nl, &pod_ns, &others, &conf.multicast)?;
+    ipam.del(conf, env)?;
+    let doomed: Vec<u32> = ours.iter().map(|l| l.index).collect();
+    crate::reaper::delete_links(nl, &doomed, conf.wait_for_link_removal)
 }
 
 /// CHECK against prevResult: the interface, its kind, mode, MAC, addresses and routes.
-pub async fn check(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result<()> {
+pub fn check(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result<()> {
     let prev_json = conf.prev_result.as_ref().ok_or_else(|| {
         Error::InvalidConfig("CHECK needs prevResult in the network config".into())
     })?;
     let prev = CniResult::from_json(prev_json).map_err(|e| e.context("prevResult"))?;
     ipam.check(conf, env, &prev)?;
-    let link = ns.pod_nl.link_by_name(&env.ifname).await?.ok_or_else(|| {
+    let link = ns.pod_nl.link_by_name(&env.ifname)?.ok_or_else(|| {
         Error::CheckFailed(format!(
             "interface {} not found in pod netns {}",
             env.ifname, env.netns
@@ -392,8 +410,7 @@ pub async fn check(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -
     }
     let present: Vec<IpNetwork> = ns
         .pod_nl
-        .addresses(Some(link.index))
-        .await?
+        .addresses(Some(link.index))?
         .into_iter()
         .map(|(_, a, _)| a)
         .collect();
@@ -409,8 +426,8 @@ pub async fn check(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -
             )));
         }
     }
-    let mut routes = ns.pod_nl.routes_v4(TABLE_MAIN).await?;
-    routes.extend(ns.pod_nl.routes_v6(TABLE_MAIN).await?);
+    let mut routes = ns.pod_nl.routes_v4(TABLE_MAIN)?;
+    routes.extend(ns.pod_nl.routes_v6(TABLE_MAIN)?);
     for r in &prev.routes {
         let found = routes.iter().any(|k| {
             k.dst == r.dst && k.oif == Some(link.index) && (r.gw.is_none() || k.gw == r.gw)
@@ -422,5 +439,5 @@ pub async fn check(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -
             )));
         }
     }
-    multicast::check(&ns.pod_nl, &ns.pod_ns, &link, &conf.multicast).await
+    multicast::check(&ns.pod_nl, &ns.pod_ns, &link, &conf.multicast)
 }

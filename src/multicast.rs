@@ -6,11 +6,13 @@
 use std::net::Ipv4Addr;
 
 use ipnetwork::IpNetwork;
-use rtnetlink::packet_route::route::RouteType;
+use netlink_packet_route::route::{RouteScope, RouteType};
 
 use crate::cni::config::MulticastConf;
 use crate::cni::{Error, Result};
-use crate::netlink::{Link, Netlink, RouteEntry, TABLE_LOCAL, TABLE_MAIN};
+use crate::netlink::{
+    Link, LinkChange, Netlink, Op, RouteEntry, DEVCONF_RP_FILTER, TABLE_LOCAL, TABLE_MAIN,
+};
 use crate::netns::Netns;
 
 /// Interfaces whose MULTICAST flag the plugin cleared carry this alias, naming the
@@ -31,55 +33,80 @@ fn parse_mark(alias: &str) -> Option<(Vec<&str>, &str)> {
     ))
 }
 
-/// The RP filter values: 1 strict (drops discovery from peers whose route points elsewhere).
-const RP_FILTER_LOOSE: &str = "2";
+/// rp_filter 2 (loose): 1 (strict) drops discovery from peers whose route points elsewhere.
+const RP_FILTER_LOOSE: u32 = 2;
 
 fn rp_filter_path(ifname: &str) -> String {
     format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter")
 }
 
-/// Sets everything up on the freshly configured (up, addressed) interface.
-pub async fn setup(nl: &Netlink, ns: &Netns, link: &Link, mc: &MulticastConf) -> Result<()> {
+/// The IPv4 settings of the new interface this part asks for.
+pub fn interface_settings(mc: &MulticastConf) -> Vec<(u16, u32)> {
     if mc.loose_rp_filter {
-        let path = rp_filter_path(&link.name);
-        ns.run(|| std::fs::write(&path, RP_FILTER_LOOSE))?
-            .map_err(|e| Error::io(format!("set {path}"), e))?;
+        vec![(DEVCONF_RP_FILTER, RP_FILTER_LOOSE)]
+    } else {
+        Vec::new()
     }
-    for group in &mc.groups {
-        nl.join_group(link.index, *group).await?;
-    }
-    if !mc.groups.is_empty() {
-        drop_group_local_routes(nl, link.index, &mc.groups).await?;
-    }
-    crate::macvlan::crash_point("joined");
-    for dst in &mc.routes {
-        // Present already means a first ros-macvlan attachment in this pod carries it.
-        nl.add_route(link.index, IpNetwork::V4(*dst), None).await?;
-    }
-    if mc.mark_other_interfaces {
-        mark_other_interfaces(nl, &link.name).await?;
-    }
-    Ok(())
 }
 
-/// Joining a group through an auto-join address also installs `local <group>` in the local
-/// table, which turns the pod's own sends to the group into loopback: they would never
-/// leave on the LAN. The membership does not depend on that route, so it goes.
-async fn drop_group_local_routes(nl: &Netlink, index: u32, groups: &[Ipv4Addr]) -> Result<()> {
-    for route in group_local_routes(nl, index, groups).await? {
-        nl.del_route(&route).await?;
-    }
-    Ok(())
+/// The changes that make discovery work on the new interface, once it is up and
+/// addressed: the memberships, then the routes.
+pub fn setup_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
+    let mut ops: Vec<Op> = mc
+        .groups
+        .iter()
+        .map(|g| Op::join_group(index, *g))
+        .collect();
+    // Joining a group through an auto-join address also installs `local <group>` in the
+    // local table, which turns the pod's own sends to the group into loopback: they would
+    // never leave on the LAN. The membership does not depend on that route, so it goes.
+    ops.extend(
+        mc.groups
+            .iter()
+            .map(|g| Op::del_route(&group_local_route(index, *g))),
+    );
+    // Present already means a first ros-macvlan attachment in this pod carries it.
+    ops.extend(
+        mc.routes
+            .iter()
+            .map(|dst| Op::add_route(index, IpNetwork::V4(*dst), None)),
+    );
+    ops
 }
 
-async fn group_local_routes(
-    nl: &Netlink,
-    index: u32,
-    groups: &[Ipv4Addr],
-) -> Result<Vec<RouteEntry>> {
+/// Takes the multicast routes off a link that stays up a little while longer (see
+/// `macvlan::del`), so they can move to another attachment at once.
+pub fn route_removal_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
+    mc.routes
+        .iter()
+        .map(|dst| {
+            Op::del_route(&RouteEntry {
+                dst: IpNetwork::V4(*dst),
+                gw: None,
+                oif: Some(index),
+                table: TABLE_MAIN,
+                kind: RouteType::Unicast,
+                scope: RouteScope::Link,
+            })
+        })
+        .collect()
+}
+
+/// The route the kernel adds for a joined group's address.
+fn group_local_route(index: u32, group: Ipv4Addr) -> RouteEntry {
+    RouteEntry {
+        dst: IpNetwork::V4(ipnetwork::Ipv4Network::from(group)),
+        gw: None,
+        oif: Some(index),
+        table: TABLE_LOCAL,
+        kind: RouteType::Local,
+        scope: RouteScope::Host,
+    }
+}
+
+fn group_local_routes(nl: &Netlink, index: u32, groups: &[Ipv4Addr]) -> Result<Vec<RouteEntry>> {
     Ok(nl
-        .routes_v4(TABLE_LOCAL)
-        .await?
+        .routes_v4(TABLE_LOCAL)?
         .into_iter()
         .filter(|r| r.kind == RouteType::Local && r.oif == Some(index))
         .filter(
@@ -99,8 +126,9 @@ fn is_rival(link: &Link, ifname: &str) -> bool {
     is_candidate(link, ifname) && link.is_multicast()
 }
 
-async fn mark_other_interfaces(nl: &Netlink, ifname: &str) -> Result<()> {
-    for link in nl.links().await? {
+pub fn mark_other_interfaces(nl: &Netlink, ifname: &str) -> Result<()> {
+    let mut ops = Vec::new();
+    for link in nl.links()? {
         if !is_candidate(&link, ifname) {
             continue;
         }
@@ -109,32 +137,37 @@ async fn mark_other_interfaces(nl: &Netlink, ifname: &str) -> Result<()> {
             // Marked by another attachment of this pod: count this one in too.
             Some((mut owners, previous)) if !owners.contains(&ifname) => {
                 owners.push(ifname);
-                nl.set_alias(link.index, &mark_alias(&owners, previous))
-                    .await?;
+                ops.push(
+                    LinkChange::of(link.index)
+                        .alias(&mark_alias(&owners, previous))
+                        .op(),
+                );
             }
             Some(_) => {}
-            None if link.is_multicast() => {
-                nl.set_alias(link.index, &mark_alias(&[ifname], &alias))
-                    .await?;
-                nl.set_multicast(link.index, false).await?;
-            }
+            None if link.is_multicast() => ops.push(
+                LinkChange::of(link.index)
+                    .alias(&mark_alias(&[ifname], &alias))
+                    .multicast(false)
+                    .op(),
+            ),
             None => {}
         }
     }
-    Ok(())
+    nl.apply(ops)
 }
 
-/// Leaves the groups before the interface goes (see `Netlink::leave_group`).
-pub async fn leave(nl: &Netlink, index: u32, mc: &MulticastConf) -> Result<()> {
-    for group in &mc.groups {
-        nl.leave_group(index, *group).await?;
-    }
-    Ok(())
+/// Leaves the groups (see `Op::leave_group`); this must come before the interface goes.
+pub fn leave_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
+    mc.groups
+        .iter()
+        .map(|g| Op::leave_group(index, *g))
+        .collect()
 }
 
 /// Takes this attachment off every mark; an interface no attachment wants off multicast any
 /// more gets its MULTICAST flag and alias back.
-pub async fn restore(nl: &Netlink, links: &[Link], ifname: &str) -> Result<()> {
+pub fn restore(nl: &Netlink, links: &[Link], ifname: &str) -> Result<()> {
+    let mut ops = Vec::new();
     for link in links {
         let Some((mut owners, previous)) = link.alias.as_deref().and_then(parse_mark) else {
             continue;
@@ -143,20 +176,23 @@ pub async fn restore(nl: &Netlink, links: &[Link], ifname: &str) -> Result<()> {
             continue;
         }
         owners.retain(|o| *o != ifname);
-        if owners.is_empty() {
-            nl.set_multicast(link.index, true).await?;
-            nl.set_alias(link.index, previous).await?;
+        ops.push(if owners.is_empty() {
+            LinkChange::of(link.index)
+                .multicast(true)
+                .alias(previous)
+                .op()
         } else {
-            nl.set_alias(link.index, &mark_alias(&owners, previous))
-                .await?;
-        }
+            LinkChange::of(link.index)
+                .alias(&mark_alias(&owners, previous))
+                .op()
+        });
     }
-    Ok(())
+    nl.apply(ops)
 }
 
 /// DEL of one of several attachments: the multicast routes went with its link, so they move
 /// to another attachment of the pod that joined the same groups, if one is left.
-pub async fn hand_over_routes(
+pub fn hand_over_routes(
     nl: &Netlink,
     ns: &Netns,
     links: &[Link],
@@ -168,10 +204,12 @@ pub async fn hand_over_routes(
     for link in links.iter().filter(|l| l.is_macvlan()) {
         let joined = joined_groups(ns, &link.name)?;
         if mc.groups.iter().any(|g| joined.contains(g)) {
-            for dst in &mc.routes {
-                nl.add_route(link.index, IpNetwork::V4(*dst), None).await?;
-            }
-            return Ok(());
+            return nl.apply(
+                mc.routes
+                    .iter()
+                    .map(|dst| Op::add_route(link.index, IpNetwork::V4(*dst), None))
+                    .collect(),
+            );
         }
     }
     Ok(())
@@ -212,7 +250,7 @@ fn parse_igmp(text: &str, ifname: &str) -> Vec<Ipv4Addr> {
 }
 
 /// CHECK: the membership, the routes, rp_filter and the marking are as ADD left them.
-pub async fn check(nl: &Netlink, ns: &Netns, link: &Link, mc: &MulticastConf) -> Result<()> {
+pub fn check(nl: &Netlink, ns: &Netns, link: &Link, mc: &MulticastConf) -> Result<()> {
     let joined = joined_groups(ns, &link.name)?;
     for g in &mc.groups {
         if !joined.contains(g) {
@@ -222,16 +260,13 @@ pub async fn check(nl: &Netlink, ns: &Netns, link: &Link, mc: &MulticastConf) ->
             )));
         }
     }
-    if let Some(r) = group_local_routes(nl, link.index, &mc.groups)
-        .await?
-        .first()
-    {
+    if let Some(r) = group_local_routes(nl, link.index, &mc.groups)?.first() {
         return Err(Error::CheckFailed(format!(
             "local route {} in the pod turns sends to the group into loopback",
             r.dst
         )));
     }
-    let main = nl.routes_v4(TABLE_MAIN).await?;
+    let main = nl.routes_v4(TABLE_MAIN)?;
     for dst in &mc.routes {
         if !main
             .iter()
@@ -254,7 +289,7 @@ pub async fn check(nl: &Netlink, ns: &Netns, link: &Link, mc: &MulticastConf) ->
         }
     }
     if mc.mark_other_interfaces {
-        if let Some(rival) = nl.links().await?.iter().find(|l| is_rival(l, &link.name)) {
+        if let Some(rival) = nl.links()?.iter().find(|l| is_rival(l, &link.name)) {
             return Err(Error::CheckFailed(format!(
                 "{} is multicast-capable; DDS may choose it instead of {}",
                 rival.name, link.name

@@ -1,27 +1,34 @@
-//! Typed helpers over rtnetlink: links, addresses, routes and multicast joins in one
-//! namespace. A `Netlink` is bound to the namespace its socket was opened in.
+//! Links, addresses, routes and multicast joins in one namespace, over a plain blocking
+//! rtnetlink socket. A `Netlink` is bound to the namespace its socket was opened in.
+//!
+//! Requests that change state are `Op`s; `Netlink::apply` sends several in one datagram and
+//! reads their acknowledgements together, so a step of ADD or DEL costs one round trip
+//! into the kernel however many changes it makes. Messages are built and parsed with
+//! netlink-packet-route; the socket is driven here, without an async runtime: a plugin
+//! process lives for a few milliseconds, and a runtime costs more than the work.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
-use nix::errno::Errno;
-use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+use netlink_packet_core::{DefaultNla, NLA_F_NESTED};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
-use rtnetlink::packet_route::address::{
-    AddressAttribute, AddressFlags, AddressMessage, AddressScope,
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
-use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+use netlink_packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage, MacVlanMode,
 };
-use rtnetlink::packet_route::route::{
+use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::sys::{protocols::NETLINK_ROUTE, Socket, TokioSocket};
-use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, RouteMessageBuilder};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use nix::errno::Errno;
 
 use crate::cni::config::MacvlanMode as ConfMode;
 use crate::cni::{Error, Result};
@@ -30,6 +37,13 @@ use crate::netns::Netns;
 /// Routing tables by number (linux/rtnetlink.h).
 pub const TABLE_MAIN: u32 = 254;
 pub const TABLE_LOCAL: u32 = 255;
+
+/// IPv4 per-interface settings (linux/ip.h IPV4_DEVCONF_*), set over netlink rather than
+/// through /proc/sys, which would need the caller inside the namespace.
+pub const DEVCONF_RP_FILTER: u16 = 8;
+pub const DEVCONF_ARP_NOTIFY: u16 = 22;
+/// IFLA_INET_CONF (linux/if_link.h), the nest that carries them.
+const IFLA_INET_CONF: u16 = 1;
 
 /// What the plugin needs to know of a link.
 #[derive(Debug, Clone)]
@@ -108,29 +122,9 @@ pub struct RouteEntry {
     pub scope: RouteScope,
 }
 
-/// The errno behind a failed netlink request, if the kernel sent one.
-pub fn errno_of(err: &rtnetlink::Error) -> Option<Errno> {
-    match err {
-        rtnetlink::Error::NetlinkError(msg) => Some(Errno::from_raw(msg.raw_code().abs())),
-        _ => None,
-    }
-}
-
-fn nl_err(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> Error {
-    move |e| match errno_of(&e) {
-        Some(errno) => Error::Netlink(format!("{what}: {}", errno.desc())),
-        None => Error::Netlink(format!("{what}: {e}")),
-    }
-}
-
-/// A netlink connection into one namespace.
-pub struct Netlink {
-    handle: Handle,
-}
-
-/// The macvlan to create (always under a temporary name, renamed later).
+/// The macvlan to create.
 pub struct NewMacvlan<'a> {
-    pub temp_name: &'a str,
+    pub name: &'a str,
     pub master_index: u32,
     pub mode: ConfMode,
     pub mtu: Option<u32>,
@@ -149,168 +143,479 @@ pub fn kernel_mode(mode: ConfMode) -> MacVlanMode {
     }
 }
 
-impl Netlink {
-    /// Opens a netlink socket inside `ns` and drives it from the current tokio runtime.
-    pub fn connect(ns: &Netns) -> Result<Netlink> {
-        let socket = ns
-            .run(|| Socket::new(NETLINK_ROUTE))?
-            .map_err(|e| Error::Netns(format!("cannot open netlink in {}: {e}", ns.path())))?;
-        // SAFETY: the descriptor was just created and is owned by nothing else.
-        let socket = unsafe { TokioSocket::from_raw_fd(socket.into_raw_fd()) };
-        let (connection, handle, _) = rtnetlink::from_socket(socket);
-        tokio::spawn(connection);
-        Ok(Netlink { handle })
-    }
+/// One change to send: the message, and how its outcome reads.
+pub struct Op {
+    msg: RouteNetlinkMessage,
+    flags: u16,
+    /// Errors that mean "already so" (joining a joined group, deleting what is gone).
+    already: &'static [Errno],
+    what: String,
+}
 
-    pub async fn links(&self) -> Result<Vec<Link>> {
-        self.handle
-            .link()
-            .get()
-            .execute()
-            .map_ok(Link::from_message)
-            .try_collect()
-            .await
-            .map_err(nl_err("list links"))
-    }
-
-    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut stream = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        match stream.try_next().await {
-            Ok(link) => Ok(link.map(Link::from_message)),
-            Err(e) if errno_of(&e) == Some(Errno::ENODEV) => Ok(None),
-            Err(e) => Err(nl_err(format!("look up link {name}"))(e)),
+impl Op {
+    fn new(msg: RouteNetlinkMessage, flags: u16, what: impl Into<String>) -> Op {
+        Op {
+            msg,
+            flags: NLM_F_REQUEST | NLM_F_ACK | flags,
+            already: &[],
+            what: what.into(),
         }
     }
 
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut stream = self.handle.link().get().match_index(index).execute();
-        match stream.try_next().await {
-            Ok(link) => Ok(link.map(Link::from_message)),
-            Err(e) if errno_of(&e) == Some(Errno::ENODEV) => Ok(None),
-            Err(e) => Err(nl_err(format!("look up link {index}"))(e)),
+    fn already(mut self, errnos: &'static [Errno]) -> Op {
+        self.already = errnos;
+        self
+    }
+
+    /// Adds an address to a link.
+    pub fn add_address(index: u32, addr: IpNetwork) -> Op {
+        let mut msg = address_message(index, addr.ip(), addr.prefix());
+        if let IpAddr::V4(ip) = addr.ip() {
+            // As `ip addr add ... brd +` and the reference plugin: the subnet's broadcast.
+            if addr.prefix() < 31 {
+                let brd = u32::from(ip) | (u32::MAX >> addr.prefix());
+                msg.attributes
+                    .push(AddressAttribute::Broadcast(Ipv4Addr::from(brd)));
+            }
+        }
+        Op::new(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!("add address {addr}"),
+        )
+    }
+
+    pub fn del_address(index: u32, addr: IpNetwork) -> Op {
+        Op::new(
+            RouteNetlinkMessage::DelAddress(address_message(index, addr.ip(), addr.prefix())),
+            0,
+            format!("remove address {addr}"),
+        )
+        .already(&[Errno::EADDRNOTAVAIL, Errno::ENODEV])
+    }
+
+    /// Joins `group` on the link with a membership the kernel holds without any socket:
+    /// the group as an address with IFA_F_MCAUTOJOIN. An existing join is kept.
+    pub fn join_group(index: u32, group: Ipv4Addr) -> Op {
+        let mut msg = address_message(index, IpAddr::V4(group), 32);
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Mcautojoin));
+        Op::new(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!("join multicast group {group}"),
+        )
+        .already(&[Errno::EEXIST])
+    }
+
+    /// Leaves a group joined with `join_group`. This must happen before the link is deleted:
+    /// the kernel drops an auto-join membership only when its address is deleted, and the
+    /// memberships of a namespace are limited (igmp_max_memberships), so a link deleted with
+    /// the address on it leaks one, and repeated ADD/DEL in one pod end in ENOBUFS.
+    pub fn leave_group(index: u32, group: Ipv4Addr) -> Op {
+        Op::new(
+            RouteNetlinkMessage::DelAddress(address_message(index, IpAddr::V4(group), 32)),
+            0,
+            format!("leave multicast group {group}"),
+        )
+        .already(&[Errno::EADDRNOTAVAIL, Errno::ENODEV])
+    }
+
+    /// Adds a route out `index`; without a gateway the route is link-scoped.
+    /// An identical route that exists already counts as added.
+    pub fn add_route(index: u32, dst: IpNetwork, gw: Option<IpAddr>) -> Op {
+        let msg = route_message(index, dst, gw, TABLE_MAIN, RouteProtocol::Static);
+        Op::new(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!("add route {dst}"),
+        )
+        .already(&[Errno::EEXIST])
+    }
+
+    pub fn del_route(route: &RouteEntry) -> Op {
+        let mut msg = route_message(
+            route.oif.unwrap_or(0),
+            route.dst,
+            route.gw,
+            route.table,
+            RouteProtocol::Unspec,
+        );
+        msg.header.kind = route.kind;
+        msg.header.scope = route.scope;
+        Op::new(
+            RouteNetlinkMessage::DelRoute(msg),
+            0,
+            format!("delete route {}", route.dst),
+        )
+        .already(&[Errno::ESRCH])
+    }
+
+    /// Deletes a link; a link that is already gone is not an error.
+    pub fn del_link(index: u32) -> Op {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        Op::new(RouteNetlinkMessage::DelLink(msg), 0, "delete link").already(&[Errno::ENODEV])
+    }
+}
+
+/// Changes to one existing link, sent as one RTM_SETLINK.
+pub struct LinkChange {
+    msg: LinkMessage,
+    what: Vec<&'static str>,
+}
+
+impl LinkChange {
+    pub fn of(index: u32) -> LinkChange {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        LinkChange {
+            msg,
+            what: Vec::new(),
+        }
+    }
+
+    fn flag(mut self, flag: LinkFlags, on: bool, what: &'static str) -> LinkChange {
+        if on {
+            self.msg.header.flags |= flag;
+        } else {
+            self.msg.header.flags.remove(flag);
+        }
+        self.msg.header.change_mask |= flag;
+        self.what.push(what);
+        self
+    }
+
+    pub fn up(self, on: bool) -> LinkChange {
+        self.flag(LinkFlags::Up, on, if on { "set up" } else { "set down" })
+    }
+
+    pub fn multicast(self, on: bool) -> LinkChange {
+        self.flag(LinkFlags::Multicast, on, "set multicast flag")
+    }
+
+    pub fn name(mut self, name: &str) -> LinkChange {
+        self.msg
+            .attributes
+            .push(LinkAttribute::IfName(name.to_owned()));
+        self.what.push("rename");
+        self
+    }
+
+    /// Sets (or with "" clears) the interface alias, where the plugin notes what it changed.
+    pub fn alias(mut self, alias: &str) -> LinkChange {
+        self.msg
+            .attributes
+            .push(LinkAttribute::IfAlias(alias.to_owned()));
+        self.what.push("set interface alias");
+        self
+    }
+
+    /// Sets IPv4 per-interface settings (DEVCONF_*), as writing
+    /// /proc/sys/net/ipv4/conf/<link>/<setting> would.
+    pub fn ipv4_conf(mut self, settings: &[(u16, u32)]) -> LinkChange {
+        if settings.is_empty() {
+            return self;
+        }
+        let mut nest = Vec::with_capacity(settings.len() * 8);
+        for (key, value) in settings {
+            nest.extend_from_slice(&8u16.to_ne_bytes());
+            nest.extend_from_slice(&key.to_ne_bytes());
+            nest.extend_from_slice(&value.to_ne_bytes());
+        }
+        let conf = DefaultNla::new(IFLA_INET_CONF | NLA_F_NESTED, nest);
+        self.msg
+            .attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::Other(conf),
+            ])]));
+        self.what.push("set IPv4 interface settings");
+        self
+    }
+
+    pub fn op(self) -> Op {
+        let what = format!("{} of link {}", self.what.join(", "), self.msg.header.index);
+        Op::new(RouteNetlinkMessage::SetLink(self.msg), 0, what)
+    }
+}
+
+/// A netlink connection into one namespace.
+pub struct Netlink {
+    fd: OwnedFd,
+    seq: Cell<u32>,
+    buf: RefCell<Vec<u8>>,
+}
+
+/// Large enough for any one datagram of a dump (the kernel fills up to 32 KiB).
+const RECV_BUFFER: usize = 64 * 1024;
+
+impl Netlink {
+    /// Opens a netlink socket inside `ns`; it keeps working in that namespace from anywhere.
+    pub fn connect(ns: &Netns) -> Result<Netlink> {
+        let fd = ns.run(open_socket)?.map_err(|e| {
+            Error::Netns(format!(
+                "cannot open netlink in {}: {}",
+                ns.path(),
+                e.desc()
+            ))
+        })?;
+        Ok(Netlink {
+            fd,
+            seq: Cell::new(0),
+            buf: RefCell::new(vec![0; RECV_BUFFER]),
+        })
+    }
+
+    /// The descriptor, for a process that inherits the connection.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Sends all `ops` in one datagram and waits for every acknowledgement. The kernel
+    /// carries out each message whatever became of the ones before; the first failure (in
+    /// order) is the error returned.
+    pub fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        match self.first_failure(&ops)? {
+            Some((i, errno)) => Err(Error::Netlink(format!("{}: {}", ops[i].what, errno.desc()))),
+            None => Ok(()),
+        }
+    }
+
+    /// The first op the kernel refused (not counting "already so"), by position.
+    fn first_failure(&self, ops: &[Op]) -> Result<Option<(usize, Errno)>> {
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let first = self.seq.get() + 1;
+        let messages = ops.iter().map(|op| (op.msg.clone(), op.flags));
+        self.send(messages)
+            .map_err(|e| Error::Netlink(format!("send to kernel: {}", e.desc())))?;
+        let mut outcomes: Vec<Option<std::result::Result<(), Errno>>> = vec![None; ops.len()];
+        while outcomes.iter().any(Option::is_none) {
+            let replies = self
+                .receive()
+                .map_err(|e| Error::Netlink(format!("read from kernel: {}", e.desc())))?;
+            for (seq, reply) in replies {
+                let slot = seq
+                    .checked_sub(first)
+                    .and_then(|i| outcomes.get_mut(i as usize));
+                match (slot, reply) {
+                    (Some(slot), Reply::Ack) => *slot = Some(Ok(())),
+                    (Some(slot), Reply::Failed(errno)) => *slot = Some(Err(errno)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(ops
+            .iter()
+            .zip(outcomes)
+            .enumerate()
+            .find_map(|(i, (op, outcome))| match outcome {
+                Some(Err(errno)) if !op.already.contains(&errno) => Some((i, errno)),
+                _ => None,
+            }))
+    }
+
+    /// One request and its replies: the messages of a dump, or the one answer to a get.
+    fn query(
+        &self,
+        msg: RouteNetlinkMessage,
+        dump: bool,
+    ) -> std::result::Result<Vec<RouteNetlinkMessage>, Errno> {
+        let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
+        self.send(std::iter::once((msg, flags)))?;
+        let seq = self.seq.get();
+        let mut out = Vec::new();
+        loop {
+            for (s, reply) in self.receive()? {
+                if s != seq {
+                    continue;
+                }
+                match reply {
+                    Reply::Message(m) => out.push(m),
+                    Reply::Failed(errno) => return Err(errno),
+                    Reply::Ack | Reply::Done => return Ok(out),
+                    Reply::Other => {}
+                }
+            }
+        }
+    }
+
+    fn send(
+        &self,
+        messages: impl Iterator<Item = (RouteNetlinkMessage, u16)>,
+    ) -> std::result::Result<(), Errno> {
+        let mut bytes = Vec::new();
+        for (payload, flags) in messages {
+            let seq = self.seq.get() + 1;
+            self.seq.set(seq);
+            let mut header = NetlinkHeader::default();
+            header.flags = flags;
+            header.sequence_number = seq;
+            let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+            msg.finalize();
+            let start = bytes.len();
+            bytes.resize(start + msg.buffer_len(), 0);
+            msg.serialize(&mut bytes[start..]);
+            // Messages in one datagram start on 4-byte boundaries (NLMSG_ALIGN).
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+        }
+        let sent = nix::sys::socket::send(
+            self.fd.as_raw_fd(),
+            &bytes,
+            nix::sys::socket::MsgFlags::empty(),
+        )?;
+        if sent != bytes.len() {
+            return Err(Errno::EMSGSIZE);
+        }
+        Ok(())
+    }
+
+    /// Reads one datagram and splits it into its messages, by sequence number.
+    fn receive(&self) -> std::result::Result<Vec<(u32, Reply)>, Errno> {
+        let mut buf = self.buf.borrow_mut();
+        let len = loop {
+            match nix::sys::socket::recv(
+                self.fd.as_raw_fd(),
+                &mut buf,
+                nix::sys::socket::MsgFlags::empty(),
+            ) {
+                Err(Errno::EINTR) => continue,
+                other => break other?,
+            }
+        };
+        let mut replies = Vec::new();
+        let mut offset = 0;
+        while offset + 16 <= len {
+            let msg_len =
+                u32::from_ne_bytes(buf[offset..offset + 4].try_into().unwrap_or_default()) as usize;
+            if msg_len < 16 || offset + msg_len > len {
+                break;
+            }
+            let msg =
+                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..offset + msg_len])
+                    .map_err(|_| Errno::EBADMSG)?;
+            let seq = msg.header.sequence_number;
+            let reply = match msg.payload {
+                NetlinkPayload::InnerMessage(m) => Reply::Message(m),
+                NetlinkPayload::Done(_) => Reply::Done,
+                NetlinkPayload::Error(e) => match e.code {
+                    None => Reply::Ack,
+                    Some(code) => Reply::Failed(Errno::from_raw(code.get().abs())),
+                },
+                _ => Reply::Other,
+            };
+            replies.push((seq, reply));
+            offset += msg_len.next_multiple_of(4);
+        }
+        Ok(replies)
+    }
+
+    pub fn links(&self) -> Result<Vec<Link>> {
+        let replies = self
+            .query(RouteNetlinkMessage::GetLink(LinkMessage::default()), true)
+            .map_err(|e| Error::Netlink(format!("list links: {}", e.desc())))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.one_link(msg, &format!("look up link {name}"))
+    }
+
+    pub fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.one_link(msg, &format!("look up link {index}"))
+    }
+
+    fn one_link(&self, msg: LinkMessage, what: &str) -> Result<Option<Link>> {
+        match self.query(RouteNetlinkMessage::GetLink(msg), false) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })),
+            Err(Errno::ENODEV) => Ok(None),
+            Err(e) => Err(Error::Netlink(format!("{what}: {}", e.desc()))),
         }
     }
 
     /// The interface of the IPv4 default route, if there is one.
-    pub async fn default_route_link(&self) -> Result<Option<u32>> {
-        let routes = self.routes_v4(TABLE_MAIN).await?;
+    pub fn default_route_link(&self) -> Result<Option<u32>> {
+        let routes = self.routes_v4(TABLE_MAIN)?;
         Ok(routes
             .iter()
             .find(|r| r.dst.prefix() == 0)
             .and_then(|r| r.oif))
     }
 
-    pub async fn add_macvlan(&self, spec: &NewMacvlan<'_>) -> Result<()> {
-        let mut builder =
-            LinkMacVlan::new(spec.temp_name, spec.master_index, kernel_mode(spec.mode));
+    pub fn add_macvlan(&self, spec: &NewMacvlan<'_>) -> Result<()> {
+        let mut data = vec![InfoMacVlan::Mode(kernel_mode(spec.mode))];
+        if let Some(q) = spec.bc_queue_len {
+            data.push(InfoMacVlan::BcQueueLen(q));
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(spec.name.to_owned()),
+            LinkAttribute::Link(spec.master_index),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::MacVlan),
+                LinkInfo::Data(InfoData::MacVlan(data)),
+            ]),
+        ];
         if let Some(mtu) = spec.mtu {
-            builder = builder.mtu(mtu);
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
         }
         if let Some(mac) = spec.mac {
-            builder = builder.address(mac.to_vec());
-        }
-        if let Some(q) = spec.bc_queue_len {
-            builder = builder.append_info_data(InfoMacVlan::BcQueueLen(q));
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
         if let Some(fd) = spec.target_netns {
-            builder = builder.setns_by_fd(fd);
+            msg.attributes.push(LinkAttribute::NetNsFd(fd));
         }
-        self.handle
-            .link()
-            .add(builder.build())
-            .execute()
-            .await
-            .map_err(|e| match errno_of(&e) {
-                Some(Errno::EBUSY) if spec.mode == ConfMode::Passthru => Error::Netlink(
-                    "create macvlan: the master already has a passthru macvlan (only one is allowed)".into(),
-                ),
-                Some(Errno::EINVAL) if spec.mtu.is_some() => Error::InvalidConfig(format!(
-                    "create macvlan: the kernel refused mtu {}; it must not exceed the master's MTU",
-                    spec.mtu.unwrap_or_default()
-                )),
-                _ => nl_err("create macvlan")(e),
-            })
-    }
-
-    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .name(name.to_owned())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl_err(format!("rename link to {name}")))
-    }
-
-    pub async fn set_up(&self, index: u32) -> Result<()> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(nl_err("set link up"))
-    }
-
-    pub async fn set_multicast(&self, index: u32, on: bool) -> Result<()> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).multicast(on).build())
-            .execute()
-            .await
-            .map_err(nl_err("set multicast flag"))
-    }
-
-    /// Sets (or with "" clears) the interface alias, where the plugin notes what it changed.
-    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).alias(alias).build())
-            .execute()
-            .await
-            .map_err(nl_err("set interface alias"))
-    }
-
-    /// Deletes a link; a link that is already gone is not an error.
-    pub async fn del_link(&self, index: u32) -> Result<()> {
-        match self.handle.link().del(index).execute().await {
-            Err(e) if errno_of(&e) == Some(Errno::ENODEV) => Ok(()),
-            other => other.map_err(nl_err("delete link")),
+        let op = Op::new(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            "create macvlan",
+        );
+        match self.first_failure(std::slice::from_ref(&op))? {
+            None => Ok(()),
+            Some((_, Errno::EBUSY)) if spec.mode == ConfMode::Passthru => Err(Error::Netlink(
+                "create macvlan: the master already has a passthru macvlan (only one is allowed)"
+                    .into(),
+            )),
+            Some((_, Errno::EEXIST)) => Err(Error::InvalidEnvironment(format!(
+                "interface {} already exists in the pod's network namespace; choose another CNI_IFNAME",
+                spec.name
+            ))),
+            Some((_, Errno::EINVAL)) if spec.mtu.is_some() => Err(Error::InvalidConfig(format!(
+                "create macvlan: the kernel refused mtu {}; it must not exceed the master's MTU",
+                spec.mtu.unwrap_or_default()
+            ))),
+            Some((_, errno)) => Err(Error::Netlink(format!("create macvlan: {}", errno.desc()))),
         }
-    }
-
-    pub async fn add_address(&self, index: u32, addr: IpNetwork) -> Result<()> {
-        self.handle
-            .address()
-            .add(index, addr.ip(), addr.prefix())
-            .execute()
-            .await
-            .map_err(nl_err(format!("add address {addr}")))
     }
 
     /// Addresses on a link (or on all links with `None`), with their flags.
-    pub async fn addresses(
-        &self,
-        index: Option<u32>,
-    ) -> Result<Vec<(u32, IpNetwork, AddressFlags)>> {
-        let mut req = self.handle.address().get();
-        if let Some(i) = index {
-            req = req.set_link_index_filter(i);
-        }
-        let msgs: Vec<AddressMessage> = req
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl_err("list addresses"))?;
-        Ok(msgs
+    pub fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork, AddressFlags)>> {
+        let replies = self
+            .query(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                true,
+            )
+            .map_err(|e| Error::Netlink(format!("list addresses: {}", e.desc())))?;
+        Ok(replies
             .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => Some(a),
+                _ => None,
+            })
             .filter(|m| index.is_none_or(|i| m.header.index == i))
             .filter_map(|m| {
                 let mut ip = None;
@@ -329,106 +634,59 @@ impl Netlink {
             .collect())
     }
 
-    /// Joins `group` on the link with a membership the kernel holds without any socket:
-    /// the group as an address with IFA_F_MCAUTOJOIN. An existing join is kept.
-    pub async fn join_group(&self, index: u32, group: Ipv4Addr) -> Result<()> {
-        let mut msg = group_address(index, group);
-        msg.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Mcautojoin));
-        match self.request_ack(RouteNetlinkMessage::NewAddress(msg)).await {
-            Err(e) if errno_of(&e) == Some(Errno::EEXIST) => Ok(()),
-            other => other.map_err(nl_err(format!("join multicast group {group}"))),
-        }
-    }
-
-    /// Leaves a group joined with `join_group`. This must happen before the link is deleted:
-    /// the kernel drops an auto-join membership only when its address is deleted, and the
-    /// memberships of a namespace are limited (igmp_max_memberships), so a link deleted with
-    /// the address on it leaks one, and repeated ADD/DEL in one pod end in ENOBUFS.
-    pub async fn leave_group(&self, index: u32, group: Ipv4Addr) -> Result<()> {
-        match self
-            .handle
-            .address()
-            .del(group_address(index, group))
-            .execute()
-            .await
-        {
-            Err(e) if matches!(errno_of(&e), Some(Errno::EADDRNOTAVAIL | Errno::ENODEV)) => Ok(()),
-            other => other.map_err(nl_err(format!("leave multicast group {group}"))),
-        }
-    }
-
-    async fn request_ack(
-        &self,
-        msg: RouteNetlinkMessage,
-    ) -> std::result::Result<(), rtnetlink::Error> {
-        let mut req = NetlinkMessage::from(msg);
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        let mut handle = self.handle.clone();
-        let mut response = handle.request(req)?;
-        while let Some(message) = response.next().await {
-            if let NetlinkPayload::Error(err) = message.payload {
-                if err.code.is_some() {
-                    return Err(rtnetlink::Error::NetlinkError(err));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds a route out `index`; without a gateway the route is link-scoped.
-    /// An identical route that exists already counts as added.
-    pub async fn add_route(&self, index: u32, dst: IpNetwork, gw: Option<IpAddr>) -> Result<bool> {
-        let msg = route_message(index, dst, gw, TABLE_MAIN)?;
-        match self.handle.route().add(msg).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) if errno_of(&e) == Some(Errno::EEXIST) => Ok(false),
-            Err(e) => Err(nl_err(format!("add route {dst}"))(e)),
-        }
-    }
-
-    pub async fn del_route(&self, route: &RouteEntry) -> Result<()> {
-        let oif = route.oif.unwrap_or(0);
-        let mut msg = route_message(oif, route.dst, route.gw, route.table)?;
-        msg.header.kind = route.kind;
-        msg.header.scope = route.scope;
-        msg.header.protocol = RouteProtocol::Unspec;
-        match self.handle.route().del(msg).execute().await {
-            Err(e) if errno_of(&e) == Some(Errno::ESRCH) => Ok(()),
-            other => other.map_err(nl_err(format!("delete route {}", route.dst))),
-        }
-    }
-
     /// IPv4 routes of a table.
-    pub async fn routes_v4(&self, table: u32) -> Result<Vec<RouteEntry>> {
-        self.routes(RouteMessageBuilder::<Ipv4Addr>::new().build(), table)
-            .await
+    pub fn routes_v4(&self, table: u32) -> Result<Vec<RouteEntry>> {
+        self.routes(AddressFamily::Inet, table)
     }
 
     /// IPv6 routes of a table.
-    pub async fn routes_v6(&self, table: u32) -> Result<Vec<RouteEntry>> {
-        self.routes(
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-            table,
-        )
-        .await
+    pub fn routes_v6(&self, table: u32) -> Result<Vec<RouteEntry>> {
+        self.routes(AddressFamily::Inet6, table)
     }
 
-    async fn routes(&self, query: RouteMessage, table: u32) -> Result<Vec<RouteEntry>> {
-        let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl_err("list routes"))?;
-        Ok(msgs
+    fn routes(&self, family: AddressFamily, table: u32) -> Result<Vec<RouteEntry>> {
+        let mut query = RouteMessage::default();
+        query.header.address_family = family;
+        let replies = self
+            .query(RouteNetlinkMessage::GetRoute(query), true)
+            .map_err(|e| Error::Netlink(format!("list routes: {}", e.desc())))?;
+        Ok(replies
             .into_iter()
-            .filter_map(RouteEntry::from_message)
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => RouteEntry::from_message(r),
+                _ => None,
+            })
             .filter(|r| r.table == table)
             .collect())
     }
+}
+
+enum Reply {
+    Message(RouteNetlinkMessage),
+    Ack,
+    Failed(Errno),
+    Done,
+    /// Noop and overrun notices: nothing to act on.
+    Other,
+}
+
+fn open_socket() -> std::result::Result<OwnedFd, Errno> {
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let fd = unsafe {
+        nix::libc::socket(
+            nix::libc::AF_NETLINK,
+            nix::libc::SOCK_RAW | nix::libc::SOCK_CLOEXEC,
+            nix::libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fd was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let kernel = nix::sys::socket::NetlinkAddr::new(0, 0);
+    nix::sys::socket::connect(fd.as_raw_fd(), &kernel)?;
+    Ok(fd)
 }
 
 impl RouteEntry {
@@ -450,7 +708,7 @@ impl RouteEntry {
         let dst = dst.unwrap_or(if v4 {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         } else {
-            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         });
         Some(RouteEntry {
             dst: IpNetwork::new(dst, m.header.destination_prefix_length).ok()?,
@@ -463,18 +721,19 @@ impl RouteEntry {
     }
 }
 
-/// The address message for a group joined on a link (rtnetlink's builder drops multicast
-/// addresses, so it is built here).
-fn group_address(index: u32, group: Ipv4Addr) -> AddressMessage {
+/// An address message naming `ip` both as local and peer address, as `ip addr` does.
+fn address_message(index: u32, ip: IpAddr, prefix: u8) -> AddressMessage {
     let mut msg = AddressMessage::default();
-    msg.header.family = AddressFamily::Inet;
-    msg.header.prefix_len = 32;
+    msg.header.family = match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.prefix_len = prefix;
     msg.header.index = index;
     msg.header.scope = AddressScope::Universe;
-    msg.attributes
-        .push(AddressAttribute::Local(IpAddr::V4(group)));
-    msg.attributes
-        .push(AddressAttribute::Address(IpAddr::V4(group)));
+    msg.header.flags = AddressHeaderFlags::empty();
+    msg.attributes.push(AddressAttribute::Local(ip));
+    msg.attributes.push(AddressAttribute::Address(ip));
     msg
 }
 
@@ -491,22 +750,37 @@ fn route_message(
     dst: IpNetwork,
     gw: Option<IpAddr>,
     table: u32,
-) -> Result<RouteMessage> {
-    let mut b = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(dst.network(), dst.prefix())
-        .map_err(|e| Error::InvalidConfig(format!("route {dst}: {e}")))?;
-    if index != 0 {
-        b = b.output_interface(index);
-    }
-    b = match gw {
-        Some(gw) => b
-            .gateway(gw)
-            .map_err(|e| Error::InvalidConfig(format!("route {dst} via {gw}: {e}")))?,
-        None => b.scope(RouteScope::Link),
+    protocol: RouteProtocol,
+) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = match dst {
+        IpNetwork::V4(_) => AddressFamily::Inet,
+        IpNetwork::V6(_) => AddressFamily::Inet6,
     };
-    let mut msg = b.table_id(table).build();
-    if table > 255 {
-        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+    msg.header.destination_prefix_length = dst.prefix();
+    msg.header.protocol = protocol;
+    msg.header.kind = RouteType::Unicast;
+    msg.header.scope = if gw.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    // Tables above 255 only fit the attribute; the header then says "unspecified".
+    msg.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    msg.attributes.push(RouteAttribute::Table(table));
+    msg.attributes
+        .push(RouteAttribute::Destination(match dst.network() {
+            IpAddr::V4(a) => RouteAddress::Inet(a),
+            IpAddr::V6(a) => RouteAddress::Inet6(a),
+        }));
+    if index != 0 {
+        msg.attributes.push(RouteAttribute::Oif(index));
     }
-    Ok(msg)
+    if let Some(gw) = gw {
+        msg.attributes.push(RouteAttribute::Gateway(match gw {
+            IpAddr::V4(a) => RouteAddress::Inet(a),
+            IpAddr::V6(a) => RouteAddress::Inet6(a),
+        }));
+    }
+    msg
 }

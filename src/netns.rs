@@ -1,6 +1,8 @@
-//! Network namespaces. The only place that calls setns: a namespace is entered on a
-//! dedicated short-lived thread (setns is per thread), which does its one job there, such as
-//! opening a netlink socket that then works from any thread.
+//! Network namespaces. The only place that calls setns: the calling thread enters a
+//! namespace for one short job, such as opening a socket that then keeps working in that
+//! namespace, and comes back before anything else runs on it. setns is per thread, so
+//! other threads never notice; and no thread is started for it, which would cost more
+//! than the job.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -49,24 +51,16 @@ impl Netns {
         self.file.as_raw_fd()
     }
 
-    /// Runs `job` on a new thread that has entered this namespace; the thread ends with the job.
-    pub fn run<T: Send>(&self, job: impl FnOnce() -> T + Send) -> Result<T> {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-                        Error::Netns(format!("cannot enter network namespace {}: {e}", self.path))
-                    })?;
-                    Ok(job())
-                })
-                .join()
-                .map_err(|_| {
-                    Error::Netns(format!(
-                        "worker in network namespace {} panicked",
-                        self.path
-                    ))
-                })?
-        })
+    /// Runs `job` with the current thread inside this namespace, then returns the thread to
+    /// the namespace it was in, even if `job` panics.
+    pub fn run<T>(&self, job: impl FnOnce() -> T) -> Result<T> {
+        let home = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| Error::Netns(format!("cannot open the current network namespace: {e}")))?;
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
+            Error::Netns(format!("cannot enter network namespace {}: {e}", self.path))
+        })?;
+        let _return = GoBack(home);
+        Ok(job())
     }
 
     /// A file that is not a network namespace (a regular file, another namespace type) is
@@ -87,6 +81,19 @@ impl Netns {
                 "cannot inspect namespace {}: {e}",
                 self.path
             ))),
+        }
+    }
+}
+
+/// Takes the thread back to its namespace when dropped.
+struct GoBack(File);
+
+impl Drop for GoBack {
+    fn drop(&mut self) {
+        if setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+            // Carrying on in the wrong namespace would change the wrong network.
+            eprintln!("ros-macvlan: cannot return to the original network namespace; aborting");
+            std::process::abort();
         }
     }
 }

@@ -78,6 +78,22 @@ impl Ns {
             .map(|l| l["ifname"].as_str().unwrap().to_owned())
             .collect()
     }
+    /// The link names once the kernel has finished removing the links DEL retired (DEL
+    /// leaves that to a detached process; see `macvlan::del`); fails after 2 s.
+    pub fn link_names_after_removal(&self) -> Vec<String> {
+        let start = std::time::Instant::now();
+        loop {
+            let names = self.link_names();
+            if !names.iter().any(|n| n.starts_with("rmv")) {
+                return names;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "retired links still there after 2 s: {names:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     pub fn sysctl(&self, key: &str, value: &str) {
         sh(&[
             "ip",

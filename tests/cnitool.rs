@@ -88,6 +88,6 @@ fn cnitool_adds_checks_and_deletes_like_multus() {
 
     let (code, out) = cnitool(&node, &tool, conf_dir, &cni_path, "del", &pod);
     assert_eq!(code, 0, "cnitool del: {out}");
-    assert_eq!(pod.ns.link_names(), ["lo", "eth0"]);
+    assert_eq!(pod.ns.link_names_after_removal(), ["lo", "eth0"]);
     assert!(data.claims("ros-net").is_empty());
 }

@@ -91,7 +91,7 @@ fn add_check_del_round_trip() {
     assert!(r.msg().contains("198.51.100.160/24"), "{}", r.msg());
 
     del(&node, &pod, &conf).ok();
-    assert_eq!(pod.ns.link_names(), ["lo", "eth0"]);
+    assert_eq!(pod.ns.link_names_after_removal(), ["lo", "eth0"]);
     assert!(data.claims("ros-net").is_empty());
     // A second DEL has nothing to do and succeeds.
     del(&node, &pod, &conf).ok();
@@ -797,4 +797,43 @@ fn runtime_ips_resolv_conf_arp_notify_log_file_and_del_with_prev_result() {
         )),
         "{log}"
     );
+}
+
+/// DEL returns with the link inert (no address, no membership, no route, name freed) and
+/// the kernel removes it just after; `waitForLinkRemoval` makes DEL wait for that.
+#[test]
+fn del_leaves_the_link_inert_at_once_and_removed_shortly_after() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pod = node.pod(12);
+    let data = DataDir::create();
+    let conf = guide(&data);
+
+    add(&node, &pod, &conf).ok();
+    del(&node, &pod, &conf).ok();
+    let names = pod.ns.link_names();
+    assert!(!names.contains(&"net1".to_string()), "{names:?}");
+    let v4 = pod.ns.ip(&["-4", "addr", "show"]);
+    assert!(!v4.contains("198.51.100."), "an address outlives DEL: {v4}");
+    let igmp = pod.ns.read("/proc/net/igmp");
+    assert!(
+        !igmp.contains("0100FFEF"),
+        "239.255.0.1 still joined: {igmp}"
+    );
+    let routes = pod.ns.ip(&["route", "show"]);
+    assert!(!routes.contains("224.0.0.0/4"), "{routes}");
+    assert!(data.claims("ros-net").is_empty());
+    // The runtime may ADD the same attachment again at once.
+    add(&node, &pod, &conf).ok();
+    del(&node, &pod, &conf).ok();
+    assert_eq!(pod.ns.link_names_after_removal(), ["lo", "eth0"]);
+
+    let mut waiting = conf.clone();
+    waiting["waitForLinkRemoval"] = json!(true);
+    add(&node, &pod, &waiting).ok();
+    del(&node, &pod, &waiting).ok();
+    assert_eq!(pod.ns.link_names(), ["lo", "eth0"]);
 }

@@ -532,7 +532,7 @@ fn two_attachments_in_one_pod_both_work_and_del_keeps_the_other_going() {
         flags(&pod, "eth0").contains(&"MULTICAST".into()),
         "the last DEL restores eth0"
     );
-    assert_eq!(pod.ns.link_names(), ["lo", "eth0"]);
+    assert_eq!(pod.ns.link_names_after_removal(), ["lo", "eth0"]);
     detach(&peer_node, &peer, &peer_conf);
 }
 

@@ -56,7 +56,7 @@ fn a_hundred_concurrent_adds_get_distinct_addresses_and_dels_leave_nothing() {
         data.claims("ros-net")
     );
     for p in &pods {
-        assert_eq!(p.ns.link_names(), ["lo", "eth0"]);
+        assert_eq!(p.ns.link_names_after_removal(), ["lo", "eth0"]);
     }
 }
 
@@ -122,7 +122,7 @@ fn killed_at_any_step_of_add_the_next_del_cleans_up() {
         assert_eq!(r.code, -1, "{step}: the plugin was not killed: {}", r.json);
         del(&node, &pod, &conf).ok();
         assert_eq!(
-            pod.ns.link_names(),
+            pod.ns.link_names_after_removal(),
             ["lo", "eth0"],
             "{step}: a link is left"
         );

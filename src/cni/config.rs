@@ -143,6 +143,8 @@ struct RawNetConf {
     mac: Option<String>,
     #[serde(default)]
     link_in_container: bool,
+    #[serde(default)]
+    wait_for_link_removal: bool,
     ipam: Option<Value>,
     multicast: Option<RawMulticast>,
     #[serde(default)]
@@ -169,6 +171,8 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
     pub link_in_container: bool,
+    /// DEL returns only once the kernel has removed the link (see `macvlan::del`).
+    pub wait_for_link_removal: bool,
     /// The `ipam` object as given; the ipam module reads it.
     pub ipam: Value,
     pub multicast: MulticastConf,
@@ -238,6 +242,7 @@ impl NetConf {
                 .map(|m| parse_mac(m, "mac"))
                 .transpose()?,
             link_in_container: raw.link_in_container,
+            wait_for_link_removal: raw.wait_for_link_removal,
             ipam: raw.ipam.unwrap_or(Value::Null),
             multicast: raw.multicast.unwrap_or_default().validate()?,
             runtime_config,

@@ -1,0 +1,51 @@
+//! The last step of DEL: removing links. The kernel's removal of a link waits for RCU grace
+//! periods, about 20 ms and most of a DEL, while the link is already inert (`macvlan::del`
+//! took it down and out of the way). So by default a child process, detached from the
+//! runtime's pipes, waits for that, and DEL returns at once; with `waitForLinkRemoval`
+//! DEL waits itself.
+
+use nix::unistd::{fork, setsid, ForkResult};
+
+use crate::cni::Result;
+use crate::netlink::{Netlink, Op};
+
+pub fn delete_links(nl: Netlink, links: &[u32], wait: bool) -> Result<()> {
+    if links.is_empty() {
+        return Ok(());
+    }
+    let ops: Vec<Op> = links.iter().map(|i| Op::del_link(*i)).collect();
+    if wait {
+        return nl.apply(ops);
+    }
+    // SAFETY: the plugin is single-threaded (no runtime, no worker threads), so the child
+    // starts with every lock free; it only makes syscalls and then _exits.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            detach();
+            let code = i32::from(nl.apply(ops).is_err());
+            // SAFETY: _exit skips the parent's atexit work and buffered output, which are
+            // the parent's to finish.
+            unsafe { nix::libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { .. }) => Ok(()),
+        // No process to hand it to: wait here after all.
+        Err(_) => nl.apply(ops),
+    }
+}
+
+/// Leaves the runtime's session and pipes: the runtime waits for the plugin's output to
+/// close, and must not wait for this child.
+fn detach() {
+    let _ = setsid();
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors, which this process owns.
+            unsafe { nix::libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
