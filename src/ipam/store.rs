@@ -105,6 +105,10 @@ impl Store {
     /// is never seen empty or half-written, even if the plugin is killed mid-way. An empty
     /// claim file (left by a writer killed between create and write; every writer holds the
     /// lock, so none is being written now) holds nothing and is taken over.
+    ///
+    /// No fsync, as the reference plugin: a claim only has to outlive its pod, and a power
+    /// loss that could lose the write ends every pod of the node with it. (It cost 0.4 ms
+    /// of a 2 ms ADD.)
     pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str, range_set: usize) -> Result<bool> {
         let staging = self.dir.join(STAGING);
         let _ = fs::remove_file(&staging);
@@ -115,7 +119,6 @@ impl Store {
             .open(&staging)
             .map_err(|e| Error::io(format!("create {}", staging.display()), e))?;
         f.write_all(format!("{}{LINE_BREAK}{ifname}", id.trim()).as_bytes())
-            .and_then(|_| f.sync_data())
             .map_err(|e| Error::io(format!("write {}", staging.display()), e))?;
         drop(f);
         let target = self.claim_path(ip);
