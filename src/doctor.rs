@@ -102,7 +102,7 @@ fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Check>> {
     let v4: Vec<IpNetwork> = nl
         .addresses(Some(link.index))?
         .into_iter()
-        .map(|(_, a, _)| a)
+        .map(|(_, a)| a)
         .filter(|a| a.is_ipv4() && !a.ip().is_multicast())
         .collect();
     out.push(match (link.is_up(), v4.first()) {
@@ -134,7 +134,7 @@ fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Check>> {
     let local = nl.routes_v4(TABLE_LOCAL)?;
     let looped = local.iter().any(|r| {
         r.dst == IpNetwork::V4(ipnetwork::Ipv4Network::new(group, 32).expect("/32"))
-            && r.kind == netlink_packet_route::route::RouteType::Local
+            && r.kind == crate::netlink::ROUTE_LOCAL
     });
     let main = nl.routes_v4(TABLE_MAIN)?;
     let chosen = main

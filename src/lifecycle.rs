@@ -15,7 +15,6 @@ use crate::ipam::store::{Record, Store};
 use crate::ipam::Ipam;
 use crate::macvlan::resolve_master;
 use crate::netlink::Netlink;
-use crate::netns::Netns;
 
 /// The attachments the runtime says are still valid: `cni.dev/valid-attachments`, or the
 /// older `cni.dev/attachments`.
@@ -105,7 +104,7 @@ pub fn release_orphans(data_dir: &Path) -> Result<Vec<Orphan>> {
 
 /// STATUS: ready when the master is there and up and an address is left to hand out.
 pub fn status(conf: &NetConf, env: &CniEnv) -> Result<()> {
-    let nl = Netlink::connect(&Netns::current()?)?;
+    let nl = Netlink::here()?;
     let master = resolve_master(&nl, conf).map_err(|e| Error::NotAvailable(e.to_string()))?;
     if !master.is_up() {
         return Err(Error::NotAvailable(format!(

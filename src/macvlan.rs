@@ -35,7 +35,7 @@ impl Namespaces {
         let master_nl = if conf.link_in_container {
             Netlink::connect(&pod_ns)?
         } else {
-            Netlink::connect(&Netns::current()?)?
+            Netlink::here()?
         };
         Ok(Namespaces {
             master_nl,
@@ -179,12 +179,7 @@ fn add_steps(
             bc_queue_len: conf.multicast.bc_queue_len,
             target_netns: (!ns.master_in_pod).then(|| ns.pod_ns.raw_fd()),
         })
-        .map_err(|e| {
-            e.context(&format!(
-                "on master {}, in pod netns {}",
-                master.name, env.netns
-            ))
-        })?;
+        .map_err(|e| e.context(&format!("on master {}", master.name)))?;
     let link = ns.pod_nl.link_by_name(&env.ifname)?.ok_or_else(|| {
         Error::Netlink(format!(
             "macvlan {} vanished right after creation",
@@ -351,13 +346,15 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
     let mut ops = Vec::new();
     for link in &ours {
         ops.extend(multicast::leave_ops(link.index, &conf.multicast));
+        // Routes first: the kernel flushes a link's routes itself when its last IPv4
+        // address goes, but not on a link that had none.
+        ops.extend(multicast::route_removal_ops(link.index, &conf.multicast));
         ops.extend(
             addresses
                 .iter()
-                .filter(|(index, addr, _)| *index == link.index && !addr.ip().is_multicast())
-                .map(|(_, addr, _)| Op::del_address(link.index, *addr)),
+                .filter(|(index, addr)| *index == link.index && !addr.ip().is_multicast())
+                .map(|(_, addr)| Op::del_address(link.index, *addr)),
         );
-        ops.extend(multicast::route_removal_ops(link.index, &conf.multicast));
         if !link.name.starts_with(&prefix) {
             ops.push(LinkChange::of(link.index).name(&retired_name(env)).op());
         }
@@ -391,10 +388,10 @@ pub fn check(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Resu
     }
     if link.macvlan_mode != Some(kernel_mode(conf.mode)) {
         return Err(Error::CheckFailed(format!(
-            "{} is not in macvlan mode {} (kernel says {:?})",
+            "{} is not in macvlan mode {} (kernel says {})",
             env.ifname,
             conf.mode.as_str(),
-            link.macvlan_mode
+            crate::netlink::mode_name(link.macvlan_mode)
         )));
     }
     let our_index = prev.interfaces.iter().position(|i| i.name == env.ifname);
@@ -412,7 +409,7 @@ pub fn check(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Resu
         .pod_nl
         .addresses(Some(link.index))?
         .into_iter()
-        .map(|(_, a, _)| a)
+        .map(|(_, a)| a)
         .collect();
     for ip in prev
         .ips

@@ -6,12 +6,12 @@
 use std::net::Ipv4Addr;
 
 use ipnetwork::IpNetwork;
-use netlink_packet_route::route::{RouteScope, RouteType};
 
 use crate::cni::config::MulticastConf;
 use crate::cni::{Error, Result};
 use crate::netlink::{
-    Link, LinkChange, Netlink, Op, RouteEntry, DEVCONF_RP_FILTER, TABLE_LOCAL, TABLE_MAIN,
+    Link, LinkChange, Netlink, Op, RouteEntry, DEVCONF_RP_FILTER, ROUTE_LOCAL, ROUTE_UNICAST,
+    SCOPE_HOST, SCOPE_LINK, TABLE_LOCAL, TABLE_MAIN,
 };
 use crate::netns::Netns;
 
@@ -85,8 +85,8 @@ pub fn route_removal_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
                 gw: None,
                 oif: Some(index),
                 table: TABLE_MAIN,
-                kind: RouteType::Unicast,
-                scope: RouteScope::Link,
+                kind: ROUTE_UNICAST,
+                scope: SCOPE_LINK,
             })
         })
         .collect()
@@ -99,8 +99,8 @@ fn group_local_route(index: u32, group: Ipv4Addr) -> RouteEntry {
         gw: None,
         oif: Some(index),
         table: TABLE_LOCAL,
-        kind: RouteType::Local,
-        scope: RouteScope::Host,
+        kind: ROUTE_LOCAL,
+        scope: SCOPE_HOST,
     }
 }
 
@@ -108,7 +108,7 @@ fn group_local_routes(nl: &Netlink, index: u32, groups: &[Ipv4Addr]) -> Result<V
     Ok(nl
         .routes_v4(TABLE_LOCAL)?
         .into_iter()
-        .filter(|r| r.kind == RouteType::Local && r.oif == Some(index))
+        .filter(|r| r.kind == ROUTE_LOCAL && r.oif == Some(index))
         .filter(
             |r| matches!(r.dst, IpNetwork::V4(d) if d.prefix() == 32 && groups.contains(&d.ip())),
         )

@@ -3,111 +3,86 @@
 //!
 //! Requests that change state are `Op`s; `Netlink::apply` sends several in one datagram and
 //! reads their acknowledgements together, so a step of ADD or DEL costs one round trip
-//! into the kernel however many changes it makes. Messages are built and parsed with
-//! netlink-packet-route; the socket is driven here, without an async runtime: a plugin
+//! into the kernel however many changes it makes. There is no async runtime: a plugin
 //! process lives for a few milliseconds, and a runtime costs more than the work.
+
+mod wire;
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use ipnetwork::IpNetwork;
-use netlink_packet_core::{DefaultNla, NLA_F_NESTED};
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
-};
-use netlink_packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
-};
-use netlink_packet_route::link::{
-    AfSpecInet, AfSpecUnspec, InfoData, InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage, MacVlanMode,
-};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::errno::Errno;
 
 use crate::cni::config::MacvlanMode as ConfMode;
 use crate::cni::{Error, Result};
 use crate::netns::Netns;
+use wire::*;
 
 /// Routing tables by number (linux/rtnetlink.h).
 pub const TABLE_MAIN: u32 = 254;
 pub const TABLE_LOCAL: u32 = 255;
 
+/// Route types and scopes (linux/rtnetlink.h), as `RouteEntry` carries them.
+pub const ROUTE_UNICAST: u8 = 1;
+pub const ROUTE_LOCAL: u8 = 2;
+pub const SCOPE_UNIVERSE: u8 = 0;
+pub const SCOPE_LINK: u8 = 253;
+pub const SCOPE_HOST: u8 = 254;
+const PROTOCOL_UNSPEC: u8 = 0;
+const PROTOCOL_STATIC: u8 = 4;
+
 /// IPv4 per-interface settings (linux/ip.h IPV4_DEVCONF_*), set over netlink rather than
 /// through /proc/sys, which would need the caller inside the namespace.
 pub const DEVCONF_RP_FILTER: u16 = 8;
 pub const DEVCONF_ARP_NOTIFY: u16 = 22;
-/// IFLA_INET_CONF (linux/if_link.h), the nest that carries them.
-const IFLA_INET_CONF: u16 = 1;
+
+/// Interface flags (linux/if.h).
+const IFF_UP: u32 = 0x1;
+const IFF_LOOPBACK: u32 = 0x8;
+const IFF_MULTICAST: u32 = 0x1000;
 
 /// What the plugin needs to know of a link.
 #[derive(Debug, Clone)]
 pub struct Link {
     pub index: u32,
     pub name: String,
-    pub kind: Option<InfoKind>,
-    pub macvlan_mode: Option<MacVlanMode>,
+    /// The link kind ("macvlan", "veth", ...); none for plain devices.
+    pub kind: Option<String>,
+    /// The kernel's macvlan mode (see `kernel_mode`).
+    pub macvlan_mode: Option<u32>,
     pub mac: Vec<u8>,
     pub mtu: u32,
-    pub flags: LinkFlags,
+    pub flags: u32,
     pub alias: Option<String>,
 }
 
 impl Link {
     pub fn is_up(&self) -> bool {
-        self.flags.contains(LinkFlags::Up)
+        self.flags & IFF_UP != 0
     }
     pub fn is_multicast(&self) -> bool {
-        self.flags.contains(LinkFlags::Multicast)
+        self.flags & IFF_MULTICAST != 0
     }
     pub fn is_loopback(&self) -> bool {
-        self.flags.contains(LinkFlags::Loopback)
+        self.flags & IFF_LOOPBACK != 0
     }
     pub fn is_macvlan(&self) -> bool {
-        self.kind == Some(InfoKind::MacVlan)
+        self.kind.as_deref() == Some("macvlan")
     }
 
-    fn from_message(msg: LinkMessage) -> Link {
-        let mut link = Link {
-            index: msg.header.index,
-            name: String::new(),
-            kind: None,
-            macvlan_mode: None,
-            mac: Vec::new(),
-            mtu: 0,
-            flags: msg.header.flags,
-            alias: None,
-        };
-        for attr in msg.attributes {
-            match attr {
-                LinkAttribute::IfName(n) => link.name = n,
-                LinkAttribute::Address(a) => link.mac = a,
-                LinkAttribute::Mtu(m) => link.mtu = m,
-                LinkAttribute::IfAlias(a) => link.alias = Some(a),
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        match info {
-                            LinkInfo::Kind(k) => link.kind = Some(k),
-                            LinkInfo::Data(InfoData::MacVlan(data)) => {
-                                for d in data {
-                                    if let InfoMacVlan::Mode(m) = d {
-                                        link.macvlan_mode = Some(m);
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
+    fn from_wire(l: LinkInfo) -> Link {
+        Link {
+            index: l.index,
+            name: l.name,
+            kind: l.kind,
+            macvlan_mode: l.macvlan_mode,
+            mac: l.mac,
+            mtu: l.mtu,
+            flags: l.flags,
+            alias: l.alias,
         }
-        link
     }
 }
 
@@ -118,8 +93,10 @@ pub struct RouteEntry {
     pub gw: Option<IpAddr>,
     pub oif: Option<u32>,
     pub table: u32,
-    pub kind: RouteType,
-    pub scope: RouteScope,
+    /// ROUTE_UNICAST, ROUTE_LOCAL, ...
+    pub kind: u8,
+    /// SCOPE_UNIVERSE, SCOPE_LINK, SCOPE_HOST, ...
+    pub scope: u8,
 }
 
 /// The macvlan to create.
@@ -134,18 +111,31 @@ pub struct NewMacvlan<'a> {
     pub target_netns: Option<RawFd>,
 }
 
-pub fn kernel_mode(mode: ConfMode) -> MacVlanMode {
+/// The kernel's value for a macvlan mode (linux/if_link.h MACVLAN_MODE_*).
+pub fn kernel_mode(mode: ConfMode) -> u32 {
     match mode {
-        ConfMode::Bridge => MacVlanMode::Bridge,
-        ConfMode::Private => MacVlanMode::Private,
-        ConfMode::Vepa => MacVlanMode::Vepa,
-        ConfMode::Passthru => MacVlanMode::Passthrough,
+        ConfMode::Private => 1,
+        ConfMode::Vepa => 2,
+        ConfMode::Bridge => 4,
+        ConfMode::Passthru => 8,
+    }
+}
+
+/// A kernel macvlan mode by name, for messages.
+pub fn mode_name(mode: Option<u32>) -> &'static str {
+    match mode {
+        Some(1) => "private",
+        Some(2) => "vepa",
+        Some(4) => "bridge",
+        Some(8) => "passthru",
+        Some(16) => "source",
+        _ => "unknown",
     }
 }
 
 /// One change to send: the message, and how its outcome reads.
 pub struct Op {
-    msg: RouteNetlinkMessage,
+    msg: MessageBuilder,
     flags: u16,
     /// Errors that mean "already so" (joining a joined group, deleting what is gone).
     already: &'static [Errno],
@@ -153,7 +143,7 @@ pub struct Op {
 }
 
 impl Op {
-    fn new(msg: RouteNetlinkMessage, flags: u16, what: impl Into<String>) -> Op {
+    fn new(msg: MessageBuilder, flags: u16, what: impl Into<String>) -> Op {
         Op {
             msg,
             flags: NLM_F_REQUEST | NLM_F_ACK | flags,
@@ -169,17 +159,16 @@ impl Op {
 
     /// Adds an address to a link.
     pub fn add_address(index: u32, addr: IpNetwork) -> Op {
-        let mut msg = address_message(index, addr.ip(), addr.prefix());
+        let mut msg = address_message(RTM_NEWADDR, index, addr.ip(), addr.prefix());
         if let IpAddr::V4(ip) = addr.ip() {
             // As `ip addr add ... brd +` and the reference plugin: the subnet's broadcast.
             if addr.prefix() < 31 {
                 let brd = u32::from(ip) | (u32::MAX >> addr.prefix());
-                msg.attributes
-                    .push(AddressAttribute::Broadcast(Ipv4Addr::from(brd)));
+                msg.ip(IFA_BROADCAST, IpAddr::V4(Ipv4Addr::from(brd)));
             }
         }
         Op::new(
-            RouteNetlinkMessage::NewAddress(msg),
+            msg,
             NLM_F_CREATE | NLM_F_EXCL,
             format!("add address {addr}"),
         )
@@ -187,7 +176,7 @@ impl Op {
 
     pub fn del_address(index: u32, addr: IpNetwork) -> Op {
         Op::new(
-            RouteNetlinkMessage::DelAddress(address_message(index, addr.ip(), addr.prefix())),
+            address_message(RTM_DELADDR, index, addr.ip(), addr.prefix()),
             0,
             format!("remove address {addr}"),
         )
@@ -197,11 +186,10 @@ impl Op {
     /// Joins `group` on the link with a membership the kernel holds without any socket:
     /// the group as an address with IFA_F_MCAUTOJOIN. An existing join is kept.
     pub fn join_group(index: u32, group: Ipv4Addr) -> Op {
-        let mut msg = address_message(index, IpAddr::V4(group), 32);
-        msg.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Mcautojoin));
+        let mut msg = address_message(RTM_NEWADDR, index, IpAddr::V4(group), 32);
+        msg.u32(IFA_FLAGS, IFA_F_MCAUTOJOIN);
         Op::new(
-            RouteNetlinkMessage::NewAddress(msg),
+            msg,
             NLM_F_CREATE | NLM_F_EXCL,
             format!("join multicast group {group}"),
         )
@@ -214,7 +202,7 @@ impl Op {
     /// the address on it leaks one, and repeated ADD/DEL in one pod end in ENOBUFS.
     pub fn leave_group(index: u32, group: Ipv4Addr) -> Op {
         Op::new(
-            RouteNetlinkMessage::DelAddress(address_message(index, IpAddr::V4(group), 32)),
+            address_message(RTM_DELADDR, index, IpAddr::V4(group), 32),
             0,
             format!("leave multicast group {group}"),
         )
@@ -224,9 +212,20 @@ impl Op {
     /// Adds a route out `index`; without a gateway the route is link-scoped.
     /// An identical route that exists already counts as added.
     pub fn add_route(index: u32, dst: IpNetwork, gw: Option<IpAddr>) -> Op {
-        let msg = route_message(index, dst, gw, TABLE_MAIN, RouteProtocol::Static);
+        let route = RouteEntry {
+            dst,
+            gw,
+            oif: Some(index),
+            table: TABLE_MAIN,
+            kind: ROUTE_UNICAST,
+            scope: if gw.is_some() {
+                SCOPE_UNIVERSE
+            } else {
+                SCOPE_LINK
+            },
+        };
         Op::new(
-            RouteNetlinkMessage::NewRoute(msg),
+            route_message(RTM_NEWROUTE, &route, PROTOCOL_STATIC),
             NLM_F_CREATE | NLM_F_EXCL,
             format!("add route {dst}"),
         )
@@ -234,17 +233,8 @@ impl Op {
     }
 
     pub fn del_route(route: &RouteEntry) -> Op {
-        let mut msg = route_message(
-            route.oif.unwrap_or(0),
-            route.dst,
-            route.gw,
-            route.table,
-            RouteProtocol::Unspec,
-        );
-        msg.header.kind = route.kind;
-        msg.header.scope = route.scope;
         Op::new(
-            RouteNetlinkMessage::DelRoute(msg),
+            route_message(RTM_DELROUTE, route, PROTOCOL_UNSPEC),
             0,
             format!("delete route {}", route.dst),
         )
@@ -253,60 +243,67 @@ impl Op {
 
     /// Deletes a link; a link that is already gone is not an error.
     pub fn del_link(index: u32) -> Op {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        Op::new(RouteNetlinkMessage::DelLink(msg), 0, "delete link").already(&[Errno::ENODEV])
+        Op::new(
+            MessageBuilder::new(RTM_DELLINK, &ifinfomsg(index, 0, 0)),
+            0,
+            "delete link",
+        )
+        .already(&[Errno::ENODEV])
     }
 }
 
 /// Changes to one existing link, sent as one RTM_SETLINK.
 pub struct LinkChange {
-    msg: LinkMessage,
+    index: u32,
+    flags: u32,
+    change: u32,
+    name: Option<String>,
+    alias: Option<String>,
+    ipv4_conf: Vec<(u16, u32)>,
     what: Vec<&'static str>,
 }
 
 impl LinkChange {
     pub fn of(index: u32) -> LinkChange {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
         LinkChange {
-            msg,
+            index,
+            flags: 0,
+            change: 0,
+            name: None,
+            alias: None,
+            ipv4_conf: Vec::new(),
             what: Vec::new(),
         }
     }
 
-    fn flag(mut self, flag: LinkFlags, on: bool, what: &'static str) -> LinkChange {
+    fn flag(mut self, flag: u32, on: bool, what: &'static str) -> LinkChange {
         if on {
-            self.msg.header.flags |= flag;
+            self.flags |= flag;
         } else {
-            self.msg.header.flags.remove(flag);
+            self.flags &= !flag;
         }
-        self.msg.header.change_mask |= flag;
+        self.change |= flag;
         self.what.push(what);
         self
     }
 
     pub fn up(self, on: bool) -> LinkChange {
-        self.flag(LinkFlags::Up, on, if on { "set up" } else { "set down" })
+        self.flag(IFF_UP, on, if on { "set up" } else { "set down" })
     }
 
     pub fn multicast(self, on: bool) -> LinkChange {
-        self.flag(LinkFlags::Multicast, on, "set multicast flag")
+        self.flag(IFF_MULTICAST, on, "set multicast flag")
     }
 
     pub fn name(mut self, name: &str) -> LinkChange {
-        self.msg
-            .attributes
-            .push(LinkAttribute::IfName(name.to_owned()));
+        self.name = Some(name.to_owned());
         self.what.push("rename");
         self
     }
 
     /// Sets (or with "" clears) the interface alias, where the plugin notes what it changed.
     pub fn alias(mut self, alias: &str) -> LinkChange {
-        self.msg
-            .attributes
-            .push(LinkAttribute::IfAlias(alias.to_owned()));
+        self.alias = Some(alias.to_owned());
         self.what.push("set interface alias");
         self
     }
@@ -314,28 +311,34 @@ impl LinkChange {
     /// Sets IPv4 per-interface settings (DEVCONF_*), as writing
     /// /proc/sys/net/ipv4/conf/<link>/<setting> would.
     pub fn ipv4_conf(mut self, settings: &[(u16, u32)]) -> LinkChange {
-        if settings.is_empty() {
-            return self;
+        if !settings.is_empty() {
+            self.ipv4_conf.extend_from_slice(settings);
+            self.what.push("set IPv4 interface settings");
         }
-        let mut nest = Vec::with_capacity(settings.len() * 8);
-        for (key, value) in settings {
-            nest.extend_from_slice(&8u16.to_ne_bytes());
-            nest.extend_from_slice(&key.to_ne_bytes());
-            nest.extend_from_slice(&value.to_ne_bytes());
-        }
-        let conf = DefaultNla::new(IFLA_INET_CONF | NLA_F_NESTED, nest);
-        self.msg
-            .attributes
-            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
-                AfSpecInet::Other(conf),
-            ])]));
-        self.what.push("set IPv4 interface settings");
         self
     }
 
     pub fn op(self) -> Op {
-        let what = format!("{} of link {}", self.what.join(", "), self.msg.header.index);
-        Op::new(RouteNetlinkMessage::SetLink(self.msg), 0, what)
+        let mut msg =
+            MessageBuilder::new(RTM_SETLINK, &ifinfomsg(self.index, self.flags, self.change));
+        if let Some(name) = &self.name {
+            msg.str(IFLA_IFNAME, name);
+        }
+        if let Some(alias) = &self.alias {
+            // The alias is not NUL-terminated: an empty one clears it.
+            msg.attr(IFLA_IFALIAS, alias.as_bytes());
+        }
+        if !self.ipv4_conf.is_empty() {
+            msg.begin_nest(IFLA_AF_SPEC)
+                .begin_nest(u16::from(AF_INET))
+                .begin_nest(IFLA_INET_CONF);
+            for (key, value) in &self.ipv4_conf {
+                msg.u32(*key, *value);
+            }
+            msg.end_nest().end_nest().end_nest();
+        }
+        let what = format!("{} of link {}", self.what.join(", "), self.index);
+        Op::new(msg, 0, what)
     }
 }
 
@@ -349,6 +352,30 @@ pub struct Netlink {
 /// Large enough for any one datagram of a dump (the kernel fills up to 32 KiB).
 const RECV_BUFFER: usize = 64 * 1024;
 
+/// A request the kernel refused: the errno, and the kernel's explanation if it gave one.
+struct Refusal {
+    errno: Errno,
+    explanation: Option<String>,
+}
+
+impl Refusal {
+    fn describe(&self, what: &str) -> String {
+        match &self.explanation {
+            Some(x) => format!("{what}: {} ({x})", self.errno.desc()),
+            None => format!("{what}: {}", self.errno.desc()),
+        }
+    }
+}
+
+impl From<Errno> for Refusal {
+    fn from(errno: Errno) -> Refusal {
+        Refusal {
+            errno,
+            explanation: None,
+        }
+    }
+}
+
 impl Netlink {
     /// Opens a netlink socket inside `ns`; it keeps working in that namespace from anywhere.
     pub fn connect(ns: &Netns) -> Result<Netlink> {
@@ -359,16 +386,22 @@ impl Netlink {
                 e.desc()
             ))
         })?;
-        Ok(Netlink {
+        Ok(Netlink::over(fd))
+    }
+
+    /// Opens a netlink socket in the namespace the plugin runs in.
+    pub fn here() -> Result<Netlink> {
+        let fd = open_socket()
+            .map_err(|e| Error::Netlink(format!("cannot open netlink: {}", e.desc())))?;
+        Ok(Netlink::over(fd))
+    }
+
+    fn over(fd: OwnedFd) -> Netlink {
+        Netlink {
             fd,
             seq: Cell::new(0),
             buf: RefCell::new(vec![0; RECV_BUFFER]),
-        })
-    }
-
-    /// The descriptor, for a process that inherits the connection.
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        }
     }
 
     /// Sends all `ops` in one datagram and waits for every acknowledgement. The kernel
@@ -376,89 +409,94 @@ impl Netlink {
     /// order) is the error returned.
     pub fn apply(&self, ops: Vec<Op>) -> Result<()> {
         match self.first_failure(&ops)? {
-            Some((i, errno)) => Err(Error::Netlink(format!("{}: {}", ops[i].what, errno.desc()))),
+            Some((i, refusal)) => Err(Error::Netlink(refusal.describe(&ops[i].what))),
             None => Ok(()),
         }
     }
 
     /// The first op the kernel refused (not counting "already so"), by position.
-    fn first_failure(&self, ops: &[Op]) -> Result<Option<(usize, Errno)>> {
+    fn first_failure(&self, ops: &[Op]) -> Result<Option<(usize, Refusal)>> {
         if ops.is_empty() {
             return Ok(None);
         }
         let first = self.seq.get() + 1;
-        let messages = ops.iter().map(|op| (op.msg.clone(), op.flags));
-        self.send(messages)
+        self.send(ops.iter().map(|op| (&op.msg, op.flags)))
             .map_err(|e| Error::Netlink(format!("send to kernel: {}", e.desc())))?;
-        let mut outcomes: Vec<Option<std::result::Result<(), Errno>>> = vec![None; ops.len()];
+        let mut outcomes: Vec<Option<std::result::Result<(), Refusal>>> =
+            (0..ops.len()).map(|_| None).collect();
         while outcomes.iter().any(Option::is_none) {
-            let replies = self
-                .receive()
-                .map_err(|e| Error::Netlink(format!("read from kernel: {}", e.desc())))?;
-            for (seq, reply) in replies {
-                let slot = seq
+            self.receive(|msg| {
+                let slot = msg
+                    .seq
                     .checked_sub(first)
                     .and_then(|i| outcomes.get_mut(i as usize));
-                match (slot, reply) {
-                    (Some(slot), Reply::Ack) => *slot = Some(Ok(())),
-                    (Some(slot), Reply::Failed(errno)) => *slot = Some(Err(errno)),
-                    _ => {}
+                if let (Some(slot), Some((code, explanation))) = (slot, msg.error()) {
+                    *slot = Some(match code {
+                        0 => Ok(()),
+                        errno => Err(Refusal {
+                            errno: Errno::from_raw(errno),
+                            explanation,
+                        }),
+                    });
                 }
-            }
+            })
+            .map_err(|e| Error::Netlink(format!("read from kernel: {}", e.desc())))?;
         }
         Ok(ops
             .iter()
             .zip(outcomes)
             .enumerate()
             .find_map(|(i, (op, outcome))| match outcome {
-                Some(Err(errno)) if !op.already.contains(&errno) => Some((i, errno)),
+                Some(Err(r)) if !op.already.contains(&r.errno) => Some((i, r)),
                 _ => None,
             }))
     }
 
-    /// One request and its replies: the messages of a dump, or the one answer to a get.
-    fn query(
+    /// One request and the messages that answer it: all of a dump, or the one reply to a
+    /// get, each passed through `keep`.
+    fn query<T>(
         &self,
-        msg: RouteNetlinkMessage,
+        msg: MessageBuilder,
         dump: bool,
-    ) -> std::result::Result<Vec<RouteNetlinkMessage>, Errno> {
+        mut keep: impl FnMut(&wire::Received<'_>) -> Option<T>,
+    ) -> std::result::Result<Vec<T>, Refusal> {
         let flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
-        self.send(std::iter::once((msg, flags)))?;
+        self.send(std::iter::once((&msg, flags)))?;
         let seq = self.seq.get();
         let mut out = Vec::new();
-        loop {
-            for (s, reply) in self.receive()? {
-                if s != seq {
-                    continue;
+        let mut end: Option<std::result::Result<(), Refusal>> = None;
+        while end.is_none() {
+            self.receive(|m| {
+                if m.seq != seq || end.is_some() {
+                    return;
                 }
-                match reply {
-                    Reply::Message(m) => out.push(m),
-                    Reply::Failed(errno) => return Err(errno),
-                    Reply::Ack | Reply::Done => return Ok(out),
-                    Reply::Other => {}
+                if let Some((code, explanation)) = m.error() {
+                    end = Some(match code {
+                        0 => Ok(()),
+                        errno => Err(Refusal {
+                            errno: Errno::from_raw(errno),
+                            explanation,
+                        }),
+                    });
+                } else if m.kind == NLMSG_DONE {
+                    end = Some(Ok(()));
+                } else if let Some(item) = keep(m) {
+                    out.push(item);
                 }
-            }
+            })?;
         }
+        end.unwrap_or(Ok(())).map(|()| out)
     }
 
-    fn send(
+    fn send<'a>(
         &self,
-        messages: impl Iterator<Item = (RouteNetlinkMessage, u16)>,
+        messages: impl Iterator<Item = (&'a MessageBuilder, u16)>,
     ) -> std::result::Result<(), Errno> {
         let mut bytes = Vec::new();
-        for (payload, flags) in messages {
+        for (msg, flags) in messages {
             let seq = self.seq.get() + 1;
             self.seq.set(seq);
-            let mut header = NetlinkHeader::default();
-            header.flags = flags;
-            header.sequence_number = seq;
-            let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
-            msg.finalize();
-            let start = bytes.len();
-            bytes.resize(start + msg.buffer_len(), 0);
-            msg.serialize(&mut bytes[start..]);
-            // Messages in one datagram start on 4-byte boundaries (NLMSG_ALIGN).
-            bytes.resize(bytes.len().next_multiple_of(4), 0);
+            bytes.extend_from_slice(&msg.finish(flags, seq));
         }
         let sent = nix::sys::socket::send(
             self.fd.as_raw_fd(),
@@ -471,8 +509,8 @@ impl Netlink {
         Ok(())
     }
 
-    /// Reads one datagram and splits it into its messages, by sequence number.
-    fn receive(&self) -> std::result::Result<Vec<(u32, Reply)>, Errno> {
+    /// Reads one datagram and hands each message in it to `each`.
+    fn receive(&self, mut each: impl FnMut(&wire::Received<'_>)) -> std::result::Result<(), Errno> {
         let mut buf = self.buf.borrow_mut();
         let len = loop {
             match nix::sys::socket::recv(
@@ -484,66 +522,34 @@ impl Netlink {
                 other => break other?,
             }
         };
-        let mut replies = Vec::new();
-        let mut offset = 0;
-        while offset + 16 <= len {
-            let msg_len =
-                u32::from_ne_bytes(buf[offset..offset + 4].try_into().unwrap_or_default()) as usize;
-            if msg_len < 16 || offset + msg_len > len {
-                break;
-            }
-            let msg =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..offset + msg_len])
-                    .map_err(|_| Errno::EBADMSG)?;
-            let seq = msg.header.sequence_number;
-            let reply = match msg.payload {
-                NetlinkPayload::InnerMessage(m) => Reply::Message(m),
-                NetlinkPayload::Done(_) => Reply::Done,
-                NetlinkPayload::Error(e) => match e.code {
-                    None => Reply::Ack,
-                    Some(code) => Reply::Failed(Errno::from_raw(code.get().abs())),
-                },
-                _ => Reply::Other,
-            };
-            replies.push((seq, reply));
-            offset += msg_len.next_multiple_of(4);
+        for m in wire::messages(&buf[..len]) {
+            each(&m);
         }
-        Ok(replies)
+        Ok(())
     }
 
     pub fn links(&self) -> Result<Vec<Link>> {
-        let replies = self
-            .query(RouteNetlinkMessage::GetLink(LinkMessage::default()), true)
-            .map_err(|e| Error::Netlink(format!("list links: {}", e.desc())))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })
-            .collect())
+        let msg = MessageBuilder::new(RTM_GETLINK, &ifinfomsg(0, 0, 0));
+        self.query(msg, true, |m| m.link().map(Link::from_wire))
+            .map_err(|r| Error::Netlink(r.describe("list links")))
     }
 
     pub fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        let mut msg = MessageBuilder::new(RTM_GETLINK, &ifinfomsg(0, 0, 0));
+        msg.str(IFLA_IFNAME, name);
         self.one_link(msg, &format!("look up link {name}"))
     }
 
     pub fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
+        let msg = MessageBuilder::new(RTM_GETLINK, &ifinfomsg(index, 0, 0));
         self.one_link(msg, &format!("look up link {index}"))
     }
 
-    fn one_link(&self, msg: LinkMessage, what: &str) -> Result<Option<Link>> {
-        match self.query(RouteNetlinkMessage::GetLink(msg), false) {
-            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })),
-            Err(Errno::ENODEV) => Ok(None),
-            Err(e) => Err(Error::Netlink(format!("{what}: {}", e.desc()))),
+    fn one_link(&self, msg: MessageBuilder, what: &str) -> Result<Option<Link>> {
+        match self.query(msg, false, |m| m.link().map(Link::from_wire)) {
+            Ok(mut links) => Ok(links.pop()),
+            Err(r) if r.errno == Errno::ENODEV => Ok(None),
+            Err(r) => Err(Error::Netlink(r.describe(what))),
         }
     }
 
@@ -557,117 +563,87 @@ impl Netlink {
     }
 
     pub fn add_macvlan(&self, spec: &NewMacvlan<'_>) -> Result<()> {
-        let mut data = vec![InfoMacVlan::Mode(kernel_mode(spec.mode))];
+        let mut msg = MessageBuilder::new(RTM_NEWLINK, &ifinfomsg(0, 0, 0));
+        msg.str(IFLA_IFNAME, spec.name)
+            .u32(IFLA_LINK, spec.master_index)
+            .begin_nest(IFLA_LINKINFO)
+            .str(IFLA_INFO_KIND, "macvlan")
+            .begin_nest(IFLA_INFO_DATA)
+            .u32(IFLA_MACVLAN_MODE, kernel_mode(spec.mode));
         if let Some(q) = spec.bc_queue_len {
-            data.push(InfoMacVlan::BcQueueLen(q));
+            msg.u32(IFLA_MACVLAN_BC_QUEUE_LEN, q);
         }
-        let mut msg = LinkMessage::default();
-        msg.attributes = vec![
-            LinkAttribute::IfName(spec.name.to_owned()),
-            LinkAttribute::Link(spec.master_index),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::MacVlan),
-                LinkInfo::Data(InfoData::MacVlan(data)),
-            ]),
-        ];
+        msg.end_nest().end_nest();
         if let Some(mtu) = spec.mtu {
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
+            msg.u32(IFLA_MTU, mtu);
         }
         if let Some(mac) = spec.mac {
-            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+            msg.attr(IFLA_ADDRESS, &mac);
         }
         if let Some(fd) = spec.target_netns {
-            msg.attributes.push(LinkAttribute::NetNsFd(fd));
+            msg.u32(IFLA_NET_NS_FD, fd as u32);
         }
-        let op = Op::new(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-            "create macvlan",
-        );
-        match self.first_failure(std::slice::from_ref(&op))? {
-            None => Ok(()),
-            Some((_, Errno::EBUSY)) if spec.mode == ConfMode::Passthru => Err(Error::Netlink(
+        let op = Op::new(msg, NLM_F_CREATE | NLM_F_EXCL, "create macvlan");
+        let Some((_, refusal)) = self.first_failure(std::slice::from_ref(&op))? else {
+            return Ok(());
+        };
+        Err(match refusal.errno {
+            Errno::EBUSY if spec.mode == ConfMode::Passthru => Error::Netlink(
                 "create macvlan: the master already has a passthru macvlan (only one is allowed)"
                     .into(),
-            )),
-            Some((_, Errno::EEXIST)) => Err(Error::InvalidEnvironment(format!(
-                "interface {} already exists in the pod's network namespace; choose another CNI_IFNAME",
+            ),
+            Errno::EEXIST => Error::InvalidEnvironment(format!(
+                "interface {} already exists in the pod; choose another CNI_IFNAME",
                 spec.name
-            ))),
-            Some((_, Errno::EINVAL)) if spec.mtu.is_some() => Err(Error::InvalidConfig(format!(
-                "create macvlan: the kernel refused mtu {}; it must not exceed the master's MTU",
-                spec.mtu.unwrap_or_default()
-            ))),
-            Some((_, errno)) => Err(Error::Netlink(format!("create macvlan: {}", errno.desc()))),
-        }
+            )),
+            Errno::EINVAL if spec.mtu.is_some() => Error::InvalidConfig(refusal.describe(
+                &format!(
+                    "create macvlan: the kernel refused mtu {}; it must not exceed the master's MTU",
+                    spec.mtu.unwrap_or_default()
+                ),
+            )),
+            _ => Error::Netlink(refusal.describe("create macvlan")),
+        })
     }
 
-    /// Addresses on a link (or on all links with `None`), with their flags.
-    pub fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork, AddressFlags)>> {
-        let replies = self
-            .query(
-                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-                true,
-            )
-            .map_err(|e| Error::Netlink(format!("list addresses: {}", e.desc())))?;
-        Ok(replies
+    /// Addresses on a link (or on all links with `None`).
+    pub fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork)>> {
+        let msg = MessageBuilder::new(RTM_GETADDR, &ifaddrmsg(0, 0, 0));
+        let all = self
+            .query(msg, true, |m| m.address())
+            .map_err(|r| Error::Netlink(r.describe("list addresses")))?;
+        Ok(all
             .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) => Some(a),
-                _ => None,
-            })
-            .filter(|m| index.is_none_or(|i| m.header.index == i))
-            .filter_map(|m| {
-                let mut ip = None;
-                let mut flags = AddressFlags::empty();
-                for a in &m.attributes {
-                    match a {
-                        AddressAttribute::Local(l) => ip = Some(*l),
-                        AddressAttribute::Address(l) if ip.is_none() => ip = Some(*l),
-                        AddressAttribute::Flags(f) => flags = *f,
-                        _ => {}
-                    }
-                }
-                let net = IpNetwork::new(ip?, m.header.prefix_len).ok()?;
-                Some((m.header.index, net, flags))
-            })
+            .filter(|(i, _, _)| index.is_none_or(|want| *i == want))
+            .filter_map(|(i, ip, prefix)| Some((i, IpNetwork::new(ip, prefix).ok()?)))
             .collect())
     }
 
     /// IPv4 routes of a table.
     pub fn routes_v4(&self, table: u32) -> Result<Vec<RouteEntry>> {
-        self.routes(AddressFamily::Inet, table)
+        self.routes(AF_INET, table)
     }
 
     /// IPv6 routes of a table.
     pub fn routes_v6(&self, table: u32) -> Result<Vec<RouteEntry>> {
-        self.routes(AddressFamily::Inet6, table)
+        self.routes(AF_INET6, table)
     }
 
-    fn routes(&self, family: AddressFamily, table: u32) -> Result<Vec<RouteEntry>> {
-        let mut query = RouteMessage::default();
-        query.header.address_family = family;
-        let replies = self
-            .query(RouteNetlinkMessage::GetRoute(query), true)
-            .map_err(|e| Error::Netlink(format!("list routes: {}", e.desc())))?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) => RouteEntry::from_message(r),
-                _ => None,
-            })
-            .filter(|r| r.table == table)
-            .collect())
+    fn routes(&self, family: u8, table: u32) -> Result<Vec<RouteEntry>> {
+        let query = RouteHeader {
+            family,
+            dst_len: 0,
+            table: 0,
+            protocol: 0,
+            scope: 0,
+            kind: 0,
+        };
+        let msg = MessageBuilder::new(RTM_GETROUTE, &query.bytes());
+        let all = self
+            .query(msg, true, |m| m.route().and_then(RouteEntry::from_wire))
+            .map_err(|r| Error::Netlink(r.describe("list routes")))?;
+        Ok(all.into_iter().filter(|r| r.table == table).collect())
     }
-}
-
-enum Reply {
-    Message(RouteNetlinkMessage),
-    Ack,
-    Failed(Errno),
-    Done,
-    /// Noop and overrun notices: nothing to act on.
-    Other,
 }
 
 fn open_socket() -> std::result::Result<OwnedFd, Errno> {
@@ -684,103 +660,74 @@ fn open_socket() -> std::result::Result<OwnedFd, Errno> {
     }
     // SAFETY: fd was just created and is owned by nothing else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The kernel's reason for a refusal, where it gives one (NETLINK_EXT_ACK); without it
+    // errors still carry their errno.
+    let on: nix::libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to an int that outlives the call.
+    unsafe {
+        nix::libc::setsockopt(
+            fd.as_raw_fd(),
+            nix::libc::SOL_NETLINK,
+            nix::libc::NETLINK_EXT_ACK,
+            (&on as *const nix::libc::c_int).cast(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
     let kernel = nix::sys::socket::NetlinkAddr::new(0, 0);
     nix::sys::socket::connect(fd.as_raw_fd(), &kernel)?;
     Ok(fd)
 }
 
 impl RouteEntry {
-    fn from_message(m: RouteMessage) -> Option<RouteEntry> {
-        let v4 = m.header.address_family == AddressFamily::Inet;
-        let mut dst: Option<IpAddr> = None;
-        let mut gw = None;
-        let mut oif = None;
-        let mut table = u32::from(m.header.table);
-        for a in &m.attributes {
-            match a {
-                RouteAttribute::Destination(d) => dst = route_addr(d),
-                RouteAttribute::Gateway(g) => gw = route_addr(g),
-                RouteAttribute::Oif(o) => oif = Some(*o),
-                RouteAttribute::Table(t) => table = *t,
-                _ => {}
-            }
-        }
-        let dst = dst.unwrap_or(if v4 {
+    fn from_wire(r: wire::RouteRead) -> Option<RouteEntry> {
+        let dst = r.dst.unwrap_or(if r.header.family == AF_INET {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         } else {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         });
         Some(RouteEntry {
-            dst: IpNetwork::new(dst, m.header.destination_prefix_length).ok()?,
-            gw,
-            oif,
-            table,
-            kind: m.header.kind,
-            scope: m.header.scope,
+            dst: IpNetwork::new(dst, r.header.dst_len).ok()?,
+            gw: r.gateway,
+            oif: r.oif,
+            table: r.table,
+            kind: r.header.kind,
+            scope: r.header.scope,
         })
     }
 }
 
+fn family_of(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
+    }
+}
+
 /// An address message naming `ip` both as local and peer address, as `ip addr` does.
-fn address_message(index: u32, ip: IpAddr, prefix: u8) -> AddressMessage {
-    let mut msg = AddressMessage::default();
-    msg.header.family = match ip {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    };
-    msg.header.prefix_len = prefix;
-    msg.header.index = index;
-    msg.header.scope = AddressScope::Universe;
-    msg.header.flags = AddressHeaderFlags::empty();
-    msg.attributes.push(AddressAttribute::Local(ip));
-    msg.attributes.push(AddressAttribute::Address(ip));
+fn address_message(kind: u16, index: u32, ip: IpAddr, prefix: u8) -> MessageBuilder {
+    let mut msg = MessageBuilder::new(kind, &ifaddrmsg(family_of(ip), prefix, index));
+    msg.ip(IFA_LOCAL, ip).ip(IFA_ADDRESS, ip);
     msg
 }
 
-fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
-}
-
-fn route_message(
-    index: u32,
-    dst: IpNetwork,
-    gw: Option<IpAddr>,
-    table: u32,
-    protocol: RouteProtocol,
-) -> RouteMessage {
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = match dst {
-        IpNetwork::V4(_) => AddressFamily::Inet,
-        IpNetwork::V6(_) => AddressFamily::Inet6,
+fn route_message(kind: u16, route: &RouteEntry, protocol: u8) -> MessageBuilder {
+    let header = RouteHeader {
+        family: family_of(route.dst.ip()),
+        dst_len: route.dst.prefix(),
+        // Tables above 255 only fit the attribute; the header then says "unspecified".
+        table: u8::try_from(route.table).unwrap_or(0),
+        protocol,
+        scope: route.scope,
+        kind: route.kind,
     };
-    msg.header.destination_prefix_length = dst.prefix();
-    msg.header.protocol = protocol;
-    msg.header.kind = RouteType::Unicast;
-    msg.header.scope = if gw.is_some() {
-        RouteScope::Universe
-    } else {
-        RouteScope::Link
-    };
-    // Tables above 255 only fit the attribute; the header then says "unspecified".
-    msg.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
-    msg.attributes.push(RouteAttribute::Table(table));
-    msg.attributes
-        .push(RouteAttribute::Destination(match dst.network() {
-            IpAddr::V4(a) => RouteAddress::Inet(a),
-            IpAddr::V6(a) => RouteAddress::Inet6(a),
-        }));
-    if index != 0 {
-        msg.attributes.push(RouteAttribute::Oif(index));
+    let mut msg = MessageBuilder::new(kind, &header.bytes());
+    msg.u32(RTA_TABLE, route.table)
+        .ip(RTA_DST, route.dst.network());
+    if let Some(oif) = route.oif.filter(|i| *i != 0) {
+        msg.u32(RTA_OIF, oif);
     }
-    if let Some(gw) = gw {
-        msg.attributes.push(RouteAttribute::Gateway(match gw {
-            IpAddr::V4(a) => RouteAddress::Inet(a),
-            IpAddr::V6(a) => RouteAddress::Inet6(a),
-        }));
+    if let Some(gw) = route.gw {
+        msg.ip(RTA_GATEWAY, gw);
     }
     msg
 }
