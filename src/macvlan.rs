@@ -293,7 +293,9 @@ fn claim_unused_addresses(
 fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &Progress) {
     if progress.marked {
         let restored = match ns.pod_nl.links() {
-            Ok(links) => multicast::restore(&ns.pod_nl, &links, &env.ifname),
+            Ok(links) => ns
+                .pod_nl
+                .apply(multicast::restore_ops(&links, &env.ifname)),
             Err(e) => Err(e),
         };
         if let Err(e) = restored {
@@ -359,8 +361,9 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
             ops.push(LinkChange::of(link.index).name(&retired_name(env)).op());
         }
     }
+    // eth0's mark in the same exchange.
+    ops.extend(multicast::restore_ops(&others, &env.ifname));
     nl.apply(ops)?;
-    multicast::restore(&nl, &others, &env.ifname)?;
     multicast::hand_over_routes(&nl, &pod_ns, &others, &conf.multicast)?;
     ipam.del(conf, env)?;
     let doomed: Vec<u32> = ours.iter().map(|l| l.index).collect();

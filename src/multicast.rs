@@ -166,7 +166,7 @@ pub fn leave_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
 
 /// Takes this attachment off every mark; an interface no attachment wants off multicast any
 /// more gets its MULTICAST flag and alias back.
-pub fn restore(nl: &Netlink, links: &[Link], ifname: &str) -> Result<()> {
+pub fn restore_ops(links: &[Link], ifname: &str) -> Vec<Op> {
     let mut ops = Vec::new();
     for link in links {
         let Some((mut owners, previous)) = link.alias.as_deref().and_then(parse_mark) else {
@@ -187,7 +187,7 @@ pub fn restore(nl: &Netlink, links: &[Link], ifname: &str) -> Result<()> {
                 .op()
         });
     }
-    nl.apply(ops)
+    ops
 }
 
 /// DEL of one of several attachments: the multicast routes went with its link, so they move
