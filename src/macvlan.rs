@@ -89,6 +89,9 @@ fn retired_name(env: &CniEnv) -> String {
     format!("{}{:04x}", retired_prefix(env), tail & 0xffff)
 }
 
+/// How every retired link's name starts.
+pub const RETIRED_PREFIX: &str = "rmv";
+
 fn retired_prefix(env: &CniEnv) -> String {
     // FNV-1a: stable across runs and builds, unlike std's hasher.
     let hash = format!("{}/{}", env.container_id, env.ifname)
@@ -96,7 +99,7 @@ fn retired_prefix(env: &CniEnv) -> String {
         .fold(0x811c_9dc5u32, |h, b| {
             (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
         });
-    format!("rmv{hash:08x}")
+    format!("{RETIRED_PREFIX}{hash:08x}")
 }
 
 /// A test-only switch: with ROS_MACVLAN_TEST_KILL_AT=<step>, ADD kills itself with SIGKILL
@@ -204,10 +207,7 @@ fn add_steps(
         (DEVCONF_ARP_NOTIFY, 1),
     ];
     settings.extend(multicast::interface_settings(&conf.multicast));
-    let mut ops = vec![LinkChange::of(link.index)
-        .up(true)
-        .ipv4_conf(&settings)
-        .op()];
+    let mut ops = vec![LinkChange::of(link.index).up().ipv4_conf(&settings).op()];
     for ip in result.ips.iter_mut() {
         ops.push(Op::add_address(link.index, ip.address));
         ip.interface = Some(0);
@@ -261,7 +261,7 @@ fn claim_unused_addresses(
         };
         // Probing needs the link up; it has no address yet, as RFC 5227 wants.
         ns.pod_nl
-            .apply(vec![LinkChange::of(link.index).up(true).op()])?;
+            .apply(vec![LinkChange::of(link.index).up().op()])?;
         let mac: [u8; 6] = link.mac.as_slice().try_into().unwrap_or_default();
         let mut conflicts = Vec::new();
         for ip in &result.ips {
@@ -293,9 +293,7 @@ fn claim_unused_addresses(
 fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &Progress) {
     if progress.marked {
         let restored = match ns.pod_nl.links() {
-            Ok(links) => ns
-                .pod_nl
-                .apply(multicast::restore_ops(&links, &env.ifname)),
+            Ok(links) => ns.pod_nl.apply(multicast::restore_ops(&links, &env.ifname)),
             Err(e) => Err(e),
         };
         if let Err(e) = restored {

@@ -84,7 +84,10 @@ impl Ns {
         let start = std::time::Instant::now();
         loop {
             let names = self.link_names();
-            if !names.iter().any(|n| n.starts_with("rmv")) {
+            if !names
+                .iter()
+                .any(|n| n.starts_with(crate::macvlan::RETIRED_PREFIX))
+            {
                 return names;
             }
             assert!(

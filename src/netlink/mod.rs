@@ -44,7 +44,7 @@ const IFF_LOOPBACK: u32 = 0x8;
 const IFF_MULTICAST: u32 = 0x1000;
 
 /// What the plugin needs to know of a link.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Link {
     pub index: u32,
     pub name: String,
@@ -70,19 +70,6 @@ impl Link {
     }
     pub fn is_macvlan(&self) -> bool {
         self.kind.as_deref() == Some("macvlan")
-    }
-
-    fn from_wire(l: LinkInfo) -> Link {
-        Link {
-            index: l.index,
-            name: l.name,
-            kind: l.kind,
-            macvlan_mode: l.macvlan_mode,
-            mac: l.mac,
-            mtu: l.mtu,
-            flags: l.flags,
-            alias: l.alias,
-        }
     }
 }
 
@@ -287,8 +274,8 @@ impl LinkChange {
         self
     }
 
-    pub fn up(self, on: bool) -> LinkChange {
-        self.flag(IFF_UP, on, if on { "set up" } else { "set down" })
+    pub fn up(self) -> LinkChange {
+        self.flag(IFF_UP, true, "set up")
     }
 
     pub fn multicast(self, on: bool) -> LinkChange {
@@ -367,6 +354,18 @@ impl Refusal {
     }
 }
 
+/// What an acknowledgement or error reply says; `None` for other messages.
+fn outcome_of(m: &wire::Received<'_>) -> Option<std::result::Result<(), Refusal>> {
+    let (code, explanation) = m.error()?;
+    Some(match code {
+        0 => Ok(()),
+        errno => Err(Refusal {
+            errno: Errno::from_raw(errno),
+            explanation,
+        }),
+    })
+}
+
 impl From<Errno> for Refusal {
     fn from(errno: Errno) -> Refusal {
         Refusal {
@@ -430,14 +429,8 @@ impl Netlink {
                     .seq
                     .checked_sub(first)
                     .and_then(|i| outcomes.get_mut(i as usize));
-                if let (Some(slot), Some((code, explanation))) = (slot, msg.error()) {
-                    *slot = Some(match code {
-                        0 => Ok(()),
-                        errno => Err(Refusal {
-                            errno: Errno::from_raw(errno),
-                            explanation,
-                        }),
-                    });
+                if let (Some(slot), Some(outcome)) = (slot, outcome_of(msg)) {
+                    *slot = Some(outcome);
                 }
             })
             .map_err(|e| Error::Netlink(format!("read from kernel: {}", e.desc())))?;
@@ -470,14 +463,8 @@ impl Netlink {
                 if m.seq != seq || end.is_some() {
                     return;
                 }
-                if let Some((code, explanation)) = m.error() {
-                    end = Some(match code {
-                        0 => Ok(()),
-                        errno => Err(Refusal {
-                            errno: Errno::from_raw(errno),
-                            explanation,
-                        }),
-                    });
+                if let Some(outcome) = outcome_of(m) {
+                    end = Some(outcome);
                 } else if m.kind == NLMSG_DONE {
                     end = Some(Ok(()));
                 } else if let Some(item) = keep(m) {
@@ -530,7 +517,7 @@ impl Netlink {
 
     pub fn links(&self) -> Result<Vec<Link>> {
         let msg = MessageBuilder::new(RTM_GETLINK, &ifinfomsg(0, 0, 0));
-        self.query(msg, true, |m| m.link().map(Link::from_wire))
+        self.query(msg, true, |m| m.link())
             .map_err(|r| Error::Netlink(r.describe("list links")))
     }
 
@@ -546,7 +533,7 @@ impl Netlink {
     }
 
     fn one_link(&self, msg: MessageBuilder, what: &str) -> Result<Option<Link>> {
-        match self.query(msg, false, |m| m.link().map(Link::from_wire)) {
+        match self.query(msg, false, |m| m.link()) {
             Ok(mut links) => Ok(links.pop()),
             Err(r) if r.errno == Errno::ENODEV => Ok(None),
             Err(r) => Err(Error::Netlink(r.describe(what))),

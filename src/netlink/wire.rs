@@ -10,6 +10,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use super::Link;
+
 // Message types.
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
@@ -258,15 +260,15 @@ impl<'a> Received<'a> {
         (self.body.len() >= fixed).then(|| self.body.split_at(fixed))
     }
 
-    pub fn link(&self) -> Option<LinkInfo> {
+    pub fn link(&self) -> Option<Link> {
         if self.kind != RTM_NEWLINK {
             return None;
         }
         let (head, attrs) = self.split(16)?;
-        let mut link = LinkInfo {
+        let mut link = Link {
             index: u32_at(head, 4),
             flags: u32_at(head, 8),
-            ..LinkInfo::default()
+            ..Link::default()
         };
         for (kind, value) in attributes(attrs) {
             match kind {
@@ -335,19 +337,6 @@ impl<'a> Received<'a> {
         }
         Some(route)
     }
-}
-
-/// A link as the kernel describes it.
-#[derive(Default)]
-pub struct LinkInfo {
-    pub index: u32,
-    pub flags: u32,
-    pub name: String,
-    pub mac: Vec<u8>,
-    pub mtu: u32,
-    pub alias: Option<String>,
-    pub kind: Option<String>,
-    pub macvlan_mode: Option<u32>,
 }
 
 pub struct RouteRead {
