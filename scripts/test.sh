@@ -12,6 +12,7 @@ declare -A needs=(
   [ip]=iproute2
   [bridge]=iproute2
   [sysctl]=procps
+  [ping]=iputils-ping
   [/usr/lib/cni/macvlan]=containernetworking-plugins
   [ddsperf]=cyclonedds-tools
   [tshark]=tshark

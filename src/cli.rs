@@ -1,8 +1,152 @@
-//! The operator's subcommands (`ros-macvlan <subcommand>`), as opposed to CNI invocations.
+//! The operator's subcommands (`ros-macvlan <subcommand>`), as opposed to CNI invocations
+//! (no arguments), which never come here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
 
 use crate::ipam::host_local::DEFAULT_DATA_DIR;
+use crate::membership::DEFAULT_AGENT_SOCKET;
+use crate::rtps::MAX_DOMAIN;
+
+#[derive(Parser)]
+#[command(
+    name = "ros-macvlan",
+    version,
+    about = "CNI plugin giving ROS 2 pods a macvlan net1 on which DDS discovery works; run with no arguments (CNI_COMMAND in the environment, config on stdin) it is the plugin"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// (root) Build the guide's two-talkers-one-listener scene in namespaces and show discovery working
+    Demo,
+    /// The node agent, the DaemonSet's process: holds the pods' group memberships, and
+    /// optionally installs the plugin, mirrors the node policy and runs gc
+    Agent(AgentArgs),
+    /// Copy this binary into the CNI bin dir atomically
+    Install(InstallArgs),
+    /// Release host-local claims whose pod's netns is gone
+    Gc {
+        /// The host-local data dir
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Run again every SECONDS
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        every: Option<u64>,
+    },
+    /// List the DDS participants a pod hears (SPDP decoded), optionally announcing one
+    Probe {
+        #[command(flatten)]
+        pod: PodArgs,
+        /// Listen on every domain's discovery port
+        #[arg(long, conflicts_with = "domain")]
+        all_domains: bool,
+        /// One JSON line per event and a final JSON report
+        #[arg(long)]
+        json: bool,
+        /// Also announce a minimal participant every 0.5 s
+        #[arg(long)]
+        announce: bool,
+    },
+    /// Check a pod's discovery path and say how to fix what is broken
+    Doctor {
+        #[command(flatten)]
+        pod: PodArgs,
+    },
+    /// The RTPS port mapping of a domain, for firewall rules
+    Ports {
+        #[arg(long, default_value_t = 0, value_parser = domain)]
+        domain: u16,
+    },
+    /// Print the version
+    Version,
+}
+
+/// Which pod and what to listen to: shared by probe and doctor.
+#[derive(Args)]
+struct PodArgs {
+    /// The pod's netns (a path such as /var/run/netns/cni-1234 or /proc/PID/ns/net); default: this one
+    #[arg(long)]
+    netns: Option<String>,
+    /// The pod's macvlan interface
+    #[arg(long, default_value = "net1")]
+    iface: String,
+    /// ROS_DOMAIN_ID
+    #[arg(long, default_value_t = 0, value_parser = domain)]
+    domain: u16,
+    /// How long to listen
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    seconds: f64,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Where plugins hand over memberships (the config key agentSocket points the plugin elsewhere)
+    #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
+    socket: PathBuf,
+    /// Copy the plugin into this CNI bin dir at start
+    #[arg(long)]
+    cni_bin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Release orphaned host-local claims under this data dir periodically
+    #[arg(long)]
+    gc_data_dir: Option<PathBuf>,
+    /// How often gc runs, in seconds
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    gc_every: u64,
+}
+
+#[derive(Args)]
+struct InstallArgs {
+    /// The node's CNI bin dir, e.g. /opt/cni/bin
+    #[arg(long)]
+    cni_bin_dir: PathBuf,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Only check that the installed binary is this one
+    #[arg(long)]
+    verify: bool,
+    /// After installing, wait for SIGTERM
+    #[arg(long)]
+    stay: bool,
+}
+
+/// The node policy mirrored from a ConfigMap mount.
+#[derive(Args)]
+struct PolicyArgs {
+    /// The policy file as the ConfigMap mount shows it
+    #[arg(long, requires = "policy_dir")]
+    policy: Option<PathBuf>,
+    /// Where the plugin reads the node policy
+    #[arg(long, requires = "policy")]
+    policy_dir: Option<PathBuf>,
+}
+
+impl PolicyArgs {
+    fn pair(&self) -> Option<(PathBuf, PathBuf)> {
+        self.policy.clone().zip(self.policy_dir.clone())
+    }
+}
+
+fn domain(s: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|d| *d <= MAX_DOMAIN)
+        .ok_or_else(|| format!("takes 0..{MAX_DOMAIN}"))
+}
+
+fn seconds(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0 && *s <= 86400.0)
+        .ok_or_else(|| "takes a positive number of seconds (at most a day)".into())
+}
 
 pub fn main(args: &[String]) -> i32 {
     // Like other Unix tools, end quietly when the reader goes away (`probe | head`).
@@ -13,50 +157,70 @@ pub fn main(args: &[String]) -> i32 {
             nix::sys::signal::SigHandler::SigDfl,
         )
     };
-    match args[0].as_str() {
-        "demo" => crate::demo::run(),
-        "install" => crate::install::main(&args[1..]),
-        "gc" => gc(&args[1..]),
-        "probe" => probe(&args[1..]),
-        "doctor" => doctor(&args[1..]),
-        "ports" => ports(&args[1..]),
-        "version" | "--version" => {
+    let cli = match Cli::try_parse_from(
+        std::iter::once("ros-macvlan").chain(args.iter().map(String::as_str)),
+    ) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match cli.command {
+        Sub::Demo => crate::demo::run(),
+        Sub::Agent(a) => crate::agent::run(crate::agent::Options {
+            socket: a.socket,
+            cni_bin_dir: a.cni_bin_dir,
+            policy: a.policy.pair(),
+            gc: a.gc_data_dir.map(|d| (d, Duration::from_secs(a.gc_every))),
+        }),
+        Sub::Install(a) => crate::install::main(&crate::install::Options {
+            cni_bin_dir: a.cni_bin_dir,
+            policy: a.policy.pair(),
+            verify: a.verify,
+            stay: a.stay,
+        }),
+        Sub::Gc { data_dir, every } => loop {
+            let code = gc_once(&data_dir);
+            match every {
+                Some(secs) => std::thread::sleep(Duration::from_secs(secs)),
+                None => return code,
+            }
+        },
+        Sub::Probe {
+            pod,
+            all_domains,
+            json,
+            announce,
+        } => probe(crate::probe::Options {
+            netns: pod.netns,
+            iface: pod.iface,
+            domains: if all_domains {
+                (0..=MAX_DOMAIN).collect()
+            } else {
+                vec![pod.domain]
+            },
+            seconds: pod.seconds,
+            json,
+            announce,
+            live: true,
+        }),
+        Sub::Doctor { pod } => crate::doctor::print(&crate::doctor::run(&crate::doctor::Options {
+            netns: pod.netns,
+            iface: pod.iface,
+            domain: pod.domain,
+            seconds: pod.seconds.min(60.0),
+        })),
+        Sub::Ports { domain } => ports(domain),
+        Sub::Version => {
             println!("ros-macvlan {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        _ => {
-            eprintln!("{USAGE}");
-            2
-        }
     }
 }
 
-/// `gc [--data-dir DIR] [--every SECONDS]`: releases the claims of pods that are gone; with
-/// `--every`, again and again (the DaemonSet's gc container).
-fn gc(args: &[String]) -> i32 {
-    let mut data_dir = PathBuf::from(DEFAULT_DATA_DIR);
-    let mut every: Option<u64> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match (a.as_str(), it.next()) {
-            ("--data-dir", Some(d)) => data_dir = PathBuf::from(d),
-            ("--every", Some(s)) if s.parse::<u64>().is_ok_and(|n| n > 0) => every = s.parse().ok(),
-            _ => {
-                eprintln!("usage: ros-macvlan gc [--data-dir DIR] [--every SECONDS]");
-                return 2;
-            }
-        }
-    }
-    loop {
-        let code = gc_once(&data_dir);
-        match every {
-            Some(secs) => std::thread::sleep(std::time::Duration::from_secs(secs)),
-            None => return code,
-        }
-    }
-}
-
-fn gc_once(data_dir: &std::path::Path) -> i32 {
+/// One round of gc: releases the claims of pods that are gone, naming each.
+pub(crate) fn gc_once(data_dir: &Path) -> i32 {
     match crate::lifecycle::release_orphans(data_dir) {
         Ok(released) => {
             for o in &released {
@@ -86,86 +250,7 @@ fn gc_once(data_dir: &std::path::Path) -> i32 {
     }
 }
 
-/// Options shared by probe and doctor, parsed by hand: a handful of flags.
-struct Flags {
-    netns: Option<String>,
-    iface: String,
-    domain: u16,
-    all_domains: bool,
-    seconds: f64,
-    json: bool,
-    announce: bool,
-}
-
-fn parse_flags(args: &[String], usage: &str) -> Result<Flags, i32> {
-    let mut f = Flags {
-        netns: None,
-        iface: "net1".into(),
-        domain: 0,
-        all_domains: false,
-        seconds: 10.0,
-        json: false,
-        announce: false,
-    };
-    let mut it = args.iter();
-    let bad = |what: &str| {
-        eprintln!("{what}\nusage: {usage}");
-        Err(2)
-    };
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--netns" => f.netns = it.next().cloned(),
-            "--iface" => match it.next() {
-                Some(i) => f.iface = i.clone(),
-                None => return bad("--iface needs a name"),
-            },
-            "--domain" => match it
-                .next()
-                .and_then(|d| d.parse::<u16>().ok())
-                .filter(|d| *d <= crate::rtps::MAX_DOMAIN)
-            {
-                Some(d) => f.domain = d,
-                None => return bad("--domain takes 0..232"),
-            },
-            "--all-domains" => f.all_domains = true,
-            "--seconds" => match it
-                .next()
-                .and_then(|s| s.parse::<f64>().ok())
-                .filter(|s| *s > 0.0 && *s <= 86400.0)
-            {
-                Some(s) => f.seconds = s,
-                None => return bad("--seconds takes a positive number"),
-            },
-            "--json" => f.json = true,
-            "--announce" => f.announce = true,
-            other => return bad(&format!("unknown option {other}")),
-        }
-    }
-    Ok(f)
-}
-
-const PROBE_USAGE: &str = "ros-macvlan probe [--netns PATH] [--iface net1] [--domain N | --all-domains] [--seconds S] [--json] [--announce]";
-const DOCTOR_USAGE: &str =
-    "ros-macvlan doctor [--netns PATH] [--iface net1] [--domain N] [--seconds S]";
-
-fn probe(args: &[String]) -> i32 {
-    let f = match parse_flags(args, PROBE_USAGE) {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let opts = crate::probe::Options {
-        netns: f.netns,
-        iface: f.iface,
-        domains: if f.all_domains {
-            (0..=crate::rtps::MAX_DOMAIN).collect()
-        } else {
-            vec![f.domain]
-        },
-        seconds: f.seconds,
-        json: f.json,
-        announce: f.announce,
-        live: true,
-    };
+fn probe(opts: crate::probe::Options) -> i32 {
     match crate::probe::run(&opts) {
         Ok(report) => {
             crate::probe::print_report(&opts, &report);
@@ -178,38 +263,9 @@ fn probe(args: &[String]) -> i32 {
     }
 }
 
-fn doctor(args: &[String]) -> i32 {
-    let f = match parse_flags(args, DOCTOR_USAGE) {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
-    let checks = crate::doctor::run(&crate::doctor::Options {
-        netns: f.netns,
-        iface: f.iface,
-        domain: f.domain,
-        seconds: f.seconds.min(60.0),
-    });
-    crate::doctor::print(&checks)
-}
-
-/// `ports --domain N`: the RTPS port mapping, for firewall rules.
-fn ports(args: &[String]) -> i32 {
+/// The RTPS port mapping, for firewall rules.
+fn ports(domain: u16) -> i32 {
     use crate::rtps::*;
-    let domain = match args {
-        [flag, d] if flag == "--domain" => match d.parse::<u16>().ok().filter(|d| *d <= MAX_DOMAIN)
-        {
-            Some(d) => d,
-            None => {
-                eprintln!("--domain takes 0..{MAX_DOMAIN}");
-                return 2;
-            }
-        },
-        [] => 0,
-        _ => {
-            eprintln!("usage: ros-macvlan ports [--domain N]");
-            return 2;
-        }
-    };
     println!("RTPS ports for ROS_DOMAIN_ID={domain} (UDP; PB=7400, DG=250, PG=2, d0=0, d1=10, d2=1, d3=11)");
     println!(
         "  discovery multicast  {SPDP_GROUP}:{}",
@@ -234,18 +290,3 @@ fn ports(args: &[String]) -> i32 {
     println!("  (participant N: discovery {} + 2N, user {} + 2N; open them for as many participants as a host runs)", discovery_unicast_port(domain, 0), user_unicast_port(domain, 0));
     0
 }
-
-const USAGE: &str = "usage: ros-macvlan <subcommand>
-  (no subcommand)  run as a CNI plugin: CNI_COMMAND and friends in the environment, config on stdin
-  demo             (root) build the guide's two-talkers-one-listener scene in namespaces and show discovery working
-  install --cni-bin-dir DIR [--policy FILE --policy-dir DIR] [--verify] [--stay]
-                   copy this binary into DIR atomically (the DaemonSet's job); --verify checks it is there
-  gc [--data-dir DIR] [--every SECONDS]
-                   release host-local claims whose pod's netns is gone (default dir /var/lib/cni/networks)
-  probe            [--netns PATH] [--iface net1] [--domain N | --all-domains] [--seconds S] [--json] [--announce]
-                   list the DDS participants this pod hears (SPDP decoded), optionally announcing one
-  doctor           [--netns PATH] [--iface net1] [--domain N] [--seconds S]
-                   check the pod's discovery path and say how to fix what is broken
-  ports [--domain N]
-                   the RTPS port mapping of a domain, for firewall rules
-  version          print the version";

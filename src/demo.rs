@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::cni::config::ROS_DISCOVERY_GROUP;
-use crate::scene::{group_receiver, run_in, send_to_group, Lan, Node, Pod, Reply};
+use crate::scene::{group_receiver, run_in, send_to_group, Agent, Lan, Node, Pod, Reply};
 
 /// SPDP for ROS_DOMAIN_ID 0 goes to 7400 + 250 × domain.
 const DISCOVERY_PORT: u16 = 7400;
@@ -67,8 +67,15 @@ fn scene(bin: &Path, data: &Path) -> bool {
     );
     let lan = Lan::create();
     let node = Node::new(&lan);
+    // The node agent the DaemonSet runs: it holds each pod's group membership.
+    let agent = Agent::start(bin);
+    println!(
+        "  node agent: ros-macvlan agent --socket {}",
+        agent.socket().display()
+    );
     let conf = json!({
         "cniVersion": "1.0.0", "name": "ros-net", "type": "ros-macvlan",
+        "agentSocket": agent.socket(),
         "master": node.master, "mode": "bridge", "isDefaultgateway": true,
         "ipam": { "type": "host-local", "dataDir": data,
           "ranges": [[{ "subnet": "198.51.100.0/24", "rangeStart": "198.51.100.160",
@@ -93,8 +100,23 @@ fn scene(bin: &Path, data: &Path) -> bool {
             .as_str()
             .unwrap_or("?")
             .to_owned();
-        println!("  {name:<9} net1 {addr:<18} (ros-macvlan ADD: joined {ROS_DISCOVERY_GROUP}, multicast routed out net1, eth0 marked non-multicast)");
+        println!("  {name:<9} net1 {addr:<18} (ros-macvlan ADD: multicast routed out net1, eth0 marked non-multicast)");
         addrs.push(addr);
+    }
+    println!("\nMemberships, as the kernel lists them in each pod's /proc/net/igmp (held by the agent's sockets; the pods' addresses show no group):");
+    let mut all_joined = true;
+    for (pod, name) in pods.iter().zip(names) {
+        let ok = crate::multicast::joined_groups(&pod.ns.handle(), "net1")
+            .is_ok_and(|joined| joined.contains(&ROS_DISCOVERY_GROUP));
+        all_joined &= ok;
+        println!(
+            "  {name:<9} net1 {}",
+            if ok {
+                format!("joined {ROS_DISCOVERY_GROUP}")
+            } else {
+                format!("has NOT joined {ROS_DISCOVERY_GROUP}")
+            }
+        );
     }
 
     println!("\nPlain multicast, as DDS discovery sends it: each talker sends to {ROS_DISCOVERY_GROUP}:{DISCOVERY_PORT}, the listener joins nothing itself.");
@@ -121,7 +143,7 @@ fn scene(bin: &Path, data: &Path) -> bool {
             if ok { "hears" } else { "does NOT hear" }
         );
     }
-    let mut all_ok = heard.len() == 2;
+    let mut all_ok = all_joined && heard.len() == 2;
 
     if which("ddsperf") {
         println!("\nA real DDS (CycloneDDS ddsperf, no configuration): two `ddsperf pub 10Hz`, one `ddsperf sub`.");

@@ -120,14 +120,33 @@ fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Check>> {
     });
 
     let group = rtps::SPDP_GROUP;
+    let group_addresses: Vec<IpNetwork> = nl
+        .addresses(Some(link.index))?
+        .into_iter()
+        .map(|(_, a)| a)
+        .filter(|a| a.ip().is_multicast())
+        .collect();
+    if let Some(a) = group_addresses.first() {
+        out.push(fail(
+            "group address",
+            format!(
+                "{} carries the multicast group {a} as an address (left by an earlier ros-macvlan): Fast DDS takes it for a local address and sends its discovery to 127.0.0.1",
+                opts.iface
+            ),
+            format!(
+                "ip addr del {a} dev {} (then the node agent holds the membership; re-created pods never get the address)",
+                opts.iface
+            ),
+        ));
+    }
     let joined = crate::multicast::joined_groups(ns, &opts.iface)?;
     out.push(if joined.contains(&group) {
         pass("membership", format!("{group} joined on {} (the switch is told to forward discovery)", opts.iface))
     } else {
-        fail(
+        warn(
             "membership",
-            format!("{group} is not joined on {}: IGMP-snooping switches will not forward discovery here", opts.iface),
-            format!("ip addr add {group}/32 dev {} autojoin && ip route del local {group} dev {} table local (ros-macvlan does this by default: multicast.groups)", opts.iface, opts.iface),
+            format!("{group} is not joined on {}: IGMP-snooping switches forward discovery here only while a DDS process in the pod has joined it", opts.iface),
+            format!("run the node agent (`ros-macvlan agent`, the ros-macvlan DaemonSet's process): it holds the membership of every attachment, also of pods started before it (check: {} in /proc/net/igmp of the pod)", opts.iface),
         )
     });
 

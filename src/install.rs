@@ -61,7 +61,7 @@ fn is_placed(bytes: &[u8], target: &Path, mode: u32) -> bool {
 
 /// The node policy follows the ConfigMap: copied when the ConfigMap has one, removed when
 /// it has none (then everything is allowed again).
-fn sync_policy(source: &Path, dir: &Path) -> io::Result<&'static str> {
+pub(crate) fn sync_policy(source: &Path, dir: &Path) -> io::Result<&'static str> {
     let name = Path::new(crate::policy::DEFAULT_POLICY_FILE)
         .file_name()
         .and_then(|n| n.to_str())
@@ -84,30 +84,17 @@ fn sync_policy(source: &Path, dir: &Path) -> io::Result<&'static str> {
 /// `--verify` only reports whether DIR holds this exact binary (the DaemonSet's readiness
 /// probe); `--policy` mirrors a ConfigMap's policy file into the node's policy dir; `--stay`
 /// keeps running afterwards (the DaemonSet's main process).
-pub fn main(args: &[String]) -> i32 {
-    let mut dir: Option<PathBuf> = None;
-    let (mut policy, mut policy_dir): (Option<PathBuf>, Option<PathBuf>) = (None, None);
-    let (mut verify, mut stay) = (false, false);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--cni-bin-dir" => dir = it.next().map(PathBuf::from),
-            "--policy" => policy = it.next().map(PathBuf::from),
-            "--policy-dir" => policy_dir = it.next().map(PathBuf::from),
-            "--verify" => verify = true,
-            "--stay" => stay = true,
-            other => {
-                eprintln!("install: unknown option {other}; usage: ros-macvlan install --cni-bin-dir DIR [--policy FILE --policy-dir DIR] [--verify] [--stay]");
-                return 2;
-            }
-        }
-    }
-    let Some(dir) = dir else {
-        eprintln!(
-            "install: --cni-bin-dir DIR is required (the node's CNI bin dir, e.g. /opt/cni/bin)"
-        );
-        return 2;
-    };
+/// What `ros-macvlan install` was asked to do.
+pub struct Options {
+    pub cni_bin_dir: PathBuf,
+    /// The policy file (a ConfigMap mount) and where the plugin reads it.
+    pub policy: Option<(PathBuf, PathBuf)>,
+    pub verify: bool,
+    pub stay: bool,
+}
+
+pub fn main(opts: &Options) -> i32 {
+    let dir = &opts.cni_bin_dir;
     let source = match std::env::current_exe() {
         Ok(s) => s,
         Err(e) => {
@@ -116,7 +103,7 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let target = dir.join(BINARY_NAME);
-    if verify {
+    if opts.verify {
         let ok = fs::read(&source).is_ok_and(|b| is_placed(&b, &target, 0o755));
         println!(
             "{} {}",
@@ -129,7 +116,7 @@ pub fn main(args: &[String]) -> i32 {
         );
         return if ok { 0 } else { 1 };
     }
-    match install(&source, &dir) {
+    match install(&source, dir) {
         Ok(Installed::Written) => println!(
             "installed {} (version {})",
             target.display(),
@@ -145,7 +132,7 @@ pub fn main(args: &[String]) -> i32 {
             return 1;
         }
     }
-    if let (Some(src), Some(pdir)) = (&policy, &policy_dir) {
+    if let Some((src, pdir)) = &opts.policy {
         match sync_policy(src, pdir) {
             Ok(what) => println!("{what} ({})", pdir.display()),
             Err(e) => {
@@ -157,7 +144,7 @@ pub fn main(args: &[String]) -> i32 {
             }
         }
     }
-    if stay {
+    if opts.stay {
         return wait_for_termination();
     }
     0

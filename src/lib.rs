@@ -1,6 +1,7 @@
 //! ros-macvlan: a CNI plugin giving ROS 2 pods a macvlan interface on the node's LAN on
 //! which DDS discovery works. This file dispatches the CNI verbs and the CLI subcommands.
 
+pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod demo;
@@ -10,6 +11,7 @@ pub mod install;
 pub mod ipam;
 pub mod lifecycle;
 pub mod macvlan;
+pub mod membership;
 pub mod multicast;
 pub mod netlink;
 pub mod netns;
@@ -50,8 +52,8 @@ pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome
         Err(e) => Err(e),
     };
     match result {
-        Ok(stdout) => Outcome {
-            stdout,
+        Ok(answer) => Outcome {
+            stdout: answer.stdout,
             exit_code: 0,
         },
         Err(e) => Outcome {
@@ -61,9 +63,28 @@ pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome
     }
 }
 
+/// What a verb answers on stdout, and what the log line should say beside the outcome.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub stdout: Option<Value>,
+    pub notes: Vec<String>,
+}
+
+impl Answer {
+    fn silent() -> Answer {
+        Answer::default()
+    }
+    fn json(v: Value) -> Answer {
+        Answer {
+            stdout: Some(v),
+            notes: Vec::new(),
+        }
+    }
+}
+
 /// A bug must still answer in the protocol: a panic becomes an error JSON, not a crash
 /// the runtime cannot read.
-fn dispatch_guarded(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
+fn dispatch_guarded(env: &CniEnv, input: &Result<Value>) -> Result<Answer> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, input))).unwrap_or_else(
         |_| {
             Err(Error::Io(
@@ -74,10 +95,10 @@ fn dispatch_guarded(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>
     )
 }
 
-fn dispatch(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
+fn dispatch(env: &CniEnv, input: &Result<Value>) -> Result<Answer> {
     if env.command == Command::Version {
         // VERSION may come with no config at all.
-        return Ok(Some(version_info(input.as_ref().ok())));
+        return Ok(Answer::json(version_info(input.as_ref().ok())));
     }
     let conf = match input {
         Ok(v) => NetConf::from_value(v)?,
@@ -87,11 +108,14 @@ fn dispatch(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
         Command::Add => {
             let ipam = Ipam::from_conf(&conf, env)?;
             let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
-            macvlan::add(&conf, env, &ipam, &ns).map(|r| Some(r.to_json(&conf.version)))
+            macvlan::add(&conf, env, &ipam, &ns).map(|added| Answer {
+                stdout: Some(added.result.to_json(&conf.version)),
+                notes: added.notes,
+            })
         }
         Command::Del => {
             let ipam = Ipam::from_conf(&conf, env)?;
-            macvlan::del(&conf, env, &ipam).map(|_| None)
+            macvlan::del(&conf, env, &ipam).map(|_| Answer::silent())
         }
         Command::Check => {
             if !conf.version.supports_check() {
@@ -102,15 +126,15 @@ fn dispatch(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
             }
             let ipam = Ipam::from_conf(&conf, env)?;
             let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
-            macvlan::check(&conf, env, &ipam, &ns).map(|_| None)
+            macvlan::check(&conf, env, &ipam, &ns).map(|_| Answer::silent())
         }
         Command::Gc => {
             require_1_1(&conf.version, "GC")?;
-            lifecycle::gc(&conf, env).map(|_| None)
+            lifecycle::gc(&conf, env).map(|_| Answer::silent())
         }
         Command::Status => {
             require_1_1(&conf.version, "STATUS")?;
-            lifecycle::status(&conf, env).map(|_| None)
+            lifecycle::status(&conf, env).map(|_| Answer::silent())
         }
         Command::Version => unreachable!("answered above"),
     }

@@ -135,7 +135,7 @@ pub fn status(conf: &NetConf, env: &CniEnv) -> Result<()> {
 pub fn log_invocation(
     env: &CniEnv,
     conf: Option<&Value>,
-    result: &Result<Option<Value>>,
+    result: &Result<crate::Answer>,
     took: Duration,
 ) {
     if !matches!(env.command, Command::Add | Command::Del | Command::Check) {
@@ -157,7 +157,7 @@ pub fn log_invocation(
     let address = result
         .as_ref()
         .ok()
-        .and_then(|r| r.as_ref())
+        .and_then(|r| r.stdout.as_ref())
         .and_then(|r| {
             r.get("ips")
                 .and_then(|i| i.get(0))
@@ -168,7 +168,8 @@ pub fn log_invocation(
         .unwrap_or("-")
         .to_owned();
     let outcome = match result {
-        Ok(_) => "ok".to_owned(),
+        Ok(answer) if answer.notes.is_empty() => "ok".to_owned(),
+        Ok(answer) => format!("ok; {}", answer.notes.join("; ")),
         Err(e) => format!("error {}: {e}", e.code()),
     };
     let line = format!(

@@ -12,6 +12,7 @@ use crate::cni::result::{CniResult, Interface};
 use crate::cni::{Error, Result};
 use crate::duplicate;
 use crate::ipam::Ipam;
+use crate::membership;
 use crate::multicast;
 use crate::netlink::{
     kernel_mode, Link, LinkChange, Netlink, NewMacvlan, Op, DEVCONF_ARP_NOTIFY, TABLE_MAIN,
@@ -112,7 +113,7 @@ pub fn crash_point(step: &str) {
 }
 
 /// The steps of ADD a crash test can stop at, in order.
-pub const ADD_STEPS: &[&str] = &["created", "claimed", "configured", "marked"];
+pub const ADD_STEPS: &[&str] = &["created", "claimed", "configured", "joined", "marked"];
 
 /// What the checks before the first change decided.
 struct Plan {
@@ -121,15 +122,22 @@ struct Plan {
     policy: Option<Policy>,
 }
 
+/// What ADD made, and what the log line should say beside it.
+pub struct Added {
+    pub result: CniResult,
+    pub notes: Vec<String>,
+}
+
 /// What ADD has done so far, for rollback.
 #[derive(Default)]
 struct Progress {
     link: Option<u32>,
     ipam: bool,
+    joined: bool,
     marked: bool,
 }
 
-pub fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result<CniResult> {
+pub fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result<Added> {
     // Everything checkable is checked before the first change.
     let master = resolve_master(&ns.master_nl, conf)?;
     let policy = Policy::load()?;
@@ -168,7 +176,7 @@ fn add_steps(
     ns: &Namespaces,
     plan: &Plan,
     progress: &mut Progress,
-) -> Result<CniResult> {
+) -> Result<Added> {
     let master = &plan.master;
     // Created in the pod's namespace under its final name, so there is no move and no
     // rename; a DEL after an ADD killed at any point finds it by that name.
@@ -201,7 +209,7 @@ fn add_steps(
 
     // The rest of the pod side in one exchange with the kernel, in the order it needs:
     // up first (routes need a running link), addresses, the routes IPAM asked for, then
-    // the multicast memberships and routes.
+    // the multicast routes.
     let mut settings = vec![
         // Peers update their ARP caches at once when an address moves to a new pod.
         (DEVCONF_ARP_NOTIFY, 1),
@@ -218,9 +226,14 @@ fn add_steps(
             .iter()
             .map(|r| Op::add_route(link.index, r.dst, r.gw)),
     );
-    ops.extend(multicast::setup_ops(link.index, &conf.multicast));
+    ops.extend(multicast::route_ops(link.index, &conf.multicast));
     ns.pod_nl.apply(ops)?;
     crash_point("configured");
+
+    // Joined once the link is up and addressed, so the IGMP report carries net1's address.
+    progress.joined = true;
+    let note = membership::hold(conf, env, &ns.pod_ns, link.index)?;
+    crash_point("joined");
 
     progress.marked = conf.multicast.mark_other_interfaces;
     if progress.marked {
@@ -234,7 +247,10 @@ fn add_steps(
         sandbox: Some(env.netns.clone()),
         mtu: Some(link.mtu),
     }];
-    Ok(result)
+    Ok(Added {
+        result,
+        notes: note.into_iter().collect(),
+    })
 }
 
 /// Gets the addresses from IPAM and, with duplicate detection on (host-local), ARP-probes
@@ -300,15 +316,16 @@ fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &P
             eprintln!("ros-macvlan: rollback: restoring multicast flags failed: {e}");
         }
     }
+    if progress.joined {
+        membership::release(conf, env);
+    }
     if progress.ipam {
         if let Err(e) = ipam.del(conf, env) {
             eprintln!("ros-macvlan: rollback: releasing the address failed: {e}");
         }
     }
     if let Some(index) = progress.link {
-        let mut ops = multicast::leave_ops(index, &conf.multicast);
-        ops.push(Op::del_link(index));
-        if let Err(e) = ns.pod_nl.apply(ops) {
+        if let Err(e) = ns.pod_nl.apply(vec![Op::del_link(index)]) {
             eprintln!("ros-macvlan: rollback: removing the interface failed: {e}");
         }
     }
@@ -316,13 +333,16 @@ fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &P
 
 /// DEL. The kernel's removal of a link waits for RCU grace periods (about 20 ms, most of
 /// a DEL), and so does taking a link down; so DEL makes the link inert at once and leaves
-/// the removal to a detached process (`reaper`): the link leaves its groups (the IGMP leave
-/// goes out), loses its addresses and routes (it answers for no address and carries no
+/// the removal to a detached process (`reaper`): the agent lets go of its memberships (the
+/// IGMP leave goes out), the link loses its addresses and routes (it answers for no address and carries no
 /// traffic of the pod's), and takes a name of its own, so `CNI_IFNAME` is free for the
 /// next ADD. Only then is the address released, so no other pod can get it while this link
 /// could still use it. Nothing left to do is success; a namespace that is gone has taken
 /// its links with it.
 pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
+    // The heirs of the multicast routes are read from the records before ours goes.
+    let heirs = membership::other_members(conf, env);
+    membership::release(conf, env);
     if env.netns.is_empty() {
         return ipam.del(conf, env);
     }
@@ -345,14 +365,15 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
     };
     let mut ops = Vec::new();
     for link in &ours {
-        ops.extend(multicast::leave_ops(link.index, &conf.multicast));
         // Routes first: the kernel flushes a link's routes itself when its last IPv4
         // address goes, but not on a link that had none.
         ops.extend(multicast::route_removal_ops(link.index, &conf.multicast));
+        // Every address, also a group joined as an address by an earlier version, whose
+        // membership the kernel would otherwise keep after the link is gone.
         ops.extend(
             addresses
                 .iter()
-                .filter(|(index, addr)| *index == link.index && !addr.ip().is_multicast())
+                .filter(|(index, _)| *index == link.index)
                 .map(|(_, addr)| Op::del_address(link.index, *addr)),
         );
         if !link.name.starts_with(&prefix) {
@@ -362,7 +383,7 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
     // eth0's mark in the same exchange.
     ops.extend(multicast::restore_ops(&others, &env.ifname));
     nl.apply(ops)?;
-    multicast::hand_over_routes(&nl, &pod_ns, &others, &conf.multicast)?;
+    multicast::hand_over_routes(&nl, &others, &heirs, &conf.multicast)?;
     ipam.del(conf, env)?;
     let doomed: Vec<u32> = ours.iter().map(|l| l.index).collect();
     crate::reaper::delete_links(nl, &doomed, conf.wait_for_link_removal)
@@ -437,5 +458,6 @@ pub fn check(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Resu
             )));
         }
     }
-    multicast::check(&ns.pod_nl, &ns.pod_ns, &link, &conf.multicast)
+    multicast::check(&ns.pod_nl, &ns.pod_ns, &link, &conf.multicast)?;
+    membership::check(conf, env, &ns.pod_ns)
 }

@@ -1,7 +1,7 @@
-//! The ROS-aware part: the pod joins the DDS discovery group on the macvlan with a
-//! membership the kernel holds, multicast leaves through it, its rp_filter is loose, and
+//! The ROS-aware part: multicast leaves through the macvlan, its rp_filter is loose, and
 //! the pod's interfaces that cannot carry multicast stop claiming they can (so DDS
-//! implementations that rank interfaces pick this one). CHECK and DEL of all that.
+//! implementations that rank interfaces pick this one). CHECK and DEL of all that. The
+//! group memberships are `membership`'s.
 
 use std::net::Ipv4Addr;
 
@@ -11,7 +11,7 @@ use crate::cni::config::MulticastConf;
 use crate::cni::{Error, Result};
 use crate::netlink::{
     Link, LinkChange, Netlink, Op, RouteEntry, DEVCONF_RP_FILTER, ROUTE_LOCAL, ROUTE_UNICAST,
-    SCOPE_HOST, SCOPE_LINK, TABLE_LOCAL, TABLE_MAIN,
+    SCOPE_LINK, TABLE_LOCAL, TABLE_MAIN,
 };
 use crate::netns::Netns;
 
@@ -49,29 +49,13 @@ pub fn interface_settings(mc: &MulticastConf) -> Vec<(u16, u32)> {
     }
 }
 
-/// The changes that make discovery work on the new interface, once it is up and
-/// addressed: the memberships, then the routes.
-pub fn setup_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
-    let mut ops: Vec<Op> = mc
-        .groups
+/// The routes that send multicast out the new interface, once it is up and addressed.
+/// Present already means a first ros-macvlan attachment in this pod carries them.
+pub fn route_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
+    mc.routes
         .iter()
-        .map(|g| Op::join_group(index, *g))
-        .collect();
-    // Joining a group through an auto-join address also installs `local <group>` in the
-    // local table, which turns the pod's own sends to the group into loopback: they would
-    // never leave on the LAN. The membership does not depend on that route, so it goes.
-    ops.extend(
-        mc.groups
-            .iter()
-            .map(|g| Op::del_route(&group_local_route(index, *g))),
-    );
-    // Present already means a first ros-macvlan attachment in this pod carries it.
-    ops.extend(
-        mc.routes
-            .iter()
-            .map(|dst| Op::add_route(index, IpNetwork::V4(*dst), None)),
-    );
-    ops
+        .map(|dst| Op::add_route(index, IpNetwork::V4(*dst), None))
+        .collect()
 }
 
 /// Takes the multicast routes off a link that stays up a little while longer (see
@@ -90,18 +74,6 @@ pub fn route_removal_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
             })
         })
         .collect()
-}
-
-/// The route the kernel adds for a joined group's address.
-fn group_local_route(index: u32, group: Ipv4Addr) -> RouteEntry {
-    RouteEntry {
-        dst: IpNetwork::V4(ipnetwork::Ipv4Network::from(group)),
-        gw: None,
-        oif: Some(index),
-        table: TABLE_LOCAL,
-        kind: ROUTE_LOCAL,
-        scope: SCOPE_HOST,
-    }
 }
 
 fn group_local_routes(nl: &Netlink, index: u32, groups: &[Ipv4Addr]) -> Result<Vec<RouteEntry>> {
@@ -156,14 +128,6 @@ pub fn mark_other_interfaces(nl: &Netlink, ifname: &str) -> Result<()> {
     nl.apply(ops)
 }
 
-/// Leaves the groups (see `Op::leave_group`); this must come before the interface goes.
-pub fn leave_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
-    mc.groups
-        .iter()
-        .map(|g| Op::leave_group(index, *g))
-        .collect()
-}
-
 /// Takes this attachment off every mark; an interface no attachment wants off multicast any
 /// more gets its MULTICAST flag and alias back.
 pub fn restore_ops(links: &[Link], ifname: &str) -> Vec<Op> {
@@ -191,28 +155,24 @@ pub fn restore_ops(links: &[Link], ifname: &str) -> Vec<Op> {
 }
 
 /// DEL of one of several attachments: the multicast routes went with its link, so they move
-/// to another attachment of the pod that joined the same groups, if one is left.
+/// to the first of `heirs` (the pod's other attachments that joined the same groups) that
+/// is still there.
 pub fn hand_over_routes(
     nl: &Netlink,
-    ns: &Netns,
     links: &[Link],
+    heirs: &[String],
     mc: &MulticastConf,
 ) -> Result<()> {
     if mc.routes.is_empty() {
         return Ok(());
     }
-    for link in links.iter().filter(|l| l.is_macvlan()) {
-        let joined = joined_groups(ns, &link.name)?;
-        if mc.groups.iter().any(|g| joined.contains(g)) {
-            return nl.apply(
-                mc.routes
-                    .iter()
-                    .map(|dst| Op::add_route(link.index, IpNetwork::V4(*dst), None))
-                    .collect(),
-            );
-        }
+    match links
+        .iter()
+        .find(|l| l.is_macvlan() && heirs.contains(&l.name))
+    {
+        Some(heir) => nl.apply(route_ops(heir.index, mc)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The groups the kernel lists as joined on `ifname` in the namespace's /proc/net/igmp.
@@ -249,17 +209,8 @@ fn parse_igmp(text: &str, ifname: &str) -> Vec<Ipv4Addr> {
     groups
 }
 
-/// CHECK: the membership, the routes, rp_filter and the marking are as ADD left them.
+/// CHECK: the routes, rp_filter and the marking are as ADD left them.
 pub fn check(nl: &Netlink, ns: &Netns, link: &Link, mc: &MulticastConf) -> Result<()> {
-    let joined = joined_groups(ns, &link.name)?;
-    for g in &mc.groups {
-        if !joined.contains(g) {
-            return Err(Error::CheckFailed(format!(
-                "{} has no membership of multicast group {g} (/proc/net/igmp)",
-                link.name
-            )));
-        }
-    }
     if let Some(r) = group_local_routes(nl, link.index, &mc.groups)?.first() {
         return Err(Error::CheckFailed(format!(
             "local route {} in the pod turns sends to the group into loopback",

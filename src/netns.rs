@@ -51,6 +51,12 @@ impl Netns {
         self.file.as_raw_fd()
     }
 
+    /// The namespace's inode: two handles with the same inode are the same namespace.
+    pub fn inode(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().map(|m| m.ino())
+    }
+
     /// Runs `job` with the current thread inside this namespace, then returns the thread to
     /// the namespace it was in, even if `job` panics.
     pub fn run<T>(&self, job: impl FnOnce() -> T) -> Result<T> {

@@ -127,8 +127,10 @@ impl Drop for Ns {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
         }
+        // Already gone is fine: a test may have removed it on purpose.
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
             .status();
     }
 }
@@ -347,4 +349,80 @@ pub fn hears(rx: &UdpSocket, payload: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// A node agent (`ros-macvlan agent`) of its own, listening on a unique socket under
+/// /run/ros-macvlan; stopped, with its socket and records removed, on drop.
+pub struct Agent {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Agent {
+    pub fn start(bin: &Path) -> Agent {
+        let dir = Path::new("/run/ros-macvlan").join(unique("agent"));
+        let mut agent = Agent {
+            bin: bin.to_owned(),
+            dir,
+            child: None,
+        };
+        agent.restart();
+        agent
+    }
+
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// Where the plugin keeps this agent's membership records.
+    pub fn records(&self) -> crate::membership::RecordDir {
+        crate::membership::RecordDir::beside(&self.socket())
+    }
+
+    /// Starts the agent (again), and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new(&self.bin)
+            .args(["agent", "--socket"])
+            .arg(self.socket())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ros-macvlan agent");
+        self.child = Some(child);
+        let client = crate::membership::AgentClient::new(&self.socket());
+        for _ in 0..200 {
+            if client.list().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the agent did not answer on {}", self.socket().display());
+    }
+
+    /// Kills the agent at once (SIGKILL: it has no chance to tidy up).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

@@ -810,9 +810,11 @@ fn del_leaves_the_link_inert_at_once_and_removed_shortly_after() {
     let node = Node::new(&lan);
     let pod = node.pod(12);
     let data = DataDir::create();
-    let conf = guide(&data);
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
 
     add(&node, &pod, &conf).ok();
+    assert!(joined(&pod.ns, "net1").contains(&"239.255.0.1".parse().unwrap()));
     del(&node, &pod, &conf).ok();
     let names = pod.ns.link_names();
     assert!(!names.contains(&"net1".to_string()), "{names:?}");

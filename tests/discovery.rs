@@ -52,25 +52,37 @@ fn membership_route_rp_filter_and_marking_then_del_restores() {
     pod.ns.sysctl("net.ipv4.conf.all.rp_filter", "1");
     pod.ns.sysctl("net.ipv4.conf.default.rp_filter", "1");
     let data = DataDir::create();
-    let conf = guide(&data);
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
+    let report = Capture::start(&node.ns, "lan0", &["igmp"]);
     let result = attach(&node, &pod, &conf);
+    let net1_addr = net1_addr(&result);
 
-    let igmp = pod.ns.read("/proc/thread-self/net/igmp");
-    let net1_block: String = igmp
-        .split("net1")
-        .nth(1)
-        .unwrap_or_default()
-        .lines()
-        .take(4)
-        .collect();
+    // The membership is the kernel's, held by the agent's socket: nothing in the pod shows
+    // it but /proc/net/igmp. No group address (Fast DDS would take it for a local one).
     assert!(
-        net1_block.contains("0100FFEF"),
-        "239.255.0.1 not joined on net1:\n{igmp}"
+        joined(&pod.ns, "net1").contains(&GROUP),
+        "239.255.0.1 not joined on net1"
     );
+    let addrs = pod.ns.ip(&["-4", "-o", "addr", "show", "dev", "net1"]);
+    assert_eq!(
+        addrs.lines().count(),
+        1,
+        "net1 has more than its own address:\n{addrs}"
+    );
+    assert!(addrs.contains(&format!("{net1_addr}/24")), "{addrs}");
+    assert!(!pod.ns.ip(&["addr"]).contains("239.255.0.1"));
     let local = pod.ns.ip(&["route", "show", "table", "local"]);
     assert!(
         !local.contains("239.255.0.1"),
-        "the auto-join local route would loop sends back:\n{local}"
+        "a local route would loop sends back:\n{local}"
+    );
+    // The IGMP report for the group left net1 with the pod's net1 address as its source.
+    std::thread::sleep(Duration::from_millis(300));
+    let report = report.stop();
+    assert!(
+        report.contains(&format!("{net1_addr} > ")) && report.contains("239.255.0.1"),
+        "no IGMP report for 239.255.0.1 from {net1_addr} on the LAN:\n{report}"
     );
     let main = pod.ns.ip(&["route", "show"]);
     assert!(
@@ -153,7 +165,8 @@ fn every_pod_sends_to_and_hears_every_other_both_ways() {
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
-    let conf = guide(&data);
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
     let pods: Vec<Pod> = (0..3).map(|i| node.pod(11 + i)).collect();
     let mut addrs = Vec::new();
     for pod in &pods {
@@ -227,16 +240,24 @@ impl Drop for Dds {
 }
 
 /// The original guide's example 4: two talkers and a listener in three pods, with no DDS
-/// configuration. Returns whether the listener matched both talkers and got their samples.
+/// configuration, and a node agent unless `agent` is false. Returns whether the listener
+/// matched both talkers and got their samples.
 fn guide_scene(
     plugin: &std::path::Path,
     plugin_type: &str,
     multicast: Option<Value>,
+    agent: bool,
 ) -> (bool, String) {
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
+    let agent = agent.then(start_agent);
     let mut conf = guide(&data);
+    if let Some(agent) = &agent {
+        conf = with_agent(conf, agent);
+    } else {
+        conf["agentSocket"] = json!(data.0.join("no-agent.sock"));
+    }
     conf["type"] = json!(plugin_type);
     if let Some(m) = multicast {
         conf["multicast"] = m;
@@ -284,10 +305,23 @@ fn ddsperf_listener_discovers_both_talkers() {
     if !require_root() {
         return;
     }
-    let (ok, log) = guide_scene(&plugin_bin(), "ros-macvlan", None);
+    let (ok, log) = guide_scene(&plugin_bin(), "ros-macvlan", None, true);
     assert!(
         ok,
         "ddsperf sub did not match both publishers over net1:\n{log}"
+    );
+}
+
+/// No node agent: ADD succeeds, and DDS joins the group itself.
+#[test]
+fn ddsperf_discovers_without_a_node_agent() {
+    if !require_root() {
+        return;
+    }
+    let (ok, log) = guide_scene(&plugin_bin(), "ros-macvlan", None, false);
+    assert!(
+        ok,
+        "ddsperf sub did not match both publishers without an agent:\n{log}"
     );
 }
 
@@ -299,7 +333,7 @@ fn ddsperf_fails_with_the_reference_macvlan() {
         return;
     }
     let reference = std::path::PathBuf::from(REFERENCE_DIR).join("macvlan");
-    let (ok, log) = guide_scene(&reference, "macvlan", None);
+    let (ok, log) = guide_scene(&reference, "macvlan", None, true);
     assert!(
         !ok,
         "discovery unexpectedly worked with the reference macvlan:\n{log}"
@@ -317,6 +351,7 @@ fn ddsperf_fails_when_eth0_keeps_its_multicast_flag() {
         &plugin_bin(),
         "ros-macvlan",
         Some(json!({"markOtherInterfaces": false})),
+        true,
     );
     assert!(!ok, "discovery worked without the marking:\n{log}");
 }
@@ -329,20 +364,27 @@ fn pods_on_two_nodes_discover_each_other_through_a_snooping_switch() {
     let lan = Lan::create();
     let nodes = [Node::new(&lan), Node::new(&lan)];
     let data = [DataDir::create(), DataDir::create()];
+    let agents = [start_agent(), start_agent()];
     let confs = [
-        guide_config(
-            Some("1.0.0"),
-            "lan0",
-            &data[0],
-            "198.51.100.160",
-            "198.51.100.169",
+        with_agent(
+            guide_config(
+                Some("1.0.0"),
+                "lan0",
+                &data[0],
+                "198.51.100.160",
+                "198.51.100.169",
+            ),
+            &agents[0],
         ),
-        guide_config(
-            Some("1.0.0"),
-            "lan0",
-            &data[1],
-            "198.51.100.170",
-            "198.51.100.179",
+        with_agent(
+            guide_config(
+                Some("1.0.0"),
+                "lan0",
+                &data[1],
+                "198.51.100.170",
+                "198.51.100.179",
+            ),
+            &agents[1],
         ),
     ];
     let pods: Vec<(usize, Pod)> = vec![
@@ -401,7 +443,8 @@ fn spdp_captured_on_net1_decodes_as_rtps() {
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
-    let conf = guide(&data);
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
     let pods: Vec<Pod> = (0..2).map(|i| node.pod(11 + i)).collect();
     for pod in &pods {
         attach(&node, pod, &conf);
@@ -461,18 +504,25 @@ fn two_attachments_in_one_pod_both_work_and_del_keeps_the_other_going() {
     node.plug(&lan, "lan1");
     let peer_node = Node::new(&lan);
     let data = DataDir::create();
-    let conf1 = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.160",
-        "198.51.100.169",
+    let (agent, peer_agent) = (start_agent(), start_agent());
+    let conf1 = with_agent(
+        guide_config(
+            Some("1.0.0"),
+            "lan0",
+            &data,
+            "198.51.100.160",
+            "198.51.100.169",
+        ),
+        &agent,
     );
-    let mut conf2 = json!({
-        "cniVersion": "1.0.0", "name": "ros-net-b", "type": "ros-macvlan", "master": "lan1",
-        "multicast": {"bcQueueLen": 2000},
-        "ipam": {"type": "host-local", "dataDir": data.path(), "ranges": [[{"subnet": "203.0.113.0/24", "rangeStart": "203.0.113.160", "rangeEnd": "203.0.113.169"}]]}
-    });
+    let mut conf2 = with_agent(
+        json!({
+            "cniVersion": "1.0.0", "name": "ros-net-b", "type": "ros-macvlan", "master": "lan1",
+            "multicast": {"bcQueueLen": 2000},
+            "ipam": {"type": "host-local", "dataDir": data.path(), "ranges": [[{"subnet": "203.0.113.0/24", "rangeStart": "203.0.113.160", "rangeEnd": "203.0.113.169"}]]}
+        }),
+        &agent,
+    );
     let pod = node.pod(11);
     let peer = peer_node.pod(12);
     attach(&node, &pod, &conf1);
@@ -490,12 +540,15 @@ fn two_attachments_in_one_pod_both_work_and_del_keeps_the_other_going() {
         .ns
         .ip(&["-4", "addr", "show", "net2"])
         .contains("203.0.113.160/24"));
-    let peer_conf = guide_config(
-        Some("1.0.0"),
-        "lan0",
-        &data,
-        "198.51.100.170",
-        "198.51.100.179",
+    let peer_conf = with_agent(
+        guide_config(
+            Some("1.0.0"),
+            "lan0",
+            &data,
+            "198.51.100.170",
+            "198.51.100.179",
+        ),
+        &peer_agent,
     );
     attach(&peer_node, &peer, &peer_conf);
 
@@ -536,9 +589,9 @@ fn two_attachments_in_one_pod_both_work_and_del_keeps_the_other_going() {
     detach(&peer_node, &peer, &peer_conf);
 }
 
-/// The kernel drops an auto-join membership only when its address is deleted, and a
-/// namespace holds at most igmp_max_memberships (20) of them: DEL must leave the group
-/// before deleting the link, or the 21st ADD into the same pod fails with ENOBUFS.
+/// Every ADD joins and every DEL lets go: 25 cycles in one pod never run into the kernel's
+/// membership limits (an earlier version leaked one per cycle and failed with ENOBUFS at the
+/// 21st), and after the last DEL neither the pod nor the agent holds the group.
 #[test]
 fn repeated_add_del_in_one_pod_does_not_exhaust_memberships() {
     if !require_root() {
@@ -548,15 +601,17 @@ fn repeated_add_del_in_one_pod_does_not_exhaust_memberships() {
     let node = Node::new(&lan);
     let pod = node.pod(11);
     let data = DataDir::create();
-    let conf = guide(&data);
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
     for cycle in 0..25 {
-        let r = run_in(
-            &node.ns.name,
-            &plugin_bin(),
-            &cni_env("ADD", &pod, "net1", &pod.ns.path()),
-            &conf.to_string(),
-        );
+        let r = add(&node, &pod, &conf);
         assert_eq!(r.code, 0, "ADD number {} failed: {}", cycle + 1, r.json);
+        assert!(joined(&pod.ns, "net1").contains(&GROUP));
         detach(&node, &pod, &conf);
     }
+    assert!(!pod.ns.read("/proc/net/igmp").contains("0100FFEF"));
+    let held = ros_macvlan::membership::AgentClient::new(&agent.socket())
+        .list()
+        .unwrap();
+    assert!(held.is_empty(), "the agent still holds {held:?}");
 }

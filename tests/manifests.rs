@@ -117,7 +117,19 @@ fn kustomize_renders_base_and_microk8s_overlay() {
             "{dir}"
         );
         assert_eq!(spec["tolerations"][0]["operator"], "Exists");
-        let c = &spec["containers"][0];
+        let containers = spec["containers"].as_sequence().unwrap();
+        assert_eq!(containers.len(), 1, "one container: the agent does it all");
+        let c = &containers[0];
+        let command: Vec<&str> = c["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert_eq!(command[..2], ["/ros-macvlan", "agent"]);
+        for duty in ["--socket", "--cni-bin-dir", "--policy", "--gc-data-dir"] {
+            assert!(command.contains(&duty), "the agent is not given {duty}");
+        }
         assert!(
             c["resources"]["limits"]["memory"].is_string()
                 && c["resources"]["requests"]["cpu"].is_string()

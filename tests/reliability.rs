@@ -112,7 +112,13 @@ fn killed_at_any_step_of_add_the_next_del_cleans_up() {
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
-    let conf = wide(&data, "ros-net");
+    let agent = start_agent();
+    let conf = with_agent(wide(&data, "ros-net"), &agent);
+    let held = || {
+        ros_macvlan::membership::AgentClient::new(&agent.socket())
+            .list()
+            .unwrap()
+    };
     for step in ros_macvlan::macvlan::ADD_STEPS {
         let pod = node.pod(50);
         let netns = pod.ns.path();
@@ -133,6 +139,15 @@ fn killed_at_any_step_of_add_the_next_del_cleans_up() {
         );
         let eth0 = pod.ns.ip(&["link", "show", "eth0"]);
         assert!(eth0.contains("MULTICAST"), "{step}: eth0 left marked");
+        assert!(
+            held().is_empty(),
+            "{step}: the agent still holds {:?}",
+            held()
+        );
+        assert!(
+            agent.records().list().is_empty(),
+            "{step}: membership records left"
+        );
         add(&node, &pod, &conf).ok();
         del(&node, &pod, &conf).ok();
     }

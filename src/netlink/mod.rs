@@ -170,32 +170,6 @@ impl Op {
         .already(&[Errno::EADDRNOTAVAIL, Errno::ENODEV])
     }
 
-    /// Joins `group` on the link with a membership the kernel holds without any socket:
-    /// the group as an address with IFA_F_MCAUTOJOIN. An existing join is kept.
-    pub fn join_group(index: u32, group: Ipv4Addr) -> Op {
-        let mut msg = address_message(RTM_NEWADDR, index, IpAddr::V4(group), 32);
-        msg.u32(IFA_FLAGS, IFA_F_MCAUTOJOIN);
-        Op::new(
-            msg,
-            NLM_F_CREATE | NLM_F_EXCL,
-            format!("join multicast group {group}"),
-        )
-        .already(&[Errno::EEXIST])
-    }
-
-    /// Leaves a group joined with `join_group`. This must happen before the link is deleted:
-    /// the kernel drops an auto-join membership only when its address is deleted, and the
-    /// memberships of a namespace are limited (igmp_max_memberships), so a link deleted with
-    /// the address on it leaks one, and repeated ADD/DEL in one pod end in ENOBUFS.
-    pub fn leave_group(index: u32, group: Ipv4Addr) -> Op {
-        Op::new(
-            address_message(RTM_DELADDR, index, IpAddr::V4(group), 32),
-            0,
-            format!("leave multicast group {group}"),
-        )
-        .already(&[Errno::EADDRNOTAVAIL, Errno::ENODEV])
-    }
-
     /// Adds a route out `index`; without a gateway the route is link-scoped.
     /// An identical route that exists already counts as added.
     pub fn add_route(index: u32, dst: IpNetwork, gw: Option<IpAddr>) -> Op {

@@ -63,8 +63,6 @@ pub const IFLA_INET_CONF: u16 = 1;
 pub const IFA_ADDRESS: u16 = 1;
 pub const IFA_LOCAL: u16 = 2;
 pub const IFA_BROADCAST: u16 = 4;
-pub const IFA_FLAGS: u16 = 8;
-pub const IFA_F_MCAUTOJOIN: u32 = 0x400;
 
 // Route attributes.
 pub const RTA_DST: u16 = 1;

@@ -172,3 +172,59 @@ pub fn add(node: &Node, pod: &Pod, conf: &Value) -> Reply {
 pub fn del(node: &Node, pod: &Pod, conf: &Value) -> Reply {
     cni("DEL", node, pod, conf)
 }
+
+/// A node agent of the test's own (see `Agent`): the plugin hands memberships to it.
+pub fn start_agent() -> Agent {
+    Agent::start(&plugin_bin())
+}
+
+/// `conf` pointing the plugin at `agent`.
+pub fn with_agent(mut conf: Value, agent: &Agent) -> Value {
+    conf["agentSocket"] = Value::String(agent.socket().to_str().unwrap().to_owned());
+    conf
+}
+
+/// tcpdump in a namespace, decoding to text (`-v`), until `stop`; killed on drop.
+pub struct Capture {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing on `iface` of `ns` and waits until tcpdump listens.
+    pub fn start(ns: &Ns, iface: &str, filter: &[&str]) -> Capture {
+        let out = std::env::temp_dir().join(unique("rmcap"));
+        let file = std::fs::File::create(&out).unwrap();
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "tcpdump", "-n", "-v", "-l", "-p", "-i", iface,
+            ])
+            .args(filter)
+            .stdout(file)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tcpdump must be installed: run scripts/test.sh");
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        Capture { child, out }
+    }
+
+    /// Stops the capture and returns what tcpdump decoded.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+/// The groups /proc/net/igmp of `ns` lists as joined on `ifname`.
+pub fn joined(ns: &Ns, ifname: &str) -> Vec<std::net::Ipv4Addr> {
+    ros_macvlan::multicast::joined_groups(&ns.handle(), ifname).unwrap()
+}

@@ -1,0 +1,351 @@
+//! `ros-macvlan agent`: the node agent, the DaemonSet's one long-running process. It keeps
+//! what must outlive a plugin call:
+//! - the sockets that hold each attachment's group memberships (see `membership`): handed
+//!   over by ADD, let go on DEL, re-created from the records after the agent's own restart
+//!   (and for attachments added while it was not running), and let go when the pod's netns
+//!   path is gone or names another namespace, since a socket keeps its namespace (and the
+//!   macvlan in it, which would still answer ARP for a released address) alive;
+//! - optionally the DaemonSet's other duties: the plugin copied into the CNI bin dir at
+//!   start, the node policy mirrored from its ConfigMap, and the periodic `gc`.
+//!
+//! One task on a current-thread runtime owns all state, so nothing is shared or locked;
+//! every request is small and answered within the plugin's bounded wait.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::membership::{self, Record, RecordDir, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
+use crate::netns::Netns;
+
+/// How often the agent compares what it holds with the records and the pods' namespaces.
+/// A lost DEL is noticed within this (the issue asks for 10 s at most).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// How often the node policy is mirrored from the ConfigMap's mount.
+const POLICY_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub socket: PathBuf,
+    /// Copy the plugin into this CNI bin dir at start.
+    pub cni_bin_dir: Option<PathBuf>,
+    /// Mirror this policy file (a ConfigMap mount) into this directory.
+    pub policy: Option<(PathBuf, PathBuf)>,
+    /// Release orphaned host-local claims under this data dir, this often.
+    pub gc: Option<(PathBuf, Duration)>,
+}
+
+pub fn run(opts: Options) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("agent: cannot start: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serve(opts)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            1
+        }
+    }
+}
+
+async fn serve(opts: Options) -> io::Result<()> {
+    if let Some(dir) = &opts.cni_bin_dir {
+        install_plugin(dir)?;
+    }
+    let listener = listen(&opts.socket)?;
+    println!("agent: listening on {}", opts.socket.display());
+    let mut holder = Holder::new(RecordDir::beside(&opts.socket));
+    holder.reconcile();
+
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut policy = opts
+        .policy
+        .as_ref()
+        .map(|_| tokio::time::interval(POLICY_EVERY));
+    let mut gc = opts
+        .gc
+        .as_ref()
+        .map(|(_, every)| tokio::time::interval(*every));
+    let mut policy_said = None;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    if tokio::time::timeout(AGENT_WAIT, answer(stream, &mut holder)).await.is_err() {
+                        eprintln!("agent: a client sent no complete request in time");
+                    }
+                }
+                Err(e) => eprintln!("agent: accept: {e}"),
+            },
+            _ = sweep.tick() => holder.reconcile(),
+            _ = tick(&mut policy) => {
+                if let Some((source, dir)) = &opts.policy {
+                    policy_said = mirror_policy(source, dir, policy_said);
+                }
+            }
+            _ = tick(&mut gc) => {
+                if let Some((data_dir, _)) = &opts.gc {
+                    crate::cli::gc_once(data_dir);
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // The memberships end with this process; the records stay, so the next agent re-creates
+    // them. The socket file goes, so plugins see at once that no agent listens.
+    let _ = std::fs::remove_file(&opts.socket);
+    println!("agent: stopping");
+    Ok(())
+}
+
+/// The next tick of an optional duty; never, when the duty is off.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Binds the socket, taking over a stale file from an agent that died, but never one that
+/// another running agent answers on.
+fn listen(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("another agent already listens on {}", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    // Only root (the plugin) may hand sockets over or drop them.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Reads one request (with any descriptor passed along), acts on it, replies.
+async fn answer(stream: UnixStream, holder: &mut Holder) {
+    let mut line = Vec::new();
+    let mut fds = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    while !line.contains(&b'\n') && line.len() < MAX_MESSAGE {
+        let got = stream
+            .async_io(Interest::READABLE, || {
+                membership::receive_chunk(stream.as_raw_fd(), &mut buf, &mut fds)
+            })
+            .await;
+        match got {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                eprintln!("agent: reading a request: {e}");
+                return;
+            }
+        }
+    }
+    let reply = match membership::parse_request(line.split(|b| *b == b'\n').next().unwrap_or(&[])) {
+        Ok(request) => holder.handle(request, fds),
+        Err(e) => refuse(format!("not a request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    let mut stream = stream;
+    let _ = stream.write_all(&out).await;
+}
+
+fn refuse(error: String) -> Reply {
+    Reply {
+        ok: false,
+        error: Some(error),
+        held: Vec::new(),
+    }
+}
+
+fn accept() -> Reply {
+    Reply {
+        ok: true,
+        error: None,
+        held: Vec::new(),
+    }
+}
+
+/// A membership held: the record it was made for and the socket that holds it.
+struct Held {
+    record: Record,
+    _socket: OwnedFd,
+}
+
+/// The memberships the agent holds, and the records that say which it should.
+struct Holder {
+    records: RecordDir,
+    held: HashMap<String, Held>,
+    /// Keys whose re-creation failed once, so the log says so once, not every sweep.
+    failing: HashSet<String>,
+}
+
+impl Holder {
+    fn new(records: RecordDir) -> Holder {
+        Holder {
+            records,
+            held: HashMap::new(),
+            failing: HashSet::new(),
+        }
+    }
+
+    fn handle(&mut self, request: Request, mut fds: Vec<OwnedFd>) -> Reply {
+        match request {
+            Request::Hold(record) => match fds.pop() {
+                Some(socket) => {
+                    self.hold(record, socket, "handed over by ADD");
+                    accept()
+                }
+                None => refuse("hold needs the socket passed with the request".into()),
+            },
+            Request::Drop { key } => {
+                self.let_go(&key, "DEL");
+                accept()
+            }
+            Request::List => Reply {
+                held: self.held.values().map(|h| h.record.clone()).collect(),
+                ..accept()
+            },
+        }
+    }
+
+    fn hold(&mut self, record: Record, socket: OwnedFd, why: &str) {
+        let key = record.key();
+        println!(
+            "agent: holding {key}: {:?} on {} in {} ({why})",
+            record.groups, record.ifname, record.netns
+        );
+        self.failing.remove(&key);
+        // A socket already held for the key (a repeated ADD) closes only after the new one
+        // joined, so the membership never lapses.
+        self.held.insert(
+            key,
+            Held {
+                record,
+                _socket: socket,
+            },
+        );
+    }
+
+    fn let_go(&mut self, key: &str, why: &str) {
+        if self.held.remove(key).is_some() {
+            println!("agent: let go of {key} ({why})");
+        }
+    }
+
+    /// Makes what is held match the records: a record whose netns is gone (or is another
+    /// namespace now) is removed with its membership; a held membership without a record
+    /// (its DEL's message was lost) ends; a record not held is joined again.
+    fn reconcile(&mut self) {
+        let records: HashMap<String, Record> = self
+            .records
+            .list()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        let stale: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(key, h)| !records.contains_key(*key) || !h.record.netns_is_current())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            self.let_go(&key, "its record or its pod's netns is gone");
+        }
+        for (key, record) in records {
+            if !record.netns_is_current() {
+                println!(
+                    "agent: forgetting {key}: netns {} is gone or is another namespace",
+                    record.netns
+                );
+                self.records.remove(&key);
+                self.failing.remove(&key);
+                continue;
+            }
+            if self.held.contains_key(&key) {
+                continue;
+            }
+            match rejoin(&record) {
+                Ok(socket) => self.hold(record, socket, "re-created from its record"),
+                Err(e) => {
+                    if self.failing.insert(key.clone()) {
+                        eprintln!("agent: cannot re-create {key}: {e} (retrying)");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Joins a record's groups again, in its namespace, on its interface.
+fn rejoin(record: &Record) -> io::Result<OwnedFd> {
+    let ns = Netns::open(&record.netns).map_err(|e| io::Error::other(e.to_string()))?;
+    if ns.inode()? != record.netns_inode {
+        return Err(io::Error::other(
+            "the netns path names another namespace now",
+        ));
+    }
+    let ifname = record.ifname.clone();
+    let index = ns
+        .run(|| nix::net::if_::if_nametoindex(ifname.as_str()))
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .map_err(|e| io::Error::other(format!("{}: {e}", record.ifname)))?;
+    membership::join(&ns, index, &record.groups)
+}
+
+fn install_plugin(dir: &Path) -> io::Result<()> {
+    let source = std::env::current_exe()?;
+    let what = match crate::install::install(&source, dir)? {
+        crate::install::Installed::Written => "installed",
+        crate::install::Installed::UpToDate => "already current",
+    };
+    println!(
+        "agent: plugin {what} in {} (version {})",
+        dir.display(),
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(())
+}
+
+/// Mirrors the policy; says what happened when it differs from what it said last time.
+fn mirror_policy(source: &Path, dir: &Path, said: Option<&'static str>) -> Option<&'static str> {
+    match crate::install::sync_policy(source, dir) {
+        Ok(what) => {
+            if said != Some(what) {
+                println!("agent: {what} ({})", dir.display());
+            }
+            Some(what)
+        }
+        Err(e) => {
+            eprintln!(
+                "agent: cannot mirror the node policy into {}: {e}",
+                dir.display()
+            );
+            None
+        }
+    }
+}

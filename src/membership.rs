@@ -1,0 +1,444 @@
+//! The pod's membership of the discovery groups on its macvlan, held by a socket.
+//!
+//! A membership must never be an interface address (the IFA_F_MCAUTOJOIN "auto-join"
+//! address): Fast DDS lists the pod's addresses, finds the group among them, takes its
+//! multicast discovery locator for a local address and sends every announcement to
+//! 127.0.0.1. So ADD opens a UDP socket in the pod, joins the groups on the macvlan with it
+//! (the kernel sends the IGMP report and puts the group's MAC on the macvlan's filter), and
+//! hands the socket to the node agent (`agent`), which holds it for the attachment's life.
+//! Nothing runs in the pod and nothing shows in its addresses or routes.
+//!
+//! Beside each handed socket the plugin writes a record (what to join, in which netns); the
+//! agent re-creates the memberships from the records after its own restart, and the records
+//! of attachments added while no agent ran. This file is the plugin's side and the wire
+//! protocol both sides speak; `agent` is the holder.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socket, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::cni::config::NetConf;
+use crate::cni::env::CniEnv;
+use crate::cni::{Error, Result};
+use crate::netns::Netns;
+
+/// Where the node agent listens unless the config's `agentSocket` says otherwise.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/ros-macvlan/agent.sock";
+
+/// How long ADD and DEL wait for the agent at most: a pod start is never held up longer.
+pub const AGENT_WAIT: Duration = Duration::from_millis(1000);
+
+/// A request or reply is one JSON line; anything longer is not ours.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// One attachment's memberships: what to join, on which interface of which netns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub network: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    /// The pod's netns path, and the inode of the namespace it named at ADD: a path that is
+    /// gone or names another namespace (its pod is gone, a DEL was lost) ends the membership.
+    pub netns: String,
+    pub netns_inode: u64,
+    pub groups: Vec<Ipv4Addr>,
+}
+
+impl Record {
+    /// The attachment's identity. Network names, container IDs and interface names never
+    /// hold ':' (the CNI spec's and the kernel's rules), so keys never collide.
+    pub fn key(&self) -> String {
+        key_of(&self.network, &self.container_id, &self.ifname)
+    }
+
+    /// Whether the record's netns path still names the namespace it named at ADD.
+    pub fn netns_is_current(&self) -> bool {
+        inode_of(Path::new(&self.netns)).is_ok_and(|ino| ino == self.netns_inode)
+    }
+}
+
+pub fn key_of(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("{network}:{container_id}:{ifname}")
+}
+
+/// The inode of the namespace a path names (netns files are nsfs inodes).
+pub fn inode_of(path: &Path) -> io::Result<u64> {
+    std::fs::metadata(path).map(|m| m.ino())
+}
+
+/// The records live beside the agent's socket, in the directory both sides know.
+#[derive(Debug, Clone)]
+pub struct RecordDir(PathBuf);
+
+impl RecordDir {
+    pub fn beside(agent_socket: &Path) -> RecordDir {
+        RecordDir(
+            agent_socket
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("memberships"),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn file(&self, key: &str) -> PathBuf {
+        self.0.join(format!("{key}.json"))
+    }
+
+    /// Written whole and renamed into place: a reader never sees half a record.
+    pub fn write(&self, record: &Record) -> io::Result<()> {
+        std::fs::create_dir_all(&self.0)?;
+        let target = self.file(&record.key());
+        let temp = self
+            .0
+            .join(format!(".{}.tmp-{}", record.key(), std::process::id()));
+        let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
+        std::fs::write(&temp, bytes).and_then(|_| std::fs::rename(&temp, &target))
+    }
+
+    pub fn remove(&self, key: &str) {
+        let _ = std::fs::remove_file(self.file(key));
+    }
+
+    /// Every readable record; unreadable files are skipped (and left for an operator).
+    pub fn list(&self) -> Vec<Record> {
+        let Ok(entries) = std::fs::read_dir(&self.0) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    }
+}
+
+/// Opens a UDP socket inside `ns` and joins `groups` on interface `index` with it. The
+/// memberships last as long as the socket (and any copy of it) stays open.
+pub fn join(ns: &Netns, index: u32, groups: &[Ipv4Addr]) -> io::Result<OwnedFd> {
+    let sock = ns
+        .run(|| {
+            socket(
+                AddressFamily::Inet,
+                SockType::Datagram,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+        })
+        .map_err(|e| io::Error::other(e.to_string()))??;
+    for group in groups {
+        add_membership(&sock, *group, index)?;
+    }
+    Ok(sock)
+}
+
+/// IP_ADD_MEMBERSHIP with an `ip_mreqn`, which names the interface by index: nix models
+/// only `ip_mreq`, which names it by address, and the macvlan may have no IPv4 address.
+fn add_membership(sock: &OwnedFd, group: Ipv4Addr, index: u32) -> io::Result<()> {
+    let req = nix::libc::ip_mreqn {
+        imr_multiaddr: nix::libc::in_addr {
+            s_addr: u32::from(group).to_be(),
+        },
+        imr_address: nix::libc::in_addr { s_addr: 0 },
+        imr_ifindex: index as i32,
+    };
+    // SAFETY: IP_ADD_MEMBERSHIP reads an ip_mreqn of exactly the size passed.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            sock.as_raw_fd(),
+            nix::libc::IPPROTO_IP,
+            nix::libc::IP_ADD_MEMBERSHIP,
+            &req as *const _ as *const nix::libc::c_void,
+            std::mem::size_of::<nix::libc::ip_mreqn>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = io::Error::last_os_error();
+        Err(io::Error::new(
+            e.kind(),
+            format!("join {group} on interface {index}: {e}"),
+        ))
+    }
+}
+
+/// ADD: joins the configured groups on the attachment's interface (`index` in `ns`) and
+/// hands the membership to the node agent. Without a reachable agent the ADD still
+/// succeeds (DDS processes join the groups themselves) and the returned note says so for
+/// the log line; the record stays, so an agent that starts later holds it.
+pub fn hold(conf: &NetConf, env: &CniEnv, ns: &Netns, index: u32) -> Result<Option<String>> {
+    let groups = &conf.multicast.groups;
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let socket = join(ns, index, groups).map_err(|e| {
+        Error::Io(format!(
+            "cannot join the multicast groups on {}: {e}",
+            env.ifname
+        ))
+    })?;
+    let record = Record {
+        network: conf.name.clone(),
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        netns: env.netns.clone(),
+        netns_inode: ns
+            .inode()
+            .map_err(|e| Error::io(format!("stat network namespace {}", env.netns), e))?,
+        groups: groups.clone(),
+    };
+    let records = RecordDir::beside(&conf.agent_socket);
+    if let Err(e) = records.write(&record) {
+        return Ok(Some(format!(
+            "membership not held: cannot write its record under {} ({e})",
+            records.path().display()
+        )));
+    }
+    let agent = AgentClient::new(&conf.agent_socket);
+    Ok(agent.hold(&record, &socket).err().map(|e| {
+        format!(
+            "membership not held: no node agent at {} ({e}); DDS processes join the groups themselves, and the agent holds it once it runs",
+            agent.socket().display()
+        )
+    }))
+}
+
+/// DEL (and a failed ADD's undo): the record goes, and the agent lets go of the socket at
+/// once (the IGMP leave goes out). An agent that does not answer finds the record gone
+/// at its next sweep.
+pub fn release(conf: &NetConf, env: &CniEnv) {
+    if conf.multicast.groups.is_empty() {
+        return;
+    }
+    let key = key_of(&conf.name, &env.container_id, &env.ifname);
+    RecordDir::beside(&conf.agent_socket).remove(&key);
+    let _ = AgentClient::new(&conf.agent_socket).drop_key(&key);
+}
+
+/// The interfaces of the pod's other attachments of this network that hold memberships
+/// of any of the same groups: the heirs of the multicast routes when this one goes.
+pub fn other_members(conf: &NetConf, env: &CniEnv) -> Vec<String> {
+    RecordDir::beside(&conf.agent_socket)
+        .list()
+        .into_iter()
+        .filter(|r| r.container_id == env.container_id && r.ifname != env.ifname)
+        .filter(|r| r.groups.iter().any(|g| conf.multicast.groups.contains(g)))
+        .map(|r| r.ifname)
+        .collect()
+}
+
+/// CHECK: when a node agent answers, it holds this attachment's membership and the kernel
+/// lists the groups as joined on the interface. Without an agent no membership is expected
+/// (ADD succeeded without one, as designed).
+pub fn check(conf: &NetConf, env: &CniEnv, ns: &Netns) -> Result<()> {
+    if conf.multicast.groups.is_empty() {
+        return Ok(());
+    }
+    let Ok(held) = AgentClient::new(&conf.agent_socket).list() else {
+        return Ok(());
+    };
+    let key = key_of(&conf.name, &env.container_id, &env.ifname);
+    if !held.iter().any(|r| r.key() == key) {
+        return Err(Error::CheckFailed(format!(
+            "the node agent at {} holds no membership for {key}",
+            conf.agent_socket.display()
+        )));
+    }
+    let joined = crate::multicast::joined_groups(ns, &env.ifname)?;
+    match conf.multicast.groups.iter().find(|g| !joined.contains(g)) {
+        Some(g) => Err(Error::CheckFailed(format!(
+            "{} has no membership of multicast group {g} (/proc/net/igmp)",
+            env.ifname
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What the plugin (or an operator tool) asks of the agent.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Request {
+    /// Hold the socket passed with this message (SCM_RIGHTS) for this attachment.
+    Hold(Record),
+    /// Let go of the attachment's socket: its memberships end (the IGMP leave goes out).
+    Drop { key: String },
+    /// The attachments held now.
+    List,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<Record>,
+}
+
+/// The agent's client end: one request per connection, bounded in time.
+pub struct AgentClient {
+    socket: PathBuf,
+}
+
+impl AgentClient {
+    pub fn new(socket: &Path) -> AgentClient {
+        AgentClient {
+            socket: socket.to_owned(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Hands `fd` to the agent for `record`'s attachment.
+    pub fn hold(&self, record: &Record, fd: &OwnedFd) -> io::Result<()> {
+        self.call(&Request::Hold(record.clone()), Some(fd.as_raw_fd()))
+            .map(drop)
+    }
+
+    pub fn drop_key(&self, key: &str) -> io::Result<()> {
+        self.call(
+            &Request::Drop {
+                key: key.to_owned(),
+            },
+            None,
+        )
+        .map(drop)
+    }
+
+    pub fn list(&self) -> io::Result<Vec<Record>> {
+        self.call(&Request::List, None).map(|r| r.held)
+    }
+
+    fn call(&self, request: &Request, fd: Option<RawFd>) -> io::Result<Reply> {
+        let stream = UnixStream::connect(&self.socket)?;
+        stream.set_read_timeout(Some(AGENT_WAIT))?;
+        stream.set_write_timeout(Some(AGENT_WAIT))?;
+        let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let fds: Vec<RawFd> = fd.into_iter().collect();
+        let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+            Vec::new()
+        } else {
+            vec![ControlMessage::ScmRights(&fds)]
+        };
+        // The descriptor rides on the first bytes; the rest of the line follows if needed.
+        let sent = sendmsg::<()>(
+            stream.as_raw_fd(),
+            &[IoSlice::new(&line)],
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        (&stream).write_all(&line[sent..])?;
+        let mut reply = Vec::new();
+        (&stream).take(MAX_MESSAGE as u64).read_to_end(&mut reply)?;
+        let reply: Reply = serde_json::from_slice(&reply)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if reply.ok {
+            Ok(reply)
+        } else {
+            Err(io::Error::other(
+                reply.error.unwrap_or_else(|| "refused".into()),
+            ))
+        }
+    }
+}
+
+/// Reads one request line from a connected stream, with any descriptors passed along.
+/// Used by the agent on a non-blocking socket it has seen readable; returns what arrived.
+pub fn receive_chunk(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            // SAFETY: the kernel just installed these descriptors for this process.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|r| unsafe { OwnedFd::from_raw_fd(r) }),
+            );
+        }
+    }
+    Ok(msg.bytes)
+}
+
+/// Parses a complete request line.
+pub fn parse_request(line: &[u8]) -> io::Result<Request> {
+    serde_json::from_slice(line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            network: "ros-net".into(),
+            container_id: "abc".into(),
+            ifname: "net1".into(),
+            netns: "/var/run/netns/x".into(),
+            netns_inode: 4026532000,
+            groups: vec![Ipv4Addr::new(239, 255, 0, 1)],
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_their_directory() {
+        let dir = std::env::temp_dir().join(format!("rm-records-{}", std::process::id()));
+        let records = RecordDir::beside(&dir.join("agent.sock"));
+        records.write(&record()).unwrap();
+        assert_eq!(records.list(), vec![record()]);
+        records.remove(&record().key());
+        assert!(records.list().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn requests_are_one_json_line_each() {
+        let line = serde_json::to_string(&Request::Hold(record())).unwrap();
+        assert!(!line.contains('\n'));
+        assert!(
+            matches!(parse_request(line.as_bytes()).unwrap(), Request::Hold(r) if r == record())
+        );
+        assert!(matches!(
+            parse_request(br#"{"drop":{"key":"a:b:c"}}"#).unwrap(),
+            Request::Drop { key } if key == "a:b:c"
+        ));
+        assert!(parse_request(b"{\"hold\":").is_err());
+    }
+
+    #[test]
+    fn a_stale_netns_path_is_not_current() {
+        let mut r = record();
+        r.netns = "/nonexistent/netns".into();
+        assert!(!r.netns_is_current());
+        r.netns = "/proc/self/ns/net".into();
+        r.netns_inode = inode_of(Path::new("/proc/self/ns/net")).unwrap();
+        assert!(r.netns_is_current());
+        r.netns_inode += 1;
+        assert!(!r.netns_is_current());
+    }
+}

@@ -1,0 +1,240 @@
+//! The node agent: it holds each attachment's group membership for as long as the pod
+//! lives, re-creates them after its own restart, lets go when a pod's netns is gone (a lost
+//! DEL), and is never needed for an ADD to succeed.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ros_macvlan::membership::AgentClient;
+
+const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
+
+/// Polls `what` every 100 ms until it holds or `limit` passes; returns how long it took.
+fn within(limit: Duration, mut what: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if what() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+fn held_keys(agent: &Agent) -> Vec<String> {
+    AgentClient::new(&agent.socket())
+        .list()
+        .unwrap()
+        .iter()
+        .map(|r| r.key())
+        .collect()
+}
+
+#[test]
+fn memberships_come_back_after_the_agent_restarts() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pods = [node.pod(11), node.pod(12)];
+    let data = DataDir::create();
+    let mut agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
+    for pod in &pods {
+        add(&node, pod, &conf).ok();
+        assert!(joined(&pod.ns, "net1").contains(&GROUP));
+    }
+    // The memberships are the agent's sockets: they end with it...
+    agent.kill();
+    for pod in &pods {
+        assert!(
+            !joined(&pod.ns, "net1").contains(&GROUP),
+            "the membership outlived the agent's sockets"
+        );
+    }
+    // ...and the next agent re-creates them from the records.
+    agent.restart();
+    for pod in &pods {
+        assert!(
+            within(Duration::from_secs(3), || joined(&pod.ns, "net1")
+                .contains(&GROUP))
+            .is_some(),
+            "239.255.0.1 not joined again on net1 after the agent's restart"
+        );
+    }
+    assert_eq!(held_keys(&agent).len(), 2);
+    for pod in &pods {
+        del(&node, pod, &conf).ok();
+        assert!(!joined(&pod.ns, "net1").contains(&GROUP));
+    }
+    assert!(held_keys(&agent).is_empty());
+}
+
+/// No agent: ADD still succeeds and its log line says why no membership is held; an agent
+/// started later holds the membership of the pod attached before it.
+#[test]
+fn add_succeeds_without_an_agent_and_a_later_agent_takes_over() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pod = node.pod(11);
+    let data = DataDir::create();
+    let mut agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
+    agent.kill();
+
+    let started = Instant::now();
+    let r = add(&node, &pod, &conf);
+    r.ok();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "ADD waited {:?} for a missing agent",
+        started.elapsed()
+    );
+    assert!(
+        r.stderr.contains("no node agent at") && r.stderr.contains("ADD"),
+        "the log line does not say the membership is not held: {}",
+        r.stderr
+    );
+    assert!(!joined(&pod.ns, "net1").contains(&GROUP));
+
+    agent.restart();
+    assert!(
+        within(Duration::from_secs(3), || joined(&pod.ns, "net1")
+            .contains(&GROUP))
+        .is_some(),
+        "the agent did not take over the membership of a pod attached before it started"
+    );
+    del(&node, &pod, &conf).ok();
+    assert!(held_keys(&agent).is_empty());
+}
+
+/// A lost DEL: the pod's netns path goes (or comes back as another namespace) and no DEL
+/// comes. The agent's socket would keep the namespace, and the macvlan in it answering for
+/// the released address, alive; the agent lets go within 10 s and the namespace is freed.
+#[test]
+fn the_agent_lets_go_when_a_pods_netns_is_gone() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    // A host on the same LAN that pings the pods.
+    let host = Node::new(&lan);
+    host.ns
+        .ip(&["addr", "add", "198.51.100.2/24", "dev", "lan0"]);
+    let (gone, reused) = (node.pod(11), node.pod(12));
+    let data = DataDir::create();
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
+    let addr = |pod: &Pod| {
+        add(&node, pod, &conf).ok()["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let gone_addr = addr(&gone);
+    addr(&reused);
+    let answers = |ip: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &host.ns.name,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                ip,
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(
+        within(Duration::from_secs(3), || answers(&gone_addr)).is_some(),
+        "the pod does not answer before"
+    );
+    assert_eq!(held_keys(&agent).len(), 2);
+
+    // One pod's netns path is removed; the other's now names a new namespace.
+    sh(&["ip", "netns", "del", &gone.ns.name]);
+    sh(&["ip", "netns", "del", &reused.ns.name]);
+    sh(&["ip", "netns", "add", &reused.ns.name]);
+
+    let freed = within(Duration::from_secs(10), || held_keys(&agent).is_empty());
+    assert!(
+        freed.is_some(),
+        "the agent still holds {:?}",
+        held_keys(&agent)
+    );
+    assert!(
+        agent.records().list().is_empty(),
+        "the records of vanished pods are left"
+    );
+    // The namespace went with the last socket, and its macvlan with it.
+    assert!(
+        within(Duration::from_secs(3), || !answers(&gone_addr)).is_some(),
+        "{gone_addr} still answers: the vanished pod's namespace is alive"
+    );
+}
+
+/// The DaemonSet's one container: the agent also installs the plugin, mirrors the node
+/// policy and runs gc, as the flags in install/base/daemonset.yaml ask.
+#[test]
+fn the_agent_installs_mirrors_the_policy_and_runs_gc() {
+    if !require_root() {
+        return;
+    }
+    let dir = DataDir::create();
+    let (bin_dir, policy_dir) = (dir.0.join("bin"), dir.0.join("policy"));
+    let policy = dir.0.join("policy.json");
+    std::fs::write(&policy, br#"{"masters": ["lan*"]}"#).unwrap();
+    let socket = dir.0.join("agent.sock");
+    let agent = std::process::Command::new(plugin_bin())
+        .arg("agent")
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--cni-bin-dir")
+        .arg(&bin_dir)
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--policy-dir")
+        .arg(&policy_dir)
+        .arg("--gc-data-dir")
+        .arg(dir.0.join("networks"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = within(Duration::from_secs(3), || {
+        AgentClient::new(&socket).list().is_ok()
+    });
+    let installed = std::fs::read(bin_dir.join("ros-macvlan")).unwrap_or_default();
+    let mirrored = within(Duration::from_secs(3), || {
+        policy_dir.join("policy.json").exists()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = agent.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(ready.is_some(), "the agent did not answer:\n{log}");
+    assert_eq!(installed, std::fs::read(plugin_bin()).unwrap(), "{log}");
+    assert!(mirrored.is_some(), "the policy was not mirrored:\n{log}");
+    assert!(log.contains("gc: 0 attachment(s) released"), "{log}");
+    assert!(out.status.success(), "SIGTERM is a clean stop:\n{log}");
+    assert!(!socket.exists(), "the socket file outlives the agent");
+}
