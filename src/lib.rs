@@ -87,8 +87,8 @@ impl Answer {
 fn dispatch_guarded(env: &CniEnv, input: &Result<Value>) -> Result<Answer> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, input))).unwrap_or_else(
         |_| {
-            Err(Error::Io(
-                "internal error in ros-macvlan (a bug: please report it with the config used)"
+            Err(Error::Internal(
+                "internal error in ros-macvlan (a bug: please report it with the config used); what the call had done was undone"
                     .into(),
             ))
         },

@@ -103,12 +103,16 @@ fn retired_prefix(env: &CniEnv) -> String {
     format!("{RETIRED_PREFIX}{hash:08x}")
 }
 
-/// A test-only switch: with ROS_MACVLAN_TEST_KILL_AT=<step>, ADD kills itself with SIGKILL
-/// at that step, so tests can show that the DEL a runtime sends next cleans up from any
-/// point. Unset (always, outside tests) it does nothing.
-pub fn crash_point(step: &str) {
-    if std::env::var("ROS_MACVLAN_TEST_KILL_AT").is_ok_and(|s| s == step) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+/// A test-only fault (`CniEnv::test_fault`): at the named step ADD kills itself with
+/// SIGKILL (`kill@<step>`: the runtime's next DEL must clean up) or panics (`panic@<step>`:
+/// ADD's own undo must). Unset, always outside tests, it does nothing.
+fn fault_point(env: &CniEnv, step: &str) {
+    match env.test_fault.as_deref().and_then(|f| f.split_once('@')) {
+        Some(("kill", at)) if at == step => {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        Some(("panic", at)) if at == step => panic!("test fault: panic at ADD step {step}"),
+        _ => {}
     }
 }
 
@@ -161,12 +165,36 @@ pub fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result
         mac,
         policy,
     };
-    let mut progress = Progress::default();
-    let outcome = add_steps(conf, env, ipam, ns, &plan, &mut progress);
-    if outcome.is_err() {
-        undo(conf, env, ipam, ns, &progress);
+    let mut undo = Undo {
+        conf,
+        env,
+        ipam,
+        ns,
+        progress: Progress::default(),
+        armed: true,
+    };
+    let added = add_steps(conf, env, ipam, ns, &plan, &mut undo.progress)?;
+    undo.armed = false;
+    Ok(added)
+}
+
+/// Undoes a failed ADD when dropped armed: on an error return and on a panic's unwind
+/// alike, so a failed ADD leaves no link and no claim whatever the cause.
+struct Undo<'a> {
+    conf: &'a NetConf,
+    env: &'a CniEnv,
+    ipam: &'a Ipam,
+    ns: &'a Namespaces,
+    progress: Progress,
+    armed: bool,
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            undo(self.conf, self.env, self.ipam, self.ns, &self.progress);
+        }
     }
-    outcome
 }
 
 fn add_steps(
@@ -198,7 +226,7 @@ fn add_steps(
         ))
     })?;
     progress.link = Some(link.index);
-    crash_point("created");
+    fault_point(env, "created");
 
     let mut result = claim_unused_addresses(conf, env, ipam, ns, &link, progress)?;
     if let Some(p) = &plan.policy {
@@ -228,18 +256,18 @@ fn add_steps(
     );
     ops.extend(multicast::route_ops(link.index, &conf.multicast));
     ns.pod_nl.apply(ops)?;
-    crash_point("configured");
+    fault_point(env, "configured");
 
     // Joined once the link is up and addressed, so the IGMP report carries net1's address.
     progress.joined = true;
     let note = membership::hold(conf, env, &ns.pod_ns, link.index)?;
-    crash_point("joined");
+    fault_point(env, "joined");
 
     progress.marked = conf.multicast.mark_other_interfaces;
     if progress.marked {
         multicast::mark_other_interfaces(&ns.pod_nl, &env.ifname)?;
     }
-    crash_point("marked");
+    fault_point(env, "marked");
 
     result.interfaces = vec![Interface {
         name: env.ifname.clone(),
@@ -271,7 +299,7 @@ fn claim_unused_addresses(
     loop {
         let result = ipam.add(conf, env, &avoid)?;
         progress.ipam = true;
-        crash_point("claimed");
+        fault_point(env, "claimed");
         let Some(d) = detection else {
             return Ok(result);
         };

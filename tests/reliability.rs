@@ -123,7 +123,8 @@ fn killed_at_any_step_of_add_the_next_del_cleans_up() {
         let pod = node.pod(50);
         let netns = pod.ns.path();
         let mut env = cni_env("ADD", &pod, "net1", &netns);
-        env.push(("ROS_MACVLAN_TEST_KILL_AT", step));
+        let fault = format!("kill@{step}");
+        env.push(("ROS_MACVLAN_TEST_FAULT", &fault));
         let r = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string());
         assert_eq!(r.code, -1, "{step}: the plugin was not killed: {}", r.json);
         del(&node, &pod, &conf).ok();
@@ -150,6 +151,47 @@ fn killed_at_any_step_of_add_the_next_del_cleans_up() {
         );
         add(&node, &pod, &conf).ok();
         del(&node, &pod, &conf).ok();
+    }
+}
+
+/// A panic at any step of ADD (a bug, such as an overflow in a build with overflow checks)
+/// is answered with the error JSON (code 999), and ADD's own undo runs on the unwind: no
+/// link, no claim, no membership, eth0 as it was, with no DEL needed.
+#[test]
+fn a_panic_at_any_step_of_add_is_answered_and_undone() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let data = DataDir::create();
+    let agent = start_agent();
+    let conf = with_agent(wide(&data, "ros-net"), &agent);
+    for step in ros_macvlan::macvlan::ADD_STEPS {
+        let pod = node.pod(51);
+        let netns = pod.ns.path();
+        let mut env = cni_env("ADD", &pod, "net1", &netns);
+        let fault = format!("panic@{step}");
+        env.push(("ROS_MACVLAN_TEST_FAULT", &fault));
+        let r = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string());
+        assert_eq!(r.err_code(), 999, "{step}: {}", r.json);
+        assert!(r.msg().contains("internal error"), "{step}: {}", r.json);
+        assert_eq!(
+            pod.ns.link_names_after_removal(),
+            ["lo", "eth0"],
+            "{step}: a link is left"
+        );
+        assert!(
+            data.claims("ros-net").is_empty(),
+            "{step}: claims left {:?}",
+            data.claims("ros-net")
+        );
+        assert!(
+            agent.records().list().is_empty(),
+            "{step}: a record is left"
+        );
+        let eth0 = pod.ns.ip(&["link", "show", "eth0"]);
+        assert!(eth0.contains("MULTICAST"), "{step}: eth0 left marked");
     }
 }
 

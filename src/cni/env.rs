@@ -62,6 +62,10 @@ pub struct CniEnv {
     pub ifname: String,
     pub args: Vec<(String, String)>,
     pub path: Vec<String>,
+    /// A test-only fault to inject into ADD (`ROS_MACVLAN_TEST_FAULT=kill@<step>` or
+    /// `panic@<step>`), read here with the rest of the environment so that nothing deeper
+    /// reads the process environment. Unset outside the crash tests.
+    pub test_fault: Option<String>,
 }
 
 impl CniEnv {
@@ -101,6 +105,7 @@ impl CniEnv {
                 .filter(|p| !p.is_empty())
                 .map(str::to_owned)
                 .collect(),
+            test_fault: get("ROS_MACVLAN_TEST_FAULT").filter(|f| !f.is_empty()),
         };
         if command.required().contains(&"CNI_CONTAINERID") {
             validate_container_id(&env.container_id)?;

@@ -42,6 +42,9 @@ pub enum Error {
     Netns(String),
     #[error("{0}")]
     PolicyRefused(String),
+    /// A bug (a panic): the reference skeleton's code for internal errors.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// Our own codes (100 and up); README lists them.
@@ -52,6 +55,7 @@ pub const CODE_IPAM_PLUGIN: u32 = 103;
 pub const CODE_CHECK_FAILED: u32 = 104;
 pub const CODE_NETNS: u32 = 105;
 pub const CODE_POLICY_REFUSED: u32 = 106;
+pub const CODE_INTERNAL: u32 = 999;
 
 impl Error {
     /// The CNI error code of this error (spec codes below 100, ours from 100).
@@ -74,6 +78,7 @@ impl Error {
             Error::CheckFailed(_) => CODE_CHECK_FAILED,
             Error::Netns(_) => CODE_NETNS,
             Error::PolicyRefused(_) => CODE_POLICY_REFUSED,
+            Error::Internal(_) => CODE_INTERNAL,
         }
     }
 
@@ -97,6 +102,7 @@ impl Error {
             Error::CheckFailed(_) => "attachment differs from its result",
             Error::Netns(_) => "network namespace unusable",
             Error::PolicyRefused(_) => "refused by node policy",
+            Error::Internal(_) => "internal error",
         }
     }
 
@@ -131,6 +137,7 @@ impl Error {
             Error::CheckFailed(m) => Error::CheckFailed(wrap(m)),
             Error::Netns(m) => Error::Netns(wrap(m)),
             Error::PolicyRefused(m) => Error::PolicyRefused(wrap(m)),
+            Error::Internal(m) => Error::Internal(wrap(m)),
         }
     }
 
