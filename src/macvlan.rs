@@ -31,7 +31,7 @@ pub struct Namespaces {
 
 impl Namespaces {
     pub fn open(conf: &NetConf, netns_path: &str) -> Result<Namespaces> {
-        let pod_ns = Netns::open(netns_path)?;
+        let pod_ns = open_pod_netns(netns_path)?;
         let pod_nl = Netlink::connect(&pod_ns)?;
         let master_nl = if conf.link_in_container {
             Netlink::connect(&pod_ns)?
@@ -45,6 +45,18 @@ impl Namespaces {
             master_in_pod: conf.link_in_container,
         })
     }
+}
+
+/// Opens the pod's namespace, refusing the plugin's own: ADD there would clear the
+/// MULTICAST flag of every node interface and route multicast away from the node.
+fn open_pod_netns(path: &str) -> Result<Netns> {
+    let ns = Netns::open(path)?;
+    if ns.is_current()? {
+        return Err(Error::InvalidEnvironment(format!(
+            "CNI_NETNS {path} is the plugin's own network namespace (the node's), not a pod's: refusing to change the node's interfaces"
+        )));
+    }
+    Ok(ns)
 }
 
 /// The master: the configured one, else the interface of the default route.
@@ -368,16 +380,17 @@ fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &P
 /// could still use it. Nothing left to do is success; a namespace that is gone has taken
 /// its links with it.
 pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
+    let pod_ns = match open_pod_netns(&env.netns) {
+        Ok(ns) => Some(ns),
+        // Gone (or never given): its links went with it; the address is still released.
+        Err(Error::ContainerUnknown(_)) => None,
+        Err(e) => return Err(e),
+    };
     // The heirs of the multicast routes are read from the records before ours goes.
     let heirs = membership::other_members(conf, env);
     membership::release(conf, env);
-    if env.netns.is_empty() {
+    let Some(pod_ns) = pod_ns else {
         return ipam.del(conf, env);
-    }
-    let pod_ns = match Netns::open(&env.netns) {
-        Ok(ns) => ns,
-        Err(Error::ContainerUnknown(_)) => return ipam.del(conf, env),
-        Err(e) => return Err(e),
     };
     let nl = Netlink::connect(&pod_ns)?;
     // The attachment's link, and any an earlier DEL left whose removal did not finish.

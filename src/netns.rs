@@ -51,6 +51,17 @@ impl Netns {
         self.file.as_raw_fd()
     }
 
+    /// Whether this is the namespace the calling thread is in.
+    pub fn is_current(&self) -> Result<bool> {
+        let here = Netns::current()?;
+        let same = |ns: &Netns| {
+            ns.inode().map_err(|e| {
+                Error::Netns(format!("cannot stat network namespace {}: {e}", ns.path))
+            })
+        };
+        Ok(same(self)? == same(&here)?)
+    }
+
     /// The namespace's inode: two handles with the same inode are the same namespace.
     pub fn inode(&self) -> std::io::Result<u64> {
         use std::os::unix::fs::MetadataExt;

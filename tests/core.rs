@@ -429,6 +429,92 @@ fn delegates_to_another_ipam_plugin() {
     assert_eq!(pod.ns.link_names(), ["lo", "eth0"]);
 }
 
+/// CNI_NETNS naming the plugin's own namespace (the node's) is refused before any change:
+/// every interface keeps its flags, addresses and routes (ADD there used to clear the
+/// MULTICAST flag of the master and route multicast away from the node).
+#[test]
+fn the_plugins_own_netns_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    node.ns
+        .ip(&["addr", "add", "198.51.100.2/24", "dev", "lan0"]);
+    let data = DataDir::create();
+    let conf = guide(&data);
+    let state = || {
+        (
+            node.ns.ip(&["-d", "link", "show"]),
+            node.ns.ip(&["addr", "show"]),
+            node.ns.ip(&["route", "show", "table", "all"]),
+        )
+    };
+    let before = state();
+    let own = node.ns.path();
+    let pod = Pod {
+        ns: Ns::new("rmunused"),
+        container_id: unique("ctr"),
+    };
+    for verb in ["ADD", "CHECK", "DEL"] {
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = json!({"cniVersion": "1.0.0"});
+        let r = run_in(
+            &node.ns.name,
+            &plugin_bin(),
+            &cni_env(verb, &pod, "net1", &own),
+            &with_prev.to_string(),
+        );
+        assert_eq!(r.err_code(), 4, "{verb}: {}", r.json);
+        assert!(r.msg().contains("own network namespace"), "{}", r.msg());
+    }
+    assert_eq!(state(), before, "the node's network changed");
+    assert!(data.claims("ros-net").is_empty());
+}
+
+/// A delegated IPAM plugin's error reaches the runtime as it answered: whereabouts' 11
+/// "try again later" stays 11 (the runtime retries), with its msg and details; it also
+/// receives CNI_ARGS, which whereabouts reads the pod's name from.
+#[test]
+fn a_delegated_ipam_error_passes_through_with_its_code() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pod = node.pod(18);
+    let dir = DataDir::create();
+    let seen_args = dir.0.join("args");
+    let plugin = dir.0.join("busy-ipam");
+    std::fs::write(
+        &plugin,
+        format!(
+            "#!/bin/sh\ncat >/dev/null\nprintf '%s' \"$CNI_ARGS\" > {}\necho '{{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"leader election in progress\",\"details\":\"retry shortly\"}}'\nexit 1\n",
+            seen_args.display()
+        ),
+    )
+    .unwrap();
+    sh(&["chmod", "755", plugin.to_str().unwrap()]);
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "ros-busy", "type": "ros-macvlan", "master": "lan0",
+        "ipam": {"type": "busy-ipam"}
+    });
+    let netns = pod.ns.path();
+    let mut env = cni_env("ADD", &pod, "net1", &netns);
+    env.retain(|(k, _)| *k != "CNI_PATH");
+    env.push(("CNI_PATH", dir.path()));
+    env.push(("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=talker"));
+    let r = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string());
+    assert_eq!(r.err_code(), 11, "{}", r.json);
+    assert_eq!(r.msg(), "leader election in progress");
+    assert_eq!(r.json["details"], "retry shortly");
+    assert_eq!(
+        std::fs::read_to_string(&seen_args).unwrap(),
+        "IgnoreUnknown=1;K8S_POD_NAME=talker"
+    );
+    assert_eq!(pod.ns.link_names_after_removal(), ["lo", "eth0"]);
+}
+
 /// The reference host-local and ours share one store: alternating, they never hand out an
 /// address twice, and each releases the other's claims.
 #[test]

@@ -69,6 +69,15 @@ pub struct CniEnv {
 }
 
 impl CniEnv {
+    /// CNI_ARGS as received (pairs in order, repeats kept), for a delegated plugin.
+    pub fn args_string(&self) -> String {
+        self.args
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
     /// Builds the environment from a lookup function (the process environment in main,
     /// a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<CniEnv> {

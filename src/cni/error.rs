@@ -45,6 +45,14 @@ pub enum Error {
     /// A bug (a panic): the reference skeleton's code for internal errors.
     #[error("{0}")]
     Internal(String),
+    /// A delegated IPAM plugin's own error, passed through as it answered (whereabouts' 11
+    /// "try again later" must reach the runtime as 11).
+    #[error("{msg}")]
+    Delegated {
+        code: u32,
+        msg: String,
+        details: String,
+    },
 }
 
 /// Our own codes (100 and up); README lists them.
@@ -79,11 +87,12 @@ impl Error {
             Error::Netns(_) => CODE_NETNS,
             Error::PolicyRefused(_) => CODE_POLICY_REFUSED,
             Error::Internal(_) => CODE_INTERNAL,
+            Error::Delegated { code, .. } => *code,
         }
     }
 
     /// The short `details` line of the error JSON: which kind of failure this is.
-    fn details(&self) -> &'static str {
+    fn details(&self) -> &str {
         match self {
             Error::IncompatibleVersion(_) => "incompatible CNI version",
             Error::UnsupportedField(_) => "unsupported field in network configuration",
@@ -103,6 +112,7 @@ impl Error {
             Error::Netns(_) => "network namespace unusable",
             Error::PolicyRefused(_) => "refused by node policy",
             Error::Internal(_) => "internal error",
+            Error::Delegated { details, .. } => details,
         }
     }
 
@@ -138,6 +148,8 @@ impl Error {
             Error::Netns(m) => Error::Netns(wrap(m)),
             Error::PolicyRefused(m) => Error::PolicyRefused(wrap(m)),
             Error::Internal(m) => Error::Internal(wrap(m)),
+            // The delegate's words reach the runtime unchanged.
+            delegated @ Error::Delegated { .. } => delegated,
         }
     }
 

@@ -49,6 +49,7 @@ impl Delegate {
             .env("CNI_CONTAINERID", &env.container_id)
             .env("CNI_NETNS", &env.netns)
             .env("CNI_IFNAME", &env.ifname)
+            .env("CNI_ARGS", env.args_string())
             .env("CNI_PATH", env.path.join(":"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -76,15 +77,21 @@ impl Delegate {
         if out.status.success() {
             return Ok(parsed);
         }
-        let msg = parsed
-            .get("msg")
-            .and_then(Value::as_str)
-            .unwrap_or("no message");
-        let code = parsed.get("code").and_then(Value::as_u64).unwrap_or(0);
-        Err(Error::IpamPlugin(format!(
-            "IPAM plugin {} failed on {verb} (code {code}): {msg}",
-            self.plugin
-        )))
+        // The delegate's error object passes through with its own code, msg and details;
+        // one that is not an error object is ours to describe.
+        let text = |k: &str| parsed.get(k).and_then(Value::as_str).map(str::to_owned);
+        match parsed.get("code").and_then(Value::as_u64) {
+            Some(code) if code > 0 && code <= u64::from(u32::MAX) => Err(Error::Delegated {
+                code: code as u32,
+                msg: text("msg")
+                    .unwrap_or_else(|| format!("IPAM plugin {} failed on {verb}", self.plugin)),
+                details: text("details").unwrap_or_default(),
+            }),
+            _ => Err(Error::IpamPlugin(format!(
+                "IPAM plugin {} failed on {verb} ({}) without an error object",
+                self.plugin, out.status
+            ))),
+        }
     }
 
     pub fn add(&self, env: &CniEnv, config: &Value) -> Result<CniResult> {
