@@ -4,8 +4,9 @@
 //   summary heard <talker name> <samples>              one line per talker heard
 //   summary participant <guid prefix> vendor <vv.vv> name <participant name>
 //                                                      one line per remote participant discovered
-// Exit code: 0 when at least one sample was heard, 2 when none, 1 on bad arguments or a Fast
-// DDS setup error.
+// `--user-data TEXT` sets the participant's USER_DATA (ddsperf lists only peers whose
+// USER_DATA carries its tag). Exit code: 0 when at least one sample was heard, 2 when none,
+// 1 on bad arguments or a Fast DDS setup error.
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -87,14 +88,17 @@ int main(int argc, char** argv)
 {
     double duration = 8.0;
     std::string name = "listener";
+    std::string user_data;
     for (int i = 1; i < argc; ++i) {
         std::string k = argv[i];
         if (k == "--duration" && i + 1 < argc) {
             duration = std::atof(argv[++i]);
         } else if (k == "--name" && i + 1 < argc) {
             name = argv[++i];
+        } else if (k == "--user-data" && i + 1 < argc) {
+            user_data = argv[++i];
         } else {
-            std::cerr << "usage: fastdds-listener [--duration SECONDS] [--name NAME]\n";
+            std::cerr << "usage: fastdds-listener [--duration SECONDS] [--name NAME] [--user-data TEXT]\n";
             return 1;
         }
     }
@@ -102,22 +106,16 @@ int main(int argc, char** argv)
     std::signal(SIGINT, [](int) { stop = true; });
 
     Judge judge;
-    auto* participant = default_participant(name, &judge);
-    if (!participant) {
-        std::cerr << "listener: cannot create the participant\n";
-        return 1;
-    }
-    fdds::TypeSupport type(new StringType());
-    type.register_type(participant);
-    auto* topic = participant->create_topic(TOPIC, TYPE, fdds::TOPIC_QOS_DEFAULT);
-    auto* subscriber = participant->create_subscriber(fdds::SUBSCRIBER_QOS_DEFAULT);
+    auto* participant = default_participant(name, &judge, user_data);
+    auto* topic = chatter_topic(participant);
+    auto* subscriber = topic ? participant->create_subscriber(fdds::SUBSCRIBER_QOS_DEFAULT) : nullptr;
     fdds::DataReaderQos qos = fdds::DATAREADER_QOS_DEFAULT;
     ros_default_qos(qos);
     // The reader's own listener: on the participant's, Fast DDS would report
     // on_data_on_readers instead of on_data_available.
-    auto* reader = topic && subscriber ? subscriber->create_datareader(topic, qos, &judge) : nullptr;
+    auto* reader = subscriber ? subscriber->create_datareader(topic, qos, &judge) : nullptr;
     if (!reader) {
-        std::cerr << "listener: cannot create the reader\n";
+        std::cerr << "listener: cannot set up the participant, topic or reader\n";
         return 1;
     }
     std::cout << "listener " << name << ": participant "

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include <fastcdr/Cdr.h>
 #include <fastcdr/FastBuffer.h>
@@ -16,6 +17,7 @@
 #include <fastdds/dds/domain/DomainParticipantFactory.hpp>
 #include <fastdds/dds/publisher/qos/DataWriterQos.hpp>
 #include <fastdds/dds/subscriber/qos/DataReaderQos.hpp>
+#include <fastdds/dds/topic/Topic.hpp>
 #include <fastdds/dds/topic/TopicDataType.hpp>
 #include <fastdds/dds/topic/TypeSupport.hpp>
 
@@ -106,17 +108,32 @@ void ros_default_qos(Qos& qos)
     qos.history().depth = 10;
 }
 
-// Fast DDS' default participant on domain 0; only its name is set, as ROS 2 names it. A
-// listener given here hears participant discovery only (which no status mask gates): with
-// the full mask it would also take on_data_on_readers, and Fast DDS would then never call
-// the reader's on_data_available.
+// Fast DDS' default participant on domain 0; only its name and USER_DATA are set, as ROS 2
+// sets them (USER_DATA carries no transport setting). A listener given here hears participant
+// discovery only (which no status mask gates): with the full mask it would also take
+// on_data_on_readers, and Fast DDS would then never call the reader's on_data_available.
 inline fdds::DomainParticipant* default_participant(const std::string& name,
-        fdds::DomainParticipantListener* listener = nullptr)
+        fdds::DomainParticipantListener* listener = nullptr, const std::string& user_data = "")
 {
     fdds::DomainParticipantQos qos = fdds::PARTICIPANT_QOS_DEFAULT;
     qos.name(name);
+    qos.user_data().data_vec(std::vector<eprosima::fastrtps::rtps::octet>(user_data.begin(), user_data.end()));
     return fdds::DomainParticipantFactory::get_instance()->create_participant(DOMAIN, qos, listener,
             fdds::StatusMask::none());
+}
+
+// The participant's rt/microk8s_chatter topic, with ROS 2's String type registered; null when
+// there is no participant or either step fails.
+inline fdds::Topic* chatter_topic(fdds::DomainParticipant* participant)
+{
+    if (!participant) {
+        return nullptr;
+    }
+    fdds::TypeSupport type(new StringType());
+    if (type.register_type(participant) != ReturnCode_t::RETCODE_OK) {
+        return nullptr;
+    }
+    return participant->create_topic(TOPIC, TYPE, fdds::TOPIC_QOS_DEFAULT);
 }
 
 // "01.0f" for eProsima, "01.10" for Eclipse CycloneDDS: as the vendor id registry writes it.

@@ -8,6 +8,8 @@
 #include <string>
 #include <thread>
 
+#include <unistd.h>
+
 #include <fastdds/dds/publisher/DataWriter.hpp>
 #include <fastdds/dds/publisher/DataWriterListener.hpp>
 #include <fastdds/dds/publisher/Publisher.hpp>
@@ -68,25 +70,20 @@ int main(int argc, char** argv)
         return 1;
     }
     auto* participant = default_participant(args.name);
-    if (!participant) {
-        std::cerr << "talker: cannot create the participant\n";
-        return 1;
-    }
-    fdds::TypeSupport type(new StringType());
-    type.register_type(participant);
-    auto* topic = participant->create_topic(TOPIC, TYPE, fdds::TOPIC_QOS_DEFAULT);
-    auto* publisher = participant->create_publisher(fdds::PUBLISHER_QOS_DEFAULT);
+    auto* topic = chatter_topic(participant);
+    auto* publisher = topic ? participant->create_publisher(fdds::PUBLISHER_QOS_DEFAULT) : nullptr;
     fdds::DataWriterQos qos = fdds::DATAWRITER_QOS_DEFAULT;
     ros_default_qos(qos);
     MatchLog log;
     log.name = args.name;
-    auto* writer = topic && publisher ? publisher->create_datawriter(topic, qos, &log) : nullptr;
+    auto* writer = publisher ? publisher->create_datawriter(topic, qos, &log) : nullptr;
     if (!writer) {
-        std::cerr << "talker: cannot create the writer\n";
+        std::cerr << "talker: cannot set up the participant, topic or writer\n";
         return 1;
     }
+    // The pid too: the guide's example 5 runs two talkers as PID 1 in one network namespace.
     std::cout << "talker " << args.name << ": participant "
-              << guid_prefix_string(participant->guid().guidPrefix) << std::endl;
+              << guid_prefix_string(participant->guid().guidPrefix) << " pid " << getpid() << std::endl;
 
     const auto period = std::chrono::duration<double>(1.0 / args.rate);
     auto next = std::chrono::steady_clock::now();
