@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod cni;
+pub mod confine;
 pub mod demo;
 pub mod doctor;
 pub mod duplicate;
@@ -28,6 +29,8 @@ use cni::env::{CniEnv, Command};
 use cni::version::{Version, LATEST, SUPPORTED};
 use cni::{Error, Result};
 use ipam::Ipam;
+use lifecycle::LogSink;
+use policy::AllowedDirs;
 
 /// What the process prints on stdout and exits with.
 pub struct Outcome {
@@ -43,8 +46,9 @@ pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome
     let reply_version = requested_version(input.as_ref().ok());
     let result = match CniEnv::from_lookup(&lookup) {
         Ok(env) => {
-            let result = dispatch_guarded(&env, &input);
-            lifecycle::log_invocation(&env, input.as_ref().ok(), &result, started.elapsed());
+            let mut log = LogSink::Stderr;
+            let result = dispatch_guarded(&env, &input, &mut log);
+            lifecycle::log_invocation(&env, input.as_ref().ok(), &result, started.elapsed(), log);
             result
         }
         Err(e) => Err(e),
@@ -63,55 +67,59 @@ pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome
 
 /// A bug must still answer in the protocol: a panic becomes an error JSON, not a crash
 /// the runtime cannot read.
-fn dispatch_guarded(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, input))).unwrap_or_else(
-        |_| {
+fn dispatch_guarded(
+    env: &CniEnv,
+    input: &Result<Value>,
+    log: &mut LogSink,
+) -> Result<Option<Value>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, input, log)))
+        .unwrap_or_else(|_| {
             Err(Error::Io(
                 "internal error in ros-macvlan (a bug: please report it with the config used)"
                     .into(),
             ))
-        },
-    )
+        })
 }
 
-fn dispatch(env: &CniEnv, input: &Result<Value>) -> Result<Option<Value>> {
+/// Validates the config, then runs the verb. `log` becomes the config's `logFile` only once
+/// the whole config is valid and its paths are confined: a refused config writes nowhere but
+/// stderr.
+fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<Option<Value>> {
     if env.command == Command::Version {
         // VERSION may come with no config at all.
         return Ok(Some(version_info(input.as_ref().ok())));
     }
-    let conf = match input {
-        Ok(v) => NetConf::from_value(v)?,
+    let raw = match input {
+        Ok(v) => v,
         Err(e) => return Err(Error::Decode(e.to_string())),
     };
+    let conf = NetConf::from_value(raw)?;
+    match env.command {
+        Command::Check if !conf.version.supports_check() => {
+            return Err(Error::IncompatibleVersion(format!(
+                "CHECK needs cniVersion 0.4.0 or later; the config says {}",
+                conf.version.as_str()
+            )))
+        }
+        Command::Gc => require_1_1(&conf.version, "GC")?,
+        Command::Status => require_1_1(&conf.version, "STATUS")?,
+        _ => {}
+    }
+    let allowed = AllowedDirs::of_node();
+    let ipam = Ipam::from_conf(&conf, env, &allowed.data)?;
+    *log = LogSink::open(raw, &allowed.logs)?;
     match env.command {
         Command::Add => {
-            let ipam = Ipam::from_conf(&conf, env)?;
             let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
             macvlan::add(&conf, env, &ipam, &ns).map(|r| Some(r.to_json(&conf.version)))
         }
-        Command::Del => {
-            let ipam = Ipam::from_conf(&conf, env)?;
-            macvlan::del(&conf, env, &ipam).map(|_| None)
-        }
+        Command::Del => macvlan::del(&conf, env, &ipam).map(|_| None),
         Command::Check => {
-            if !conf.version.supports_check() {
-                return Err(Error::IncompatibleVersion(format!(
-                    "CHECK needs cniVersion 0.4.0 or later; the config says {}",
-                    conf.version.as_str()
-                )));
-            }
-            let ipam = Ipam::from_conf(&conf, env)?;
             let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
             macvlan::check(&conf, env, &ipam, &ns).map(|_| None)
         }
-        Command::Gc => {
-            require_1_1(&conf.version, "GC")?;
-            lifecycle::gc(&conf, env).map(|_| None)
-        }
-        Command::Status => {
-            require_1_1(&conf.version, "STATUS")?;
-            lifecycle::status(&conf, env).map(|_| None)
-        }
+        Command::Gc => lifecycle::gc(&conf, env, &ipam).map(|_| None),
+        Command::Status => lifecycle::status(&conf, &ipam).map(|_| None),
         Command::Version => unreachable!("answered above"),
     }
 }
