@@ -57,7 +57,7 @@ impl Roots {
         let p = Path::new(path);
         let refuse = |why: &str| {
             Error::InvalidConfig(format!(
-                "{key} {path:?} {why}; the directories allowed for it are {}; use one below them, or {}",
+                "{key} {path:?} {why}; allowed directories: {}; use a path below one of them, or {}",
                 self.list(),
                 self.widen_hint
             ))
@@ -75,7 +75,7 @@ impl Roots {
             .iter()
             .filter(|r| p.starts_with(r))
             .max_by_key(|r| r.components().count())
-            .ok_or_else(|| refuse("is outside the directories allowed for it"))?;
+            .ok_or_else(|| refuse("is outside the allowed directories"))?;
         let below = p
             .strip_prefix(root)
             .expect("starts with the root")
