@@ -183,19 +183,13 @@ impl ConfinedPath {
         // With O_NOFOLLOW and O_DIRECTORY, Linux answers ENOTDIR for a symlink.
         if errno == Errno::ELOOP || parent.is_a(name, SFlag::S_IFLNK) {
             Error::InvalidConfig(format!(
-                "{} {:?} passes through the symbolic link {}; below {} links are not followed: name the real directory",
+                "{}: {} is a symbolic link; below {} links are not followed: name the real path",
                 self.key,
-                self.path().display(),
                 at.display(),
                 self.root.display()
             ))
         } else {
-            Error::InvalidConfig(format!(
-                "{} {:?}: {} is not a directory",
-                self.key,
-                self.path().display(),
-                at.display()
-            ))
+            Error::InvalidConfig(format!("{}: {} is not a directory", self.key, at.display()))
         }
     }
 
@@ -203,14 +197,17 @@ impl ConfinedPath {
     /// directories) when missing. A symlink in its place is the config's fault (code 7).
     pub fn append_file(&self, name: &OsStr) -> Result<File> {
         let dir = self.create_dir()?;
-        dir.open(name, OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT)
+        // O_NONBLOCK: a FIFO in its place must not hang the plugin (it does nothing to a
+        // regular file).
+        let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NONBLOCK;
+        dir.open(name, flags)
             .map_err(|e| match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
-                Errno::ELOOP | Errno::EISDIR | Errno::ENXIO => Error::InvalidConfig(format!(
-                    "{} {:?} is not a regular file: name a new file or a log file",
+                Errno::EISDIR | Errno::ENXIO => Error::InvalidConfig(format!(
+                    "{}: {} is not a regular file",
                     self.key,
                     dir.path.join(name).display()
                 )),
-                _ => Error::io(format!("{} {}", self.key, dir.path.join(name).display()), e),
+                _ => self.refusal(&dir, name, e),
             })
     }
 }
@@ -227,8 +224,9 @@ impl Dir {
     /// Opens a root, following symlinks (the node chose it), creating it and its parents
     /// with `create` mode when given and missing.
     fn open_root(path: &Path, create: Option<u32>) -> io::Result<Dir> {
+        let flags = dir_flags() - OFlag::O_NOFOLLOW;
         let open = || {
-            nix::fcntl::open(path, dir_flags(), Mode::empty()).map(|fd| Dir {
+            nix::fcntl::open(path, flags, Mode::empty()).map(|fd| Dir {
                 fd,
                 path: path.to_owned(),
             })
@@ -344,6 +342,14 @@ impl Dir {
     fn is_a(&self, name: &OsStr, kind: SFlag) -> bool {
         fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .is_ok_and(|s| SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == kind)
+    }
+}
+
+/// For operations this module does not model (a unix socket bound below the directory, say):
+/// use the descriptor with the *at calls, never the path.
+impl AsFd for Dir {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -466,6 +472,19 @@ mod tests {
             0,
             "nothing was created through the links"
         );
+    }
+
+    #[test]
+    fn a_root_may_be_a_symlink() {
+        let s = Scratch::new("rootlink");
+        std::fs::create_dir(s.0.join("real")).unwrap();
+        symlink(s.0.join("real"), s.0.join("root")).unwrap();
+        let r = roots(&[&s.0.join("root")]);
+        let dir = r
+            .confine("k", s.0.join("root/a").to_str().unwrap())
+            .unwrap();
+        dir.create_dir().unwrap();
+        assert!(s.0.join("real/a").is_dir());
     }
 
     #[test]
