@@ -177,7 +177,10 @@ fn main() {
     };
     let lan = Lan::create();
     let node = Node::new(&lan);
-    let work = std::env::temp_dir().join(format!("ros-macvlan-bench-{}", std::process::id()));
+    // Below the reference plugin's own store directory (one the plugin allows for dataDir),
+    // on the filesystem a node's claims live on.
+    let work =
+        PathBuf::from("/var/lib/cni").join(format!("ros-macvlan-bench-{}", std::process::id()));
     let mut rows: Vec<(String, f64, f64, &str)> = Vec::new();
 
     // ADD/DEL latency over CYCLES cycles, alternating the two plugins cycle by cycle so that

@@ -39,7 +39,8 @@ pub fn run() -> i32 {
             return 1;
         }
     };
-    let data = std::env::temp_dir().join(format!("ros-macvlan-demo-{}", std::process::id()));
+    // In a directory the plugin allows for host-local's dataDir with no node policy.
+    let data = Path::new("/run/cni").join(format!("ros-macvlan-demo-{}", std::process::id()));
     let outcome = std::panic::catch_unwind(|| scene(&bin, &data));
     let _ = std::fs::remove_dir_all(&data);
     match outcome {

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli;
 pub mod cni;
+pub mod confine;
 pub mod demo;
 pub mod doctor;
 pub mod duplicate;
@@ -30,6 +31,8 @@ use cni::env::{CniEnv, Command};
 use cni::version::{Version, LATEST, SUPPORTED};
 use cni::{Error, Result};
 use ipam::Ipam;
+use lifecycle::LogSink;
+use policy::AllowedDirs;
 
 /// What the process prints on stdout and exits with.
 pub struct Outcome {
@@ -45,8 +48,9 @@ pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome
     let reply_version = requested_version(input.as_ref().ok());
     let result = match CniEnv::from_lookup(&lookup) {
         Ok(env) => {
-            let result = dispatch_guarded(&env, &input);
-            lifecycle::log_invocation(&env, input.as_ref().ok(), &result, started.elapsed());
+            let mut log = LogSink::Stderr;
+            let result = dispatch_guarded(&env, &input, &mut log);
+            lifecycle::log_invocation(&env, input.as_ref().ok(), &result, started.elapsed(), log);
             result
         }
         Err(e) => Err(e),
@@ -82,60 +86,62 @@ impl Answer {
     }
 }
 
-/// A bug must still answer in the protocol: a panic becomes an error JSON, not a crash
-/// the runtime cannot read.
-fn dispatch_guarded(env: &CniEnv, input: &Result<Value>) -> Result<Answer> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, input))).unwrap_or_else(
-        |_| {
+/// A bug must still answer in the protocol: a panic becomes an error JSON (code 999), not a
+/// crash the runtime cannot read; ADD's undo has run on the unwind.
+fn dispatch_guarded(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<Answer> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, input, log)))
+        .unwrap_or_else(|_| {
             Err(Error::Internal(
                 "internal error in ros-macvlan (a bug: please report it with the config used); what the call had done was undone"
                     .into(),
             ))
-        },
-    )
+        })
 }
 
-fn dispatch(env: &CniEnv, input: &Result<Value>) -> Result<Answer> {
+/// Validates the config, then runs the verb. `log` becomes the config's `logFile` only once
+/// the whole config is valid and its paths are confined: a refused config writes nowhere but
+/// stderr.
+fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<Answer> {
     if env.command == Command::Version {
         // VERSION may come with no config at all.
         return Ok(Answer::json(version_info(input.as_ref().ok())));
     }
-    let conf = match input {
-        Ok(v) => NetConf::from_value(v)?,
+    let raw = match input {
+        Ok(v) => v,
         Err(e) => return Err(Error::Decode(e.to_string())),
     };
+    let conf = NetConf::from_value(raw)?;
+    match env.command {
+        Command::Check if !conf.version.supports_check() => {
+            return Err(Error::IncompatibleVersion(format!(
+                "CHECK needs cniVersion 0.4.0 or later; the config says {}",
+                conf.version.as_str()
+            )))
+        }
+        Command::Gc => require_1_1(&conf.version, "GC")?,
+        Command::Status => require_1_1(&conf.version, "STATUS")?,
+        _ => {}
+    }
+    let allowed = AllowedDirs::of_node();
+    let ipam = Ipam::from_conf(&conf, env, &allowed.data)?;
+    let agent = membership::AgentPlace::of_config(&conf, &allowed.agent)?;
+    *log = LogSink::open(raw, &allowed.logs)?;
     match env.command {
         Command::Add => {
-            let ipam = Ipam::from_conf(&conf, env)?;
+            agent.prepare()?;
             let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
-            macvlan::add(&conf, env, &ipam, &ns).map(|added| Answer {
+            macvlan::add(&conf, env, &ipam, &agent, &ns).map(|added| Answer {
                 stdout: Some(added.result.to_json(&conf.version)),
                 notes: added.notes,
             })
         }
-        Command::Del => {
-            let ipam = Ipam::from_conf(&conf, env)?;
-            macvlan::del(&conf, env, &ipam).map(|_| Answer::silent())
-        }
+        Command::Del => macvlan::del(&conf, env, &ipam, &agent).map(|_| Answer::silent()),
         Command::Check => {
-            if !conf.version.supports_check() {
-                return Err(Error::IncompatibleVersion(format!(
-                    "CHECK needs cniVersion 0.4.0 or later; the config says {}",
-                    conf.version.as_str()
-                )));
-            }
-            let ipam = Ipam::from_conf(&conf, env)?;
             let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
-            macvlan::check(&conf, env, &ipam, &ns).map(|_| Answer::silent())
+            macvlan::check(&conf, env, &ipam, &agent, &ns).map(|_| Answer::silent())
         }
-        Command::Gc => {
-            require_1_1(&conf.version, "GC")?;
-            lifecycle::gc(&conf, env).map(|_| Answer::silent())
-        }
-        Command::Status => {
-            require_1_1(&conf.version, "STATUS")?;
-            lifecycle::status(&conf, env).map(|_| Answer::silent())
-        }
+        Command::Gc => lifecycle::gc(&conf, env, &ipam).map(|_| Answer::silent()),
+        Command::Status => lifecycle::status(&conf, &ipam).map(|_| Answer::silent()),
         Command::Version => unreachable!("answered above"),
     }
 }

@@ -2,6 +2,7 @@
 //! per invocation operators read.
 
 use std::collections::HashSet;
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use serde_json::Value;
 use crate::cni::config::NetConf;
 use crate::cni::env::{CniEnv, Command};
 use crate::cni::{Error, Result};
+use crate::confine::{ConfinedPath, Roots};
 use crate::ipam::store::{Record, Store};
 use crate::ipam::Ipam;
 use crate::macvlan::resolve_master;
@@ -33,14 +35,13 @@ fn valid_attachments(conf: &NetConf) -> HashSet<(String, String)> {
 }
 
 /// GC: releases every claim of this network held by no valid attachment.
-pub fn gc(conf: &NetConf, env: &CniEnv) -> Result<()> {
+pub fn gc(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
     let valid = valid_attachments(conf);
-    match Ipam::from_conf(conf, env)? {
+    match ipam {
         Ipam::HostLocal(hl) => {
-            if !hl.data_dir.join(&conf.name).exists() {
+            let Some(store) = Store::open_existing(&hl.data_dir, &conf.name)? else {
                 return Ok(());
-            }
-            let store = Store::open(&hl.data_dir, &conf.name)?;
+            };
             for (ip, holder) in store.claims()? {
                 let keep = holder.is_some_and(|h| {
                     valid.contains(&(h.container_id.clone(), h.ifname.clone()))
@@ -73,20 +74,24 @@ pub struct Orphan {
 /// `ros-macvlan gc`: releases, in every network of `data_dir`, the claims whose record names
 /// a netns that no longer exists (the pod vanished without a DEL: a reboot, a lost DEL).
 /// Claims without a record (made by the reference plugin) are left alone: nothing tells
-/// whether their pod lives.
+/// whether their pod lives. The operator names `data_dir`; below it no symlink is followed.
 pub fn release_orphans(data_dir: &Path) -> Result<Vec<Orphan>> {
     let mut released = Vec::new();
-    let networks = match std::fs::read_dir(data_dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(released),
-        Err(e) => return Err(Error::io(format!("read {}", data_dir.display()), e)),
+    let data = ConfinedPath::trusted("--data-dir", data_dir, crate::policy::DATA_DIR_MODE);
+    let Some(dir) = data.open_dir()? else {
+        return Ok(released);
     };
-    for entry in networks
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
+    let networks = dir
+        .entries()
+        .map_err(|e| Error::io(format!("read {}", data_dir.display()), e))?;
+    for network in networks
+        .into_iter()
+        .filter(|(_, is_dir)| *is_dir)
+        .filter_map(|(name, _)| name.into_string().ok())
     {
-        let network = entry.file_name().to_string_lossy().into_owned();
-        let store = Store::open(data_dir, &network)?;
+        let Some(store) = Store::open_existing(&data, &network)? else {
+            continue;
+        };
         for record in store.records() {
             if Path::new(&record.netns).exists() {
                 continue;
@@ -103,7 +108,7 @@ pub fn release_orphans(data_dir: &Path) -> Result<Vec<Orphan>> {
 }
 
 /// STATUS: ready when the master is there and up and an address is left to hand out.
-pub fn status(conf: &NetConf, env: &CniEnv) -> Result<()> {
+pub fn status(conf: &NetConf, ipam: &Ipam) -> Result<()> {
     let nl = Netlink::here()?;
     let master = resolve_master(&nl, conf).map_err(|e| Error::NotAvailable(e.to_string()))?;
     if !master.is_up() {
@@ -112,7 +117,7 @@ pub fn status(conf: &NetConf, env: &CniEnv) -> Result<()> {
             master.name
         )));
     }
-    if let Ipam::HostLocal(hl) = Ipam::from_conf(conf, env)? {
+    if let Ipam::HostLocal(hl) = ipam {
         let store = Store::open(&hl.data_dir, &conf.name)?;
         for (i, set) in hl.range_sets.iter().enumerate() {
             let free = set
@@ -129,23 +134,66 @@ pub fn status(conf: &NetConf, env: &CniEnv) -> Result<()> {
     Ok(())
 }
 
+/// Where the log line of an invocation goes: stderr, unless the config is valid and names a
+/// `logFile` in a directory the node allows for logs.
+#[derive(Debug, Default)]
+pub enum LogSink {
+    #[default]
+    Stderr,
+    File(File),
+}
+
+impl LogSink {
+    /// For a validated config: its `logFile`, confined to `roots` and opened now, so that a
+    /// path the node does not allow refuses the invocation (code 7) before it changes
+    /// anything. A file that cannot be opened for another reason (a full or read-only disk)
+    /// does not fail the attachment: the line goes to stderr.
+    pub fn open(conf: &Value, roots: &Roots) -> Result<LogSink> {
+        let path = match conf.get("logFile") {
+            None | Some(Value::Null) => return Ok(LogSink::Stderr),
+            Some(Value::String(s)) if s.is_empty() => return Ok(LogSink::Stderr),
+            Some(Value::String(s)) => s,
+            Some(other) => {
+                return Err(Error::InvalidConfig(format!(
+                    "logFile must be a path, not {other}"
+                )))
+            }
+        };
+        let (dir, name) = roots.confine_file("logFile", path)?;
+        if log_level(conf) == "none" {
+            return Ok(LogSink::Stderr);
+        }
+        match dir.append_file(&name) {
+            Ok(f) => Ok(LogSink::File(f)),
+            Err(e @ Error::InvalidConfig(_)) => Err(e),
+            Err(e) => {
+                eprintln!("ros-macvlan: cannot open logFile ({e}); logging to stderr");
+                Ok(LogSink::Stderr)
+            }
+        }
+    }
+}
+
+fn log_level(conf: &Value) -> &str {
+    conf.get("logLevel")
+        .and_then(Value::as_str)
+        .unwrap_or("info")
+}
+
 /// One line per ADD, DEL and CHECK: the pod, container, interface, address, duration and
-/// outcome; on stderr, or appended to `logFile`. `logLevel` "error" logs failures only,
-/// "none" nothing.
+/// outcome, to `sink`. `logLevel` "error" logs failures only, "none" nothing.
 pub fn log_invocation(
     env: &CniEnv,
     conf: Option<&Value>,
     result: &Result<crate::Answer>,
     took: Duration,
+    sink: LogSink,
 ) {
     if !matches!(env.command, Command::Add | Command::Del | Command::Check) {
         return;
     }
     let conf = conf.unwrap_or(&Value::Null);
-    let level = conf
-        .get("logLevel")
-        .and_then(Value::as_str)
-        .unwrap_or("info");
+    let level = log_level(conf);
     if level == "none" || (level == "error" && result.is_ok()) {
         return;
     }
@@ -179,14 +227,10 @@ pub fn log_invocation(
         env.ifname,
         took.as_secs_f64() * 1000.0
     );
-    match conf.get("logFile").and_then(Value::as_str) {
-        Some(path) => {
-            let _ = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| f.write_all(line.as_bytes()));
+    match sink {
+        LogSink::File(mut f) => {
+            let _ = f.write_all(line.as_bytes());
         }
-        None => eprint!("{line}"),
+        LogSink::Stderr => eprint!("{line}"),
     }
 }

@@ -12,7 +12,7 @@ use crate::cni::result::{CniResult, Interface};
 use crate::cni::{Error, Result};
 use crate::duplicate;
 use crate::ipam::Ipam;
-use crate::membership;
+use crate::membership::{self, AgentPlace};
 use crate::multicast;
 use crate::netlink::{
     kernel_mode, Link, LinkChange, Netlink, NewMacvlan, Op, DEVCONF_ARP_NOTIFY, TABLE_MAIN,
@@ -153,7 +153,13 @@ struct Progress {
     marked: bool,
 }
 
-pub fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result<Added> {
+pub fn add(
+    conf: &NetConf,
+    env: &CniEnv,
+    ipam: &Ipam,
+    agent: &AgentPlace,
+    ns: &Namespaces,
+) -> Result<Added> {
     // Everything checkable is checked before the first change.
     let master = resolve_master(&ns.master_nl, conf)?;
     let policy = Policy::load()?;
@@ -181,11 +187,12 @@ pub fn add(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result
         conf,
         env,
         ipam,
+        agent,
         ns,
         progress: Progress::default(),
         armed: true,
     };
-    let added = add_steps(conf, env, ipam, ns, &plan, &mut undo.progress)?;
+    let added = add_steps(conf, env, ipam, agent, ns, &plan, &mut undo.progress)?;
     undo.armed = false;
     Ok(added)
 }
@@ -196,6 +203,7 @@ struct Undo<'a> {
     conf: &'a NetConf,
     env: &'a CniEnv,
     ipam: &'a Ipam,
+    agent: &'a AgentPlace,
     ns: &'a Namespaces,
     progress: Progress,
     armed: bool,
@@ -204,7 +212,14 @@ struct Undo<'a> {
 impl Drop for Undo<'_> {
     fn drop(&mut self) {
         if self.armed {
-            undo(self.conf, self.env, self.ipam, self.ns, &self.progress);
+            undo(
+                self.conf,
+                self.env,
+                self.ipam,
+                self.agent,
+                self.ns,
+                &self.progress,
+            );
         }
     }
 }
@@ -213,6 +228,7 @@ fn add_steps(
     conf: &NetConf,
     env: &CniEnv,
     ipam: &Ipam,
+    agent: &AgentPlace,
     ns: &Namespaces,
     plan: &Plan,
     progress: &mut Progress,
@@ -272,7 +288,7 @@ fn add_steps(
 
     // Joined once the link is up and addressed, so the IGMP report carries net1's address.
     progress.joined = true;
-    let note = membership::hold(conf, env, &ns.pod_ns, link.index)?;
+    let note = membership::hold(conf, env, agent, &ns.pod_ns, link.index)?;
     fault_point(env, "joined");
 
     progress.marked = conf.multicast.mark_other_interfaces;
@@ -346,7 +362,14 @@ fn claim_unused_addresses(
 
 /// Undoes a failed ADD, most recent step first. Failures here are logged, not returned: the
 /// original error is what the runtime must see.
-fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &Progress) {
+fn undo(
+    conf: &NetConf,
+    env: &CniEnv,
+    ipam: &Ipam,
+    agent: &AgentPlace,
+    ns: &Namespaces,
+    progress: &Progress,
+) {
     if progress.marked {
         let restored = match ns.pod_nl.links() {
             Ok(links) => ns.pod_nl.apply(multicast::restore_ops(&links, &env.ifname)),
@@ -357,7 +380,7 @@ fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &P
         }
     }
     if progress.joined {
-        membership::release(conf, env);
+        membership::release(conf, env, agent);
     }
     if progress.ipam {
         if let Err(e) = ipam.del(conf, env) {
@@ -379,7 +402,7 @@ fn undo(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces, progress: &P
 /// next ADD. Only then is the address released, so no other pod can get it while this link
 /// could still use it. Nothing left to do is success; a namespace that is gone has taken
 /// its links with it.
-pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
+pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam, agent: &AgentPlace) -> Result<()> {
     let pod_ns = match open_pod_netns(&env.netns) {
         Ok(ns) => Some(ns),
         // Gone (or never given): its links went with it; the address is still released.
@@ -387,8 +410,8 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
         Err(e) => return Err(e),
     };
     // The heirs of the multicast routes are read from the records before ours goes.
-    let heirs = membership::other_members(conf, env);
-    membership::release(conf, env);
+    let heirs = membership::other_members(conf, env, agent);
+    membership::release(conf, env, agent);
     let Some(pod_ns) = pod_ns else {
         return ipam.del(conf, env);
     };
@@ -431,7 +454,13 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
 }
 
 /// CHECK against prevResult: the interface, its kind, mode, MAC, addresses and routes.
-pub fn check(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Result<()> {
+pub fn check(
+    conf: &NetConf,
+    env: &CniEnv,
+    ipam: &Ipam,
+    agent: &AgentPlace,
+    ns: &Namespaces,
+) -> Result<()> {
     let prev_json = conf.prev_result.as_ref().ok_or_else(|| {
         Error::InvalidConfig("CHECK needs prevResult in the network config".into())
     })?;
@@ -500,5 +529,5 @@ pub fn check(conf: &NetConf, env: &CniEnv, ipam: &Ipam, ns: &Namespaces) -> Resu
         }
     }
     multicast::check(&ns.pod_nl, &ns.pod_ns, &link, &conf.multicast)?;
-    membership::check(conf, env, &ns.pod_ns)
+    membership::check(conf, env, agent, &ns.pod_ns)
 }

@@ -13,6 +13,7 @@
 //! of attachments added while no agent ran. This file is the plugin's side and the wire
 //! protocol both sides speak; `agent` is the holder.
 
+use std::ffi::OsString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -21,6 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::fcntl::OFlag;
 use nix::sys::socket::{
     recvmsg, sendmsg, socket, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
@@ -30,7 +32,9 @@ use serde::{Deserialize, Serialize};
 use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Result};
+use crate::confine::{ConfinedPath, Roots};
 use crate::netns::Netns;
+use crate::policy::AGENT_DIR_MODE;
 
 /// Where the node agent listens unless the config's `agentSocket` says otherwise.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/ros-macvlan/agent.sock";
@@ -78,54 +82,92 @@ pub fn inode_of(path: &Path) -> io::Result<u64> {
     std::fs::metadata(path).map(|m| m.ino())
 }
 
-/// The records live beside the agent's socket, in the directory both sides know.
+/// The records live beside the agent's socket, in a directory both sides know. Every file
+/// in it is opened relative to it, never through a symlink (`confine`).
 #[derive(Debug, Clone)]
-pub struct RecordDir(PathBuf);
+pub struct RecordDir(ConfinedPath);
 
 impl RecordDir {
+    /// The records beside a socket the operator named (the agent's `--socket`).
     pub fn beside(agent_socket: &Path) -> RecordDir {
-        RecordDir(
-            agent_socket
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .join("memberships"),
-        )
+        let dir = agent_socket.parent().unwrap_or(Path::new("/"));
+        RecordDir(ConfinedPath::trusted("agent socket", dir, AGENT_DIR_MODE).join(RECORDS))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.0
+    /// The records beside a socket in a directory that passed `Roots::confine`.
+    fn in_dir(socket_dir: ConfinedPath) -> RecordDir {
+        RecordDir(socket_dir.join(RECORDS))
     }
 
-    fn file(&self, key: &str) -> PathBuf {
-        self.0.join(format!("{key}.json"))
+    pub fn path(&self) -> PathBuf {
+        self.0.path()
+    }
+
+    fn file(key: &str) -> OsString {
+        OsString::from(format!("{key}.json"))
     }
 
     /// Written whole and renamed into place: a reader never sees half a record.
-    pub fn write(&self, record: &Record) -> io::Result<()> {
-        std::fs::create_dir_all(&self.0)?;
-        let target = self.file(&record.key());
-        let temp = self
-            .0
-            .join(format!(".{}.tmp-{}", record.key(), std::process::id()));
-        let bytes = serde_json::to_vec(record).map_err(io::Error::other)?;
-        std::fs::write(&temp, bytes).and_then(|_| std::fs::rename(&temp, &target))
+    pub fn write(&self, record: &Record) -> Result<()> {
+        let dir = self.0.create_dir()?;
+        let key = record.key();
+        let temp = OsString::from(format!(".{key}.tmp-{}", std::process::id()));
+        let bytes = serde_json::to_vec(record).map_err(|e| Error::Io(e.to_string()))?;
+        let written = dir
+            .open(&temp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)
+            .and_then(|mut f| f.write_all(&bytes))
+            .and_then(|_| dir.rename(&temp, &RecordDir::file(&key)));
+        if written.is_err() {
+            let _ = dir.remove(&temp);
+        }
+        written.map_err(|e| Error::io(format!("membership record {key}"), e))
     }
 
     pub fn remove(&self, key: &str) {
-        let _ = std::fs::remove_file(self.file(key));
+        if let Ok(Some(dir)) = self.0.open_dir() {
+            let _ = dir.remove(&RecordDir::file(key));
+        }
     }
 
     /// Every readable record; unreadable files are skipped (and left for an operator).
     pub fn list(&self) -> Vec<Record> {
-        let Ok(entries) = std::fs::read_dir(&self.0) else {
+        let Ok(Some(dir)) = self.0.open_dir() else {
             return Vec::new();
         };
-        entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            .filter_map(|e| std::fs::read(e.path()).ok())
+        dir.entries()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(name, is_dir)| !is_dir && name.to_string_lossy().ends_with(".json"))
+            .filter_map(|(name, _)| dir.read(&name).ok())
             .filter_map(|b| serde_json::from_slice(&b).ok())
             .collect()
+    }
+}
+
+/// The directory of the records, beside the agent's socket.
+const RECORDS: &str = "memberships";
+
+/// Where a config's attachments find the node agent and keep their records: `agentSocket`,
+/// confined to the agent's directory, since a NAD names it and the plugin writes there.
+pub struct AgentPlace {
+    client: AgentClient,
+    records: RecordDir,
+}
+
+impl AgentPlace {
+    /// Checks `agentSocket` by its text: below the agent's directory, no `..`.
+    pub fn of_config(conf: &NetConf, allowed: &Roots) -> Result<AgentPlace> {
+        let (dir, _socket) = allowed.confine_file("agentSocket", &conf.agent_socket)?;
+        Ok(AgentPlace {
+            client: AgentClient::new(Path::new(&conf.agent_socket)),
+            records: RecordDir::in_dir(dir),
+        })
+    }
+
+    /// Opens (creating what is missing) the records' directory before ADD changes anything,
+    /// so a symlink on its way is refused (code 7) while there is nothing to undo.
+    pub fn prepare(&self) -> Result<()> {
+        self.records.0.create_dir().map(drop)
     }
 }
 
@@ -183,7 +225,13 @@ fn add_membership(sock: &OwnedFd, group: Ipv4Addr, index: u32) -> io::Result<()>
 /// hands the membership to the node agent. Without a reachable agent the ADD still
 /// succeeds (DDS processes join the groups themselves) and the returned note says so for
 /// the log line; the record stays, so an agent that starts later holds it.
-pub fn hold(conf: &NetConf, env: &CniEnv, ns: &Netns, index: u32) -> Result<Option<String>> {
+pub fn hold(
+    conf: &NetConf,
+    env: &CniEnv,
+    agent: &AgentPlace,
+    ns: &Netns,
+    index: u32,
+) -> Result<Option<String>> {
     let groups = &conf.multicast.groups;
     if groups.is_empty() {
         return Ok(None);
@@ -204,18 +252,13 @@ pub fn hold(conf: &NetConf, env: &CniEnv, ns: &Netns, index: u32) -> Result<Opti
             .map_err(|e| Error::io(format!("stat network namespace {}", env.netns), e))?,
         groups: groups.clone(),
     };
-    let records = RecordDir::beside(&conf.agent_socket);
-    if let Err(e) = records.write(&record) {
-        return Ok(Some(format!(
-            "membership not held: cannot write its record under {} ({e})",
-            records.path().display()
-        )));
+    if let Err(e) = agent.records.write(&record) {
+        return Ok(Some(format!("membership not held: {e}")));
     }
-    let agent = AgentClient::new(&conf.agent_socket);
-    Ok(agent.hold(&record, &socket).err().map(|e| {
+    Ok(agent.client.hold(&record, &socket).err().map(|e| {
         format!(
             "membership not held: no node agent at {} ({e}); DDS processes join the groups themselves, and the agent holds it once it runs",
-            agent.socket().display()
+            agent.client.socket().display()
         )
     }))
 }
@@ -223,19 +266,20 @@ pub fn hold(conf: &NetConf, env: &CniEnv, ns: &Netns, index: u32) -> Result<Opti
 /// DEL (and a failed ADD's undo): the record goes, and the agent lets go of the socket at
 /// once (the IGMP leave goes out). An agent that does not answer finds the record gone
 /// at its next sweep.
-pub fn release(conf: &NetConf, env: &CniEnv) {
+pub fn release(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) {
     if conf.multicast.groups.is_empty() {
         return;
     }
     let key = key_of(&conf.name, &env.container_id, &env.ifname);
-    RecordDir::beside(&conf.agent_socket).remove(&key);
-    let _ = AgentClient::new(&conf.agent_socket).drop_key(&key);
+    agent.records.remove(&key);
+    let _ = agent.client.drop_key(&key);
 }
 
 /// The interfaces of the pod's other attachments of this network that hold memberships
 /// of any of the same groups: the heirs of the multicast routes when this one goes.
-pub fn other_members(conf: &NetConf, env: &CniEnv) -> Vec<String> {
-    RecordDir::beside(&conf.agent_socket)
+pub fn other_members(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) -> Vec<String> {
+    agent
+        .records
         .list()
         .into_iter()
         .filter(|r| r.container_id == env.container_id && r.ifname != env.ifname)
@@ -247,18 +291,18 @@ pub fn other_members(conf: &NetConf, env: &CniEnv) -> Vec<String> {
 /// CHECK: when a node agent answers, it holds this attachment's membership and the kernel
 /// lists the groups as joined on the interface. Without an agent no membership is expected
 /// (ADD succeeded without one, as designed).
-pub fn check(conf: &NetConf, env: &CniEnv, ns: &Netns) -> Result<()> {
+pub fn check(conf: &NetConf, env: &CniEnv, agent: &AgentPlace, ns: &Netns) -> Result<()> {
     if conf.multicast.groups.is_empty() {
         return Ok(());
     }
-    let Ok(held) = AgentClient::new(&conf.agent_socket).list() else {
+    let Ok(held) = agent.client.list() else {
         return Ok(());
     };
     let key = key_of(&conf.name, &env.container_id, &env.ifname);
     if !held.iter().any(|r| r.key() == key) {
         return Err(Error::CheckFailed(format!(
             "the node agent at {} holds no membership for {key}",
-            conf.agent_socket.display()
+            conf.agent_socket
         )));
     }
     let joined = crate::multicast::joined_groups(ns, &env.ifname)?;

@@ -1,26 +1,45 @@
-//! The node's policy: which master interfaces and address ranges attachments may use.
+//! The node's policy: which master interfaces and address ranges attachments may use, and
+//! which directories beyond the defaults the paths of a config may lead into.
 //! NetworkAttachmentDefinitions are namespaced and any namespace admin may write one, while
 //! the plugin runs as root on the node; the policy file (installed by the DaemonSet from a
-//! ConfigMap) lets the cluster admin bound what such a config can reach. No file: everything
-//! is allowed.
+//! ConfigMap) lets the cluster admin bound what such a config can reach. No file: every
+//! master and range is allowed, and paths only the default directories.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Component, PathBuf};
 
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 use crate::cni::{Error, Result};
+use crate::confine::Roots;
 
 pub const DEFAULT_POLICY_FILE: &str = "/etc/cni/ros-macvlan/policy.json";
 
+/// Where `logFile` may lead with no policy; the plugin creates it (mode 0750) when needed.
+pub const DEFAULT_LOG_DIRS: &[&str] = &["/var/log/ros-macvlan"];
+/// Where host-local's `dataDir` may lead with no policy: they hold the reference plugin's
+/// default, /var/lib/cni/networks.
+pub const DEFAULT_DATA_DIRS: &[&str] = &["/var/lib/cni", "/run/cni"];
+const LOG_DIR_MODE: u32 = 0o750;
+/// As the reference host-local creates its store.
+pub const DATA_DIR_MODE: u32 = 0o755;
+/// Where `agentSocket` may lead: the node agent's own directory (its socket and the
+/// plugin's membership records), only root's.
+pub const DEFAULT_AGENT_DIRS: &[&str] = &["/run/ros-macvlan"];
+pub const AGENT_DIR_MODE: u32 = 0o700;
+
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Policy {
     /// Allowed master interface names; a trailing `*` matches a prefix (`enp*`).
     masters: Option<Vec<String>>,
     /// Prefixes every address handed to a pod must lie in.
     ranges: Option<Vec<IpNetwork>>,
+    /// Directories `logFile` may lead into besides DEFAULT_LOG_DIRS.
+    log_dirs: Option<Vec<PathBuf>>,
+    /// Directories host-local's `dataDir` may lead into besides DEFAULT_DATA_DIRS.
+    data_dirs: Option<Vec<PathBuf>>,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -29,9 +48,7 @@ impl Policy {
     /// The node's policy; ROS_MACVLAN_POLICY_FILE names another file. A file that exists but
     /// cannot be read or parsed refuses everything: a broken policy must not mean no policy.
     pub fn load() -> Result<Option<Policy>> {
-        let path = std::env::var_os("ROS_MACVLAN_POLICY_FILE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY_FILE));
+        let path = policy_file();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -44,12 +61,26 @@ impl Policy {
         };
         let mut policy: Policy = serde_json::from_slice(&bytes).map_err(|e| {
             Error::PolicyRefused(format!(
-                "node policy {} is invalid ({e}); it takes {{\"masters\": [...], \"ranges\": [...]}}",
+                "node policy {} is invalid ({e}); it takes {{\"masters\": [...], \"ranges\": [...], \"logDirs\": [...], \"dataDirs\": [...]}}",
                 path.display()
             ))
         })?;
         policy.path = path;
+        policy.check_dirs()?;
         Ok(Some(policy))
+    }
+
+    /// The directories listed must say plainly where they are.
+    fn check_dirs(&self) -> Result<()> {
+        let mut dirs = self.log_dirs.iter().chain(&self.data_dirs).flatten();
+        match dirs.find(|d| !d.is_absolute() || d.components().any(|c| c == Component::ParentDir)) {
+            Some(bad) => Err(Error::PolicyRefused(format!(
+                "node policy {} lists the directory {:?}: directories must be absolute paths without '..'",
+                self.path.display(),
+                bad.display()
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub fn check_master(&self, master: &str) -> Result<()> {
@@ -88,9 +119,72 @@ impl Policy {
     }
 }
 
+/// The policy file: ROS_MACVLAN_POLICY_FILE, or the default.
+fn policy_file() -> PathBuf {
+    std::env::var_os("ROS_MACVLAN_POLICY_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY_FILE))
+}
+
+/// The directories the paths of a config may lead into on this node.
+#[derive(Debug, Clone)]
+pub struct AllowedDirs {
+    /// For `logFile`.
+    pub logs: Roots,
+    /// For host-local's `ipam.dataDir`.
+    pub data: Roots,
+    /// For `agentSocket`: the agent's directory only; the node policy does not widen it.
+    pub agent: Roots,
+}
+
+impl AllowedDirs {
+    /// The defaults, widened by what `policy` lists.
+    pub fn new(policy: Option<&Policy>) -> AllowedDirs {
+        let file = policy.map_or_else(policy_file, |p| p.path.clone());
+        let roots = |defaults: &[&str], extra: Option<&Vec<PathBuf>>, key: &str, mode| {
+            let dirs = defaults
+                .iter()
+                .map(PathBuf::from)
+                .chain(extra.into_iter().flatten().cloned())
+                .collect();
+            let hint = format!(
+                "have the cluster admin list another under \"{key}\" in the node policy {}",
+                file.display()
+            );
+            Roots::new(dirs, mode, hint)
+        };
+        AllowedDirs {
+            logs: roots(
+                DEFAULT_LOG_DIRS,
+                policy.and_then(|p| p.log_dirs.as_ref()),
+                "logDirs",
+                LOG_DIR_MODE,
+            ),
+            data: roots(
+                DEFAULT_DATA_DIRS,
+                policy.and_then(|p| p.data_dirs.as_ref()),
+                "dataDirs",
+                DATA_DIR_MODE,
+            ),
+            agent: Roots::new(
+                DEFAULT_AGENT_DIRS.iter().map(PathBuf::from).collect(),
+                AGENT_DIR_MODE,
+                "point it at the node agent's socket (ros-macvlan agent --socket)",
+            ),
+        }
+    }
+
+    /// This node's. A policy file that cannot be read or parsed widens nothing (and ADD
+    /// refuses it on its own).
+    pub fn of_node() -> AllowedDirs {
+        AllowedDirs::new(Policy::load().ok().flatten().as_ref())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn policy(json: &str) -> Policy {
         serde_json::from_str(json).unwrap()
@@ -119,6 +213,41 @@ mod tests {
         assert!(policy("{}")
             .check_address("203.0.113.1".parse().unwrap())
             .is_ok());
+    }
+
+    #[test]
+    fn listed_dirs_widen_the_defaults() {
+        let p = policy(r#"{"logDirs": ["/srv/logs"], "dataDirs": ["/srv/ipam"]}"#);
+        let a = AllowedDirs::new(Some(&p));
+        assert_eq!(
+            a.logs.dirs(),
+            [Path::new("/var/log/ros-macvlan"), Path::new("/srv/logs")]
+        );
+        assert_eq!(
+            a.data.dirs(),
+            [
+                Path::new("/var/lib/cni"),
+                Path::new("/run/cni"),
+                Path::new("/srv/ipam")
+            ]
+        );
+        let e = a.data.confine("ipam.dataDir", "/etc/x").unwrap_err();
+        assert!(
+            e.to_string().contains("/var/lib/cni, /run/cni, /srv/ipam")
+                && e.to_string().contains("\"dataDirs\""),
+            "{e}"
+        );
+        assert_eq!(
+            AllowedDirs::new(None).logs.dirs(),
+            [Path::new("/var/log/ros-macvlan")]
+        );
+        assert!(p.check_dirs().is_ok());
+        for bad in [
+            r#"{"logDirs": ["logs"]}"#,
+            r#"{"dataDirs": ["/var/lib/cni/../.."]}"#,
+        ] {
+            assert_eq!(policy(bad).check_dirs().unwrap_err().code(), 106, "{bad}");
+        }
     }
 
     #[test]

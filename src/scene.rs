@@ -361,14 +361,18 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(bin: &Path) -> Agent {
-        let dir = Path::new("/run/ros-macvlan").join(unique("agent"));
-        let mut agent = Agent {
-            bin: bin.to_owned(),
-            dir,
-            child: None,
-        };
+        let mut agent = Agent::not_started(bin);
         agent.restart();
         agent
+    }
+
+    /// An agent's place with nobody listening yet: plugins pointed at it find no agent.
+    pub fn not_started(bin: &Path) -> Agent {
+        Agent {
+            bin: bin.to_owned(),
+            dir: Path::new("/run/ros-macvlan").join(unique("agent")),
+            child: None,
+        }
     }
 
     pub fn socket(&self) -> std::path::PathBuf {

@@ -829,7 +829,8 @@ fn runtime_ips_resolv_conf_arp_notify_log_file_and_del_with_prev_result() {
     let data = DataDir::create();
     let resolv = data.0.join("resolv.conf");
     std::fs::write(&resolv, "nameserver 198.51.100.53\nsearch ros.example\n").unwrap();
-    let log = data.0.join("ros-macvlan.log");
+    let logs = DataDir::logs();
+    let log = logs.0.join("ros-macvlan.log");
     let mut conf = guide(&data);
     conf["ipam"]["resolvConf"] = json!(resolv);
     conf["logFile"] = json!(log);

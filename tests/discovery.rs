@@ -251,13 +251,8 @@ fn guide_scene(
     let lan = Lan::create();
     let node = Node::new(&lan);
     let data = DataDir::create();
-    let agent = agent.then(start_agent);
-    let mut conf = guide(&data);
-    if let Some(agent) = &agent {
-        conf = with_agent(conf, agent);
-    } else {
-        conf["agentSocket"] = json!(data.0.join("no-agent.sock"));
-    }
+    let agent = if agent { start_agent() } else { no_agent() };
+    let mut conf = with_agent(guide(&data), &agent);
     conf["type"] = json!(plugin_type);
     if let Some(m) = multicast {
         conf["multicast"] = m;

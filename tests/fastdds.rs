@@ -43,24 +43,26 @@ impl Plugin {
         }
     }
 
+    /// The node agent a node runs with this plugin: none listens for the variant without.
+    fn agent(self) -> Agent {
+        match self {
+            Plugin::RosMacvlan => start_agent(),
+            Plugin::RosMacvlanWithoutAgent | Plugin::Reference => no_agent(),
+        }
+    }
+
     /// The one place the scenes' network config is built: the guide's config (host-local
     /// IPAM on 198.51.100.0/24, master lan0) with this plugin's type, an address range of
-    /// its own per node, and the node's agent (or, without one, a socket nobody listens on).
+    /// its own per node, and the node's agent (`agent`).
     fn config(self, data: &DataDir, agent: &Agent, first: &str, last: &str) -> Value {
-        let conf = guide_config(Some("1.0.0"), "lan0", data, first, last);
-        match self {
-            Plugin::RosMacvlan => with_agent(conf, agent),
-            Plugin::RosMacvlanWithoutAgent => {
-                let mut conf = conf;
-                conf["agentSocket"] = json!(data.0.join("no-agent.sock"));
-                conf
-            }
-            Plugin::Reference => {
-                let mut conf = conf;
-                conf["type"] = json!("macvlan");
-                conf
-            }
+        let mut conf = with_agent(
+            guide_config(Some("1.0.0"), "lan0", data, first, last),
+            agent,
+        );
+        if let Plugin::Reference = self {
+            conf["type"] = json!("macvlan");
         }
+        conf
     }
 
     /// ADDs net1 to the pod as a runtime does; DEL on drop.
@@ -126,7 +128,7 @@ impl OneNode {
         let lan = Lan::create();
         let node = Node::new(&lan);
         let data = DataDir::create();
-        let agent = start_agent();
+        let agent = plugin.agent();
         OneNode {
             plugin,
             pods: (0..pods).map(|i| node.pod(11 + i)).collect(),
@@ -299,7 +301,7 @@ fn across_two_nodes(dds: &FastDds, plugin: Plugin) {
     let lan = Lan::create();
     let nodes = [Node::new(&lan), Node::new(&lan)];
     let data = [DataDir::create(), DataDir::create()];
-    let agents = [start_agent(), start_agent()];
+    let agents = [plugin.agent(), plugin.agent()];
     let confs = [
         plugin.config(&data[0], &agents[0], "198.51.100.160", "198.51.100.169"),
         plugin.config(&data[1], &agents[1], "198.51.100.170", "198.51.100.179"),

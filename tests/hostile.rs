@@ -10,6 +10,7 @@ use ros_macvlan::cni::config::NetConf;
 use ros_macvlan::cni::env::parse_cni_args;
 use ros_macvlan::cni::result::CniResult;
 use ros_macvlan::ipam::host_local::HostLocalConf;
+use ros_macvlan::policy::AllowedDirs;
 
 /// xorshift64*: reproducible mutations without a fuzzing crate.
 struct Rng(u64);
@@ -86,7 +87,7 @@ fn mutated_configs_and_results_never_panic() {
         let input = mutate(&mut rng, SEEDS[i % SEEDS.len()].as_bytes());
         if let Ok(conf) = NetConf::parse(&input) {
             accepted += 1;
-            let _ = HostLocalConf::parse(&conf.ipam);
+            let _ = HostLocalConf::parse(&conf.ipam, &AllowedDirs::new(None).data);
             if let Some(prev) = &conf.prev_result {
                 let _ = CniResult::from_json(prev);
             }
@@ -144,7 +145,7 @@ fn megabyte_inputs_are_refused_quickly() {
         );
         let start = Instant::now();
         if let Ok(conf) = NetConf::parse(input.as_bytes()) {
-            let _ = HostLocalConf::parse(&conf.ipam);
+            let _ = HostLocalConf::parse(&conf.ipam, &AllowedDirs::new(None).data);
         }
         assert!(
             start.elapsed() < Duration::from_secs(2),

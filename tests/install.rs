@@ -11,7 +11,7 @@ use common::*;
 
 #[test]
 fn install_while_the_plugin_runs_never_breaks_an_execution() {
-    let dir = DataDir::create();
+    let dir = DataDir::scratch();
     let bin_dir = dir.0.join("cni-bin");
     let installed = bin_dir.join("ros-macvlan");
     // A second, different build of the plugin (trailing bytes do not change how it runs), so
@@ -100,7 +100,7 @@ fn install_while_the_plugin_runs_never_breaks_an_execution() {
 
 #[test]
 fn stay_keeps_running_until_sigterm() {
-    let dir = DataDir::create();
+    let dir = DataDir::scratch();
     let mut child = Command::new(plugin_bin())
         .args(["install", "--stay", "--cni-bin-dir"])
         .arg(dir.0.join("bin"))
@@ -127,7 +127,7 @@ fn stay_keeps_running_until_sigterm() {
 
 #[test]
 fn policy_follows_the_config_map() {
-    let dir = DataDir::create();
+    let dir = DataDir::scratch();
     let src = dir.0.join("configmap/policy.json");
     std::fs::create_dir_all(src.parent().unwrap()).unwrap();
     std::fs::write(&src, br#"{"masters": ["eth0"]}"#).unwrap();

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use common::*;
 use ros_macvlan::cni::config::NetConf;
 use ros_macvlan::ipam::host_local::HostLocalConf;
+use ros_macvlan::policy::AllowedDirs;
 
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -179,7 +180,7 @@ fn conf_network_attachments_parse_with_the_plugins_own_parser() {
                     });
                     assert_eq!(conf.plugin_type, "ros-macvlan");
                     if conf.ipam_type() == "host-local" {
-                        HostLocalConf::parse(&conf.ipam)
+                        HostLocalConf::parse(&conf.ipam, &AllowedDirs::new(None).data)
                             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
                     }
                     nads.push(doc["metadata"]["name"].as_str().unwrap().to_owned());

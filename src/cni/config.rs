@@ -5,7 +5,6 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Deserialize;
 use serde_json::Value;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use super::error::{Error, Result};
 use super::version::Version;
@@ -175,8 +174,9 @@ pub struct NetConf {
     pub link_in_container: bool,
     /// DEL returns only once the kernel has removed the link (see `macvlan::del`).
     pub wait_for_link_removal: bool,
-    /// Where the node agent that holds the group memberships listens.
-    pub agent_socket: PathBuf,
+    /// Where the node agent that holds the group memberships listens (confined to the
+    /// agent's directory when used: `membership::AgentPlace`).
+    pub agent_socket: String,
     /// The `ipam` object as given; the ipam module reads it.
     pub ipam: Value,
     pub multicast: MulticastConf,
@@ -247,7 +247,10 @@ impl NetConf {
                 .transpose()?,
             link_in_container: raw.link_in_container,
             wait_for_link_removal: raw.wait_for_link_removal,
-            agent_socket: agent_socket(raw.agent_socket.as_deref())?,
+            agent_socket: raw
+                .agent_socket
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| crate::membership::DEFAULT_AGENT_SOCKET.to_owned()),
             ipam: raw.ipam.unwrap_or(Value::Null),
             multicast: raw.multicast.unwrap_or_default().validate()?,
             runtime_config,
@@ -278,18 +281,6 @@ pub fn decode(bytes: &[u8]) -> Result<Value> {
 
 /// The network name becomes a directory name in the address store: it follows the spec's
 /// rule (`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`), which also rules out `/` and `..`.
-/// `agentSocket`: an absolute path; default the agent's own default.
-fn agent_socket(given: Option<&str>) -> Result<PathBuf> {
-    match given {
-        None | Some("") => Ok(PathBuf::from(crate::membership::DEFAULT_AGENT_SOCKET)),
-        Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
-        Some(p) => Err(Error::InvalidConfig(format!(
-            "agentSocket {p:?} is not an absolute path; omit it to use {}",
-            crate::membership::DEFAULT_AGENT_SOCKET
-        ))),
-    }
-}
-
 pub fn validate_network_name(name: &str) -> Result<()> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())

@@ -2,7 +2,7 @@
 //! shared on-disk store.
 
 use std::net::IpAddr;
-use std::path::{Component, PathBuf};
+use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use super::range::{Range, RangeSet, RawRange};
 use super::store::{Record, Store};
 use crate::cni::result::{Dns, IpConfig, Route};
 use crate::cni::{Error, Result};
+use crate::confine::{ConfinedPath, Roots};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 
@@ -47,12 +48,14 @@ struct RawHostLocal {
 pub struct HostLocalConf {
     pub range_sets: Vec<RangeSet>,
     pub routes: Vec<Route>,
-    pub data_dir: PathBuf,
+    /// Confined to the directories the node allows for it.
+    pub data_dir: ConfinedPath,
     pub resolv_conf: Option<PathBuf>,
 }
 
 impl HostLocalConf {
-    pub fn parse(ipam: &Value) -> Result<HostLocalConf> {
+    /// Validates the `ipam` object; `dataDir` must lie in one of `data_roots`.
+    pub fn parse(ipam: &Value, data_roots: &Roots) -> Result<HostLocalConf> {
         let raw: RawHostLocal = serde_json::from_value(ipam.clone())
             .map_err(|e| Error::InvalidConfig(format!("ipam: {e}")))?;
         let raw_sets: Vec<Vec<RawRange>> = match (raw.ranges, raw.legacy.subnet.is_some()) {
@@ -83,13 +86,10 @@ impl HostLocalConf {
             .enumerate()
             .map(|(i, r)| parse_route(r, i))
             .collect::<Result<_>>()?;
-        let data_dir = PathBuf::from(raw.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR));
-        if !data_dir.is_absolute() || data_dir.components().any(|c| c == Component::ParentDir) {
-            return Err(Error::InvalidConfig(format!(
-                "ipam.dataDir {:?} must be an absolute path without '..'",
-                data_dir.display()
-            )));
-        }
+        let data_dir = data_roots.confine(
+            "ipam.dataDir",
+            raw.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR),
+        )?;
         Ok(HostLocalConf {
             range_sets,
             routes,
@@ -178,11 +178,9 @@ impl HostLocalConf {
     /// the store; the whole store is scanned only when they do not account for the claims
     /// (no record: claims made by the reference plugin, or an ADD killed half-way).
     pub fn release(&self, network: &str, id: &str, ifname: &str, known: &[IpAddr]) -> Result<()> {
-        let dir = self.data_dir.join(network);
-        if !dir.exists() {
+        let Some(store) = Store::open_existing(&self.data_dir, network)? else {
             return Ok(());
-        }
-        let store = Store::open(&self.data_dir, network)?;
+        };
         let mut listed: Vec<IpAddr> = store
             .read_record(id, ifname)
             .map(|r| r.ips)
@@ -297,14 +295,19 @@ fn parse_resolv_conf(text: &str) -> Dns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::AllowedDirs;
     use serde_json::json;
+
+    fn parse(ipam: &Value) -> Result<HostLocalConf> {
+        HostLocalConf::parse(ipam, &AllowedDirs::new(None).data)
+    }
 
     #[test]
     fn legacy_form_and_ranges_form_agree() {
-        let a = HostLocalConf::parse(&json!({"type":"host-local","subnet":"198.51.100.0/24","rangeStart":"198.51.100.160","rangeEnd":"198.51.100.180","gateway":"198.51.100.1"})).unwrap();
-        let b = HostLocalConf::parse(&json!({"type":"host-local","ranges":[[{"subnet":"198.51.100.0/24","rangeStart":"198.51.100.160","rangeEnd":"198.51.100.180","gateway":"198.51.100.1"}]]})).unwrap();
+        let a = parse(&json!({"type":"host-local","subnet":"198.51.100.0/24","rangeStart":"198.51.100.160","rangeEnd":"198.51.100.180","gateway":"198.51.100.1"})).unwrap();
+        let b = parse(&json!({"type":"host-local","ranges":[[{"subnet":"198.51.100.0/24","rangeStart":"198.51.100.160","rangeEnd":"198.51.100.180","gateway":"198.51.100.1"}]]})).unwrap();
         assert_eq!(a.range_sets, b.range_sets);
-        assert_eq!(a.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(a.data_dir.path(), PathBuf::from(DEFAULT_DATA_DIR));
     }
 
     #[test]
@@ -324,11 +327,15 @@ mod tests {
                 "dataDir",
             ),
             (
+                json!({"subnet":"198.51.100.0/24","dataDir":"/etc/cni"}),
+                "/var/lib/cni, /run/cni",
+            ),
+            (
                 json!({"subnet":"198.51.100.0/24","routes":[{"dst":"nope"}]}),
                 "routes[0]",
             ),
         ] {
-            let e = HostLocalConf::parse(&cfg).unwrap_err();
+            let e = parse(&cfg).unwrap_err();
             assert_eq!(e.code(), 7);
             assert!(e.to_string().contains(needle), "{e}");
         }
@@ -347,7 +354,8 @@ mod tests {
     fn allocation_is_round_robin_and_exhaustion_is_reported() {
         let dir = std::env::temp_dir().join(format!("rmv-hl-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let conf = HostLocalConf::parse(&json!({"subnet":"198.51.100.0/24","rangeStart":"198.51.100.10","rangeEnd":"198.51.100.11","dataDir": dir})).unwrap();
+        let roots = Roots::new(vec![std::env::temp_dir()], 0o755, "");
+        let conf = HostLocalConf::parse(&json!({"subnet":"198.51.100.0/24","rangeStart":"198.51.100.10","rangeEnd":"198.51.100.11","dataDir": dir}), &roots).unwrap();
         let owner = |id| Owner {
             container_id: id,
             ifname: "net1",

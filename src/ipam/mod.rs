@@ -11,6 +11,7 @@ use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
 use crate::cni::result::CniResult;
 use crate::cni::{Error, Result};
+use crate::confine::Roots;
 use delegate::Delegate;
 use host_local::{HostLocalConf, Owner};
 
@@ -24,13 +25,16 @@ pub enum Ipam {
 }
 
 impl Ipam {
-    pub fn from_conf(conf: &NetConf, env: &CniEnv) -> Result<Ipam> {
+    /// `data_roots`: where host-local's `dataDir` may lead on this node.
+    pub fn from_conf(conf: &NetConf, env: &CniEnv, data_roots: &Roots) -> Result<Ipam> {
         match conf.ipam_type() {
             "" if conf.ipam.is_null() || conf.ipam.as_object().is_some_and(|o| o.is_empty()) => {
                 Ok(Ipam::None)
             }
             "" => Err(Error::InvalidConfig("ipam has no \"type\"".into())),
-            "host-local" => Ok(Ipam::HostLocal(HostLocalConf::parse(&conf.ipam)?)),
+            "host-local" => Ok(Ipam::HostLocal(HostLocalConf::parse(
+                &conf.ipam, data_roots,
+            )?)),
             other => Ok(Ipam::Delegate(Delegate::find(other, env)?)),
         }
     }

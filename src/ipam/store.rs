@@ -3,16 +3,17 @@
 //! `last_reserved_ip.<range set index>`, and a `lock` file taken with flock by every writer
 //! (ours and the reference's), so both plugins can share one store.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use serde::{Deserialize, Serialize};
 
 use crate::cni::{Error, Result};
+use crate::confine::{ConfinedPath, Dir};
 
 const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const LINE_BREAK: &str = "\r\n";
@@ -24,6 +25,7 @@ const STAGING: &str = ".claim-staging";
 /// tells whether its pod still exists, so `ros-macvlan gc` can release the claims of pods
 /// that vanished without a DEL (reboots, lost DELs).
 const RECORD_DIR: &str = ".ros-macvlan";
+const RECORD_DIR_MODE: u32 = 0o750;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -67,36 +69,40 @@ impl Holder {
     }
 }
 
-/// The store of one network, locked for as long as it lives.
+/// The store of one network, locked for as long as it lives. Every file is opened relative
+/// to the network's directory and never through a symlink (see `confine`).
 pub struct Store {
-    dir: PathBuf,
+    dir: Dir,
     _lock: Flock<File>,
 }
 
 impl Store {
-    pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
-        let dir = data_dir.join(network);
-        fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let lock_path = dir.join("lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::io(format!("open {}", lock_path.display()), e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| Error::Io(format!("lock {}: {e}", lock_path.display())))?;
+    /// The store of `network` under `data_dir`, created when missing.
+    pub fn open(data_dir: &ConfinedPath, network: &str) -> Result<Store> {
+        Store::lock(data_dir.join(network).create_dir()?)
+    }
+
+    /// The store of `network` under `data_dir`; `None` when it does not exist.
+    pub fn open_existing(data_dir: &ConfinedPath, network: &str) -> Result<Option<Store>> {
+        data_dir
+            .join(network)
+            .open_dir()?
+            .map(Store::lock)
+            .transpose()
+    }
+
+    fn lock(dir: Dir) -> Result<Store> {
+        let file = dir
+            .open(OsStr::new("lock"), OFlag::O_RDWR | OFlag::O_CREAT)
+            .map_err(|e| Error::io(format!("open {}", dir.path().join("lock").display()), e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| {
+            Error::Io(format!("lock {}: {e}", dir.path().join("lock").display()))
+        })?;
         Ok(Store { dir, _lock: lock })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn claim_path(&self, ip: IpAddr) -> PathBuf {
-        self.dir.join(ip.to_string())
+        self.dir.path()
     }
 
     /// Claims `ip` for the holder. Returns false when someone else holds it.
@@ -110,57 +116,68 @@ impl Store {
     /// loss that could lose the write ends every pod of the node with it. (It cost 0.4 ms
     /// of a 2 ms ADD.)
     pub fn reserve(&self, ip: IpAddr, id: &str, ifname: &str, range_set: usize) -> Result<bool> {
-        let staging = self.dir.join(STAGING);
-        let _ = fs::remove_file(&staging);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&staging)
-            .map_err(|e| Error::io(format!("create {}", staging.display()), e))?;
+        let staging = OsStr::new(STAGING);
+        let _ = self.dir.remove(staging);
+        let mut f = self
+            .dir
+            .open(staging, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL)
+            .map_err(|e| Error::io(format!("create {}", self.path_of(staging).display()), e))?;
         f.write_all(format!("{}{LINE_BREAK}{ifname}", id.trim()).as_bytes())
-            .map_err(|e| Error::io(format!("write {}", staging.display()), e))?;
+            .map_err(|e| Error::io(format!("write {}", self.path_of(staging).display()), e))?;
         drop(f);
-        let target = self.claim_path(ip);
-        let mut linked = fs::hard_link(&staging, &target);
+        let target = ip.to_string();
+        let target = OsStr::new(&target);
+        let mut linked = self.dir.hard_link(staging, target);
         if matches!(&linked, Err(e) if e.kind() == ErrorKind::AlreadyExists)
             && self.holder_of(ip).is_none()
         {
-            let _ = fs::remove_file(&target);
-            linked = fs::hard_link(&staging, &target);
+            let _ = self.dir.remove(target);
+            linked = self.dir.hard_link(staging, target);
         }
-        let _ = fs::remove_file(&staging);
+        let _ = self.dir.remove(staging);
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(Error::io(format!("claim {}", target.display()), e)),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("claim {}", self.path_of(target).display()),
+                    e,
+                ))
+            }
         }
-        let last = self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"));
-        overwrite(&last, ip.to_string().as_bytes())
-            .map_err(|e| Error::io(format!("write {}", last.display()), e))?;
+        let last = last_reserved_name(range_set);
+        if let Err(e) = self.overwrite(OsStr::new(&last), ip.to_string().as_bytes()) {
+            // The caller releases only what it was told it claimed.
+            let _ = self.dir.remove(target);
+            let at = self.path_of(last.as_ref());
+            return Err(Error::io(format!("write {}", at.display()), e));
+        }
         Ok(true)
     }
 
     pub fn last_reserved(&self, range_set: usize) -> Option<IpAddr> {
-        let s =
-            fs::read_to_string(self.dir.join(format!("{LAST_RESERVED_PREFIX}{range_set}"))).ok()?;
-        s.trim().parse().ok()
+        let bytes = self
+            .dir
+            .read(OsStr::new(&last_reserved_name(range_set)))
+            .ok()?;
+        String::from_utf8(bytes).ok()?.trim().parse().ok()
     }
 
     /// The holder of one address; `None` when unclaimed or the claim file is empty.
     pub fn holder_of(&self, ip: IpAddr) -> Option<Holder> {
-        fs::read_to_string(self.claim_path(ip))
-            .ok()
-            .and_then(|c| Holder::parse(&c))
+        let bytes = self.dir.read(OsStr::new(&ip.to_string())).ok()?;
+        Holder::parse(&String::from_utf8(bytes).ok()?)
     }
 
     /// Every claim in the store (files named by an address).
     pub fn claims(&self) -> Result<Vec<(IpAddr, Option<Holder>)>> {
-        let entries = fs::read_dir(&self.dir)
-            .map_err(|e| Error::io(format!("read {}", self.dir.display()), e))?;
+        let entries = self
+            .dir
+            .entries()
+            .map_err(|e| Error::io(format!("read {}", self.dir.path().display()), e))?;
         Ok(entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.parse::<IpAddr>().ok())
+            .into_iter()
+            .filter_map(|(name, _)| name.to_str()?.parse::<IpAddr>().ok())
             .map(|ip| (ip, self.holder_of(ip)))
             .collect())
     }
@@ -198,42 +215,58 @@ impl Store {
         Ok(all)
     }
 
-    fn record_path(&self, id: &str, ifname: &str) -> PathBuf {
+    /// The directory of the records; created only when `create`.
+    fn record_dir(&self, create: bool) -> std::io::Result<Dir> {
+        self.dir
+            .subdir(OsStr::new(RECORD_DIR), create.then_some(RECORD_DIR_MODE))
+    }
+
+    fn record_name(id: &str, ifname: &str) -> String {
         // Container IDs hold no '@', so the name maps back to exactly one attachment.
-        self.dir.join(RECORD_DIR).join(format!("{id}@{ifname}"))
+        format!("{id}@{ifname}")
     }
 
     /// Writes the record whole (temporary file, then rename) or not at all.
     pub fn write_record(&self, record: &Record) -> Result<()> {
-        let dir = self.dir.join(RECORD_DIR);
-        fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let path = self.record_path(&record.container_id, &record.ifname);
-        let temp = dir.join(".staging");
+        let name = Store::record_name(&record.container_id, &record.ifname);
+        let path = self.dir.path().join(RECORD_DIR).join(&name);
         let body = serde_json::to_vec(record).map_err(|e| Error::Io(e.to_string()))?;
-        fs::write(&temp, body)
-            .and_then(|_| fs::rename(&temp, &path))
+        let temp = OsStr::new(".staging");
+        self.record_dir(true)
+            .and_then(|dir| {
+                let mut f = dir.open(temp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)?;
+                f.write_all(&body)?;
+                dir.rename(temp, OsStr::new(&name))
+            })
             .map_err(|e| Error::io(format!("write {}", path.display()), e))
     }
 
     pub fn read_record(&self, id: &str, ifname: &str) -> Option<Record> {
-        let bytes = fs::read(self.record_path(id, ifname)).ok()?;
+        let bytes = self
+            .record_dir(false)
+            .ok()?
+            .read(OsStr::new(&Store::record_name(id, ifname)))
+            .ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     pub fn remove_record(&self, id: &str, ifname: &str) {
-        let _ = fs::remove_file(self.record_path(id, ifname));
+        if let Ok(dir) = self.record_dir(false) {
+            let _ = dir.remove(OsStr::new(&Store::record_name(id, ifname)));
+        }
     }
 
     /// Every readable record of this network.
     pub fn records(&self) -> Vec<Record> {
-        fs::read_dir(self.dir.join(RECORD_DIR))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| fs::read(e.path()).ok())
-                    .filter_map(|b| serde_json::from_slice(&b).ok())
-                    .collect()
-            })
+        let Ok(dir) = self.record_dir(false) else {
+            return Vec::new();
+        };
+        dir.entries()
             .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, _)| dir.read(&name).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
     }
 
     /// The addresses the attachment's record names that it still holds.
@@ -249,37 +282,44 @@ impl Store {
     }
 
     pub fn release_ip(&self, ip: IpAddr) -> Result<()> {
-        match fs::remove_file(self.claim_path(ip)) {
+        let name = ip.to_string();
+        match self.dir.remove(OsStr::new(&name)) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(Error::io(
-                format!("release {}", self.claim_path(ip).display()),
+                format!("release {}", self.path_of(name.as_ref()).display()),
                 e,
             )),
             _ => Ok(()),
         }
     }
+
+    fn path_of(&self, name: &OsStr) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Replaces a small file's content in place: writing over it and cutting what is left,
+    /// rather than truncating it first, which makes the filesystem free and reallocate its
+    /// block (the largest cost of an ADD's file work on ext4). Readers hold the store lock,
+    /// so none sees it half-written.
+    fn overwrite(&self, name: &OsStr, content: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = self.dir.open(name, OFlag::O_WRONLY | OFlag::O_CREAT)?;
+        f.write_all_at(content, 0)?;
+        if f.metadata()?.len() > content.len() as u64 {
+            f.set_len(content.len() as u64)?;
+        }
+        Ok(())
+    }
 }
 
-/// Replaces a small file's content in place: writing over it and cutting what is left,
-/// rather than truncating it first, which makes the filesystem free and reallocate its
-/// block (the largest cost of an ADD's file work on ext4). Readers hold the store lock,
-/// so none sees it half-written.
-fn overwrite(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)?;
-    f.write_all_at(content, 0)?;
-    if f.metadata()?.len() > content.len() as u64 {
-        f.set_len(content.len() as u64)?;
-    }
-    Ok(())
+fn last_reserved_name(range_set: usize) -> String {
+    format!("{LAST_RESERVED_PREFIX}{range_set}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::fs;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("rmv-store-{tag}-{}", std::process::id()));
@@ -287,10 +327,14 @@ mod tests {
         d
     }
 
+    fn data(d: &Path) -> ConfinedPath {
+        ConfinedPath::trusted("test dataDir", d, 0o755)
+    }
+
     #[test]
     fn claim_file_has_reference_format() {
         let d = temp_dir("fmt");
-        let s = Store::open(&d, "net").unwrap();
+        let s = Store::open(&data(&d), "net").unwrap();
         let ip: IpAddr = "198.51.100.5".parse().unwrap();
         assert!(s.reserve(ip, "cid", "net1", 0).unwrap());
         assert_eq!(
@@ -311,7 +355,7 @@ mod tests {
     #[test]
     fn empty_claim_is_taken_over_and_old_format_is_matched() {
         let d = temp_dir("empty");
-        let s = Store::open(&d, "net").unwrap();
+        let s = Store::open(&data(&d), "net").unwrap();
         fs::write(d.join("net/198.51.100.7"), b"").unwrap();
         assert!(s
             .reserve("198.51.100.7".parse().unwrap(), "cid", "net1", 0)
@@ -319,5 +363,37 @@ mod tests {
         fs::write(d.join("net/198.51.100.8"), b"old\n").unwrap();
         assert_eq!(s.release("old", "net1").unwrap().len(), 1);
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn symlinks_in_the_store_are_never_followed() {
+        use std::os::unix::fs::symlink;
+        let d = temp_dir("links");
+        let outside = temp_dir("links-outside");
+        fs::create_dir_all(&outside).unwrap();
+        let target = outside.join("target");
+        fs::write(&target, b"untouched").unwrap();
+
+        // The network's directory itself a link: refused as the config's fault.
+        fs::create_dir_all(&d).unwrap();
+        symlink(&outside, d.join("linked")).unwrap();
+        assert_eq!(Store::open(&data(&d), "linked").err().unwrap().code(), 7);
+
+        // A claim file that is a link holds nothing, and is replaced, not written through.
+        let s = Store::open(&data(&d), "net").unwrap();
+        symlink(&target, d.join("net/198.51.100.9")).unwrap();
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        assert_eq!(s.holder_of(ip), None);
+        assert!(s.reserve(ip, "cid", "net1", 0).unwrap());
+        assert!(!d.join("net/198.51.100.9").is_symlink());
+
+        // last_reserved_ip a link: the claim fails whole and is withdrawn.
+        symlink(&target, d.join("net/last_reserved_ip.1")).unwrap();
+        let ip2: IpAddr = "198.51.100.10".parse().unwrap();
+        assert_eq!(s.reserve(ip2, "cid", "net1", 1).unwrap_err().code(), 5);
+        assert_eq!(s.holder_of(ip2), None);
+        assert_eq!(fs::read(&target).unwrap(), b"untouched");
+        fs::remove_dir_all(&d).unwrap();
+        fs::remove_dir_all(&outside).unwrap();
     }
 }

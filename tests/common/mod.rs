@@ -3,7 +3,8 @@
 //! Everything is uniquely named and removed on drop, also when a test fails.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -89,12 +90,42 @@ pub fn cni_env<'a>(
     ]
 }
 
-/// A throwaway host-local data dir.
+/// A throwaway directory, removed with what it holds on drop.
 pub struct DataDir(pub PathBuf);
 
+/// Where the plugin allows host-local's dataDir with no node policy (tmpfs: a leak is gone
+/// at the next boot).
+pub const DATA_ROOT: &str = "/run/cni";
+/// Where the plugin allows logFile with no node policy.
+pub const LOG_ROOT: &str = "/var/log/ros-macvlan";
+
 impl DataDir {
+    /// A host-local data dir, in a directory the plugin allows for it by default.
     pub fn create() -> DataDir {
-        let d = std::env::temp_dir().join(unique("rmdata"));
+        DataDir::under(Path::new(DATA_ROOT), "ros-macvlan-test")
+    }
+
+    /// A directory for log files, in the one the plugin allows for them by default.
+    pub fn logs() -> DataDir {
+        // As the plugin itself creates it, should the test be first.
+        std::fs::DirBuilder::new()
+            .mode(0o750)
+            .create(LOG_ROOT)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .unwrap();
+        DataDir::under(Path::new(LOG_ROOT), "test")
+    }
+
+    /// A scratch directory, for tests that run no plugin with it.
+    pub fn scratch() -> DataDir {
+        DataDir::under(&std::env::temp_dir(), "rmdata")
+    }
+
+    pub fn under(parent: &Path, tag: &str) -> DataDir {
+        let d = parent.join(unique(tag));
         std::fs::create_dir_all(&d).unwrap();
         DataDir(d)
     }
@@ -176,6 +207,11 @@ pub fn del(node: &Node, pod: &Pod, conf: &Value) -> Reply {
 /// A node agent of the test's own (see `Agent`): the plugin hands memberships to it.
 pub fn start_agent() -> Agent {
     Agent::start(&plugin_bin())
+}
+
+/// A place for an agent where none listens (removed on drop, records included).
+pub fn no_agent() -> Agent {
+    Agent::not_started(&plugin_bin())
 }
 
 /// `conf` pointing the plugin at `agent`.
