@@ -49,8 +49,13 @@ enum Sub {
         /// One JSON line per event and a final JSON report
         #[arg(long)]
         json: bool,
-        /// Also announce a minimal participant every 0.5 s
+        /// Only listen: announce nothing (peers then show up only at their next periodic
+        /// announcement, every 8 s or more for CycloneDDS). By default the probe announces a
+        /// minimal participant every 0.5 s, which DDS peers answer at once
         #[arg(long)]
+        silent: bool,
+        /// Announce (the default; kept for scripts written for earlier versions)
+        #[arg(long, hide = true, conflicts_with = "silent")]
         announce: bool,
     },
     /// Check a pod's discovery path and say how to fix what is broken
@@ -191,7 +196,8 @@ pub fn main(args: &[String]) -> i32 {
             pod,
             all_domains,
             json,
-            announce,
+            silent,
+            announce: _,
         } => probe(crate::probe::Options {
             netns: pod.netns,
             iface: pod.iface,
@@ -202,7 +208,7 @@ pub fn main(args: &[String]) -> i32 {
             },
             seconds: pod.seconds,
             json,
-            announce,
+            announce: !silent,
             live: true,
         }),
         Sub::Doctor { pod } => crate::doctor::print(&crate::doctor::run(&crate::doctor::Options {
@@ -288,5 +294,50 @@ fn ports(domain: u16) -> i32 {
         p += 1;
     }
     println!("  (participant N: discovery {} + 2N, user {} + 2N; open them for as many participants as a host runs)", discovery_unicast_port(domain, 0), user_unicast_port(domain, 0));
+    if let Some((low, high)) = ephemeral_port_range() {
+        let ports = domain_ports(domain);
+        if *ports.start() <= high && low <= *ports.end() {
+            let safe: Vec<u16> = (0..=MAX_DOMAIN)
+                .filter(|d| {
+                    let p = domain_ports(*d);
+                    *p.end() < low || high < *p.start()
+                })
+                .collect();
+            println!(
+                "warning: ports {}-{} of domain {domain} fall in this node's ephemeral port range {low}-{high} (net.ipv4.ip_local_port_range): the kernel may give one of them to any process's outgoing connection, and a DDS participant then cannot bind it. Choose a ROS_DOMAIN_ID in {}, or reserve the ports: sysctl -w net.ipv4.ip_local_reserved_ports={}-{}",
+                ports.start(),
+                ports.end(),
+                spans(&safe),
+                ports.start(),
+                ports.end()
+            );
+        }
+    }
     0
+}
+
+/// The kernel's ephemeral port range in this network namespace.
+fn ephemeral_port_range() -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|n| n.parse::<u32>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// `[0, 1, 2, 5, 6]` as "0-2, 5-6".
+fn spans(values: &[u16]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < values.len() {
+        let start = values[i];
+        while i + 1 < values.len() && values[i + 1] == values[i] + 1 {
+            i += 1;
+        }
+        out.push(if start == values[i] {
+            start.to_string()
+        } else {
+            format!("{start}-{}", values[i])
+        });
+        i += 1;
+    }
+    out.join(", ")
 }

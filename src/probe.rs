@@ -433,11 +433,13 @@ fn row(s: &Sighting) -> String {
 
 /// The final table (or JSON summary line).
 pub fn print_report(opts: &Options, report: &Report) {
+    let hint = report.participants.is_empty().then(|| nothing_heard(opts));
     if opts.json {
         println!(
             "{}",
             json!({"event": "summary", "participants": report.participants.len(), "malformed": report.malformed,
-                   "answeredBy": report.answered_by.iter().map(ToString::to_string).collect::<Vec<_>>()})
+                   "answeredBy": report.answered_by.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                   "hint": hint})
         );
         return;
     }
@@ -453,6 +455,29 @@ pub fn print_report(opts: &Options, report: &Report) {
         report.participants.len(),
         report.malformed
     );
+    if let Some(hint) = hint {
+        println!("{hint}");
+    }
+}
+
+/// Why a probe may have heard nobody, and what to try.
+fn nothing_heard(opts: &Options) -> String {
+    let domains = if opts.domains.len() == 1 {
+        format!("domain {}", opts.domains[0])
+    } else {
+        "any domain".to_owned()
+    };
+    if opts.announce {
+        format!(
+            "No DDS participant of {domains} answered our announcement on {} within {} s: none runs on this LAN in that domain (check ROS_DOMAIN_ID, or try --all-domains), or discovery does not reach this pod: run `ros-macvlan doctor` with the same --netns.",
+            opts.iface, opts.seconds
+        )
+    } else {
+        format!(
+            "Nothing heard on {} within {} s ({domains}). Listening only (--silent), the probe hears a participant at its next periodic announcement: every 8 s or more for CycloneDDS after its first seconds. Listen longer (--seconds 30), or drop --silent so peers answer the probe's announcement at once.",
+            opts.iface, opts.seconds
+        )
+    }
 }
 
 /// A GUID prefix of our own: unique per run, never one of a real DDS vendor's.

@@ -35,6 +35,16 @@ pub fn user_unicast_port(domain: u16, participant: u16) -> u32 {
 }
 
 /// The domain whose discovery multicast port this is.
+/// How many participants per host `domain_ports` counts: a robot runs a handful of DDS
+/// processes, rarely more than ten.
+pub const USUAL_PARTICIPANTS: u16 = 10;
+
+/// The ports a host's participants of `domain` usually use: both multicast ports and the
+/// unicast ports of the first USUAL_PARTICIPANTS participants, lowest to highest.
+pub fn domain_ports(domain: u16) -> std::ops::RangeInclusive<u32> {
+    u32::from(discovery_multicast_port(domain))..=user_unicast_port(domain, USUAL_PARTICIPANTS - 1)
+}
+
 pub fn domain_of_port(port: u16) -> Option<u16> {
     let off = port.checked_sub(PORT_BASE)?;
     (off % DOMAIN_GAIN == D0).then_some(off / DOMAIN_GAIN)

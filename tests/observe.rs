@@ -109,6 +109,8 @@ fn probe_decodes_ddsperf_spdp_like_tshark() {
             "--seconds",
             "4",
             "--json",
+            // Listen only: the capture must hold ddsperf's announcements, not ours.
+            "--silent",
         ])
         .stdout(Stdio::piped())
         .spawn()
@@ -387,6 +389,95 @@ fn doctor_passes_a_healthy_pod_and_names_each_broken_check() {
             .any(|l| l.starts_with("FAIL") && l.contains("rp_filter")),
         "{out}"
     );
+}
+
+/// A short probe finds a participant that is past its first announcements (CycloneDDS then
+/// announces every 8 s or more): by default the probe announces itself and peers answer at
+/// once. Hearing nobody, it says why and what to try.
+#[test]
+fn a_short_probe_finds_a_quiet_participant_and_explains_silence() {
+    if !require_root() {
+        return;
+    }
+    let Some(_) = require_tool("ddsperf") else {
+        return;
+    };
+    let s = scene(2);
+    let netns = s.pods[0].ns.path();
+    let _peer = bg(&s.pods[1].ns, &["ddsperf", "-D", "20", "pub", "1Hz"]);
+    // Past ddsperf's start-up burst of announcements.
+    std::thread::sleep(Duration::from_secs(4));
+    let (code, out) = tool(&["probe", "--netns", &netns, "--seconds", "1.5"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("Eclipse Cyclone DDS") && out.contains("1 participant(s)"),
+        "the default probe did not find ddsperf within 1.5 s:\n{out}"
+    );
+
+    let (_, out) = tool(&[
+        "probe",
+        "--netns",
+        &netns,
+        "--seconds",
+        "1",
+        "--domain",
+        "7",
+    ]);
+    assert!(out.contains("0 participant(s)"), "{out}");
+    assert!(
+        out.contains("No DDS participant of domain 7 answered") && out.contains("doctor"),
+        "no explanation of the silence:\n{out}"
+    );
+    let (_, out) = tool(&[
+        "probe",
+        "--netns",
+        &netns,
+        "--seconds",
+        "1",
+        "--domain",
+        "7",
+        "--silent",
+    ]);
+    assert!(
+        out.contains("--seconds 30") && out.contains("drop --silent"),
+        "no advice for a silent probe:\n{out}"
+    );
+}
+
+/// The domains whose ports lie in the kernel's ephemeral range (per network namespace) are
+/// warned about: with the default range 32768-60999, domains 102 to 214.
+#[test]
+fn ports_warns_about_domains_in_the_ephemeral_port_range() {
+    if !require_root() {
+        return;
+    }
+    let ns = Ns::new("rmports");
+    let warns = |domain: &str| {
+        let out = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns.name,
+            plugin_bin().to_str().unwrap(),
+            "ports",
+            "--domain",
+            domain,
+        ]);
+        out.contains("warning:") && out.contains("ip_local_port_range")
+    };
+    ns.sysctl("net.ipv4.ip_local_port_range", "32768 60999");
+    for (domain, expected) in [
+        ("0", false),
+        ("101", false),
+        ("102", true),
+        ("214", true),
+        ("215", false),
+    ] {
+        assert_eq!(warns(domain), expected, "domain {domain}");
+    }
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 41000");
+    assert!(warns("131"), "7400 + 250 x 131 = 40150 is in 40000-41000");
+    assert!(!warns("102"));
 }
 
 #[test]
