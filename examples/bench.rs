@@ -452,7 +452,7 @@ fn plugin_binary() -> PathBuf {
         return PathBuf::from(args.get(i + 1).expect("--plugin PATH"));
     }
     let exe = std::env::current_exe().unwrap();
-    // target/release/examples/bench -> target/release/ros-macvlan
+    // target/<host>/release/examples/bench -> target/<host>/release/ros-macvlan
     let bin = exe
         .parent()
         .and_then(|p| p.parent())

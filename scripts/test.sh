@@ -9,6 +9,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Run with sudo where Rust was installed by rustup for the user: root has no cargo, so use
+# the invoking user's toolchain.
+if ! command -v cargo >/dev/null && [[ -n ${SUDO_USER:-} ]]; then
+  user_home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+  export CARGO_HOME=${CARGO_HOME:-$user_home/.cargo} RUSTUP_HOME=${RUSTUP_HOME:-$user_home/.rustup}
+  export PATH="$CARGO_HOME/bin:$PATH"
+fi
+
 # command or file that must exist -> Debian package that provides it
 declare -A needs=(
   [ip]=iproute2

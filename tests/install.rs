@@ -155,3 +155,17 @@ fn policy_follows_the_config_map() {
     assert!(run().contains("policy removed"));
     assert!(!node_dir.join("policy.json").exists());
 }
+
+/// The plugin builds static (.cargo/config.toml), as the image ships it: what `cargo build
+/// --release` gives a user runs on any node, whatever its libc.
+#[test]
+fn the_plugin_builds_static() {
+    let out = Command::new("ldd").arg(plugin_bin()).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("statically linked") || text.contains("not a dynamic executable"),
+        "{} is linked dynamically:\n{text}",
+        plugin_bin().display()
+    );
+}
