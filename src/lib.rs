@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod confine;
+pub mod dad;
 pub mod demo;
 pub mod doctor;
 pub mod duplicate;
