@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cli;
 pub mod cni;
 pub mod confine;
+pub mod dad;
 pub mod demo;
 pub mod doctor;
 pub mod duplicate;
@@ -98,6 +99,22 @@ fn dispatch_guarded(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> R
         })
 }
 
+/// The config without the keys that only shape a new link (mode, mac, mtu, runtimeConfig
+/// mac): DEL does not use them, so a config whose ADD was refused for one of them can still
+/// be deleted (a DEL that fails keeps the runtime retrying it), as with the reference.
+fn without_link_shape(conf: &Value) -> Value {
+    let mut c = conf.clone();
+    if let Some(o) = c.as_object_mut() {
+        for key in ["mode", "mac", "mtu"] {
+            o.remove(key);
+        }
+        if let Some(rc) = o.get_mut("runtimeConfig").and_then(Value::as_object_mut) {
+            rc.remove("mac");
+        }
+    }
+    c
+}
+
 /// Validates the config, then runs the verb. `log` becomes the config's `logFile` only once
 /// the whole config is valid and its paths are confined: a refused config writes nowhere but
 /// stderr.
@@ -110,7 +127,11 @@ fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<An
         Ok(v) => v,
         Err(e) => return Err(Error::Decode(e.to_string())),
     };
-    let conf = NetConf::from_value(raw)?;
+    let conf = if env.command == Command::Del {
+        NetConf::from_value(&without_link_shape(raw))?
+    } else {
+        NetConf::from_value(raw)?
+    };
     match env.command {
         Command::Check if !conf.version.supports_check() => {
             return Err(Error::IncompatibleVersion(format!(

@@ -8,8 +8,9 @@ use ipnetwork::IpNetwork;
 
 use crate::cni::config::{format_mac, parse_mac, NetConf};
 use crate::cni::env::CniEnv;
-use crate::cni::result::{CniResult, Interface};
+use crate::cni::result::{CniResult, Interface, IpConfig, Route};
 use crate::cni::{Error, Result};
+use crate::dad;
 use crate::duplicate;
 use crate::ipam::Ipam;
 use crate::membership::{self, AgentPlace};
@@ -280,10 +281,16 @@ fn add_steps(
         result
             .routes
             .iter()
-            .map(|r| Op::add_route(link.index, r.dst, r.gw)),
+            .map(|r| Op::prepend_route(link.index, r.dst, route_gateway(r, &result.ips))),
     );
     ops.extend(multicast::route_ops(link.index, &conf.multicast));
     ns.pod_nl.apply(ops)?;
+    // As the reference: IPv6 addresses are usable (not tentative) when ADD returns.
+    if result.ips.iter().any(|ip| ip.address.is_ipv6()) {
+        dad::settle(&ns.pod_ns, &env.ifname)?;
+    }
+    // As the reference macvlan: the result's DNS is the config's `dns`, not IPAM's.
+    result.dns = conf.dns.clone();
     fault_point(env, "configured");
 
     // Joined once the link is up and addressed, so the IGMP report carries net1's address.
@@ -293,7 +300,7 @@ fn add_steps(
 
     progress.marked = conf.multicast.mark_other_interfaces;
     if progress.marked {
-        multicast::mark_other_interfaces(&ns.pod_nl, &env.ifname)?;
+        multicast::mark_other_interfaces(&ns.pod_nl, &env.ifname, master_in_pod(ns, master))?;
     }
     fault_point(env, "marked");
 
@@ -307,6 +314,23 @@ fn add_steps(
         result,
         notes: note.into_iter().collect(),
     })
+}
+
+/// The gateway a route is installed through: its own `gw`, else (as the reference's
+/// ipam.ConfigureIface, and the CNI spec's "if omitted, a default gateway is assumed") the
+/// gateway of the first address of the route's family that has one.
+fn route_gateway(route: &Route, ips: &[IpConfig]) -> Option<IpAddr> {
+    route.gw.or_else(|| {
+        ips.iter()
+            .filter_map(|ip| ip.gateway)
+            .find(|gw| gw.is_ipv4() == route.dst.is_ipv4())
+    })
+}
+
+/// The master's index when it lives in the pod (`linkInContainer`): it is the LAN itself,
+/// so it keeps its multicast.
+fn master_in_pod(ns: &Namespaces, master: &Link) -> Option<u32> {
+    ns.master_in_pod.then_some(master.index)
 }
 
 /// Gets the addresses from IPAM and, with duplicate detection on (host-local), ARP-probes
@@ -528,6 +552,17 @@ pub fn check(
             )));
         }
     }
-    multicast::check(&ns.pod_nl, &ns.pod_ns, &link, &conf.multicast)?;
+    let master = if ns.master_in_pod {
+        Some(resolve_master(&ns.master_nl, conf)?)
+    } else {
+        None
+    };
+    multicast::check(
+        &ns.pod_nl,
+        &ns.pod_ns,
+        &link,
+        master.map(|m| m.index),
+        &conf.multicast,
+    )?;
     membership::check(conf, env, agent, &ns.pod_ns)
 }

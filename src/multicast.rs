@@ -88,20 +88,21 @@ fn group_local_routes(nl: &Netlink, index: u32, groups: &[Ipv4Addr]) -> Result<V
 }
 
 /// The interfaces DDS could wrongly choose: not loopback, not a macvlan (ours or another
-/// attachment's), not the attachment itself.
-fn is_candidate(link: &Link, ifname: &str) -> bool {
-    link.name != ifname && !link.is_loopback() && !link.is_macvlan()
+/// attachment's), not the attachment itself, not its master when that lives in the pod
+/// (`linkInContainer`: the master is on the LAN too).
+fn is_candidate(link: &Link, ifname: &str, master: Option<u32>) -> bool {
+    link.name != ifname && !link.is_loopback() && !link.is_macvlan() && master != Some(link.index)
 }
 
 /// A candidate that still offers multicast to DDS.
-fn is_rival(link: &Link, ifname: &str) -> bool {
-    is_candidate(link, ifname) && link.is_multicast()
+fn is_rival(link: &Link, ifname: &str, master: Option<u32>) -> bool {
+    is_candidate(link, ifname, master) && link.is_multicast()
 }
 
-pub fn mark_other_interfaces(nl: &Netlink, ifname: &str) -> Result<()> {
+pub fn mark_other_interfaces(nl: &Netlink, ifname: &str, master: Option<u32>) -> Result<()> {
     let mut ops = Vec::new();
     for link in nl.links()? {
-        if !is_candidate(&link, ifname) {
+        if !is_candidate(&link, ifname, master) {
             continue;
         }
         let alias = link.alias.clone().unwrap_or_default();
@@ -210,7 +211,13 @@ fn parse_igmp(text: &str, ifname: &str) -> Vec<Ipv4Addr> {
 }
 
 /// CHECK: the routes, rp_filter and the marking are as ADD left them.
-pub fn check(nl: &Netlink, ns: &Netns, link: &Link, mc: &MulticastConf) -> Result<()> {
+pub fn check(
+    nl: &Netlink,
+    ns: &Netns,
+    link: &Link,
+    master: Option<u32>,
+    mc: &MulticastConf,
+) -> Result<()> {
     if let Some(r) = group_local_routes(nl, link.index, &mc.groups)?.first() {
         return Err(Error::CheckFailed(format!(
             "local route {} in the pod turns sends to the group into loopback",
@@ -240,7 +247,7 @@ pub fn check(nl: &Netlink, ns: &Netns, link: &Link, mc: &MulticastConf) -> Resul
         }
     }
     if mc.mark_other_interfaces {
-        if let Some(rival) = nl.links()?.iter().find(|l| is_rival(l, &link.name)) {
+        if let Some(rival) = nl.links()?.iter().find(|l| is_rival(l, &link.name, master)) {
             return Err(Error::CheckFailed(format!(
                 "{} is multicast-capable; DDS may choose it instead of {}",
                 rival.name, link.name

@@ -56,8 +56,9 @@ fn add_check_del_round_trip() {
         routes.contains("default via 169.254.1.1 dev eth0"),
         "{routes}"
     );
+    // A route without gw goes through the range's gateway, as with the reference.
     assert!(
-        routes.contains("203.0.113.128/25 dev net1 proto static scope link"),
+        routes.contains("203.0.113.128/25 via 198.51.100.1 dev net1"),
         "{routes}"
     );
     assert!(
@@ -416,7 +417,11 @@ fn delegates_to_another_ipam_plugin() {
         v4_addrs(&pod, "net1").first().map(String::as_str),
         Some("198.51.100.77/24")
     );
-    assert!(pod.ns.ip(&["route"]).contains("203.0.113.0/24 dev net1"));
+    // No gw: through the gateway of the address's family, as with the reference.
+    assert!(pod
+        .ns
+        .ip(&["route"])
+        .contains("203.0.113.0/24 via 198.51.100.1 dev net1"));
     check(&node, &pod, &conf, &r).ok();
     del(&node, &pod, &conf).ok();
     let mut bad = conf.clone();
@@ -835,6 +840,7 @@ fn runtime_ips_resolv_conf_arp_notify_log_file_and_del_with_prev_result() {
     conf["ipam"]["resolvConf"] = json!(resolv);
     conf["logFile"] = json!(log);
     conf["runtimeConfig"] = json!({"ips": ["198.51.100.175/24"]});
+    conf["dns"] = json!({"nameservers": ["198.51.100.54"], "domain": "robots.example"});
     let netns = pod.ns.path();
     let mut env = cni_env("ADD", &pod, "net1", &netns);
     env.push(("CNI_ARGS", "K8S_POD_NAMESPACE=robots;K8S_POD_NAME=listener"));
@@ -844,8 +850,11 @@ fn runtime_ips_resolv_conf_arp_notify_log_file_and_del_with_prev_result() {
         result["ips"][0]["address"], "198.51.100.175/24",
         "runtimeConfig ips honoured"
     );
-    assert_eq!(result["dns"]["nameservers"], json!(["198.51.100.53"]));
-    assert_eq!(result["dns"]["search"], json!(["ros.example"]));
+    // As the reference macvlan: the result's DNS is the config's `dns`, not resolvConf's.
+    assert_eq!(
+        result["dns"],
+        json!({"nameservers": ["198.51.100.54"], "domain": "robots.example"})
+    );
     assert_eq!(
         pod.ns
             .read("/proc/sys/net/ipv4/conf/net1/arp_notify")

@@ -7,6 +7,7 @@ use serde_json::Value;
 use std::net::Ipv4Addr;
 
 use super::error::{Error, Result};
+use super::result::Dns;
 use super::version::Version;
 use crate::duplicate::Detection;
 
@@ -172,6 +173,8 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
     pub link_in_container: bool,
+    /// The config's `dns`: what the result reports, as the reference macvlan does.
+    pub dns: Dns,
     /// DEL returns only once the kernel has removed the link (see `macvlan::del`).
     pub wait_for_link_removal: bool,
     /// Where the node agent that holds the group memberships listens (confined to the
@@ -246,6 +249,7 @@ impl NetConf {
                 .map(|m| parse_mac(m, "mac"))
                 .transpose()?,
             link_in_container: raw.link_in_container,
+            dns: raw_value.get("dns").map(Dns::from_json).unwrap_or_default(),
             wait_for_link_removal: raw.wait_for_link_removal,
             agent_socket: raw
                 .agent_socket

@@ -32,9 +32,6 @@ pub struct Route {
     pub gw: Option<IpAddr>,
 }
 
-/// RT_SCOPE_LINK: what a route without a gateway gets, and what 1.1 results say of it.
-pub const SCOPE_LINK: u8 = 253;
-
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Dns {
     pub nameservers: Vec<String>,
@@ -78,7 +75,7 @@ impl CniResult {
                 .routes
                 .iter()
                 .filter(|r| r.dst.is_ipv4() == v4)
-                .map(|r| route_json(r, false))
+                .map(route_json)
                 .collect();
             if !routes.is_empty() {
                 obj.insert("routes".into(), Value::Array(routes));
@@ -123,11 +120,7 @@ impl CniResult {
                 Value::Object(o)
             })
             .collect();
-        let routes: Vec<Value> = self
-            .routes
-            .iter()
-            .map(|r| route_json(r, shape == ResultShape::V11))
-            .collect();
+        let routes: Vec<Value> = self.routes.iter().map(route_json).collect();
         if !interfaces.is_empty() {
             out.insert("interfaces".into(), Value::Array(interfaces));
         }
@@ -192,17 +185,13 @@ impl CniResult {
     }
 }
 
-fn route_json(r: &Route, with_scope: bool) -> Value {
+/// A route as IPAM gave it. No `scope` in 1.1 results: a route without `gw` is installed
+/// through the gateway of its family (see `macvlan::add`), with the kernel's default scope.
+fn route_json(r: &Route) -> Value {
     let mut o = Map::new();
     o.insert("dst".into(), json!(r.dst.to_string()));
-    match r.gw {
-        Some(gw) => {
-            o.insert("gw".into(), json!(gw.to_string()));
-        }
-        None if with_scope => {
-            o.insert("scope".into(), json!(SCOPE_LINK));
-        }
-        None => {}
+    if let Some(gw) = r.gw {
+        o.insert("gw".into(), json!(gw.to_string()));
     }
     Value::Object(o)
 }
@@ -225,7 +214,7 @@ impl Dns {
         Value::Object(o)
     }
 
-    fn from_json(v: &Value) -> Dns {
+    pub fn from_json(v: &Value) -> Dns {
         let list = |k: &str| -> Vec<String> {
             v.get(k)
                 .and_then(Value::as_array)
@@ -344,14 +333,13 @@ mod tests {
     }
 
     #[test]
-    fn shape_1_has_no_ip_version_and_11_adds_mtu_and_scope() {
+    fn shape_1_has_no_ip_version_and_11_adds_mtu() {
         let j = render("1.0.0");
         assert!(j["ips"][0].get("version").is_none());
-        assert!(j["routes"][1].get("scope").is_none());
+        assert!(j["interfaces"][0].get("mtu").is_none());
         let j = render("1.1.0");
         assert_eq!(j["interfaces"][0]["mtu"], 1500);
-        assert_eq!(j["routes"][1]["scope"], 253);
-        assert!(j["routes"][0].get("scope").is_none());
+        assert!(j["routes"][1].get("scope").is_none());
     }
 
     #[test]

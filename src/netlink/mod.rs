@@ -31,6 +31,7 @@ pub const SCOPE_UNIVERSE: u8 = 0;
 pub const SCOPE_LINK: u8 = 253;
 pub const SCOPE_HOST: u8 = 254;
 const PROTOCOL_UNSPEC: u8 = 0;
+const PROTOCOL_BOOT: u8 = 3;
 const PROTOCOL_STATIC: u8 = 4;
 
 /// IPv4 per-interface settings (linux/ip.h IPV4_DEVCONF_*), set over netlink rather than
@@ -189,6 +190,32 @@ impl Op {
             route_message(RTM_NEWROUTE, &route, PROTOCOL_STATIC),
             NLM_F_CREATE | NLM_F_EXCL,
             format!("add route {dst}"),
+        )
+        .already(&[Errno::EEXIST])
+    }
+
+    /// Adds a route out `index` the way the reference plugins install the routes IPAM
+    /// returns (`netlink.RouteAddEcmp` in their ipam.ConfigureIface, like `ip route
+    /// prepend`): scope universe, protocol boot, and beside any route to the same
+    /// destination, ahead of it (a default route next to the pod's own default). The kernel
+    /// refuses it with EEXIST only when an identical route exists, which counts as added.
+    pub fn prepend_route(index: u32, dst: IpNetwork, gw: Option<IpAddr>) -> Op {
+        let route = RouteEntry {
+            dst,
+            gw,
+            oif: Some(index),
+            table: TABLE_MAIN,
+            kind: ROUTE_UNICAST,
+            scope: SCOPE_UNIVERSE,
+        };
+        let what = match gw {
+            Some(gw) => format!("add route {dst} via {gw}"),
+            None => format!("add route {dst}"),
+        };
+        Op::new(
+            route_message(RTM_NEWROUTE, &route, PROTOCOL_BOOT),
+            NLM_F_CREATE,
+            what,
         )
         .already(&[Errno::EEXIST])
     }
