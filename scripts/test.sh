@@ -82,5 +82,7 @@ scripts/build-fastdds-judge.sh
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
-# The library and tests/ (the benchmark example is built by clippy above and run by hand).
-cargo test --lib --tests
+# The library and tests/ (the benchmark example is built by clippy above and run by hand);
+# then the differential suite against the reference plugins, one line per config.
+cargo test --lib --tests -- --skip same_config_same_pod_as_the_reference
+cargo test --test conformance -- --nocapture same_config_same_pod_as_the_reference
