@@ -391,6 +391,18 @@ fn pods_on_two_nodes_discover_each_other_through_a_snooping_switch() {
     for (n, pod) in &pods {
         addrs.push(net1_addr(&attach(&nodes[*n], pod, &confs[*n])));
     }
+    // The switch forwards the group to a port once an IGMP report came in through it; the
+    // first report can beat a fresh port to forwarding, and the kernel repeats it within a
+    // second or so (or answers the querier).
+    let learned = (0..50).any(|_| {
+        let mdb = sh(&["bridge", "-n", &lan.switch.name, "mdb", "show"]);
+        let ports = mdb.lines().filter(|l| l.contains("239.255.0.1")).count();
+        ports >= 2 || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(learned, "the switch never learned both nodes' memberships");
     // Plain multicast across the nodes, both ways.
     for (i, (_, from)) in pods.iter().enumerate() {
         for (j, (_, to)) in pods.iter().enumerate() {
