@@ -200,6 +200,7 @@ struct Scene {
     node: Node,
     data: DataDir,
     conf: Value,
+    no_agent: Agent,
     pods: Vec<(Pod, String)>,
 }
 
@@ -209,9 +210,11 @@ impl Scene {
         let node = Node::new(&lan);
         node.ns.ip(&["addr", "add", NODE_ADDRESS, "dev", "lan0"]);
         let data = DataDir::create();
-        let mut conf = guide(&data);
-        conf["agentSocket"] = json!(data.0.join("no-agent.sock"));
+        // No agent: the DDS processes join the group by themselves.
+        let no_agent = Agent::not_started(&plugin_bin());
+        let conf = with_agent(guide(&data), &no_agent);
         Scene {
+            no_agent,
             lan,
             node,
             data,
@@ -247,8 +250,7 @@ impl Drop for Scene {
         for (pod, _) in &self.pods {
             del(&self.node, pod, &self.conf);
         }
-        let _ = &self.lan;
-        let _ = &self.data;
+        let _ = (&self.lan, &self.data, &self.no_agent);
     }
 }
 
@@ -423,14 +425,14 @@ fn the_agent_keeps_host_access_and_the_lan_keeps_working() {
         .ns
         .ip(&["addr", "add", "198.51.100.4/24", "dev", "lan0"]);
     let data2 = DataDir::create();
-    let mut conf2 = guide_config(
+    let conf2 = guide_config(
         Some("1.0.0"),
         "lan0",
         &data2,
         "198.51.100.181",
         "198.51.100.190",
     );
-    conf2["agentSocket"] = json!(data2.0.join("no-agent.sock"));
+    let conf2 = with_agent(conf2, &scene.no_agent);
     let remote = node2.pod(21);
     let remote_ip = net1_address(&add(&node2, &remote, &conf2));
     let lan_host = Node::new(&scene.lan);
