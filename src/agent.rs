@@ -6,7 +6,9 @@
 //!   path is gone or names another namespace, since a socket keeps its namespace (and the
 //!   macvlan in it, which would still answer ARP for a released address) alive;
 //! - optionally the DaemonSet's other duties: the plugin copied into the CNI bin dir at
-//!   start, the node policy mirrored from its ConfigMap, and the periodic `gc`.
+//!   start, the node policy mirrored from its ConfigMap, and the periodic `gc`;
+//! - host access (`host_keeper`): the shims in the node configuration's `hostAccess` list,
+//!   put back on every sweep when a shim, its address or a route is gone.
 //!
 //! One task on a current-thread runtime owns all state, so nothing is shared or locked;
 //! every request is small and answered within the plugin's bounded wait.
@@ -70,6 +72,12 @@ async fn serve(opts: Options) -> io::Result<()> {
     println!("agent: listening on {}", opts.socket.display());
     let mut holder = Holder::new(RecordDir::beside(&opts.socket));
     holder.reconcile();
+    let node_config = match &opts.policy {
+        Some((_, dir)) => crate::install::mirrored_policy(dir),
+        None => crate::policy::policy_file(),
+    };
+    let agent_dir = opts.socket.parent().unwrap_or(Path::new("/"));
+    let mut host = crate::host_keeper::Keeper::new(node_config, agent_dir);
 
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut policy = opts
@@ -93,10 +101,14 @@ async fn serve(opts: Options) -> io::Result<()> {
                 }
                 Err(e) => eprintln!("agent: accept: {e}"),
             },
-            _ = sweep.tick() => holder.reconcile(),
+            _ = sweep.tick() => {
+                holder.reconcile();
+                host.reconcile();
+            }
             _ = tick(&mut policy) => {
                 if let Some((source, dir)) = &opts.policy {
                     policy_said = mirror_policy(source, dir, policy_said);
+                    host.reconcile();
                 }
             }
             _ = tick(&mut gc) => {

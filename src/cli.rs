@@ -62,7 +62,14 @@ enum Sub {
     Doctor {
         #[command(flatten)]
         pod: PodArgs,
+        /// Check the node's host access instead (run on the node): shims, routes, which
+        /// interface the node's DDS would pick, and a live probe from the shim
+        #[arg(long, conflicts_with_all = ["netns", "iface"])]
+        host: bool,
     },
+    /// (root, on a node) Let the node's own processes reach its pods: a shim macvlan on the
+    /// master with an address of its own and a route for each pod range through it
+    HostAccess(HostAccessArgs),
     /// The RTPS port mapping of a domain, for firewall rules
     Ports {
         #[arg(long, default_value_t = 0, value_parser = domain)]
@@ -105,6 +112,25 @@ struct AgentArgs {
     /// How often gc runs, in seconds
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     gc_every: u64,
+}
+
+#[derive(Args)]
+struct HostAccessArgs {
+    /// The LAN interface the pods' macvlans use (the attachments' master)
+    #[arg(long)]
+    master: String,
+    /// The shim's own LAN address (not the node's, outside every pod range)
+    #[arg(long, required_unless_present = "remove")]
+    address: Option<ipnetwork::Ipv4Network>,
+    /// A range the pods' addresses come from (repeat for several)
+    #[arg(long = "pod-range", required_unless_present = "remove")]
+    pod_ranges: Vec<ipnetwork::Ipv4Network>,
+    /// Clear the master's MULTICAST flag so CycloneDDS on the node picks the shim
+    #[arg(long)]
+    exclusive_multicast: bool,
+    /// Take host access off the master: the node is left as before
+    #[arg(long, conflicts_with_all = ["address", "pod_ranges", "exclusive_multicast"])]
+    remove: bool,
 }
 
 #[derive(Args)]
@@ -211,16 +237,54 @@ pub fn main(args: &[String]) -> i32 {
             announce: !silent,
             live: true,
         }),
-        Sub::Doctor { pod } => crate::doctor::print(&crate::doctor::run(&crate::doctor::Options {
-            netns: pod.netns,
-            iface: pod.iface,
-            domain: pod.domain,
-            seconds: pod.seconds.min(60.0),
-        })),
+        Sub::Doctor { pod, host: true } => {
+            crate::doctor::print(&crate::doctor::host(pod.domain, pod.seconds.min(60.0)))
+        }
+        Sub::HostAccess(a) => host_access(a),
+        Sub::Doctor { pod, host: false } => {
+            crate::doctor::print(&crate::doctor::run(&crate::doctor::Options {
+                netns: pod.netns,
+                iface: pod.iface,
+                domain: pod.domain,
+                seconds: pod.seconds.min(60.0),
+            }))
+        }
         Sub::Ports { domain } => ports(domain),
         Sub::Version => {
             println!("ros-macvlan {}", env!("CARGO_PKG_VERSION"));
             0
+        }
+    }
+}
+
+/// `host-access`: sets up (or with --remove takes off) host access and says what it did.
+fn host_access(a: HostAccessArgs) -> i32 {
+    let done = crate::netlink::Netlink::here().and_then(|nl| match a.address {
+        Some(address) if !a.remove => crate::host_access::ensure(
+            &nl,
+            &crate::host_access::Spec {
+                master: a.master.clone(),
+                address,
+                pod_ranges: a.pod_ranges,
+                exclusive_multicast: a.exclusive_multicast,
+            },
+        ),
+        _ => crate::host_access::remove(&nl, &a.master),
+    });
+    match done {
+        Ok(changes) if changes.is_empty() => {
+            println!("host access on {}: nothing to change", a.master);
+            0
+        }
+        Ok(changes) => {
+            for c in changes {
+                println!("host access on {}: {c}", a.master);
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("host-access: {e}");
+            1
         }
     }
 }

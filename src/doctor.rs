@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
 
+use crate::host_access;
 use crate::netlink::{Netlink, TABLE_LOCAL, TABLE_MAIN};
 use crate::netns::Netns;
 use crate::probe;
@@ -402,4 +403,224 @@ pub fn print(checks: &[Check]) -> i32 {
     } else {
         0
     }
+}
+
+/// `doctor --host`, run on the node: its host-access shims, their routes, which interface
+/// the node's own DDS would pick, and a live probe from the shim.
+pub fn host(domain: u16, seconds: f64) -> Vec<Check> {
+    match host_static_checks() {
+        Ok((mut checks, Some(shim))) => {
+            checks.extend(host_probe(&shim, domain, seconds));
+            checks
+        }
+        Ok((checks, None)) => checks,
+        Err(e) => vec![fail(
+            "netlink",
+            e.to_string(),
+            "run doctor as root on the node".into(),
+        )],
+    }
+}
+
+/// The static checks, and the shim a live probe can use (up, with an address).
+fn host_static_checks() -> crate::cni::Result<(Vec<Check>, Option<host_access::ShimState>)> {
+    let nl = Netlink::here()?;
+    let mut out = Vec::new();
+    let configured = match crate::policy::Policy::load() {
+        Ok(p) => p.map(|p| p.host_access().to_vec()).unwrap_or_default(),
+        Err(e) => {
+            out.push(fail(
+                "node configuration",
+                e.to_string(),
+                "fix the node policy file".into(),
+            ));
+            Vec::new()
+        }
+    };
+    let shims = host_access::shims(&nl)?;
+    let setup = "ros-macvlan host-access --master IF --address CIDR --pod-range CIDR (or a hostAccess entry in the node policy, kept by the node agent)";
+    if shims.is_empty() && configured.is_empty() {
+        out.push(fail(
+            "shim",
+            "no host-access shim on this node: its own processes cannot reach its pods (a macvlan's master never delivers to its macvlans)".into(),
+            setup.into(),
+        ));
+        return Ok((out, None));
+    }
+    for spec in &configured {
+        if !shims.iter().any(|s| s.link.name == spec.shim_name()) {
+            out.push(fail(
+                "shim",
+                format!(
+                    "{} for master {} is in the node configuration but missing",
+                    spec.shim_name(),
+                    spec.master
+                ),
+                "run the node agent (it puts the shim back within 2 s) and read its log".into(),
+            ));
+        }
+    }
+    let mut usable = None;
+    for shim in shims {
+        let name = shim.link.name.clone();
+        out.push(pass(
+            "shim",
+            format!(
+                "{name}: macvlan ({}) with MAC {}",
+                crate::netlink::mode_name(shim.link.macvlan_mode),
+                shim.link
+                    .mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            ),
+        ));
+        out.push(if shim.link.is_up() {
+            pass("shim up", format!("{name} is up"))
+        } else {
+            fail(
+                "shim up",
+                format!("{name} is down"),
+                format!("ip link set {name} up (the node agent does it within 2 s)"),
+            )
+        });
+        let Some(address) = shim.addresses.first().copied() else {
+            out.push(fail(
+                "shim address",
+                format!("{name} has no IPv4 address"),
+                setup.into(),
+            ));
+            continue;
+        };
+        out.push(pass("shim address", format!("{name} has {address}")));
+        let missing: Vec<String> = shim
+            .ranges
+            .iter()
+            .filter(|(_, routed)| !routed)
+            .map(|(r, _)| r.to_string())
+            .collect();
+        out.push(if missing.is_empty() {
+            let ranges: Vec<String> = shim.ranges.iter().map(|(r, _)| r.to_string()).collect();
+            pass(
+                "pod routes",
+                format!("{} routed through {name}", ranges.join(", ")),
+            )
+        } else {
+            fail(
+                "pod routes",
+                format!("{} not routed through {name}", missing.join(", ")),
+                missing
+                    .iter()
+                    .map(|r| format!("ip route add {r} dev {name} src {address}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        });
+        if shim.link.is_up() && usable.is_none() {
+            usable = Some(shim);
+        }
+    }
+    if let Some(shim) = &usable {
+        out.push(node_dds_choice(&nl, shim)?);
+    }
+    Ok((out, usable))
+}
+
+/// Which interface CycloneDDS on the node would pick: it ranks the up, multicast-capable
+/// interfaces with an IPv4 address, and takes another one over the shim "arbitrarily".
+fn node_dds_choice(nl: &Netlink, shim: &host_access::ShimState) -> crate::cni::Result<Check> {
+    let addressed: Vec<u32> = nl
+        .addresses(None)?
+        .into_iter()
+        .filter(|(_, a)| a.is_ipv4())
+        .map(|(i, _)| i)
+        .collect();
+    let rivals: Vec<String> = nl
+        .links()?
+        .into_iter()
+        .filter(|l| {
+            l.is_up()
+                && l.is_multicast()
+                && !l.is_loopback()
+                && host_access::shim_ranges(l).is_none()
+                && addressed.contains(&l.index)
+        })
+        .map(|l| l.name)
+        .collect();
+    let name = &shim.link.name;
+    Ok(if rivals.is_empty() {
+        pass(
+            "node DDS interface",
+            format!("{name} is the node's only multicast-capable interface with an address: CycloneDDS and Fast DDS on the node use it"),
+        )
+    } else {
+        warn(
+            "node DDS interface",
+            format!("{} also multicast-capable: Fast DDS on the node uses every interface and reaches the pods, CycloneDDS may pick {} instead of {name} and miss them", rivals.join(", "), rivals[0]),
+            format!("host-access --exclusive-multicast, or CYCLONEDDS_URI='<CycloneDDS><Domain><General><Interfaces><NetworkInterface name=\"{name}\"/></Interfaces></General></Domain></CycloneDDS>' for the node's CycloneDDS processes"),
+        )
+    })
+}
+
+/// Announces a participant from the shim and lists the pods' participants heard there.
+fn host_probe(shim: &host_access::ShimState, domain: u16, seconds: f64) -> Vec<Check> {
+    let popts = probe::Options {
+        netns: None,
+        iface: shim.link.name.clone(),
+        domains: vec![domain],
+        seconds,
+        json: false,
+        announce: true,
+        live: false,
+    };
+    let report = match probe::run(&popts) {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![fail(
+                "live probe",
+                e.to_string(),
+                "run doctor --host as root on the node".into(),
+            )]
+        }
+    };
+    let in_pod_range = |ip: Ipv4Addr| shim.ranges.iter().any(|(r, _)| r.contains(ip));
+    let pods: Vec<String> = report
+        .participants
+        .values()
+        .filter(|s| in_pod_range(*s.source.ip()))
+        .map(|s| {
+            let answered = if report.answered_by.contains(s.source.ip()) {
+                ", answered the node"
+            } else {
+                ""
+            };
+            format!(
+                "{} {} from {}{answered}",
+                s.participant.vendor(),
+                s.participant.guid_prefix_hex(),
+                s.source.ip()
+            )
+        })
+        .collect();
+    vec![if pods.is_empty() {
+        warn(
+            "live probe",
+            format!(
+                "no pod's DDS participant heard through {} on domain {domain} in {seconds} s",
+                shim.link.name
+            ),
+            "start a ROS 2 node in a pod on this node (same ROS_DOMAIN_ID), then run doctor --host again".into(),
+        )
+    } else {
+        pass(
+            "live probe",
+            format!(
+                "{} pod participant(s) heard through {}: {}",
+                pods.len(),
+                shim.link.name,
+                pods.join("; ")
+            ),
+        )
+    }]
 }

@@ -59,13 +59,22 @@ fn is_placed(bytes: &[u8], target: &Path, mode: u32) -> bool {
     mode_ok && fs::read(target).is_ok_and(|t| t == bytes)
 }
 
+fn policy_file_name() -> &'static str {
+    Path::new(crate::policy::DEFAULT_POLICY_FILE)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("policy.json")
+}
+
+/// Where `sync_policy` mirrors the policy into `dir`.
+pub(crate) fn mirrored_policy(dir: &Path) -> PathBuf {
+    dir.join(policy_file_name())
+}
+
 /// The node policy follows the ConfigMap: copied when the ConfigMap has one, removed when
 /// it has none (then everything is allowed again).
 pub(crate) fn sync_policy(source: &Path, dir: &Path) -> io::Result<&'static str> {
-    let name = Path::new(crate::policy::DEFAULT_POLICY_FILE)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("policy.json");
+    let name = policy_file_name();
     match fs::read(source) {
         Ok(bytes) => match place(&bytes, dir, name, 0o644)? {
             Installed::Written => Ok("policy installed"),

@@ -9,6 +9,8 @@ pub mod dad;
 pub mod demo;
 pub mod doctor;
 pub mod duplicate;
+pub mod host_access;
+pub mod host_keeper;
 pub mod install;
 pub mod ipam;
 pub mod lifecycle;

@@ -4,6 +4,9 @@
 //! the plugin runs as root on the node; the policy file (installed by the DaemonSet from a
 //! ConfigMap) lets the cluster admin bound what such a config can reach. No file: every
 //! master and range is allowed, and paths only the default directories.
+//!
+//! The same file holds the node's other settings the agent reconciles: `hostAccess`, the
+//! shims through which the node's own processes reach its pods (see `host_access`).
 
 use std::net::IpAddr;
 use std::path::{Component, PathBuf};
@@ -40,6 +43,9 @@ pub struct Policy {
     log_dirs: Option<Vec<PathBuf>>,
     /// Directories host-local's `dataDir` may lead into besides DEFAULT_DATA_DIRS.
     data_dirs: Option<Vec<PathBuf>>,
+    /// Host access the node agent keeps in place (`ros-macvlan host-access`, one per master).
+    #[serde(default)]
+    host_access: Vec<crate::host_access::Spec>,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -48,7 +54,12 @@ impl Policy {
     /// The node's policy; ROS_MACVLAN_POLICY_FILE names another file. A file that exists but
     /// cannot be read or parsed refuses everything: a broken policy must not mean no policy.
     pub fn load() -> Result<Option<Policy>> {
-        let path = policy_file();
+        Policy::read(&policy_file())
+    }
+
+    /// The policy in `path`, as `load` reads it.
+    pub fn read(path: &std::path::Path) -> Result<Option<Policy>> {
+        let path = path.to_owned();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -61,13 +72,17 @@ impl Policy {
         };
         let mut policy: Policy = serde_json::from_slice(&bytes).map_err(|e| {
             Error::PolicyRefused(format!(
-                "node policy {} is invalid ({e}); it takes {{\"masters\": [...], \"ranges\": [...], \"logDirs\": [...], \"dataDirs\": [...]}}",
+                "node policy {} is invalid ({e}); it takes {{\"masters\": [...], \"ranges\": [...], \"logDirs\": [...], \"dataDirs\": [...], \"hostAccess\": [...]}}",
                 path.display()
             ))
         })?;
         policy.path = path;
         policy.check_dirs()?;
         Ok(Some(policy))
+    }
+
+    pub fn host_access(&self) -> &[crate::host_access::Spec] {
+        &self.host_access
     }
 
     /// The directories listed must say plainly where they are.
@@ -103,6 +118,17 @@ impl Policy {
     }
 
     pub fn check_address(&self, ip: IpAddr) -> Result<()> {
+        if let Some(h) = self
+            .host_access
+            .iter()
+            .find(|h| IpAddr::V4(h.address.ip()) == ip)
+        {
+            return Err(Error::PolicyRefused(format!(
+                "address {ip} is the host-access shim's on {} (node policy {}); leave it out of the attachment's range",
+                h.master,
+                self.path.display()
+            )));
+        }
         let Some(allowed) = &self.ranges else {
             return Ok(());
         };
@@ -120,7 +146,7 @@ impl Policy {
 }
 
 /// The policy file: ROS_MACVLAN_POLICY_FILE, or the default.
-fn policy_file() -> PathBuf {
+pub fn policy_file() -> PathBuf {
     std::env::var_os("ROS_MACVLAN_POLICY_FILE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_POLICY_FILE))
@@ -248,6 +274,19 @@ mod tests {
         ] {
             assert_eq!(policy(bad).check_dirs().unwrap_err().code(), 106, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_host_access_shims_address_is_never_a_pods() {
+        let p = policy(
+            r#"{"hostAccess": [{"master": "eth0", "address": "198.51.100.3/24", "podRanges": ["198.51.100.160/27"]}]}"#,
+        );
+        assert_eq!(p.host_access().len(), 1);
+        let e = p
+            .check_address("198.51.100.3".parse().unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("shim"), "{e}");
+        assert!(p.check_address("198.51.100.4".parse().unwrap()).is_ok());
     }
 
     #[test]

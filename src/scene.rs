@@ -357,11 +357,22 @@ pub struct Agent {
     bin: std::path::PathBuf,
     dir: std::path::PathBuf,
     child: Option<std::process::Child>,
+    /// The node namespace it runs in (the test's own one when none) and its extra arguments.
+    netns: Option<String>,
+    args: Vec<String>,
 }
 
 impl Agent {
     pub fn start(bin: &Path) -> Agent {
+        Agent::start_in(bin, None, &[])
+    }
+
+    /// An agent running in the node namespace `netns`, as the DaemonSet's process runs in the
+    /// node's, with extra arguments (`--policy`, ...); its output goes to `log()`.
+    pub fn start_in(bin: &Path, netns: Option<&str>, args: &[&str]) -> Agent {
         let mut agent = Agent::not_started(bin);
+        agent.netns = netns.map(str::to_owned);
+        agent.args = args.iter().map(|a| a.to_string()).collect();
         agent.restart();
         agent
     }
@@ -372,7 +383,14 @@ impl Agent {
             bin: bin.to_owned(),
             dir: Path::new("/run/ros-macvlan").join(unique("agent")),
             child: None,
+            netns: None,
+            args: Vec::new(),
         }
+    }
+
+    /// What the agent printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
     pub fn socket(&self) -> std::path::PathBuf {
@@ -387,11 +405,26 @@ impl Agent {
     /// Starts the agent (again), and waits until it answers.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new(&self.bin)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        std::fs::create_dir_all(&self.dir).expect("create the agent's dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("open the agent's log");
+        let child = cmd
             .args(["agent", "--socket"])
             .arg(self.socket())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .args(&self.args)
+            .stdout(log.try_clone().expect("agent log"))
+            .stderr(log)
             .spawn()
             .expect("start ros-macvlan agent");
         self.child = Some(child);
@@ -413,7 +446,8 @@ impl Agent {
         }
     }
 
-    fn stop(&mut self) {
+    /// Stops the agent (SIGTERM), as the DaemonSet's pod ending would.
+    pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),

@@ -149,30 +149,8 @@ impl OneNode {
     }
 }
 
-/// The Fast DDS talker and listener, started as a user would start them: Fast DDS' defaults
-/// with no XML profile (an empty working directory, so no DEFAULT_FASTRTPS_PROFILES.xml) and
-/// no environment setting at all.
-struct FastDds {
-    talker: PathBuf,
-    listener: PathBuf,
-    workdir: DataDir,
-}
-
+/// The judge's roles in these scenes (`FastDds` itself is in common).
 impl FastDds {
-    fn find() -> Option<FastDds> {
-        Some(FastDds {
-            talker: require_tool("fastdds-talker")?,
-            listener: require_tool("fastdds-listener")?,
-            workdir: DataDir::create(),
-        })
-    }
-
-    fn start(&self, ns: &Ns, command: &[&str]) -> Spawned {
-        Spawned::start(ns, command, |cmd| {
-            cmd.env_clear().current_dir(&self.workdir.0);
-        })
-    }
-
     /// A talker named `name` in the pod, its command prefixed with `wrapper` (if any).
     fn talker_via(&self, wrapper: &[&str], pod: &Pod, name: &str) -> Spawned {
         let count = TALKER_SAMPLES.to_string();

@@ -37,6 +37,7 @@ const PROTOCOL_STATIC: u8 = 4;
 /// IPv4 per-interface settings (linux/ip.h IPV4_DEVCONF_*), set over netlink rather than
 /// through /proc/sys, which would need the caller inside the namespace.
 pub const DEVCONF_RP_FILTER: u16 = 8;
+pub const DEVCONF_ARP_IGNORE: u16 = 19;
 pub const DEVCONF_ARP_NOTIFY: u16 = 22;
 
 /// Interface flags (linux/if.h).
@@ -218,6 +219,15 @@ impl Op {
             what,
         )
         .already(&[Errno::EEXIST])
+    }
+
+    /// Adds a link-scoped route out `index` whose packets leave with `src` as their source
+    /// (`ip route add <dst> dev <link> src <src>`); an identical route counts as added.
+    pub fn add_route_from(index: u32, dst: IpNetwork, src: IpAddr) -> Op {
+        let mut op = Op::add_route(index, dst, None);
+        op.msg.ip(RTA_PREFSRC, src);
+        op.what = format!("add route {dst} src {src}");
+        op
     }
 
     pub fn del_route(route: &RouteEntry) -> Op {

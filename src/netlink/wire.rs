@@ -68,6 +68,7 @@ pub const IFA_BROADCAST: u16 = 4;
 pub const RTA_DST: u16 = 1;
 pub const RTA_OIF: u16 = 4;
 pub const RTA_GATEWAY: u16 = 5;
+pub const RTA_PREFSRC: u16 = 7;
 pub const RTA_TABLE: u16 = 15;
 
 /// A message being built: header and fixed part first, attributes appended.

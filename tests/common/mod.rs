@@ -316,3 +316,29 @@ impl Drop for Spawned {
         }
     }
 }
+
+/// The Fast DDS talker and listener (tests/fastdds, built into target/tools by
+/// scripts/build-fastdds-judge.sh), started as a user would start them: Fast DDS' defaults
+/// with no XML profile (an empty working directory, so no DEFAULT_FASTRTPS_PROFILES.xml) and
+/// no environment setting at all.
+pub struct FastDds {
+    pub talker: PathBuf,
+    pub listener: PathBuf,
+    pub workdir: DataDir,
+}
+
+impl FastDds {
+    pub fn find() -> Option<FastDds> {
+        Some(FastDds {
+            talker: require_tool("fastdds-talker")?,
+            listener: require_tool("fastdds-listener")?,
+            workdir: DataDir::create(),
+        })
+    }
+
+    pub fn start(&self, ns: &Ns, command: &[&str]) -> Spawned {
+        Spawned::start(ns, command, |cmd| {
+            cmd.env_clear().current_dir(&self.workdir.0);
+        })
+    }
+}
