@@ -22,7 +22,7 @@ use nix::fcntl::{openat, renameat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, fstatat, mkdirat, Mode, SFlag};
 use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 
 /// The mode of every file the plugin creates below an allowed directory (owned by root, as
 /// the plugin runs as root).
@@ -56,7 +56,7 @@ impl Roots {
     pub fn confine(&self, key: &'static str, path: &str) -> Result<ConfinedPath> {
         let p = Path::new(path);
         let refuse = |why: &str| {
-            Error::InvalidConfig(format!(
+            Error::new(Kind::InvalidConfig, format!(
                 "{key} {path:?} {why}; allowed directories: {}; use a path below one of them, or {}",
                 self.list(),
                 self.widen_hint
@@ -94,9 +94,10 @@ impl Roots {
     pub fn confine_file(&self, key: &'static str, path: &str) -> Result<(ConfinedPath, OsString)> {
         let mut dir = self.confine(key, path)?;
         let name = dir.below.pop().ok_or_else(|| {
-            Error::InvalidConfig(format!(
-                "{key} {path:?} names an allowed directory, not a file in it"
-            ))
+            Error::new(
+                Kind::InvalidConfig,
+                format!("{key} {path:?} names an allowed directory, not a file in it"),
+            )
         })?;
         Ok((dir, name))
     }
@@ -182,14 +183,20 @@ impl ConfinedPath {
         }
         // With O_NOFOLLOW and O_DIRECTORY, Linux answers ENOTDIR for a symlink.
         if errno == Errno::ELOOP || parent.is_a(name, SFlag::S_IFLNK) {
-            Error::InvalidConfig(format!(
+            Error::new(
+                Kind::InvalidConfig,
+                format!(
                 "{}: {} is a symbolic link; below {} links are not followed: name the real path",
                 self.key,
                 at.display(),
                 self.root.display()
-            ))
+            ),
+            )
         } else {
-            Error::InvalidConfig(format!("{}: {} is not a directory", self.key, at.display()))
+            Error::new(
+                Kind::InvalidConfig,
+                format!("{}: {} is not a directory", self.key, at.display()),
+            )
         }
     }
 
@@ -202,11 +209,14 @@ impl ConfinedPath {
         let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NONBLOCK;
         dir.open(name, flags)
             .map_err(|e| match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
-                Errno::EISDIR | Errno::ENXIO => Error::InvalidConfig(format!(
-                    "{}: {} is not a regular file",
-                    self.key,
-                    dir.path.join(name).display()
-                )),
+                Errno::EISDIR | Errno::ENXIO => Error::new(
+                    Kind::InvalidConfig,
+                    format!(
+                        "{}: {} is not a regular file",
+                        self.key,
+                        dir.path.join(name).display()
+                    ),
+                ),
                 _ => self.refusal(&dir, name, e),
             })
     }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::netns::Netns;
 
 /// The reference's bound on the wait.
@@ -25,7 +25,7 @@ pub fn settle(ns: &Netns, ifname: &str) -> Result<()> {
             .map_err(|e| Error::io("read /proc/net/if_inet6", e))?;
         let addresses = parse_if_inet6(&text, ifname);
         if let Some((addr, _)) = addresses.iter().find(|(_, f)| f & IFA_F_DADFAILED != 0) {
-            return Err(Error::Netlink(format!(
+            return Err(Error::new(Kind::Netlink, format!(
                 "IPv6 address {addr} on {ifname} failed duplicate address detection: another host on the LAN uses it"
             )));
         }
@@ -33,7 +33,7 @@ pub fn settle(ns: &Netns, ifname: &str) -> Result<()> {
             return Ok(());
         }
         if start.elapsed() > TIMEOUT {
-            return Err(Error::Netlink(format!(
+            return Err(Error::new(Kind::Netlink, format!(
                 "IPv6 addresses on {ifname} still tentative after {}s of duplicate address detection",
                 TIMEOUT.as_secs()
             )));

@@ -11,7 +11,7 @@ use nix::libc;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::netns::Netns;
 
 /// How hard to look. `duplicateDetection: false` turns it off.
@@ -44,20 +44,21 @@ impl Detection {
             Some(Value::Bool(false)) => Ok(None),
             Some(obj @ Value::Object(_)) => {
                 let d: Detection = serde_json::from_value(obj.clone()).map_err(|e| {
-                    Error::InvalidConfig(format!(
+                    Error::new(Kind::InvalidConfig, format!(
                         "duplicateDetection: {e}; it takes false or {{\"probes\": N, \"intervalMs\": N, \"maxConflicts\": N}}"
                     ))
                 })?;
                 if d.probes == 0 || d.probes > 10 || d.interval_ms > 1000 {
-                    return Err(Error::InvalidConfig(
-                        "duplicateDetection: probes must be 1..10 and intervalMs at most 1000"
-                            .into(),
+                    return Err(Error::new(
+                        Kind::InvalidConfig,
+                        "duplicateDetection: probes must be 1..10 and intervalMs at most 1000",
                     ));
                 }
                 Ok(Some(d))
             }
-            Some(_) => Err(Error::InvalidConfig(
-                "duplicateDetection must be false or an object".into(),
+            Some(_) => Err(Error::new(
+                Kind::InvalidConfig,
+                "duplicateDetection must be false or an object",
             )),
         }
     }

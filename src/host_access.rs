@@ -14,7 +14,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 
 use crate::cni::config::MacvlanMode;
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::netlink::{
     Link, LinkChange, Netlink, NewMacvlan, Op, RouteEntry, DEVCONF_ARP_IGNORE, DEVCONF_ARP_NOTIFY,
     TABLE_MAIN,
@@ -54,33 +54,40 @@ impl Spec {
     /// Refuses a spec that cannot work, before any change.
     pub fn validate(&self) -> Result<()> {
         if self.pod_ranges.is_empty() {
-            return Err(Error::InvalidConfig(format!(
-                "host access on {} needs at least one pod range (--pod-range CIDR)",
-                self.master
-            )));
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "host access on {} needs at least one pod range (--pod-range CIDR)",
+                    self.master
+                ),
+            ));
         }
         if let Some(r) = self
             .pod_ranges
             .iter()
             .find(|r| r.contains(self.address.ip()))
         {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
                 "the shim's address {} lies inside pod range {r}: IPAM could hand it to a pod; \
                  give the shim a LAN address outside every pod range",
                 self.address.ip()
-            )));
+            ),
+            ));
         }
         let ip = self.address.ip();
         if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
-            return Err(Error::InvalidConfig(format!(
-                "{ip} cannot be the shim's address: give it a unicast LAN address"
-            )));
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!("{ip} cannot be the shim's address: give it a unicast LAN address"),
+            ));
         }
         if self.master.is_empty() || self.master.len() > 15 || self.master.contains('/') {
-            return Err(Error::InvalidConfig(format!(
-                "{:?} is not an interface name",
-                self.master
-            )));
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!("{:?} is not an interface name", self.master),
+            ));
         }
         Ok(())
     }
@@ -158,10 +165,13 @@ pub fn ensure(nl: &Netlink, spec: &Spec) -> Result<Vec<String>> {
     spec.validate()?;
     let name = spec.shim_name();
     let master = nl.link_by_name(&spec.master)?.ok_or_else(|| {
-        Error::MasterNotFound(format!(
+        Error::new(
+            Kind::MasterNotFound,
+            format!(
             "master {} does not exist on this node: name the LAN interface the pods' macvlans use",
             spec.master
-        ))
+        ),
+        )
     })?;
     let address = spec.host_address();
     if let Some((index, _)) = nl
@@ -171,11 +181,14 @@ pub fn ensure(nl: &Netlink, spec: &Spec) -> Result<Vec<String>> {
     {
         let holder = nl.link_by_index(index)?.map(|l| l.name).unwrap_or_default();
         if holder != name {
-            return Err(Error::InvalidConfig(format!(
-                "{} is already an address of {holder} on this node: the shim needs a LAN \
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "{} is already an address of {holder} on this node: the shim needs a LAN \
                  address of its own, never the node's",
-                address.ip()
-            )));
+                    address.ip()
+                ),
+            ));
         }
     }
     let mac = shim_mac(&node_identity(), &master);
@@ -185,9 +198,12 @@ pub fn ensure(nl: &Netlink, spec: &Spec) -> Result<Vec<String>> {
         Some(link) if is_current_shim(&link, &mac) => link,
         Some(link) => {
             if shim_ranges(&link).is_none() {
-                return Err(Error::InvalidConfig(format!(
+                return Err(Error::new(
+                    Kind::InvalidConfig,
+                    format!(
                     "a link named {name} exists and is not a ros-macvlan shim; rename or remove it"
-                )));
+                ),
+                ));
             }
             nl.apply(vec![Op::del_link(link.index)])?;
             changes.push(format!("removed {name}, a shim that no longer matched"));
@@ -239,10 +255,13 @@ pub fn ensure(nl: &Netlink, spec: &Spec) -> Result<Vec<String>> {
                 .and_then(|i| nl.link_by_index(i).ok().flatten())
                 .map(|l| l.name)
                 .unwrap_or_else(|| "another route".into());
-            return Err(Error::InvalidConfig(format!(
-                "a route for pod range {range} already goes through {via}; remove it or leave \
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "a route for pod range {range} already goes through {via}; remove it or leave \
                  the range out of host access"
-            )));
+                ),
+            ));
         }
         ops.push(Op::add_route_from(
             shim.index,
@@ -297,9 +316,12 @@ fn create_shim(
         bc_queue_len: None,
         target_netns: None,
     })?;
-    let link = nl
-        .link_by_name(&name)?
-        .ok_or_else(|| Error::Netlink(format!("{name} vanished right after its creation")))?;
+    let link = nl.link_by_name(&name)?.ok_or_else(|| {
+        Error::new(
+            Kind::Netlink,
+            format!("{name} vanished right after its creation"),
+        )
+    })?;
     let configured = nl.apply(vec![
         LinkChange::of(link.index)
             .ipv4_conf(&SHIM_IPV4_CONF)
@@ -318,8 +340,12 @@ fn create_shim(
     ));
     changes.push(format!("added {} to {name}", spec.host_address()));
     // Read back with its alias and address, still down: `ensure` brings it up.
-    nl.link_by_index(link.index)?
-        .ok_or_else(|| Error::Netlink(format!("{name} vanished right after its creation")))
+    nl.link_by_index(link.index)?.ok_or_else(|| {
+        Error::new(
+            Kind::Netlink,
+            format!("{name} vanished right after its creation"),
+        )
+    })
 }
 
 /// Clears (`on`) or gives back the master's MULTICAST flag; only a flag host access cleared
@@ -362,9 +388,10 @@ pub fn remove(nl: &Netlink, master: &str) -> Result<Vec<String>> {
     let mut changes = Vec::new();
     if let Some(link) = nl.link_by_name(&name)? {
         if shim_ranges(&link).is_none() {
-            return Err(Error::InvalidConfig(format!(
-                "{name} is not a ros-macvlan shim; it was left alone"
-            )));
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!("{name} is not a ros-macvlan shim; it was left alone"),
+            ));
         }
         nl.apply(vec![Op::del_link(link.index)])?;
         changes.push(format!(

@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use cni::config::{self, NetConf};
 use cni::env::{CniEnv, Command};
 use cni::version::{Version, LATEST, SUPPORTED};
-use cni::{Error, Result};
+use cni::{Error, Kind, Result};
 use ipam::Ipam;
 use lifecycle::LogSink;
 use policy::AllowedDirs;
@@ -94,9 +94,8 @@ impl Answer {
 fn dispatch_guarded(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<Answer> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, input, log)))
         .unwrap_or_else(|_| {
-            Err(Error::Internal(
-                "internal error in ros-macvlan (a bug: please report it with the config used); what the call had done was undone"
-                    .into(),
+            Err(Error::new(Kind::Internal,
+                "internal error in ros-macvlan (a bug: please report it with the config used); what the call had done was undone",
             ))
         })
 }
@@ -127,7 +126,7 @@ fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<An
     }
     let raw = match input {
         Ok(v) => v,
-        Err(e) => return Err(Error::Decode(e.to_string())),
+        Err(e) => return Err(Error::new(Kind::Decode, e.to_string())),
     };
     let conf = if env.command == Command::Del {
         NetConf::from_value(&without_link_shape(raw))?
@@ -136,10 +135,13 @@ fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<An
     };
     match env.command {
         Command::Check if !conf.version.supports_check() => {
-            return Err(Error::IncompatibleVersion(format!(
-                "CHECK needs cniVersion 0.4.0 or later; the config says {}",
-                conf.version.as_str()
-            )))
+            return Err(Error::new(
+                Kind::IncompatibleVersion,
+                format!(
+                    "CHECK needs cniVersion 0.4.0 or later; the config says {}",
+                    conf.version.as_str()
+                ),
+            ))
         }
         Command::Gc => require_1_1(&conf.version, "GC")?,
         Command::Status => require_1_1(&conf.version, "STATUS")?,
@@ -173,10 +175,13 @@ fn require_1_1(v: &Version, verb: &str) -> Result<()> {
     if v.supports_gc_and_status() {
         Ok(())
     } else {
-        Err(Error::IncompatibleVersion(format!(
-            "{verb} needs cniVersion 1.1.0; the config says {}",
-            v.as_str()
-        )))
+        Err(Error::new(
+            Kind::IncompatibleVersion,
+            format!(
+                "{verb} needs cniVersion 1.1.0; the config says {}",
+                v.as_str()
+            ),
+        ))
     }
 }
 

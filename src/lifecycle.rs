@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::cni::config::NetConf;
 use crate::cni::env::{CniEnv, Command};
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::confine::{ConfinedPath, Roots};
 use crate::ipam::store::{Record, Store};
 use crate::ipam::Ipam;
@@ -110,12 +110,13 @@ pub fn release_orphans(data_dir: &Path) -> Result<Vec<Orphan>> {
 /// STATUS: ready when the master is there and up and an address is left to hand out.
 pub fn status(conf: &NetConf, ipam: &Ipam) -> Result<()> {
     let nl = Netlink::here()?;
-    let master = resolve_master(&nl, conf).map_err(|e| Error::NotAvailable(e.to_string()))?;
+    let master =
+        resolve_master(&nl, conf).map_err(|e| Error::new(Kind::NotAvailable, e.to_string()))?;
     if !master.is_up() {
-        return Err(Error::NotAvailable(format!(
-            "master interface {} is down; bring it up",
-            master.name
-        )));
+        return Err(Error::new(
+            Kind::NotAvailable,
+            format!("master interface {} is down; bring it up", master.name),
+        ));
     }
     if let Ipam::HostLocal(hl) = ipam {
         let store = Store::open(&hl.data_dir, &conf.name)?;
@@ -124,10 +125,13 @@ pub fn status(conf: &NetConf, ipam: &Ipam) -> Result<()> {
                 .candidates(None)
                 .any(|(ip, _)| store.holder_of(ip).is_none());
             if !free {
-                return Err(Error::NoAddressesLeft(format!(
-                    "range set {i} of network {} has no free address left",
-                    conf.name
-                )));
+                return Err(Error::new(
+                    Kind::NoAddressesLeft,
+                    format!(
+                        "range set {i} of network {} has no free address left",
+                        conf.name
+                    ),
+                ));
             }
         }
     }
@@ -154,9 +158,10 @@ impl LogSink {
             Some(Value::String(s)) if s.is_empty() => return Ok(LogSink::Stderr),
             Some(Value::String(s)) => s,
             Some(other) => {
-                return Err(Error::InvalidConfig(format!(
-                    "logFile must be a path, not {other}"
-                )))
+                return Err(Error::new(
+                    Kind::InvalidConfig,
+                    format!("logFile must be a path, not {other}"),
+                ))
             }
         };
         let (dir, name) = roots.confine_file("logFile", path)?;
@@ -165,7 +170,7 @@ impl LogSink {
         }
         match dir.append_file(&name) {
             Ok(f) => Ok(LogSink::File(f)),
-            Err(e @ Error::InvalidConfig(_)) => Err(e),
+            Err(e) if e.kind() == Kind::InvalidConfig => Err(e),
             Err(e) => {
                 eprintln!("ros-macvlan: cannot open logFile ({e}); logging to stderr");
                 Ok(LogSink::Stderr)

@@ -9,7 +9,7 @@ use ipnetwork::IpNetwork;
 use crate::cni::config::{format_mac, parse_mac, NetConf};
 use crate::cni::env::CniEnv;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route};
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::dad;
 use crate::duplicate;
 use crate::ipam::Ipam;
@@ -53,7 +53,7 @@ impl Namespaces {
 fn open_pod_netns(path: &str) -> Result<Netns> {
     let ns = Netns::open(path)?;
     if ns.is_current()? {
-        return Err(Error::InvalidEnvironment(format!(
+        return Err(Error::new(Kind::InvalidEnvironment, format!(
             "CNI_NETNS {path} is the plugin's own network namespace (the node's), not a pod's: refusing to change the node's interfaces"
         )));
     }
@@ -64,18 +64,18 @@ fn open_pod_netns(path: &str) -> Result<Netns> {
 pub fn resolve_master(nl: &Netlink, conf: &NetConf) -> Result<Link> {
     match &conf.master {
         Some(name) => nl.link_by_name(name)?.ok_or_else(|| {
-            Error::MasterNotFound(format!(
+            Error::new(Kind::MasterNotFound, format!(
                 "master interface {name} not found on node; set \"master\" to the node's LAN interface"
             ))
         }),
         None => {
             let index = nl.default_route_link()?.ok_or_else(|| {
-                Error::MasterNotFound(
-                    "no \"master\" given and the node has no default route to take it from; set \"master\"".into(),
+                Error::new(Kind::MasterNotFound,
+                    "no \"master\" given and the node has no default route to take it from; set \"master\"",
                 )
             })?;
             nl.link_by_index(index)?.ok_or_else(|| {
-                Error::MasterNotFound(format!("default route interface {index} vanished"))
+                Error::new(Kind::MasterNotFound, format!("default route interface {index} vanished"))
             })
         }
     }
@@ -169,10 +169,13 @@ pub fn add(
     }
     if let Some(mtu) = conf.mtu {
         if mtu > master.mtu {
-            return Err(Error::InvalidConfig(format!(
-                "mtu {mtu} exceeds master {}'s MTU {}; lower \"mtu\" or omit it",
-                master.name, master.mtu
-            )));
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "mtu {mtu} exceeds master {}'s MTU {}; lower \"mtu\" or omit it",
+                    master.name, master.mtu
+                ),
+            ));
         }
     }
     let mac = chosen_mac(conf, env)?;
@@ -249,10 +252,10 @@ fn add_steps(
         })
         .map_err(|e| e.context(&format!("on master {}", master.name)))?;
     let link = ns.pod_nl.link_by_name(&env.ifname)?.ok_or_else(|| {
-        Error::Netlink(format!(
-            "macvlan {} vanished right after creation",
-            env.ifname
-        ))
+        Error::new(
+            Kind::Netlink,
+            format!("macvlan {} vanished right after creation", env.ifname),
+        )
     })?;
     progress.link = Some(link.index);
     fault_point(env, "created");
@@ -377,7 +380,7 @@ fn claim_unused_addresses(
         progress.ipam = false;
         avoid.extend(conflicts);
         if avoid.len() >= d.max_conflicts as usize {
-            return Err(Error::RangeExhausted(format!(
+            return Err(Error::new(Kind::RangeExhausted, format!(
                 "addresses {avoid:?} are already in use on the LAN (other hosts answered ARP probes): the range overlaps addresses of other nodes or hosts; give each node a range of its own"
             )));
         }
@@ -430,7 +433,7 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam, agent: &AgentPlace) -> Res
     let pod_ns = match open_pod_netns(&env.netns) {
         Ok(ns) => Some(ns),
         // Gone (or never given): its links went with it; the address is still released.
-        Err(Error::ContainerUnknown(_)) => None,
+        Err(e) if e.kind() == Kind::ContainerUnknown => None,
         Err(e) => return Err(e),
     };
     // The heirs of the multicast routes are read from the records before ours goes.
@@ -486,39 +489,51 @@ pub fn check(
     ns: &Namespaces,
 ) -> Result<()> {
     let prev_json = conf.prev_result.as_ref().ok_or_else(|| {
-        Error::InvalidConfig("CHECK needs prevResult in the network config".into())
+        Error::new(
+            Kind::InvalidConfig,
+            "CHECK needs prevResult in the network config",
+        )
     })?;
     let prev = CniResult::from_json(prev_json).map_err(|e| e.context("prevResult"))?;
     ipam.check(conf, env, &prev)?;
     let link = ns.pod_nl.link_by_name(&env.ifname)?.ok_or_else(|| {
-        Error::CheckFailed(format!(
-            "interface {} not found in pod netns {}",
-            env.ifname, env.netns
-        ))
+        Error::new(
+            Kind::CheckFailed,
+            format!(
+                "interface {} not found in pod netns {}",
+                env.ifname, env.netns
+            ),
+        )
     })?;
     if !link.is_macvlan() {
-        return Err(Error::CheckFailed(format!(
-            "{} is not a macvlan interface",
-            env.ifname
-        )));
+        return Err(Error::new(
+            Kind::CheckFailed,
+            format!("{} is not a macvlan interface", env.ifname),
+        ));
     }
     if link.macvlan_mode != Some(kernel_mode(conf.mode)) {
-        return Err(Error::CheckFailed(format!(
-            "{} is not in macvlan mode {} (kernel says {})",
-            env.ifname,
-            conf.mode.as_str(),
-            crate::netlink::mode_name(link.macvlan_mode)
-        )));
+        return Err(Error::new(
+            Kind::CheckFailed,
+            format!(
+                "{} is not in macvlan mode {} (kernel says {})",
+                env.ifname,
+                conf.mode.as_str(),
+                crate::netlink::mode_name(link.macvlan_mode)
+            ),
+        ));
     }
     let our_index = prev.interfaces.iter().position(|i| i.name == env.ifname);
     if let Some(expected) = our_index.map(|i| &prev.interfaces[i]) {
         if !expected.mac.is_empty() && !expected.mac.eq_ignore_ascii_case(&format_mac(&link.mac)) {
-            return Err(Error::CheckFailed(format!(
-                "{} has MAC {}, prevResult says {}",
-                env.ifname,
-                format_mac(&link.mac),
-                expected.mac
-            )));
+            return Err(Error::new(
+                Kind::CheckFailed,
+                format!(
+                    "{} has MAC {}, prevResult says {}",
+                    env.ifname,
+                    format_mac(&link.mac),
+                    expected.mac
+                ),
+            ));
         }
     }
     let present: Vec<IpNetwork> = ns
@@ -533,10 +548,10 @@ pub fn check(
         .filter(|ip| ip.interface.is_none() || ip.interface == our_index)
     {
         if !present.contains(&ip.address) {
-            return Err(Error::CheckFailed(format!(
-                "{} lacks address {}",
-                env.ifname, ip.address
-            )));
+            return Err(Error::new(
+                Kind::CheckFailed,
+                format!("{} lacks address {}", env.ifname, ip.address),
+            ));
         }
     }
     let mut routes = ns.pod_nl.routes_v4(TABLE_MAIN)?;
@@ -546,10 +561,10 @@ pub fn check(
             k.dst == r.dst && k.oif == Some(link.index) && (r.gw.is_none() || k.gw == r.gw)
         });
         if !found {
-            return Err(Error::CheckFailed(format!(
-                "route {} out {} is missing",
-                r.dst, env.ifname
-            )));
+            return Err(Error::new(
+                Kind::CheckFailed,
+                format!("route {} out {} is missing", r.dst, env.ifname),
+            ));
         }
     }
     let master = if ns.master_in_pod {

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::confine::{ConfinedPath, Roots};
 use crate::netns::Netns;
 use crate::policy::AGENT_DIR_MODE;
@@ -112,7 +112,7 @@ impl RecordDir {
         let dir = self.0.create_dir()?;
         let key = record.key();
         let temp = OsString::from(format!(".{key}.tmp-{}", std::process::id()));
-        let bytes = serde_json::to_vec(record).map_err(|e| Error::Io(e.to_string()))?;
+        let bytes = serde_json::to_vec(record).map_err(|e| Error::new(Kind::Io, e.to_string()))?;
         let written = dir
             .open(&temp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)
             .and_then(|mut f| f.write_all(&bytes))
@@ -237,10 +237,10 @@ pub fn hold(
         return Ok(None);
     }
     let socket = join(ns, index, groups).map_err(|e| {
-        Error::Io(format!(
-            "cannot join the multicast groups on {}: {e}",
-            env.ifname
-        ))
+        Error::new(
+            Kind::Io,
+            format!("cannot join the multicast groups on {}: {e}", env.ifname),
+        )
     })?;
     let record = Record {
         network: conf.name.clone(),
@@ -300,17 +300,23 @@ pub fn check(conf: &NetConf, env: &CniEnv, agent: &AgentPlace, ns: &Netns) -> Re
     };
     let key = key_of(&conf.name, &env.container_id, &env.ifname);
     if !held.iter().any(|r| r.key() == key) {
-        return Err(Error::CheckFailed(format!(
-            "the node agent at {} holds no membership for {key}",
-            conf.agent_socket
-        )));
+        return Err(Error::new(
+            Kind::CheckFailed,
+            format!(
+                "the node agent at {} holds no membership for {key}",
+                conf.agent_socket
+            ),
+        ));
     }
     let joined = crate::multicast::joined_groups(ns, &env.ifname)?;
     match conf.multicast.groups.iter().find(|g| !joined.contains(g)) {
-        Some(g) => Err(Error::CheckFailed(format!(
-            "{} has no membership of multicast group {g} (/proc/net/igmp)",
-            env.ifname
-        ))),
+        Some(g) => Err(Error::new(
+            Kind::CheckFailed,
+            format!(
+                "{} has no membership of multicast group {g} (/proc/net/igmp)",
+                env.ifname
+            ),
+        )),
         None => Ok(()),
     }
 }

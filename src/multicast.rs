@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::IpNetwork;
 
 use crate::cni::config::MulticastConf;
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::netlink::{
     Link, LinkChange, Netlink, Op, RouteEntry, DEVCONF_RP_FILTER, ROUTE_LOCAL, ROUTE_UNICAST,
     SCOPE_LINK, TABLE_LOCAL, TABLE_MAIN,
@@ -219,10 +219,13 @@ pub fn check(
     mc: &MulticastConf,
 ) -> Result<()> {
     if let Some(r) = group_local_routes(nl, link.index, &mc.groups)?.first() {
-        return Err(Error::CheckFailed(format!(
-            "local route {} in the pod turns sends to the group into loopback",
-            r.dst
-        )));
+        return Err(Error::new(
+            Kind::CheckFailed,
+            format!(
+                "local route {} in the pod turns sends to the group into loopback",
+                r.dst
+            ),
+        ));
     }
     let main = nl.routes_v4(TABLE_MAIN)?;
     for dst in &mc.routes {
@@ -230,9 +233,10 @@ pub fn check(
             .iter()
             .any(|r| r.dst == IpNetwork::V4(*dst) && r.gw.is_none())
         {
-            return Err(Error::CheckFailed(format!(
-                "multicast route {dst} is missing"
-            )));
+            return Err(Error::new(
+                Kind::CheckFailed,
+                format!("multicast route {dst} is missing"),
+            ));
         }
     }
     if mc.loose_rp_filter {
@@ -241,17 +245,21 @@ pub fn check(
             .run(|| std::fs::read_to_string(&path))?
             .map_err(|e| Error::io(format!("read {path}"), e))?;
         if value.trim() == "1" {
-            return Err(Error::CheckFailed(format!(
-                "{path} is strict (1); discovery from peers is dropped"
-            )));
+            return Err(Error::new(
+                Kind::CheckFailed,
+                format!("{path} is strict (1); discovery from peers is dropped"),
+            ));
         }
     }
     if mc.mark_other_interfaces {
         if let Some(rival) = nl.links()?.iter().find(|l| is_rival(l, &link.name, master)) {
-            return Err(Error::CheckFailed(format!(
-                "{} is multicast-capable; DDS may choose it instead of {}",
-                rival.name, link.name
-            )));
+            return Err(Error::new(
+                Kind::CheckFailed,
+                format!(
+                    "{} is multicast-capable; DDS may choose it instead of {}",
+                    rival.name, link.name
+                ),
+            ));
         }
     }
     Ok(())

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 
 /// An open handle on a network namespace.
 #[derive(Debug)]
@@ -25,10 +25,14 @@ impl Netns {
     /// the runtime to clean up.
     pub fn open(path: &str) -> Result<Netns> {
         let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::ContainerUnknown(format!(
-                "network namespace {path} does not exist (was the pod sandbox removed?)"
-            )),
-            _ => Error::Netns(format!("cannot open network namespace {path}: {e}")),
+            std::io::ErrorKind::NotFound => Error::new(
+                Kind::ContainerUnknown,
+                format!("network namespace {path} does not exist (was the pod sandbox removed?)"),
+            ),
+            _ => Error::new(
+                Kind::Netns,
+                format!("cannot open network namespace {path}: {e}"),
+            ),
         })?;
         let ns = Netns {
             file,
@@ -56,7 +60,10 @@ impl Netns {
         let here = Netns::current()?;
         let same = |ns: &Netns| {
             ns.inode().map_err(|e| {
-                Error::Netns(format!("cannot stat network namespace {}: {e}", ns.path))
+                Error::new(
+                    Kind::Netns,
+                    format!("cannot stat network namespace {}: {e}", ns.path),
+                )
             })
         };
         Ok(same(self)? == same(&here)?)
@@ -71,10 +78,17 @@ impl Netns {
     /// Runs `job` with the current thread inside this namespace, then returns the thread to
     /// the namespace it was in, even if `job` panics.
     pub fn run<T>(&self, job: impl FnOnce() -> T) -> Result<T> {
-        let home = File::open("/proc/thread-self/ns/net")
-            .map_err(|e| Error::Netns(format!("cannot open the current network namespace: {e}")))?;
+        let home = File::open("/proc/thread-self/ns/net").map_err(|e| {
+            Error::new(
+                Kind::Netns,
+                format!("cannot open the current network namespace: {e}"),
+            )
+        })?;
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-            Error::Netns(format!("cannot enter network namespace {}: {e}", self.path))
+            Error::new(
+                Kind::Netns,
+                format!("cannot enter network namespace {}: {e}", self.path),
+            )
         })?;
         let _return = GoBack(home);
         Ok(job())
@@ -86,18 +100,18 @@ impl Netns {
         // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor's namespace type.
         match unsafe { ns_get_nstype(self.file.as_raw_fd()) } {
             Ok(t) if t == CloneFlags::CLONE_NEWNET.bits() => Ok(()),
-            Ok(_) => Err(Error::Netns(format!(
-                "{} is not a network namespace",
-                self.path
-            ))),
-            Err(Errno::ENOTTY) => Err(Error::Netns(format!(
-                "{} is not a namespace file",
-                self.path
-            ))),
-            Err(e) => Err(Error::Netns(format!(
-                "cannot inspect namespace {}: {e}",
-                self.path
-            ))),
+            Ok(_) => Err(Error::new(
+                Kind::Netns,
+                format!("{} is not a network namespace", self.path),
+            )),
+            Err(Errno::ENOTTY) => Err(Error::new(
+                Kind::Netns,
+                format!("{} is not a namespace file", self.path),
+            )),
+            Err(e) => Err(Error::new(
+                Kind::Netns,
+                format!("cannot inspect namespace {}: {e}", self.path),
+            )),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Component, PathBuf};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::confine::Roots;
 
 pub const DEFAULT_POLICY_FILE: &str = "/etc/cni/ros-macvlan/policy.json";
@@ -64,14 +64,17 @@ impl Policy {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
-                return Err(Error::PolicyRefused(format!(
-                    "node policy {} cannot be read ({e}); fix or remove it",
-                    path.display()
-                )))
+                return Err(Error::new(
+                    Kind::PolicyRefused,
+                    format!(
+                        "node policy {} cannot be read ({e}); fix or remove it",
+                        path.display()
+                    ),
+                ))
             }
         };
         let mut policy: Policy = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::PolicyRefused(format!(
+            Error::new(Kind::PolicyRefused, format!(
                 "node policy {} is invalid ({e}); it takes {{\"masters\": [...], \"ranges\": [...], \"logDirs\": [...], \"dataDirs\": [...], \"hostAccess\": [...]}}",
                 path.display()
             ))
@@ -89,7 +92,7 @@ impl Policy {
     fn check_dirs(&self) -> Result<()> {
         let mut dirs = self.log_dirs.iter().chain(&self.data_dirs).flatten();
         match dirs.find(|d| !d.is_absolute() || d.components().any(|c| c == Component::ParentDir)) {
-            Some(bad) => Err(Error::PolicyRefused(format!(
+            Some(bad) => Err(Error::new(Kind::PolicyRefused, format!(
                 "node policy {} lists the directory {:?}: directories must be absolute paths without '..'",
                 self.path.display(),
                 bad.display()
@@ -109,7 +112,7 @@ impl Policy {
         if ok {
             Ok(())
         } else {
-            Err(Error::PolicyRefused(format!(
+            Err(Error::new(Kind::PolicyRefused, format!(
                 "master {master} is not allowed by node policy {} (allowed: {}); ask the cluster admin or use an allowed master",
                 self.path.display(),
                 allowed.join(", ")
@@ -123,7 +126,7 @@ impl Policy {
             .iter()
             .find(|h| IpAddr::V4(h.address.ip()) == ip)
         {
-            return Err(Error::PolicyRefused(format!(
+            return Err(Error::new(Kind::PolicyRefused, format!(
                 "address {ip} is the host-access shim's on {} (node policy {}); leave it out of the attachment's range",
                 h.master,
                 self.path.display()
@@ -136,11 +139,14 @@ impl Policy {
             Ok(())
         } else {
             let list: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-            Err(Error::PolicyRefused(format!(
-                "address {ip} is outside the ranges node policy {} allows ({})",
-                self.path.display(),
-                list.join(", ")
-            )))
+            Err(Error::new(
+                Kind::PolicyRefused,
+                format!(
+                    "address {ip} is outside the ranges node policy {} allows ({})",
+                    self.path.display(),
+                    list.join(", ")
+                ),
+            ))
         }
     }
 }

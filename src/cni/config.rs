@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::net::Ipv4Addr;
 
-use super::error::{Error, Result};
+use super::error::{Error, Kind, Result};
 use super::result::Dns;
 use super::version::Version;
 use crate::duplicate::Detection;
@@ -28,9 +28,10 @@ impl MacvlanMode {
             "vepa" => MacvlanMode::Vepa,
             "passthru" => MacvlanMode::Passthru,
             other => {
-                return Err(Error::InvalidConfig(format!(
-                    "mode {other:?} is unknown: use bridge, private, vepa or passthru"
-                )))
+                return Err(Error::new(
+                    Kind::InvalidConfig,
+                    format!("mode {other:?} is unknown: use bridge, private, vepa or passthru"),
+                ))
             }
         })
     }
@@ -94,9 +95,12 @@ impl RawMulticast {
                 .iter()
                 .map(|g| match g.parse::<Ipv4Addr>() {
                     Ok(a) if a.is_multicast() => Ok(a),
-                    _ => Err(Error::InvalidConfig(format!(
-                        "multicast.groups: {g:?} is not an IPv4 multicast group (224.0.0.0/4)"
-                    ))),
+                    _ => Err(Error::new(
+                        Kind::InvalidConfig,
+                        format!(
+                            "multicast.groups: {g:?} is not an IPv4 multicast group (224.0.0.0/4)"
+                        ),
+                    )),
                 })
                 .collect::<Result<_>>()?,
         };
@@ -106,9 +110,12 @@ impl RawMulticast {
                 .iter()
                 .map(|r| {
                     r.parse::<Ipv4Network>().map_err(|_| {
-                        Error::InvalidConfig(format!(
-                            "multicast.routes: {r:?} is not an IPv4 prefix like 224.0.0.0/4"
-                        ))
+                        Error::new(
+                            Kind::InvalidConfig,
+                            format!(
+                                "multicast.routes: {r:?} is not an IPv4 prefix like 224.0.0.0/4"
+                            ),
+                        )
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -202,23 +209,27 @@ impl NetConf {
     pub fn from_value(raw_value: &Value) -> Result<NetConf> {
         let version = Version::parse(raw_value.get("cniVersion").and_then(Value::as_str))?;
         let raw = RawNetConf::deserialize(raw_value)
-            .map_err(|e| Error::Decode(format!("network config: {e}")))?;
+            .map_err(|e| Error::new(Kind::Decode, format!("network config: {e}")))?;
         let name = raw
             .name
-            .ok_or_else(|| Error::InvalidConfig("network config has no \"name\"".into()))?;
+            .ok_or_else(|| Error::new(Kind::InvalidConfig, "network config has no \"name\""))?;
         validate_network_name(&name)?;
         let mtu = match raw.mtu {
             Some(0) | None => None,
             Some(m) if m < 68 => {
-                return Err(Error::InvalidConfig(format!(
-                    "mtu {m} is below the IPv4 minimum of 68"
-                )))
+                return Err(Error::new(
+                    Kind::InvalidConfig,
+                    format!("mtu {m} is below the IPv4 minimum of 68"),
+                ))
             }
             Some(m) => Some(m),
         };
         if let Some(master) = &raw.master {
             crate::cni::env::validate_ifname(master).map_err(|_| {
-                Error::InvalidConfig(format!("master {master:?} is not a valid interface name"))
+                Error::new(
+                    Kind::InvalidConfig,
+                    format!("master {master:?} is not a valid interface name"),
+                )
             })?;
         }
         let runtime_config = RuntimeConfig {
@@ -272,13 +283,18 @@ impl NetConf {
 
 /// Decodes stdin into the JSON object every verb reads (once per invocation).
 pub fn decode(bytes: &[u8]) -> Result<Value> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::Decode(format!("network config on stdin is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        Error::new(
+            Kind::Decode,
+            format!("network config on stdin is not valid JSON: {e}"),
+        )
+    })?;
     if value.is_object() {
         Ok(value)
     } else {
-        Err(Error::Decode(
-            "network config on stdin must be a JSON object".into(),
+        Err(Error::new(
+            Kind::Decode,
+            "network config on stdin must be a JSON object",
         ))
     }
 }
@@ -292,7 +308,7 @@ pub fn validate_network_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidConfig(format!(
+        Err(Error::new(Kind::InvalidConfig, format!(
             "network name {name:?} is invalid: it must start with a letter or digit and hold only letters, digits, '_', '.' and '-' (it names a directory in the address store)"
         )))
     }
@@ -301,9 +317,10 @@ pub fn validate_network_name(name: &str) -> Result<()> {
 /// A unicast MAC in `aa:bb:cc:dd:ee:ff` form.
 pub fn parse_mac(s: &str, what: &str) -> Result<[u8; 6]> {
     let bad = || {
-        Error::InvalidConfig(format!(
-            "{what} {s:?} is not a unicast MAC address like 02:00:00:00:00:01"
-        ))
+        Error::new(
+            Kind::InvalidConfig,
+            format!("{what} {s:?} is not a unicast MAC address like 02:00:00:00:00:01"),
+        )
     };
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
@@ -333,7 +350,12 @@ pub fn format_mac(mac: &[u8]) -> String {
 fn parse_requested_ip(s: &str) -> Result<IpNetwork> {
     s.parse::<IpNetwork>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNetwork::from))
-        .map_err(|_| Error::InvalidConfig(format!("runtimeConfig.ips: {s:?} is not an IP address")))
+        .map_err(|_| {
+            Error::new(
+                Kind::InvalidConfig,
+                format!("runtimeConfig.ips: {s:?} is not an IP address"),
+            )
+        })
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The CNI environment: read once, validated the way the spec and libcni's skel do.
 
-use super::error::{Error, Result};
+use super::error::{Error, Kind, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -22,9 +22,12 @@ impl Command {
             "GC" => Command::Gc,
             "STATUS" => Command::Status,
             other => {
-                return Err(Error::InvalidEnvironment(format!(
+                return Err(Error::new(
+                    Kind::InvalidEnvironment,
+                    format!(
                     "unknown CNI_COMMAND {other:?}: expected ADD, DEL, CHECK, VERSION, GC or STATUS"
-                )))
+                ),
+                ))
             }
         })
     }
@@ -84,8 +87,9 @@ impl CniEnv {
         let command = match get("CNI_COMMAND") {
             Some(c) if !c.is_empty() => Command::parse(&c)?,
             _ => {
-                return Err(Error::InvalidEnvironment(
-                    "required environment variable CNI_COMMAND is missing".into(),
+                return Err(Error::new(
+                    Kind::InvalidEnvironment,
+                    "required environment variable CNI_COMMAND is missing",
                 ))
             }
         };
@@ -97,11 +101,14 @@ impl CniEnv {
             .filter(|k| value(k).is_empty())
             .collect();
         if !missing.is_empty() {
-            return Err(Error::InvalidEnvironment(format!(
-                "required environment variables missing for {}: {}",
-                command.as_str(),
-                missing.join(", ")
-            )));
+            return Err(Error::new(
+                Kind::InvalidEnvironment,
+                format!(
+                    "required environment variables missing for {}: {}",
+                    command.as_str(),
+                    missing.join(", ")
+                ),
+            ));
         }
         let env = CniEnv {
             command,
@@ -141,7 +148,10 @@ pub fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>> {
             pair.split_once('=')
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .ok_or_else(|| {
-                    Error::InvalidEnvironment(format!("CNI_ARGS entry {pair:?} is not KEY=VALUE"))
+                    Error::new(
+                        Kind::InvalidEnvironment,
+                        format!("CNI_ARGS entry {pair:?} is not KEY=VALUE"),
+                    )
                 })
         })
         .collect()
@@ -156,7 +166,7 @@ pub fn validate_container_id(id: &str) -> Result<()> {
     if first_ok && rest_ok {
         Ok(())
     } else {
-        Err(Error::InvalidEnvironment(format!(
+        Err(Error::new(Kind::InvalidEnvironment, format!(
             "CNI_CONTAINERID {id:?} is invalid: it must start with a letter or digit and hold only letters, digits, '_', '.' and '-'"
         )))
     }
@@ -180,9 +190,10 @@ pub fn validate_ifname(name: &str) -> Result<()> {
     };
     match problem {
         None => Ok(()),
-        Some(p) => Err(Error::InvalidEnvironment(format!(
-            "CNI_IFNAME {name:?} is not a valid interface name: {p}"
-        ))),
+        Some(p) => Err(Error::new(
+            Kind::InvalidEnvironment,
+            format!("CNI_IFNAME {name:?} is not a valid interface name: {p}"),
+        )),
     }
 }
 

@@ -1,119 +1,152 @@
-//! The one error type of the plugin and the one table that maps it to CNI error codes.
+//! The one error type of the plugin and the one table that maps its kinds to CNI error
+//! codes. An error is a kind (what the runtime is told: code and details), a message
+//! written for the operator (what is wrong and what to change), and the error it came
+//! from, when there was one.
 
 use serde_json::json;
 
-/// Every failure the plugin can report. Each variant carries a message written for the
-/// operator: what is wrong and what to change.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    IncompatibleVersion(String),
-    #[error("{0}")]
-    UnsupportedField(String),
-    #[error("{0}")]
-    ContainerUnknown(String),
-    #[error("{0}")]
-    InvalidEnvironment(String),
-    #[error("{0}")]
-    Io(String),
-    #[error("{0}")]
-    Decode(String),
-    #[error("{0}")]
-    InvalidConfig(String),
-    #[error("{0}")]
-    TryAgainLater(String),
+/// What kind of failure, as the runtime sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    IncompatibleVersion,
+    UnsupportedField,
+    ContainerUnknown,
+    InvalidEnvironment,
+    Io,
+    Decode,
+    InvalidConfig,
+    TryAgainLater,
     /// STATUS: the plugin cannot add attachments now (master missing or down).
-    #[error("{0}")]
-    NotAvailable(String),
+    NotAvailable,
     /// STATUS: no address left to hand out.
-    #[error("{0}")]
-    NoAddressesLeft(String),
-    #[error("{0}")]
-    MasterNotFound(String),
-    #[error("{0}")]
-    Netlink(String),
-    #[error("{0}")]
-    RangeExhausted(String),
-    #[error("{0}")]
-    IpamPlugin(String),
-    #[error("{0}")]
-    CheckFailed(String),
-    #[error("{0}")]
-    Netns(String),
-    #[error("{0}")]
-    PolicyRefused(String),
+    NoAddressesLeft,
+    MasterNotFound,
+    Netlink,
+    RangeExhausted,
+    IpamPlugin,
+    CheckFailed,
+    Netns,
+    PolicyRefused,
     /// A bug (a panic): the reference skeleton's code for internal errors.
-    #[error("{0}")]
-    Internal(String),
-    /// A delegated IPAM plugin's own error, passed through as it answered (whereabouts' 11
-    /// "try again later" must reach the runtime as 11).
-    #[error("{msg}")]
-    Delegated {
-        code: u32,
-        msg: String,
-        details: String,
-    },
+    Internal,
 }
 
-/// Our own codes (100 and up); README lists them.
-pub const CODE_MASTER_NOT_FOUND: u32 = 100;
-pub const CODE_NETLINK: u32 = 101;
-pub const CODE_RANGE_EXHAUSTED: u32 = 102;
-pub const CODE_IPAM_PLUGIN: u32 = 103;
-pub const CODE_CHECK_FAILED: u32 = 104;
-pub const CODE_NETNS: u32 = 105;
-pub const CODE_POLICY_REFUSED: u32 = 106;
-pub const CODE_INTERNAL: u32 = 999;
+/// The one table: each kind's CNI code and the short `details` line of its error JSON.
+/// Spec codes below 100, ours from 100; README's error table lists the same codes (a test
+/// holds them equal).
+pub const TABLE: &[(Kind, u32, &str)] = &[
+    (Kind::IncompatibleVersion, 1, "incompatible CNI version"),
+    (
+        Kind::UnsupportedField,
+        2,
+        "unsupported field in network configuration",
+    ),
+    (
+        Kind::ContainerUnknown,
+        3,
+        "container unknown or does not exist",
+    ),
+    (
+        Kind::InvalidEnvironment,
+        4,
+        "invalid necessary environment variables",
+    ),
+    (Kind::Io, 5, "I/O failure"),
+    (Kind::Decode, 6, "failed to decode content"),
+    (Kind::InvalidConfig, 7, "invalid network config"),
+    (Kind::TryAgainLater, 11, "try again later"),
+    (Kind::NotAvailable, 50, "plugin not available"),
+    (
+        Kind::NoAddressesLeft,
+        51,
+        "plugin not available: no addresses left",
+    ),
+    (Kind::MasterNotFound, 100, "master interface not usable"),
+    (Kind::Netlink, 101, "kernel refused a netlink request"),
+    (Kind::RangeExhausted, 102, "address range exhausted"),
+    (Kind::IpamPlugin, 103, "delegated IPAM plugin failed"),
+    (Kind::CheckFailed, 104, "attachment differs from its result"),
+    (Kind::Netns, 105, "network namespace unusable"),
+    (Kind::PolicyRefused, 106, "refused by node policy"),
+    (Kind::Internal, 999, "internal error"),
+];
+
+impl Kind {
+    fn entry(self) -> &'static (Kind, u32, &'static str) {
+        TABLE
+            .iter()
+            .find(|(k, _, _)| *k == self)
+            .expect("every kind is in the table (a unit test checks it)")
+    }
+
+    pub fn code(self) -> u32 {
+        self.entry().1
+    }
+
+    pub fn details(self) -> &'static str {
+        self.entry().2
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failure to report to the runtime.
+#[derive(Debug, thiserror::Error)]
+#[error("{msg}")]
+pub struct Error {
+    kind: Kind,
+    msg: String,
+    /// A delegated plugin's own code and details, passed through as it answered them
+    /// (whereabouts' 11 "try again later" must reach the runtime as 11).
+    delegated: Option<(u32, String)>,
+    #[source]
+    source: Option<Source>,
+}
 
 impl Error {
-    /// The CNI error code of this error (spec codes below 100, ours from 100).
-    pub fn code(&self) -> u32 {
-        match self {
-            Error::IncompatibleVersion(_) => 1,
-            Error::UnsupportedField(_) => 2,
-            Error::ContainerUnknown(_) => 3,
-            Error::InvalidEnvironment(_) => 4,
-            Error::Io(_) => 5,
-            Error::Decode(_) => 6,
-            Error::InvalidConfig(_) => 7,
-            Error::TryAgainLater(_) => 11,
-            Error::NotAvailable(_) => 50,
-            Error::NoAddressesLeft(_) => 51,
-            Error::MasterNotFound(_) => CODE_MASTER_NOT_FOUND,
-            Error::Netlink(_) => CODE_NETLINK,
-            Error::RangeExhausted(_) => CODE_RANGE_EXHAUSTED,
-            Error::IpamPlugin(_) => CODE_IPAM_PLUGIN,
-            Error::CheckFailed(_) => CODE_CHECK_FAILED,
-            Error::Netns(_) => CODE_NETNS,
-            Error::PolicyRefused(_) => CODE_POLICY_REFUSED,
-            Error::Internal(_) => CODE_INTERNAL,
-            Error::Delegated { code, .. } => *code,
+    pub fn new(kind: Kind, msg: impl Into<String>) -> Error {
+        Error {
+            kind,
+            msg: msg.into(),
+            delegated: None,
+            source: None,
         }
     }
 
-    /// The short `details` line of the error JSON: which kind of failure this is.
-    fn details(&self) -> &str {
-        match self {
-            Error::IncompatibleVersion(_) => "incompatible CNI version",
-            Error::UnsupportedField(_) => "unsupported field in network configuration",
-            Error::ContainerUnknown(_) => "container unknown or does not exist",
-            Error::InvalidEnvironment(_) => "invalid necessary environment variables",
-            Error::Io(_) => "I/O failure",
-            Error::Decode(_) => "failed to decode content",
-            Error::InvalidConfig(_) => "invalid network config",
-            Error::TryAgainLater(_) => "try again later",
-            Error::NotAvailable(_) => "plugin not available",
-            Error::NoAddressesLeft(_) => "plugin not available: no addresses left",
-            Error::MasterNotFound(_) => "master interface not usable",
-            Error::Netlink(_) => "kernel refused a netlink request",
-            Error::RangeExhausted(_) => "address range exhausted",
-            Error::IpamPlugin(_) => "delegated IPAM plugin failed",
-            Error::CheckFailed(_) => "attachment differs from its result",
-            Error::Netns(_) => "network namespace unusable",
-            Error::PolicyRefused(_) => "refused by node policy",
-            Error::Internal(_) => "internal error",
-            Error::Delegated { details, .. } => details,
+    /// Keeps the error this one came from (for logs and callers; the runtime sees `msg`).
+    pub fn with_source(mut self, source: impl Into<Source>) -> Error {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// A delegated IPAM plugin's error object, passed through unchanged.
+    pub fn delegated(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Error {
+        Error {
+            delegated: Some((code, details.into())),
+            ..Error::new(Kind::IpamPlugin, msg)
         }
+    }
+
+    /// An I/O error on a named path.
+    pub fn io(what: impl std::fmt::Display, err: std::io::Error) -> Error {
+        Error::new(Kind::Io, format!("{what}: {err}")).with_source(err)
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The CNI error code: the kind's, or the delegated plugin's own.
+    pub fn code(&self) -> u32 {
+        self.delegated
+            .as_ref()
+            .map_or_else(|| self.kind.code(), |(code, _)| *code)
+    }
+
+    fn details(&self) -> &str {
+        self.delegated
+            .as_ref()
+            .map_or_else(|| self.kind.details(), |(_, details)| details)
     }
 
     /// The error object the spec asks for on stdout.
@@ -121,41 +154,18 @@ impl Error {
         json!({
             "cniVersion": cni_version,
             "code": self.code(),
-            "msg": self.to_string(),
+            "msg": self.msg,
             "details": self.details(),
         })
     }
 
-    /// Prefixes the message with where it happened, keeping the kind (and so the code).
-    pub fn context(self, what: &str) -> Error {
-        let wrap = |m: String| format!("{what}: {m}");
-        match self {
-            Error::IncompatibleVersion(m) => Error::IncompatibleVersion(wrap(m)),
-            Error::UnsupportedField(m) => Error::UnsupportedField(wrap(m)),
-            Error::ContainerUnknown(m) => Error::ContainerUnknown(wrap(m)),
-            Error::InvalidEnvironment(m) => Error::InvalidEnvironment(wrap(m)),
-            Error::Io(m) => Error::Io(wrap(m)),
-            Error::Decode(m) => Error::Decode(wrap(m)),
-            Error::InvalidConfig(m) => Error::InvalidConfig(wrap(m)),
-            Error::TryAgainLater(m) => Error::TryAgainLater(wrap(m)),
-            Error::NotAvailable(m) => Error::NotAvailable(wrap(m)),
-            Error::NoAddressesLeft(m) => Error::NoAddressesLeft(wrap(m)),
-            Error::MasterNotFound(m) => Error::MasterNotFound(wrap(m)),
-            Error::Netlink(m) => Error::Netlink(wrap(m)),
-            Error::RangeExhausted(m) => Error::RangeExhausted(wrap(m)),
-            Error::IpamPlugin(m) => Error::IpamPlugin(wrap(m)),
-            Error::CheckFailed(m) => Error::CheckFailed(wrap(m)),
-            Error::Netns(m) => Error::Netns(wrap(m)),
-            Error::PolicyRefused(m) => Error::PolicyRefused(wrap(m)),
-            Error::Internal(m) => Error::Internal(wrap(m)),
-            // The delegate's words reach the runtime unchanged.
-            delegated @ Error::Delegated { .. } => delegated,
+    /// Prefixes the message with where it happened, keeping the kind (and so the code). A
+    /// delegated plugin's words reach the runtime unchanged.
+    pub fn context(mut self, what: &str) -> Error {
+        if self.delegated.is_none() {
+            self.msg = format!("{what}: {}", self.msg);
         }
-    }
-
-    /// An I/O error on a named path.
-    pub fn io(what: impl std::fmt::Display, err: std::io::Error) -> Error {
-        Error::Io(format!("{what}: {err}"))
+        self
     }
 }
 
@@ -166,28 +176,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_follow_the_spec_table() {
-        assert_eq!(Error::IncompatibleVersion(String::new()).code(), 1);
-        assert_eq!(Error::UnsupportedField(String::new()).code(), 2);
-        assert_eq!(Error::ContainerUnknown(String::new()).code(), 3);
-        assert_eq!(Error::InvalidEnvironment(String::new()).code(), 4);
-        assert_eq!(Error::Io(String::new()).code(), 5);
-        assert_eq!(Error::Decode(String::new()).code(), 6);
-        assert_eq!(Error::InvalidConfig(String::new()).code(), 7);
-        assert_eq!(Error::TryAgainLater(String::new()).code(), 11);
-        assert_eq!(Error::NotAvailable(String::new()).code(), 50);
-        assert_eq!(Error::NoAddressesLeft(String::new()).code(), 51);
-        assert!(Error::MasterNotFound(String::new()).code() >= 100);
+    fn every_kind_has_one_entry_and_codes_are_distinct() {
+        for (kind, code, _) in TABLE {
+            assert_eq!(TABLE.iter().filter(|(k, _, _)| k == kind).count(), 1);
+            assert_eq!(TABLE.iter().filter(|(_, c, _)| c == code).count(), 1);
+            assert_eq!(kind.code(), *code);
+        }
+        assert_eq!(TABLE.len(), 18, "a kind was added: give it a row");
     }
 
     #[test]
-    fn context_keeps_the_code() {
-        let e = Error::InvalidConfig("bad".into()).context("ipam");
-        assert_eq!(e.code(), 7);
-        assert_eq!(e.to_string(), "ipam: bad");
+    fn codes_follow_the_spec() {
+        assert_eq!(Kind::IncompatibleVersion.code(), 1);
+        assert_eq!(Kind::InvalidConfig.code(), 7);
+        assert_eq!(Kind::TryAgainLater.code(), 11);
+        assert_eq!(Kind::NotAvailable.code(), 50);
+        assert_eq!(Kind::NoAddressesLeft.code(), 51);
+        assert_eq!(Kind::Internal.code(), 999);
+    }
+
+    /// README's error table lists exactly the codes of `TABLE`.
+    #[test]
+    fn readme_lists_the_same_codes() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## Errors")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has an Errors section");
+        let mut listed: Vec<u32> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| "))
+            .filter_map(|l| l.split(" |").next())
+            .filter_map(|c| c.trim().parse().ok())
+            .collect();
+        listed.sort();
+        let mut ours: Vec<u32> = TABLE.iter().map(|(_, c, _)| *c).collect();
+        ours.sort();
+        assert_eq!(listed, ours);
+    }
+
+    #[test]
+    fn context_keeps_the_code_and_the_source() {
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = Error::io("open x", io).context("ipam");
+        assert_eq!(e.code(), 5);
+        assert!(std::error::Error::source(&e).is_some());
+        let e = Error::new(Kind::InvalidConfig, "bad").context("ipam");
         let j = e.to_json("1.0.0");
         assert_eq!(j["code"], 7);
         assert_eq!(j["cniVersion"], "1.0.0");
         assert_eq!(j["msg"], "ipam: bad");
+        assert_eq!(j["details"], "invalid network config");
+    }
+
+    #[test]
+    fn a_delegated_error_passes_through_unchanged() {
+        let e = Error::delegated(11, "leader election", "retry").context("ipam");
+        let j = e.to_json("1.0.0");
+        assert_eq!(
+            (j["code"].as_u64(), j["msg"].as_str(), j["details"].as_str()),
+            (Some(11), Some("leader election"), Some("retry"))
+        );
     }
 }

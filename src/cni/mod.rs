@@ -6,4 +6,4 @@ pub mod error;
 pub mod result;
 pub mod version;
 
-pub use error::{Error, Result};
+pub use error::{Error, Kind, Result};

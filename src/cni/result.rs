@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde_json::{json, Map, Value};
 
-use super::error::{Error, Result};
+use super::error::{Error, Kind, Result};
 use super::version::{ResultShape, Version};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -136,7 +136,7 @@ impl CniResult {
     pub fn from_json(v: &Value) -> Result<CniResult> {
         let obj = v
             .as_object()
-            .ok_or_else(|| Error::Decode("a CNI result must be a JSON object".into()))?;
+            .ok_or_else(|| Error::new(Kind::Decode, "a CNI result must be a JSON object"))?;
         let mut result = CniResult::default();
         if let Some(ifaces) = obj.get("interfaces") {
             for i in as_array(ifaces, "interfaces")? {
@@ -236,16 +236,17 @@ impl Dns {
 
 fn as_array<'a>(v: &'a Value, what: &str) -> Result<&'a Vec<Value>> {
     v.as_array()
-        .ok_or_else(|| Error::Decode(format!("result field {what} must be a list")))
+        .ok_or_else(|| Error::new(Kind::Decode, format!("result field {what} must be a list")))
 }
 
 fn str_field(v: &Value, key: &str) -> Result<Option<String>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Error::Decode(format!(
-            "result field {key} must be a string"
-        ))),
+        Some(_) => Err(Error::new(
+            Kind::Decode,
+            format!("result field {key} must be a string"),
+        )),
     }
 }
 
@@ -253,7 +254,10 @@ fn opt_ip(v: &Value, key: &str) -> Result<Option<IpAddr>> {
     str_field(v, key)?
         .map(|s| {
             s.parse().map_err(|_| {
-                Error::Decode(format!("result field {key}: {s:?} is not an IP address"))
+                Error::new(
+                    Kind::Decode,
+                    format!("result field {key}: {s:?} is not an IP address"),
+                )
             })
         })
         .transpose()
@@ -261,9 +265,10 @@ fn opt_ip(v: &Value, key: &str) -> Result<Option<IpAddr>> {
 
 fn parse_net(s: &str, what: &str) -> Result<IpNetwork> {
     s.parse().map_err(|_| {
-        Error::Decode(format!(
-            "result field {what}: {s:?} is not an address/prefix"
-        ))
+        Error::new(
+            Kind::Decode,
+            format!("result field {what}: {s:?} is not an address/prefix"),
+        )
     })
 }
 

@@ -1,6 +1,6 @@
 //! CNI spec versions: which we speak and how a result is shaped for each.
 
-use super::error::{Error, Result};
+use super::error::{Error, Kind, Result};
 
 pub const SUPPORTED: &[&str] = &[
     "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
@@ -38,10 +38,13 @@ impl Version {
             .find(|v| **v == requested)
             .map(|v| Version(v))
             .ok_or_else(|| {
-                Error::IncompatibleVersion(format!(
-                    "cniVersion {requested:?} is not supported; use one of {}",
-                    SUPPORTED.join(", ")
-                ))
+                Error::new(
+                    Kind::IncompatibleVersion,
+                    format!(
+                        "cniVersion {requested:?} is not supported; use one of {}",
+                        SUPPORTED.join(", ")
+                    ),
+                )
             })
     }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::cni::env::CniEnv;
 use crate::cni::result::CniResult;
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 
 #[derive(Debug, Clone)]
 pub struct Delegate {
@@ -22,9 +22,10 @@ impl Delegate {
     /// `../../bin/sh` never leaves CNI_PATH.
     pub fn find(plugin: &str, env: &CniEnv) -> Result<Delegate> {
         if plugin.is_empty() || plugin.contains('/') || plugin == "." || plugin == ".." {
-            return Err(Error::InvalidConfig(format!(
-                "ipam.type {plugin:?} is not a plugin name"
-            )));
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!("ipam.type {plugin:?} is not a plugin name"),
+            ));
         }
         env.path
             .iter()
@@ -35,7 +36,7 @@ impl Delegate {
                 path,
             })
             .ok_or_else(|| {
-                Error::InvalidConfig(format!(
+                Error::new(Kind::InvalidConfig, format!(
                     "IPAM plugin {plugin:?} not found in CNI_PATH ({}); install it or use ipam.type host-local",
                     env.path.join(":")
                 ))
@@ -56,7 +57,8 @@ impl Delegate {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| Error::io(format!("run IPAM plugin {}", self.path.display()), e))?;
-        let input = serde_json::to_vec(config).map_err(|e| Error::Decode(e.to_string()))?;
+        let input =
+            serde_json::to_vec(config).map_err(|e| Error::new(Kind::Decode, e.to_string()))?;
         if let Some(mut stdin) = child.stdin.take() {
             // A plugin that exits without reading its input is judged by its output below.
             let _ = stdin.write_all(&input);
@@ -68,10 +70,10 @@ impl Delegate {
             Value::Null
         } else {
             serde_json::from_slice(&out.stdout).map_err(|e| {
-                Error::IpamPlugin(format!(
-                    "IPAM plugin {} printed invalid JSON: {e}",
-                    self.plugin
-                ))
+                Error::new(
+                    Kind::IpamPlugin,
+                    format!("IPAM plugin {} printed invalid JSON: {e}", self.plugin),
+                )
             })?
         };
         if out.status.success() {
@@ -81,16 +83,19 @@ impl Delegate {
         // one that is not an error object is ours to describe.
         let text = |k: &str| parsed.get(k).and_then(Value::as_str).map(str::to_owned);
         match parsed.get("code").and_then(Value::as_u64) {
-            Some(code) if code > 0 && code <= u64::from(u32::MAX) => Err(Error::Delegated {
-                code: code as u32,
-                msg: text("msg")
+            Some(code) if code > 0 && code <= u64::from(u32::MAX) => Err(Error::delegated(
+                code as u32,
+                text("msg")
                     .unwrap_or_else(|| format!("IPAM plugin {} failed on {verb}", self.plugin)),
-                details: text("details").unwrap_or_default(),
-            }),
-            _ => Err(Error::IpamPlugin(format!(
-                "IPAM plugin {} failed on {verb} ({}) without an error object",
-                self.plugin, out.status
-            ))),
+                text("details").unwrap_or_default(),
+            )),
+            _ => Err(Error::new(
+                Kind::IpamPlugin,
+                format!(
+                    "IPAM plugin {} failed on {verb} ({}) without an error object",
+                    self.plugin, out.status
+                ),
+            )),
         }
     }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::range::{Range, RangeSet, RawRange};
 use super::store::{Record, Store};
 use crate::cni::result::{Dns, IpConfig, Route};
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::confine::{ConfinedPath, Roots};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -57,13 +57,14 @@ impl HostLocalConf {
     /// Validates the `ipam` object; `dataDir` must lie in one of `data_roots`.
     pub fn parse(ipam: &Value, data_roots: &Roots) -> Result<HostLocalConf> {
         let raw: RawHostLocal = serde_json::from_value(ipam.clone())
-            .map_err(|e| Error::InvalidConfig(format!("ipam: {e}")))?;
+            .map_err(|e| Error::new(Kind::InvalidConfig, format!("ipam: {e}")))?;
         let raw_sets: Vec<Vec<RawRange>> = match (raw.ranges, raw.legacy.subnet.is_some()) {
             (Some(sets), _) if !sets.is_empty() => sets,
             (_, true) => vec![vec![raw.legacy]],
             _ => {
-                return Err(Error::InvalidConfig(
-                    "ipam: host-local needs \"ranges\" (or the legacy \"subnet\")".into(),
+                return Err(Error::new(
+                    Kind::InvalidConfig,
+                    "ipam: host-local needs \"ranges\" (or the legacy \"subnet\")",
                 ))
             }
         };
@@ -114,10 +115,10 @@ impl HostLocalConf {
                 .iter()
                 .any(|s| s.range_of(req.ip()).is_some())
             {
-                return Err(Error::InvalidConfig(format!(
-                    "requested address {} is in no configured range",
-                    req.ip()
-                )));
+                return Err(Error::new(
+                    Kind::InvalidConfig,
+                    format!("requested address {} is in no configured range", req.ip()),
+                ));
             }
         }
         let store = Store::open(&self.data_dir, network)?;
@@ -229,14 +230,18 @@ fn claim_in_set<'a>(
     if let Some(ip) = want {
         let range = set.range_of(ip).expect("checked by the caller");
         if avoid.contains(&ip) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
                 "requested address {ip} is in use on the LAN (another host answered ARP for it)"
-            )));
+            ),
+            ));
         }
         if range.is_reserved(ip) || !store.reserve(ip, id, ifname, idx)? {
-            return Err(Error::InvalidConfig(format!(
-                "requested address {ip} is not available in network {network}"
-            )));
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!("requested address {ip} is not available in network {network}"),
+            ));
         }
         return Ok((ip, range));
     }
@@ -250,7 +255,7 @@ fn claim_in_set<'a>(
         .iter()
         .map(|r| format!("{}-{}", r.start, r.end))
         .collect();
-    Err(Error::RangeExhausted(format!(
+    Err(Error::new(Kind::RangeExhausted, format!(
         "no free address left in network {network} range {} (claims under {}); widen the range or remove stale claims",
         bounds.join(", "),
         store.dir().display()
@@ -258,19 +263,27 @@ fn claim_in_set<'a>(
 }
 
 fn parse_route(r: &RawRoute, i: usize) -> Result<Route> {
-    let dst_s = r
-        .dst
-        .as_deref()
-        .ok_or_else(|| Error::InvalidConfig(format!("ipam.routes[{i}] has no \"dst\"")))?;
+    let dst_s = r.dst.as_deref().ok_or_else(|| {
+        Error::new(
+            Kind::InvalidConfig,
+            format!("ipam.routes[{i}] has no \"dst\""),
+        )
+    })?;
     let dst: IpNetwork = dst_s.parse().map_err(|_| {
-        Error::InvalidConfig(format!("ipam.routes[{i}].dst {dst_s:?} is not a prefix"))
+        Error::new(
+            Kind::InvalidConfig,
+            format!("ipam.routes[{i}].dst {dst_s:?} is not a prefix"),
+        )
     })?;
     let gw =
         r.gw.as_deref()
             .filter(|g| !g.is_empty())
             .map(|g| {
                 g.parse::<IpAddr>().map_err(|_| {
-                    Error::InvalidConfig(format!("ipam.routes[{i}].gw {g:?} is not an address"))
+                    Error::new(
+                        Kind::InvalidConfig,
+                        format!("ipam.routes[{i}].gw {g:?} is not an address"),
+                    )
                 })
             })
             .transpose()?;

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
 use crate::cni::result::CniResult;
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::confine::Roots;
 use delegate::Delegate;
 use host_local::{HostLocalConf, Owner};
@@ -31,7 +31,7 @@ impl Ipam {
             "" if conf.ipam.is_null() || conf.ipam.as_object().is_some_and(|o| o.is_empty()) => {
                 Ok(Ipam::None)
             }
-            "" => Err(Error::InvalidConfig("ipam has no \"type\"".into())),
+            "" => Err(Error::new(Kind::InvalidConfig, "ipam has no \"type\"")),
             "host-local" => Ok(Ipam::HostLocal(HostLocalConf::parse(
                 &conf.ipam, data_roots,
             )?)),
@@ -104,10 +104,13 @@ impl Ipam {
                 if missing.is_empty() {
                     Ok(())
                 } else {
-                    Err(Error::CheckFailed(format!(
-                        "host-local holds no claim for {missing:?} of container {}",
-                        env.container_id
-                    )))
+                    Err(Error::new(
+                        Kind::CheckFailed,
+                        format!(
+                            "host-local holds no claim for {missing:?} of container {}",
+                            env.container_id
+                        ),
+                    ))
                 }
             }
             Ipam::Delegate(d) => d.exec("CHECK", env, &conf.raw).map(drop),

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 
 #[derive(Debug, Deserialize, Clone, Default)]
 #[serde(rename_all = "camelCase")]
@@ -45,7 +45,7 @@ impl Range {
     /// Fills in defaults the way the reference plugin does (gateway .1, start .1 skipping the
     /// gateway, end the last address before broadcast) and checks everything lies in the subnet.
     pub fn from_raw(raw: &RawRange, what: &str) -> Result<Range> {
-        let bad = |m: String| Error::InvalidConfig(format!("{what}: {m}"));
+        let bad = |m: String| Error::new(Kind::InvalidConfig, format!("{what}: {m}"));
         let subnet_str = raw
             .subnet
             .as_deref()
@@ -119,15 +119,16 @@ pub struct RangeSet(pub Vec<Range>);
 impl RangeSet {
     pub fn validate(ranges: Vec<Range>, what: &str) -> Result<RangeSet> {
         if ranges.is_empty() {
-            return Err(Error::InvalidConfig(format!("{what} is empty")));
+            return Err(Error::new(Kind::InvalidConfig, format!("{what} is empty")));
         }
         if ranges
             .iter()
             .any(|r| r.subnet.is_ipv4() != ranges[0].subnet.is_ipv4())
         {
-            return Err(Error::InvalidConfig(format!(
-                "{what} mixes IPv4 and IPv6 ranges; put them in separate range sets"
-            )));
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!("{what} mixes IPv4 and IPv6 ranges; put them in separate range sets"),
+            ));
         }
         // Sorted by start, ranges overlap exactly when one starts before its predecessor
         // ends: n log n, whatever a config throws at it.
@@ -137,10 +138,13 @@ impl RangeSet {
             .windows(2)
             .find(|w| to_u128(w[1].start) <= to_u128(w[0].end))
         {
-            return Err(Error::InvalidConfig(format!(
-                "{what}: ranges {}-{} and {}-{} overlap",
-                w[0].start, w[0].end, w[1].start, w[1].end
-            )));
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "{what}: ranges {}-{} and {}-{} overlap",
+                    w[0].start, w[0].end, w[1].start, w[1].end
+                ),
+            ));
         }
         Ok(RangeSet(ranges))
     }

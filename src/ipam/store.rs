@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use serde::{Deserialize, Serialize};
 
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::confine::{ConfinedPath, Dir};
 
 const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
@@ -96,7 +96,10 @@ impl Store {
             .open(OsStr::new("lock"), OFlag::O_RDWR | OFlag::O_CREAT)
             .map_err(|e| Error::io(format!("open {}", dir.path().join("lock").display()), e))?;
         let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| {
-            Error::Io(format!("lock {}: {e}", dir.path().join("lock").display()))
+            Error::new(
+                Kind::Io,
+                format!("lock {}: {e}", dir.path().join("lock").display()),
+            )
         })?;
         Ok(Store { dir, _lock: lock })
     }
@@ -230,7 +233,7 @@ impl Store {
     pub fn write_record(&self, record: &Record) -> Result<()> {
         let name = Store::record_name(&record.container_id, &record.ifname);
         let path = self.dir.path().join(RECORD_DIR).join(&name);
-        let body = serde_json::to_vec(record).map_err(|e| Error::Io(e.to_string()))?;
+        let body = serde_json::to_vec(record).map_err(|e| Error::new(Kind::Io, e.to_string()))?;
         let temp = OsStr::new(".staging");
         self.record_dir(true)
             .and_then(|dir| {

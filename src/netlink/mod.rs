@@ -16,7 +16,7 @@ use ipnetwork::IpNetwork;
 use nix::errno::Errno;
 
 use crate::cni::config::MacvlanMode as ConfMode;
-use crate::cni::{Error, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::netns::Netns;
 use wire::*;
 
@@ -390,11 +390,10 @@ impl Netlink {
     /// Opens a netlink socket inside `ns`; it keeps working in that namespace from anywhere.
     pub fn connect(ns: &Netns) -> Result<Netlink> {
         let fd = ns.run(open_socket)?.map_err(|e| {
-            Error::Netns(format!(
-                "cannot open netlink in {}: {}",
-                ns.path(),
-                e.desc()
-            ))
+            Error::new(
+                Kind::Netns,
+                format!("cannot open netlink in {}: {}", ns.path(), e.desc()),
+            )
         })?;
         Ok(Netlink::over(fd))
     }
@@ -402,7 +401,7 @@ impl Netlink {
     /// Opens a netlink socket in the namespace the plugin runs in.
     pub fn here() -> Result<Netlink> {
         let fd = open_socket()
-            .map_err(|e| Error::Netlink(format!("cannot open netlink: {}", e.desc())))?;
+            .map_err(|e| Error::new(Kind::Netlink, format!("cannot open netlink: {}", e.desc())))?;
         Ok(Netlink::over(fd))
     }
 
@@ -419,7 +418,7 @@ impl Netlink {
     /// order) is the error returned.
     pub fn apply(&self, ops: Vec<Op>) -> Result<()> {
         match self.first_failure(&ops)? {
-            Some((i, refusal)) => Err(Error::Netlink(refusal.describe(&ops[i].what))),
+            Some((i, refusal)) => Err(Error::new(Kind::Netlink, refusal.describe(&ops[i].what))),
             None => Ok(()),
         }
     }
@@ -431,7 +430,7 @@ impl Netlink {
         }
         let first = self.seq.get() + 1;
         self.send(ops.iter().map(|op| (&op.msg, op.flags)))
-            .map_err(|e| Error::Netlink(format!("send to kernel: {}", e.desc())))?;
+            .map_err(|e| Error::new(Kind::Netlink, format!("send to kernel: {}", e.desc())))?;
         let mut outcomes: Vec<Option<std::result::Result<(), Refusal>>> =
             (0..ops.len()).map(|_| None).collect();
         while outcomes.iter().any(Option::is_none) {
@@ -444,7 +443,7 @@ impl Netlink {
                     *slot = Some(outcome);
                 }
             })
-            .map_err(|e| Error::Netlink(format!("read from kernel: {}", e.desc())))?;
+            .map_err(|e| Error::new(Kind::Netlink, format!("read from kernel: {}", e.desc())))?;
         }
         Ok(ops
             .iter()
@@ -529,7 +528,7 @@ impl Netlink {
     pub fn links(&self) -> Result<Vec<Link>> {
         let msg = MessageBuilder::new(RTM_GETLINK, &ifinfomsg(0, 0, 0));
         self.query(msg, true, |m| m.link())
-            .map_err(|r| Error::Netlink(r.describe("list links")))
+            .map_err(|r| Error::new(Kind::Netlink, r.describe("list links")))
     }
 
     pub fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
@@ -547,7 +546,7 @@ impl Netlink {
         match self.query(msg, false, |m| m.link()) {
             Ok(mut links) => Ok(links.pop()),
             Err(r) if r.errno == Errno::ENODEV => Ok(None),
-            Err(r) => Err(Error::Netlink(r.describe(what))),
+            Err(r) => Err(Error::new(Kind::Netlink, r.describe(what))),
         }
     }
 
@@ -586,21 +585,20 @@ impl Netlink {
             return Ok(());
         };
         Err(match refusal.errno {
-            Errno::EBUSY if spec.mode == ConfMode::Passthru => Error::Netlink(
-                "create macvlan: the master already has a passthru macvlan (only one is allowed)"
-                    .into(),
+            Errno::EBUSY if spec.mode == ConfMode::Passthru => Error::new(Kind::Netlink,
+                "create macvlan: the master already has a passthru macvlan (only one is allowed)",
             ),
-            Errno::EEXIST => Error::InvalidEnvironment(format!(
+            Errno::EEXIST => Error::new(Kind::InvalidEnvironment, format!(
                 "interface {} already exists in the pod; choose another CNI_IFNAME",
                 spec.name
             )),
-            Errno::EINVAL if spec.mtu.is_some() => Error::InvalidConfig(refusal.describe(
+            Errno::EINVAL if spec.mtu.is_some() => Error::new(Kind::InvalidConfig, refusal.describe(
                 &format!(
                     "create macvlan: the kernel refused mtu {}; it must not exceed the master's MTU",
                     spec.mtu.unwrap_or_default()
                 ),
             )),
-            _ => Error::Netlink(refusal.describe("create macvlan")),
+            _ => Error::new(Kind::Netlink, refusal.describe("create macvlan")),
         })
     }
 
@@ -609,7 +607,7 @@ impl Netlink {
         let msg = MessageBuilder::new(RTM_GETADDR, &ifaddrmsg(0, 0, 0));
         let all = self
             .query(msg, true, |m| m.address())
-            .map_err(|r| Error::Netlink(r.describe("list addresses")))?;
+            .map_err(|r| Error::new(Kind::Netlink, r.describe("list addresses")))?;
         Ok(all
             .into_iter()
             .filter(|(i, _, _)| index.is_none_or(|want| *i == want))
@@ -639,7 +637,7 @@ impl Netlink {
         let msg = MessageBuilder::new(RTM_GETROUTE, &query.bytes());
         let all = self
             .query(msg, true, |m| m.route().and_then(RouteEntry::from_wire))
-            .map_err(|r| Error::Netlink(r.describe("list routes")))?;
+            .map_err(|r| Error::new(Kind::Netlink, r.describe("list routes")))?;
         Ok(all.into_iter().filter(|r| r.table == table).collect())
     }
 }
