@@ -42,14 +42,20 @@ impl Policy {
                 )))
             }
         };
-        let mut policy: Policy = serde_json::from_slice(&bytes).map_err(|e| {
+        Policy::parse(&bytes, path).map(Some)
+    }
+
+    /// The policy file's contents, read from `path`: the one parser of what a node's admin
+    /// (or a broken ConfigMap) writes there.
+    pub fn parse(bytes: &[u8], path: PathBuf) -> Result<Policy> {
+        let mut policy: Policy = serde_json::from_slice(bytes).map_err(|e| {
             Error::PolicyRefused(format!(
                 "node policy {} is invalid ({e}); it takes {{\"masters\": [...], \"ranges\": [...]}}",
                 path.display()
             ))
         })?;
         policy.path = path;
-        Ok(Some(policy))
+        Ok(policy)
     }
 
     pub fn check_master(&self, master: &str) -> Result<()> {
@@ -93,7 +99,7 @@ mod tests {
     use super::*;
 
     fn policy(json: &str) -> Policy {
-        serde_json::from_str(json).unwrap()
+        Policy::parse(json.as_bytes(), PathBuf::from("policy.json")).unwrap()
     }
 
     #[test]
@@ -123,6 +129,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        assert!(serde_json::from_str::<Policy>(r#"{"master": ["eth0"]}"#).is_err());
+        let e = Policy::parse(br#"{"master": ["eth0"]}"#, PathBuf::from("/p.json")).unwrap_err();
+        assert_eq!(e.code(), 106);
+        assert!(e.to_string().contains("/p.json"), "{e}");
     }
 }
