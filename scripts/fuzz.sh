@@ -7,7 +7,7 @@
 # per-input timeout and a memory limit, so a hang or a memory blow-up counts as a crash.
 # Prints one line per target (executions, coverage, crashes) and exits non-zero when any
 # target crashed, hung or ran out of memory. Corpora, logs and artifacts go to a temp dir the
-# script names; the seeds in fuzz/corpus/ are only read.
+# script names; the seeds in fuzz/corpus/ and the dictionaries in fuzz/dicts/ are only read.
 set -euo pipefail
 
 secs=${1:-60}
@@ -35,6 +35,7 @@ for t in $targets; do
     mkdir -p "$work/$t/corpus" "$work/$t/artifacts"
     install -m 0755 "target/$triple/release/$t" "$work/$t/$t"
     cp corpus/"$t"/* "$work/$t/corpus/"
+    cp dicts/*.dict "$work/$t/"
 done
 
 # The fence around each run: an empty network namespace (only a down `lo`), and no
@@ -53,10 +54,12 @@ summary=()
 for t in $targets; do
     dir=$work/$t
     # timeout(1) is a backstop should libFuzzer itself not stop after -max_total_time.
+    dict=dicts/cni.dict
+    [[ $t == rtps_* ]] && dict=dicts/rtps.dict
     status=0
     timeout --kill-after=10 $((secs + 120)) "${fence[@]}" nice -n 19 "$dir/$t" \
         -max_total_time="$secs" -timeout="$timeout_s" -rss_limit_mb="$rss_mb" \
-        -print_final_stats=1 -artifact_prefix="$dir/artifacts/" "$dir/corpus" \
+        -dict="$dir/$(basename "$dict")" -print_final_stats=1 -artifact_prefix="$dir/artifacts/" "$dir/corpus" \
         >"$dir/log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/log" | tail -1)
     stats=$(grep -E '^#[0-9]+.*cov: ' "$dir/log" | tail -1 || true)
