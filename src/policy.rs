@@ -73,7 +73,13 @@ impl Policy {
                 ))
             }
         };
-        let mut policy: Policy = serde_json::from_slice(&bytes).map_err(|e| {
+        Policy::parse(&bytes, path).map(Some)
+    }
+
+    /// The policy file's contents, read from `path`: the one parser of what a node's admin
+    /// (or a broken ConfigMap) writes there.
+    pub fn parse(bytes: &[u8], path: PathBuf) -> Result<Policy> {
+        let mut policy: Policy = serde_json::from_slice(bytes).map_err(|e| {
             Error::new(Kind::PolicyRefused, format!(
                 "node policy {} is invalid ({e}); it takes {{\"masters\": [...], \"ranges\": [...], \"logDirs\": [...], \"dataDirs\": [...], \"hostAccess\": [...]}}",
                 path.display()
@@ -81,7 +87,7 @@ impl Policy {
         })?;
         policy.path = path;
         policy.check_dirs()?;
-        Ok(Some(policy))
+        Ok(policy)
     }
 
     pub fn host_access(&self) -> &[crate::host_access::Spec] {
@@ -219,7 +225,7 @@ mod tests {
     use std::path::Path;
 
     fn policy(json: &str) -> Policy {
-        serde_json::from_str(json).unwrap()
+        Policy::parse(json.as_bytes(), PathBuf::from("policy.json")).unwrap()
     }
 
     #[test]
@@ -278,7 +284,8 @@ mod tests {
             r#"{"logDirs": ["logs"]}"#,
             r#"{"dataDirs": ["/var/lib/cni/../.."]}"#,
         ] {
-            assert_eq!(policy(bad).check_dirs().unwrap_err().code(), 106, "{bad}");
+            let refused = Policy::parse(bad.as_bytes(), PathBuf::from("policy.json"));
+            assert_eq!(refused.unwrap_err().code(), 106, "{bad}");
         }
     }
 
@@ -297,6 +304,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        assert!(serde_json::from_str::<Policy>(r#"{"master": ["eth0"]}"#).is_err());
+        let e = Policy::parse(br#"{"master": ["eth0"]}"#, PathBuf::from("/p.json")).unwrap_err();
+        assert_eq!(e.code(), 106);
+        assert!(e.to_string().contains("/p.json"), "{e}");
     }
 }

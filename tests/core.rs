@@ -710,6 +710,20 @@ fn bad_input_table() {
             "outside subnet",
         ),
         (
+            "IPv6 subnet /0",
+            base.clone(),
+            edit(&|c| c["ipam"]["ranges"] = json!([[{ "subnet": "::/0" }]])),
+            7,
+            "::/0 spans the whole address space",
+        ),
+        (
+            "IPv4 subnet /0",
+            base.clone(),
+            edit(&|c| c["ipam"]["ranges"] = json!([[{ "subnet": "0.0.0.0/0" }]])),
+            7,
+            "0.0.0.0/0 spans the whole address space",
+        ),
+        (
             "path-traversing name",
             base.clone(),
             edit(&|c| c["name"] = json!("../../etc")),

@@ -354,6 +354,21 @@ mod tests {
         }
     }
 
+    /// Issue 16's inputs as a config carries them: all of IPv6 (accepted, and `::2/0`
+    /// handed out), the same from `::` (2^128 addresses: an overflow), and IPv4's twin.
+    #[test]
+    fn whole_address_space_subnets_are_refused() {
+        for ipam in [
+            json!({ "subnet": "::/0" }),
+            json!({ "subnet": "::/0", "rangeStart": "::" }),
+            json!({ "ranges": [[{ "subnet": "0.0.0.0/0" }]] }),
+        ] {
+            let e = parse(&ipam).unwrap_err();
+            assert_eq!(e.code(), 7, "{ipam}: {e}");
+            assert!(e.to_string().contains("whole address space"), "{e}");
+        }
+    }
+
     #[test]
     fn resolv_conf_is_read() {
         let d = parse_resolv_conf("nameserver 198.51.100.53\nsearch a.example b.example\noptions ndots:2\ndomain example\n");

@@ -57,11 +57,17 @@ impl Range {
         })?;
         let subnet =
             IpNetwork::new(parsed.network(), parsed.prefix()).expect("prefix already valid");
+        if subnet.prefix() == 0 {
+            // No LAN is the whole address space; /0 is a typo or a default route pasted in.
+            // Its range also spans more addresses than the allocator's offsets count.
+            return Err(bad(format!(
+                "subnet {subnet} spans the whole address space; give the LAN's prefix, such as 198.51.100.0/24 or 2001:db8::/64"
+            )));
+        }
+        let too_small = || bad(format!("subnet {subnet} is too small to allocate from"));
         let bits = if subnet.is_ipv4() { 32 } else { 128 };
         if subnet.prefix() > bits - 2 {
-            return Err(bad(format!(
-                "subnet {subnet} is too small to allocate from"
-            )));
+            return Err(too_small());
         }
         let parse_in = |field: &str, v: &Option<String>| -> Result<Option<IpAddr>> {
             let Some(s) = v else { return Ok(None) };
@@ -73,14 +79,22 @@ impl Range {
             }
             Ok(Some(ip))
         };
-        let first = from_u128(to_u128(subnet.network()) + 1, subnet.is_ipv4());
-        let last = {
-            let bcast = to_u128(subnet.broadcast());
-            from_u128(
-                if subnet.is_ipv4() { bcast - 1 } else { bcast },
-                subnet.is_ipv4(),
-            )
+        // The first host after the network address; the last before the IPv4 broadcast.
+        let bcast = to_u128(subnet.broadcast());
+        let (Some(first), Some(last)) = (
+            to_u128(subnet.network()).checked_add(1),
+            if subnet.is_ipv4() {
+                bcast.checked_sub(1)
+            } else {
+                Some(bcast)
+            },
+        ) else {
+            return Err(too_small());
         };
+        let (first, last) = (
+            from_u128(first, subnet.is_ipv4()),
+            from_u128(last, subnet.is_ipv4()),
+        );
         let gateway = parse_in("gateway", &raw.gateway)?.unwrap_or(first);
         let start = parse_in("rangeStart", &raw.range_start)?.unwrap_or(first);
         let end = parse_in("rangeEnd", &raw.range_end)?.unwrap_or(last);
@@ -107,8 +121,11 @@ impl Range {
             || (self.subnet.is_ipv4() && ip == self.subnet.broadcast())
     }
 
-    pub fn size(&self) -> u128 {
-        to_u128(self.end) - to_u128(self.start) + 1
+    /// The offset of `end` from `start`. Not the number of addresses, which is one more and
+    /// does not fit in a u128 for a range over all of IPv6 (`from_raw` refuses /0, but the
+    /// iteration must not depend on that). `None` for a range that ends before it starts.
+    pub fn last_offset(&self) -> Option<u128> {
+        to_u128(self.end).checked_sub(to_u128(self.start))
     }
 }
 
@@ -157,29 +174,37 @@ impl RangeSet {
     /// set, else at the first range's start; wrapping over all ranges. Reserved addresses
     /// are skipped.
     pub fn candidates(&self, last: Option<IpAddr>) -> impl Iterator<Item = (IpAddr, &Range)> + '_ {
-        let (start_range, start_offset) = last
-            .and_then(|ip| {
-                self.0
-                    .iter()
-                    .position(|r| r.contains(ip))
-                    .map(|i| (i, to_u128(ip) - to_u128(self.0[i].start) + 1))
-            })
-            .unwrap_or((0, 0));
+        // The range holding `last`, and `last`'s offset in it.
+        let resume = last.and_then(|ip| {
+            let i = self.0.iter().position(|r| r.contains(ip))?;
+            Some((i, to_u128(ip) - to_u128(self.0[i].start)))
+        });
+        let start_range = resume.map_or(0, |(i, _)| i);
+        let resume_offset = resume.map(|(_, off)| off);
         let n = self.0.len();
-        // The start range is visited twice: from the offset to its end first, and from its
-        // beginning up to the offset at the very end.
+        // The start range is visited twice: after the offset to its end first, and from its
+        // beginning up to the offset at the very end. Offsets are inclusive bounds, so no
+        // count of addresses (which can exceed u128) is ever formed.
         (0..=n)
             .flat_map(move |step| {
                 let ri = (start_range + step) % n;
                 let r = &self.0[ri];
-                let (lo, hi) = match step {
-                    0 => (start_offset, r.size()),
-                    s if s == n => (0, start_offset.min(r.size())),
-                    _ => (0, r.size()),
-                };
+                let offsets = r
+                    .last_offset()
+                    .and_then(|last_off| match (step, resume_offset) {
+                        (0, None) => Some(0..=last_off),
+                        (0, Some(off)) => off.checked_add(1).map(|lo| lo..=last_off),
+                        (s, Some(off)) if s == n => Some(0..=off),
+                        (s, None) if s == n => None,
+                        _ => Some(0..=last_off),
+                    });
                 let v4 = r.subnet.is_ipv4();
                 let base = to_u128(r.start);
-                (lo..hi).map(move |off| (from_u128(base + off, v4), r))
+                // base + off <= end: it never overflows.
+                offsets
+                    .into_iter()
+                    .flatten()
+                    .map(move |off| (from_u128(base + off, v4), r))
             })
             .filter(|(ip, r)| !r.is_reserved(*ip))
     }
@@ -297,6 +322,43 @@ mod tests {
         let set = RangeSet::validate(vec![r], "s").unwrap();
         let all: Vec<String> = set.candidates(None).map(|(ip, _)| ip.to_string()).collect();
         assert_eq!(all, ["198.51.100.2"]);
+    }
+
+    /// Found by fuzzing (issue 16): `::/0` was accepted and ADD handed out `::2/0`; from
+    /// `rangeStart` `::` the range arithmetic overflowed. A /0 is no pod network in either
+    /// family: refused, code 7.
+    #[test]
+    fn a_prefix_of_zero_is_refused_not_overflowed() {
+        for subnet in ["::/0", "0.0.0.0/0"] {
+            let e = range(subnet, None, None, None).unwrap_err();
+            assert_eq!(e.code(), 7, "{subnet}: {e}");
+            assert!(e.to_string().contains("whole address space"), "{e}");
+            assert!(e.to_string().contains("ipam.ranges[0][0]"), "{e}");
+        }
+    }
+
+    /// The overflow itself: with `rangeStart` at `::` the range holds 2^128 addresses, one
+    /// more than a u128 counts. The offsets the iteration uses stay in bounds.
+    #[test]
+    fn a_range_over_all_of_ipv6_does_not_overflow() {
+        let all = Range {
+            subnet: "::/0".parse().unwrap(),
+            start: "::".parse().unwrap(),
+            end: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            gateway: "::1".parse().unwrap(),
+        };
+        assert_eq!(all.last_offset(), Some(u128::MAX));
+        let set = RangeSet(vec![all]);
+        let after_end: Vec<String> = set
+            .candidates(Some(
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            ))
+            .take(2)
+            .map(|(ip, _)| ip.to_string())
+            .collect();
+        assert_eq!(after_end, ["::2", "::3"]);
+        let e = range("::/0", Some("::"), None, None).unwrap_err();
+        assert_eq!(e.code(), 7, "{e}");
     }
 
     #[test]

@@ -1,0 +1,34 @@
+//! host-local's `ipam` object: ranges with the reference plugin's defaults, routes, dataDir.
+//! An accepted config must also be usable: its candidates are computed (the range arithmetic
+//! that overflowed on `::/0`, issue 16) from the start and from a given last address.
+
+#![no_main]
+
+use std::net::IpAddr;
+
+use libfuzzer_sys::fuzz_target;
+use ros_macvlan::ipam::host_local::HostLocalConf;
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(ipam) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let Ok(conf) = HostLocalConf::parse(&ipam) else {
+        return;
+    };
+    // A "last reserved" address as the store would hold it, from the input.
+    let last: Option<IpAddr> = ipam
+        .get("fuzzLastReserved")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok());
+    for set in &conf.range_sets {
+        for from in [None, last, set.0.last().map(|r| r.end)] {
+            for (ip, range) in set.candidates(from).take(4) {
+                assert!(range.contains(ip), "{ip} outside {range:?}");
+                assert!(!range.is_reserved(ip), "{ip} is reserved in {range:?}");
+                assert!(range.subnet.contains(ip), "{ip} outside {}", range.subnet);
+            }
+        }
+    }
+});
