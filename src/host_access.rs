@@ -113,7 +113,10 @@ pub fn shim_name(master: &str) -> String {
     if plain.len() <= 15 {
         plain
     } else {
-        format!("rmshim-{:08x}", fnv1a(master.as_bytes()) as u32)
+        format!(
+            "rmshim-{:08x}",
+            crate::stable_hash::stable_hash(master.as_bytes()) as u32
+        )
     }
 }
 
@@ -132,7 +135,7 @@ pub fn shim_mac(node: &[u8], master: &Link) -> [u8; 6] {
     input.extend_from_slice(master.name.as_bytes());
     input.push(0);
     input.extend_from_slice(&master.mac);
-    let h = fnv1a(&input).to_le_bytes();
+    let h = crate::stable_hash::stable_hash(&input).to_le_bytes();
     let mut mac = [h[0], h[1], h[2], h[3], h[4], h[5]];
     mac[0] = (mac[0] | 0x02) & 0xfe;
     mac
@@ -146,13 +149,6 @@ pub fn node_identity() -> Vec<u8> {
             .map(|h| h.trim().as_bytes().to_vec())
             .unwrap_or_default(),
     }
-}
-
-/// FNV-1a, 64 bits: a stable hash (std's hashers may change between Rust releases).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn mac_text(mac: &[u8]) -> String {

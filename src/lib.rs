@@ -24,6 +24,7 @@ pub mod probe;
 pub mod reaper;
 pub mod rtps;
 pub mod scene;
+pub mod stable_hash;
 
 use std::time::Instant;
 

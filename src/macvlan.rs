@@ -12,7 +12,7 @@ use crate::cni::result::{CniResult, Interface, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
 use crate::dad;
 use crate::duplicate;
-use crate::ipam::Ipam;
+use crate::ipam::{Hints, Ipam};
 use crate::membership::{self, AgentPlace};
 use crate::multicast;
 use crate::netlink::{
@@ -20,6 +20,7 @@ use crate::netlink::{
 };
 use crate::netns::Netns;
 use crate::policy::Policy;
+use crate::stable_hash::stable_hash;
 
 /// The namespaces and netlink connections one invocation works with.
 pub struct Namespaces {
@@ -107,13 +108,8 @@ fn retired_name(env: &CniEnv) -> String {
 pub const RETIRED_PREFIX: &str = "rmv";
 
 fn retired_prefix(env: &CniEnv) -> String {
-    // FNV-1a: stable across runs and builds, unlike std's hasher.
-    let hash = format!("{}/{}", env.container_id, env.ifname)
-        .bytes()
-        .fold(0x811c_9dc5u32, |h, b| {
-            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-        });
-    format!("{RETIRED_PREFIX}{hash:08x}")
+    let id = format!("{}/{}", env.container_id, env.ifname);
+    format!("{RETIRED_PREFIX}{:08x}", stable_hash(id.as_bytes()) as u32)
 }
 
 /// A test-only fault (`CniEnv::test_fault`): at the named step ADD kills itself with
@@ -260,7 +256,7 @@ fn add_steps(
     progress.link = Some(link.index);
     fault_point(env, "created");
 
-    let mut result = claim_unused_addresses(conf, env, ipam, ns, &link, progress)?;
+    let mut result = claim_unused_addresses(conf, env, ipam, ns, &link, master, progress)?;
     if let Some(p) = &plan.policy {
         for ip in &result.ips {
             p.check_address(ip.address.ip())?;
@@ -344,6 +340,7 @@ fn claim_unused_addresses(
     ipam: &Ipam,
     ns: &Namespaces,
     link: &Link,
+    master: &Link,
     progress: &mut Progress,
 ) -> Result<CniResult> {
     let detection = match ipam {
@@ -352,7 +349,13 @@ fn claim_unused_addresses(
     };
     let mut avoid: Vec<IpAddr> = Vec::new();
     loop {
-        let result = ipam.add(conf, env, &avoid)?;
+        let hints = Hints {
+            avoid: &avoid,
+            // The master's MAC tells this node from the others on the LAN: a fresh store
+            // starts at a pick of its own (see RangeSet::spread_resume_point).
+            node_seed: Some(stable_hash(&master.mac)),
+        };
+        let result = ipam.add(conf, env, hints)?;
         progress.ipam = true;
         fault_point(env, "claimed");
         let Some(d) = detection else {

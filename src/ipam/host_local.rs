@@ -16,6 +16,15 @@ use crate::confine::{ConfinedPath, Roots};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 
+/// What the caller knows of a good pick beyond the ranges: addresses found in use on the
+/// LAN, and the node's seed for where a store that never allocated starts
+/// (`RangeSet::spread_resume_point`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Hints<'a> {
+    pub avoid: &'a [IpAddr],
+    pub node_seed: Option<u64>,
+}
+
 /// The attachment a claim is made for, and what tells later whether its pod still exists.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner<'a> {
@@ -106,7 +115,7 @@ impl HostLocalConf {
         network: &str,
         owner: &Owner,
         requested: &[IpNetwork],
-        avoid: &[IpAddr],
+        hints: Hints,
     ) -> Result<Vec<IpConfig>> {
         let (id, ifname) = (owner.container_id, owner.ifname);
         for req in requested {
@@ -142,7 +151,7 @@ impl HostLocalConf {
                     Some(existing) if want.is_none_or(|w| w == existing.0) => existing,
                     _ => {
                         let got =
-                            claim_in_set(&store, set, idx, (id, ifname), want, avoid, network)?;
+                            claim_in_set(&store, set, idx, (id, ifname), want, hints, network)?;
                         claimed.push(got.0);
                         got
                     }
@@ -224,9 +233,10 @@ fn claim_in_set<'a>(
     idx: usize,
     (id, ifname): (&str, &str),
     want: Option<IpAddr>,
-    avoid: &[IpAddr],
+    hints: Hints,
     network: &str,
 ) -> Result<(IpAddr, &'a Range)> {
+    let avoid = hints.avoid;
     if let Some(ip) = want {
         let range = set.range_of(ip).expect("checked by the caller");
         if avoid.contains(&ip) {
@@ -245,7 +255,12 @@ fn claim_in_set<'a>(
         }
         return Ok((ip, range));
     }
-    for (ip, range) in set.candidates(store.last_reserved(idx)) {
+    let resume = store.last_reserved(idx).or_else(|| {
+        hints
+            .node_seed
+            .and_then(|seed| set.spread_resume_point(seed))
+    });
+    for (ip, range) in set.candidates(resume) {
         if !avoid.contains(&ip) && store.reserve(ip, id, ifname, idx)? {
             return Ok((ip, range));
         }
@@ -391,15 +406,25 @@ mod tests {
             pod_namespace: None,
             pod_name: None,
         };
-        let a = conf.allocate("n", &owner("c1"), &[], &[]).unwrap();
-        let again = conf.allocate("n", &owner("c1"), &[], &[]).unwrap();
+        let a = conf
+            .allocate("n", &owner("c1"), &[], Hints::default())
+            .unwrap();
+        let again = conf
+            .allocate("n", &owner("c1"), &[], Hints::default())
+            .unwrap();
         assert_eq!(a, again, "a repeated ADD keeps its address");
-        let b = conf.allocate("n", &owner("c2"), &[], &[]).unwrap();
+        let b = conf
+            .allocate("n", &owner("c2"), &[], Hints::default())
+            .unwrap();
         assert_ne!(a[0].address, b[0].address);
-        let e = conf.allocate("n", &owner("c3"), &[], &[]).unwrap_err();
+        let e = conf
+            .allocate("n", &owner("c3"), &[], Hints::default())
+            .unwrap_err();
         assert!(e.to_string().contains("198.51.100.10-198.51.100.11"), "{e}");
         conf.release("n", "c1", "net1", &[]).unwrap();
-        let c = conf.allocate("n", &owner("c3"), &[], &[]).unwrap();
+        let c = conf
+            .allocate("n", &owner("c3"), &[], Hints::default())
+            .unwrap();
         assert_eq!(c[0].address, a[0].address);
         std::fs::remove_dir_all(&dir).unwrap();
     }

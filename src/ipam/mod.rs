@@ -13,6 +13,7 @@ use crate::cni::result::CniResult;
 use crate::cni::{Error, Kind, Result};
 use crate::confine::Roots;
 use delegate::Delegate;
+pub use host_local::Hints;
 use host_local::{HostLocalConf, Owner};
 
 /// The IPAM an attachment uses, validated before any side effect.
@@ -39,9 +40,9 @@ impl Ipam {
         }
     }
 
-    /// Obtains the addresses, routes and DNS of a new attachment; host-local passes over the
-    /// addresses in `avoid` (found in use on the LAN).
-    pub fn add(&self, conf: &NetConf, env: &CniEnv, avoid: &[IpAddr]) -> Result<CniResult> {
+    /// Obtains the addresses, routes and DNS of a new attachment; host-local follows the
+    /// `hints` (passes over addresses found in use, starts a fresh store at the node's pick).
+    pub fn add(&self, conf: &NetConf, env: &CniEnv, hints: Hints) -> Result<CniResult> {
         match self {
             Ipam::None => Ok(CniResult::default()),
             Ipam::HostLocal(hl) => {
@@ -52,7 +53,7 @@ impl Ipam {
                     pod_namespace: env.arg("K8S_POD_NAMESPACE"),
                     pod_name: env.arg("K8S_POD_NAME"),
                 };
-                let ips = hl.allocate(&conf.name, &owner, &conf.runtime_config.ips, avoid)?;
+                let ips = hl.allocate(&conf.name, &owner, &conf.runtime_config.ips, hints)?;
                 let dns = match hl.dns() {
                     Ok(dns) => dns,
                     Err(e) => {

@@ -170,6 +170,26 @@ impl RangeSet {
         self.0.iter().find(|r| r.contains(ip))
     }
 
+    /// Where a node with this `seed` resumes from in a range set it never allocated from
+    /// (no last_reserved_ip yet): the address before its first pick, which lies at a
+    /// seed-derived offset in the first range. Nodes with one config and fresh stores then
+    /// start at different addresses instead of walking the range in lockstep (and colliding
+    /// on the LAN at every ADD); what they write stays the reference's store format.
+    pub fn spread_resume_point(&self, seed: u64) -> Option<IpAddr> {
+        let first = self.0.first()?;
+        let last_off = first.last_offset()?;
+        let pick = match last_off.checked_add(1) {
+            Some(count) => u128::from(seed) % count,
+            None => u128::from(seed),
+        };
+        // Resuming after `pick - 1` makes `pick` the first candidate; 0 needs no resume.
+        let before = pick.checked_sub(1)?;
+        Some(from_u128(
+            to_u128(first.start) + before,
+            first.subnet.is_ipv4(),
+        ))
+    }
+
     /// Every candidate address once, round-robin: starting after `last` when it lies in the
     /// set, else at the first range's start; wrapping over all ranges. Reserved addresses
     /// are skipped.
@@ -213,6 +233,32 @@ impl RangeSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_store_starts_at_the_nodes_pick() {
+        let set = RangeSet(vec![range(
+            "198.51.100.0/24",
+            Some("198.51.100.10"),
+            Some("198.51.100.19"),
+            None,
+        )
+        .unwrap()]);
+        // Seed 0 picks the range's first address: nothing to resume after.
+        assert_eq!(set.spread_resume_point(0), None);
+        let first = |seed| {
+            set.candidates(set.spread_resume_point(seed))
+                .next()
+                .unwrap()
+                .0
+        };
+        assert_eq!(first(0), "198.51.100.10".parse::<IpAddr>().unwrap());
+        assert_eq!(first(3), "198.51.100.13".parse::<IpAddr>().unwrap());
+        // Seeds wrap within the range, and every pick lies in it.
+        assert_eq!(first(13), "198.51.100.13".parse::<IpAddr>().unwrap());
+        for seed in [u64::MAX, 12345, 7] {
+            assert!(set.range_of(first(seed)).is_some());
+        }
+    }
 
     fn range(
         subnet: &str,
