@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ros_macvlan::netlink::Netlink;
+use ros_macvlan::netlink::{Netlink, Rtnl};
 use ros_macvlan::scene::{Lan, Node, Pod};
 use serde_json::{json, Value};
 

@@ -259,18 +259,20 @@ pub fn main(args: &[String]) -> i32 {
 
 /// `host-access`: sets up (or with --remove takes off) host access and says what it did.
 fn host_access(a: HostAccessArgs) -> i32 {
-    let done = crate::netlink::Netlink::here().and_then(|nl| match a.address {
-        Some(address) if !a.remove => crate::host_access::ensure(
-            &nl,
-            &crate::host_access::Spec {
-                master: a.master.clone(),
-                address,
-                pod_ranges: a.pod_ranges,
-                exclusive_multicast: a.exclusive_multicast,
-            },
-        ),
-        _ => crate::host_access::remove(&nl, &a.master),
-    });
+    let done = crate::netlink::Netlink::here()
+        .map_err(crate::cni::Error::from)
+        .and_then(|nl| match a.address {
+            Some(address) if !a.remove => crate::host_access::ensure(
+                &nl,
+                &crate::host_access::Spec {
+                    master: a.master.clone(),
+                    address,
+                    pod_ranges: a.pod_ranges,
+                    exclusive_multicast: a.exclusive_multicast,
+                },
+            ),
+            _ => crate::host_access::remove(&nl, &a.master),
+        });
     match done {
         Ok(changes) if changes.is_empty() => {
             println!("host access on {}: nothing to change", a.master);

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnetwork::IpNetwork;
 
 use crate::host_access;
-use crate::netlink::{Netlink, TABLE_LOCAL, TABLE_MAIN};
+use crate::netlink::{Netlink, Rtnl, TABLE_LOCAL, TABLE_MAIN};
 use crate::netns::Netns;
 use crate::probe;
 use crate::rtps;
@@ -154,7 +154,7 @@ fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Check>> {
     let local = nl.routes_v4(TABLE_LOCAL)?;
     let looped = local.iter().any(|r| {
         r.dst == IpNetwork::V4(ipnetwork::Ipv4Network::new(group, 32).expect("/32"))
-            && r.kind == crate::netlink::ROUTE_LOCAL
+            && r.kind == netlink_packet_route::route::RouteType::Local
     });
     let main = nl.routes_v4(TABLE_MAIN)?;
     let chosen = main

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::cni::config::MacvlanMode;
 use crate::cni::{Error, Kind, Result};
 use crate::netlink::{
-    Link, LinkChange, Netlink, NewMacvlan, Op, RouteEntry, DEVCONF_ARP_IGNORE, DEVCONF_ARP_NOTIFY,
+    macvlan_mode, Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, RouteEntry, Rtnl,
     TABLE_MAIN,
 };
 
@@ -48,7 +48,7 @@ const MASTER_MARK: &str = "ros-macvlan:host-access-multicast-off;";
 /// ARP on the shim: answer only for the shim's own address (arp_ignore 1), so the node's own
 /// address stays bound to the master's MAC on the LAN; announce the address when the shim
 /// comes up (arp_notify), so neighbours that knew an earlier shim update at once.
-const SHIM_IPV4_CONF: [(u16, u32); 2] = [(DEVCONF_ARP_IGNORE, 1), (DEVCONF_ARP_NOTIFY, 1)];
+const SHIM_IPV4_CONF: [Ipv4Setting; 2] = [Ipv4Setting::ArpIgnore(1), Ipv4Setting::ArpNotify(1)];
 
 impl Spec {
     /// Refuses a spec that cannot work, before any change.
@@ -288,7 +288,7 @@ pub fn ensure(nl: &Netlink, spec: &Spec) -> Result<Vec<String>> {
 
 fn is_current_shim(link: &Link, mac: &[u8; 6]) -> bool {
     link.is_macvlan()
-        && link.macvlan_mode == Some(crate::netlink::kernel_mode(MacvlanMode::Bridge))
+        && link.macvlan_mode == Some(macvlan_mode(MacvlanMode::Bridge))
         && link.mac == mac
         && shim_ranges(link).is_some()
 }
@@ -327,7 +327,7 @@ fn create_shim(
     ]);
     if let Err(e) = configured {
         let _ = nl.apply(vec![Op::del_link(link.index)]);
-        return Err(e);
+        return Err(e.into());
     }
     changes.push(format!(
         "created {name}: macvlan (bridge) on {} with MAC {}, arp_notify and arp_ignore on",

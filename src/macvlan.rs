@@ -5,8 +5,9 @@ use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipnetwork::IpNetwork;
+use nix::errno::Errno;
 
-use crate::cni::config::{format_mac, parse_mac, NetConf};
+use crate::cni::config::{format_mac, parse_mac, MacvlanMode, NetConf};
 use crate::cni::env::CniEnv;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
@@ -16,7 +17,7 @@ use crate::ipam::{Hints, Ipam};
 use crate::membership::{self, AgentPlace};
 use crate::multicast;
 use crate::netlink::{
-    kernel_mode, Link, LinkChange, Netlink, NewMacvlan, Op, DEVCONF_ARP_NOTIFY, TABLE_MAIN,
+    macvlan_mode, Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, Rtnl, TABLE_MAIN,
 };
 use crate::netns::Netns;
 use crate::policy::Policy;
@@ -62,7 +63,7 @@ fn open_pod_netns(path: &str) -> Result<Netns> {
 }
 
 /// The master: the configured one, else the interface of the default route.
-pub fn resolve_master(nl: &Netlink, conf: &NetConf) -> Result<Link> {
+pub fn resolve_master(nl: &dyn Rtnl, conf: &NetConf) -> Result<Link> {
     match &conf.master {
         Some(name) => nl.link_by_name(name)?.ok_or_else(|| {
             Error::new(Kind::MasterNotFound, format!(
@@ -217,7 +218,7 @@ impl Drop for Undo<'_> {
                 self.env,
                 self.ipam,
                 self.agent,
-                self.ns,
+                &self.ns.pod_nl,
                 &self.progress,
             );
         }
@@ -236,17 +237,18 @@ fn add_steps(
     let master = &plan.master;
     // Created in the pod's namespace under its final name, so there is no move and no
     // rename; a DEL after an ADD killed at any point finds it by that name.
+    let spec = NewMacvlan {
+        name: &env.ifname,
+        master_index: master.index,
+        mode: conf.mode,
+        mtu: conf.mtu,
+        mac: plan.mac,
+        bc_queue_len: conf.multicast.bc_queue_len,
+        target_netns: (!ns.master_in_pod).then(|| ns.pod_ns.raw_fd()),
+    };
     ns.master_nl
-        .add_macvlan(&NewMacvlan {
-            name: &env.ifname,
-            master_index: master.index,
-            mode: conf.mode,
-            mtu: conf.mtu,
-            mac: plan.mac,
-            bc_queue_len: conf.multicast.bc_queue_len,
-            target_netns: (!ns.master_in_pod).then(|| ns.pod_ns.raw_fd()),
-        })
-        .map_err(|e| e.context(&format!("on master {}", master.name)))?;
+        .add_macvlan(&spec)
+        .map_err(|e| creation_error(e, &spec).context(&format!("on master {}", master.name)))?;
     let link = ns.pod_nl.link_by_name(&env.ifname)?.ok_or_else(|| {
         Error::new(
             Kind::Netlink,
@@ -268,7 +270,7 @@ fn add_steps(
     // the multicast routes.
     let mut settings = vec![
         // Peers update their ARP caches at once when an address moves to a new pod.
-        (DEVCONF_ARP_NOTIFY, 1),
+        Ipv4Setting::ArpNotify(1),
     ];
     settings.extend(multicast::interface_settings(&conf.multicast));
     let mut ops = vec![LinkChange::of(link.index).up().ipv4_conf(&settings).op()];
@@ -330,6 +332,34 @@ fn route_gateway(route: &Route, ips: &[IpConfig]) -> Option<IpAddr> {
 /// so it keeps its multicast.
 fn master_in_pod(ns: &Namespaces, master: &Link) -> Option<u32> {
     ns.master_in_pod.then_some(master.index)
+}
+
+/// What a refused creation means for the operator: some refusals point at the config or
+/// the environment rather than at the kernel.
+fn creation_error(e: crate::netlink::Error, spec: &NewMacvlan<'_>) -> Error {
+    match (e.errno(), spec.mtu) {
+        (Some(Errno::EBUSY), _) if spec.mode == MacvlanMode::Passthru => Error::new(
+            Kind::Netlink,
+            "create macvlan: the master already has a passthru macvlan (only one is allowed)",
+        )
+        .with_source(e),
+        (Some(Errno::EEXIST), _) => Error::new(
+            Kind::InvalidEnvironment,
+            format!(
+                "interface {} already exists in the pod; choose another CNI_IFNAME",
+                spec.name
+            ),
+        )
+        .with_source(e),
+        (Some(Errno::EINVAL), Some(mtu)) => Error::new(
+            Kind::InvalidConfig,
+            format!(
+                "create macvlan: the kernel refused mtu {mtu}; it must not exceed the master's MTU ({e})"
+            ),
+        )
+        .with_source(e),
+        _ => e.into(),
+    }
 }
 
 /// Gets the addresses from IPAM and, with duplicate detection on (host-local), ARP-probes
@@ -397,12 +427,12 @@ fn undo(
     env: &CniEnv,
     ipam: &Ipam,
     agent: &AgentPlace,
-    ns: &Namespaces,
+    pod_nl: &dyn Rtnl,
     progress: &Progress,
 ) {
     if progress.marked {
-        let restored = match ns.pod_nl.links() {
-            Ok(links) => ns.pod_nl.apply(multicast::restore_ops(&links, &env.ifname)),
+        let restored = match pod_nl.links() {
+            Ok(links) => pod_nl.apply(multicast::restore_ops(&links, &env.ifname)),
             Err(e) => Err(e),
         };
         if let Err(e) = restored {
@@ -418,7 +448,7 @@ fn undo(
         }
     }
     if let Some(index) = progress.link {
-        if let Err(e) = ns.pod_nl.apply(vec![Op::del_link(index)]) {
+        if let Err(e) = pod_nl.apply(vec![Op::del_link(index)]) {
             eprintln!("ros-macvlan: rollback: removing the interface failed: {e}");
         }
     }
@@ -446,12 +476,8 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam, agent: &AgentPlace) -> Res
         return ipam.del(conf, env);
     };
     let nl = Netlink::connect(&pod_ns)?;
-    // The attachment's link, and any an earlier DEL left whose removal did not finish.
     let prefix = retired_prefix(env);
-    let (ours, others): (Vec<Link>, Vec<Link>) = nl
-        .links()?
-        .into_iter()
-        .partition(|l| l.is_macvlan() && (l.name == env.ifname || l.name.starts_with(&prefix)));
+    let (ours, others) = links_of_attachment(nl.links()?, &env.ifname, &prefix);
     let addresses = if ours.is_empty() {
         Vec::new()
     } else {
@@ -481,6 +507,20 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam, agent: &AgentPlace) -> Res
     ipam.del(conf, env)?;
     let doomed: Vec<u32> = ours.iter().map(|l| l.index).collect();
     crate::reaper::delete_links(nl, &doomed, conf.wait_for_link_removal)
+}
+
+/// DEL's choice: the attachment's macvlan (named `ifname`) and the retired ones an earlier
+/// DEL of the same attachment left (named `retired_prefix`...) whose removal did not
+/// finish; then every other link. Never another attachment's macvlan, nor a link that is
+/// not a macvlan.
+fn links_of_attachment(
+    links: Vec<Link>,
+    ifname: &str,
+    retired_prefix: &str,
+) -> (Vec<Link>, Vec<Link>) {
+    links
+        .into_iter()
+        .partition(|l| l.is_macvlan() && (l.name == ifname || l.name.starts_with(retired_prefix)))
 }
 
 /// CHECK against prevResult: the interface, its kind, mode, MAC, addresses and routes.
@@ -514,7 +554,7 @@ pub fn check(
             format!("{} is not a macvlan interface", env.ifname),
         ));
     }
-    if link.macvlan_mode != Some(kernel_mode(conf.mode)) {
+    if link.macvlan_mode != Some(macvlan_mode(conf.mode)) {
         return Err(Error::new(
             Kind::CheckFailed,
             format!(

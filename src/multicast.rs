@@ -10,10 +10,10 @@ use ipnetwork::IpNetwork;
 use crate::cni::config::MulticastConf;
 use crate::cni::{Error, Kind, Result};
 use crate::netlink::{
-    Link, LinkChange, Netlink, Op, RouteEntry, DEVCONF_RP_FILTER, ROUTE_LOCAL, ROUTE_UNICAST,
-    SCOPE_LINK, TABLE_LOCAL, TABLE_MAIN,
+    route_out, Ipv4Setting, Link, LinkChange, Op, RouteEntry, Rtnl, TABLE_LOCAL, TABLE_MAIN,
 };
 use crate::netns::Netns;
+use netlink_packet_route::route::RouteType;
 
 /// Interfaces whose MULTICAST flag the plugin cleared carry this alias, naming the
 /// attachments that want it off (several ros-macvlan attachments may share a pod) and the
@@ -34,16 +34,16 @@ fn parse_mark(alias: &str) -> Option<(Vec<&str>, &str)> {
 }
 
 /// rp_filter 2 (loose): 1 (strict) drops discovery from peers whose route points elsewhere.
-const RP_FILTER_LOOSE: u32 = 2;
+const RP_FILTER_LOOSE: i32 = 2;
 
 fn rp_filter_path(ifname: &str) -> String {
     format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter")
 }
 
 /// The IPv4 settings of the new interface this part asks for.
-pub fn interface_settings(mc: &MulticastConf) -> Vec<(u16, u32)> {
+pub fn interface_settings(mc: &MulticastConf) -> Vec<Ipv4Setting> {
     if mc.loose_rp_filter {
-        vec![(DEVCONF_RP_FILTER, RP_FILTER_LOOSE)]
+        vec![Ipv4Setting::RpFilter(RP_FILTER_LOOSE)]
     } else {
         Vec::new()
     }
@@ -63,24 +63,15 @@ pub fn route_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
 pub fn route_removal_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
     mc.routes
         .iter()
-        .map(|dst| {
-            Op::del_route(&RouteEntry {
-                dst: IpNetwork::V4(*dst),
-                gw: None,
-                oif: Some(index),
-                table: TABLE_MAIN,
-                kind: ROUTE_UNICAST,
-                scope: SCOPE_LINK,
-            })
-        })
+        .map(|dst| Op::del_route(&route_out(index, IpNetwork::V4(*dst), None)))
         .collect()
 }
 
-fn group_local_routes(nl: &Netlink, index: u32, groups: &[Ipv4Addr]) -> Result<Vec<RouteEntry>> {
+fn group_local_routes(nl: &dyn Rtnl, index: u32, groups: &[Ipv4Addr]) -> Result<Vec<RouteEntry>> {
     Ok(nl
         .routes_v4(TABLE_LOCAL)?
         .into_iter()
-        .filter(|r| r.kind == ROUTE_LOCAL && r.oif == Some(index))
+        .filter(|r| r.kind == RouteType::Local && r.oif == Some(index))
         .filter(
             |r| matches!(r.dst, IpNetwork::V4(d) if d.prefix() == 32 && groups.contains(&d.ip())),
         )
@@ -99,7 +90,7 @@ fn is_rival(link: &Link, ifname: &str, master: Option<u32>) -> bool {
     is_candidate(link, ifname, master) && link.is_multicast()
 }
 
-pub fn mark_other_interfaces(nl: &Netlink, ifname: &str, master: Option<u32>) -> Result<()> {
+pub fn mark_other_interfaces(nl: &dyn Rtnl, ifname: &str, master: Option<u32>) -> Result<()> {
     let mut ops = Vec::new();
     for link in nl.links()? {
         if !is_candidate(&link, ifname, master) {
@@ -126,7 +117,7 @@ pub fn mark_other_interfaces(nl: &Netlink, ifname: &str, master: Option<u32>) ->
             None => {}
         }
     }
-    nl.apply(ops)
+    Ok(nl.apply(ops)?)
 }
 
 /// Takes this attachment off every mark; an interface no attachment wants off multicast any
@@ -159,7 +150,7 @@ pub fn restore_ops(links: &[Link], ifname: &str) -> Vec<Op> {
 /// to the first of `heirs` (the pod's other attachments that joined the same groups) that
 /// is still there.
 pub fn hand_over_routes(
-    nl: &Netlink,
+    nl: &dyn Rtnl,
     links: &[Link],
     heirs: &[String],
     mc: &MulticastConf,
@@ -171,7 +162,7 @@ pub fn hand_over_routes(
         .iter()
         .find(|l| l.is_macvlan() && heirs.contains(&l.name))
     {
-        Some(heir) => nl.apply(route_ops(heir.index, mc)),
+        Some(heir) => Ok(nl.apply(route_ops(heir.index, mc))?),
         None => Ok(()),
     }
 }
@@ -212,7 +203,7 @@ fn parse_igmp(text: &str, ifname: &str) -> Vec<Ipv4Addr> {
 
 /// CHECK: the routes, rp_filter and the marking are as ADD left them.
 pub fn check(
-    nl: &Netlink,
+    nl: &dyn Rtnl,
     ns: &Netns,
     link: &Link,
     master: Option<u32>,

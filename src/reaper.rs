@@ -7,7 +7,7 @@
 use nix::unistd::{fork, setsid, ForkResult};
 
 use crate::cni::Result;
-use crate::netlink::{Netlink, Op};
+use crate::netlink::{Netlink, Op, Rtnl};
 
 pub fn delete_links(nl: Netlink, links: &[u32], wait: bool) -> Result<()> {
     if links.is_empty() {
@@ -15,21 +15,23 @@ pub fn delete_links(nl: Netlink, links: &[u32], wait: bool) -> Result<()> {
     }
     let ops: Vec<Op> = links.iter().map(|i| Op::del_link(*i)).collect();
     if wait {
-        return nl.apply(ops);
+        return Ok(nl.apply(ops)?);
     }
-    // SAFETY: the plugin is single-threaded (no runtime, no worker threads), so the child
-    // starts with every lock free; it only makes syscalls and then _exits.
+    // SAFETY: the plugin is single-threaded (its runtime is a current-thread one, with no
+    // worker threads), so the child starts with every lock free; it talks to the kernel on
+    // a runtime of its own and then _exits.
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             detach();
-            let code = i32::from(nl.apply(ops).is_err());
+            let deleted = nl.for_child().and_then(|child| child.apply(ops));
+            let code = i32::from(deleted.is_err());
             // SAFETY: _exit skips the parent's atexit work and buffered output, which are
             // the parent's to finish.
             unsafe { nix::libc::_exit(code) }
         }
         Ok(ForkResult::Parent { .. }) => Ok(()),
         // No process to hand it to: wait here after all.
-        Err(_) => nl.apply(ops),
+        Err(_) => Ok(nl.apply(ops)?),
     }
 }
 

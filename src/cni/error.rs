@@ -171,6 +171,22 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The one place netlink failures get their CNI code: a socket that cannot be opened in the
+/// namespace is the namespace's problem (105); anything the kernel refused or never
+/// answered is netlink's (101).
+impl From<crate::netlink::Error> for Error {
+    fn from(e: crate::netlink::Error) -> Error {
+        use crate::netlink::Error as Netlink;
+        let kind = match e {
+            Netlink::Socket { .. } | Netlink::Namespace(_) => Kind::Netns,
+            Netlink::Refused { .. } | Netlink::Timeout { .. } | Netlink::Connection { .. } => {
+                Kind::Netlink
+            }
+        };
+        Error::new(kind, e.to_string()).with_source(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

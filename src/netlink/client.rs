@@ -1,0 +1,606 @@
+//! `Rtnl` over rtnetlink: netlink-packet-route messages on a connection opened inside the
+//! target namespace (the socket keeps working there from anywhere, as netavark does), driven
+//! by one current-thread tokio runtime per thread, shared by every connection of the
+//! invocation. Requests ask for strict checking, so gets are filtered by the kernel; every
+//! exchange has a deadline; refusals keep errno and extended-ack message.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::{Stream, StreamExt};
+use ipnetwork::IpNetwork;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoMacVlan, LinkAttribute, LinkInfo,
+    LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use nix::errno::Errno;
+use rtnetlink::packet_core::{
+    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NlasIterator, NLM_F_ACK, NLM_F_ACK_TLVS,
+    NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_MULTIPART, NLM_F_REQUEST,
+};
+use rtnetlink::sys::{AsyncSocket, SocketAddr, TokioSocket};
+use rtnetlink::{Handle, LinkMacVlan, LinkUnspec};
+use tokio::runtime::Runtime;
+
+use super::{
+    broadcast_of, macvlan_mode, route_out, route_prepended, Error, Family, Ipv4Setting, Link,
+    LinkChange, NewMacvlan, Op, Result, RouteEntry, Rtnl,
+};
+use crate::netns::Netns;
+
+/// How long the kernel may take to answer one exchange before it counts as failed.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The extended-ack attribute that carries the kernel's message (linux/netlink.h
+/// NLMSGERR_ATTR_MSG; netlink's own, not an rtnetlink attribute, and modelled by no crate).
+const NLMSGERR_ATTR_MSG: u16 = 1;
+
+thread_local! {
+    static RUNTIME: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
+}
+
+/// The thread's runtime, built on first use.
+fn runtime() -> Result<Rc<Runtime>> {
+    RUNTIME.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if let Some(rt) = slot.as_ref() {
+            return Ok(rt.clone());
+        }
+        let rt = Rc::new(new_runtime()?);
+        *slot = Some(rt.clone());
+        Ok(rt)
+    })
+}
+
+fn new_runtime() -> Result<Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Connection {
+            what: "start the netlink runtime".into(),
+            detail: e.to_string(),
+        })
+}
+
+type Unsolicited = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
+
+/// A netlink connection into one namespace.
+pub struct Netlink {
+    rt: Rc<Runtime>,
+    handle: Handle,
+    /// The socket, for a forked child to talk on (`for_child`).
+    fd: RawFd,
+    /// Kept open: the connection stops when nobody listens for what the kernel sends unasked.
+    _unsolicited: Unsolicited,
+}
+
+impl Netlink {
+    /// Opens a connection inside `ns`; it keeps working in that namespace from anywhere.
+    pub fn connect(ns: &Netns) -> Result<Netlink> {
+        let rt = runtime()?;
+        let opened = ns
+            .run(|| {
+                let _context = rt.enter();
+                open()
+            })
+            .map_err(|e| Error::Namespace(e.to_string()))?;
+        Netlink::start(rt, opened, ns.path())
+    }
+
+    /// Opens a connection in the namespace the plugin runs in.
+    pub fn here() -> Result<Netlink> {
+        let rt = runtime()?;
+        let opened = {
+            let _context = rt.enter();
+            open()
+        };
+        Netlink::start(rt, opened, "the plugin's namespace")
+    }
+
+    fn start(rt: Rc<Runtime>, opened: std::io::Result<Opened>, ns: &str) -> Result<Netlink> {
+        let (connection, handle, unsolicited, fd) = opened.map_err(|source| Error::Socket {
+            ns: ns.to_owned(),
+            source,
+        })?;
+        rt.spawn(connection);
+        Ok(Netlink {
+            rt,
+            handle,
+            fd,
+            _unsolicited: unsolicited,
+        })
+    }
+
+    /// A connection for a forked child on the same socket, with a runtime of its own: the
+    /// parent's runtime shares its epoll instance with the child, and the parent tears it
+    /// down when it exits.
+    pub fn for_child(&self) -> Result<Netlink> {
+        let rt = Rc::new(new_runtime()?);
+        let opened = {
+            let _context = rt.enter();
+            nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) })
+                .map_err(std::io::Error::from)
+                .map(|fd| {
+                    use std::os::fd::IntoRawFd;
+                    // SAFETY: a fresh descriptor owned by nobody else.
+                    let socket = unsafe { TokioSocket::from_raw_fd(fd.into_raw_fd()) };
+                    let fd = socket.as_raw_fd();
+                    let (mut connection, handle, unsolicited) = rtnetlink::from_socket(socket);
+                    see_the_end(&mut connection);
+                    (connection, handle, unsolicited, fd)
+                })
+        };
+        Netlink::start(rt, opened, "the forked child")
+    }
+
+    /// Runs one exchange to its end or to the deadline.
+    fn run<T>(&self, what: &str, exchange: impl Future<Output = Result<T>>) -> Result<T> {
+        self.rt
+            .block_on(async { tokio::time::timeout(TIMEOUT, exchange).await })
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    what: what.to_owned(),
+                })
+            })
+    }
+
+    /// Sends one request; its answers come through the stream.
+    fn send(
+        &self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        what: &str,
+    ) -> Result<impl Stream<Item = NetlinkMessage<RouteNetlinkMessage>> + use<>> {
+        let mut request = NetlinkMessage::from(message);
+        request.header.flags = flags;
+        self.handle
+            .clone()
+            .request(request)
+            .map_err(|e| Error::Connection {
+                what: what.to_owned(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// One request and the messages that answer it (all of a dump, the one reply of a get,
+    /// nothing for an acknowledged change).
+    fn query(
+        &self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        what: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        let answers = self.send(message, flags, what)?;
+        self.run(what, answers_of(answers, what))
+    }
+
+    fn one_link(&self, message: LinkMessage, what: &str) -> Result<Option<Link>> {
+        let answers = self.query(RouteNetlinkMessage::GetLink(message), NLM_F_REQUEST, what);
+        match answers {
+            Ok(answers) => Ok(answers.into_iter().find_map(link_of)),
+            Err(e) if e.errno() == Some(Errno::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+type Opened = (
+    rtnetlink::proto::Connection<RouteNetlinkMessage>,
+    Handle,
+    Unsolicited,
+    RawFd,
+);
+
+/// Opens the socket in the current namespace, registered with the entered runtime.
+fn open() -> std::io::Result<Opened> {
+    let (mut connection, handle, unsolicited) = rtnetlink::new_connection_with_strict_check()?;
+    see_the_end(&mut connection);
+    let socket = connection.socket_mut().socket_mut();
+    // The kernel's reason for a refusal, where it gives one.
+    socket.set_ext_ack(true)?;
+    let fd = socket.as_raw_fd();
+    Ok((connection, handle, unsolicited, fd))
+}
+
+/// Passes acknowledgements and ends of dumps on, so an exchange ends on the kernel's word
+/// rather than on a connection that closed.
+fn see_the_end(connection: &mut rtnetlink::proto::Connection<RouteNetlinkMessage>) {
+    connection.set_forward_ack(true);
+    connection.set_forward_done(true);
+}
+
+/// Reads the answers to one request until the kernel says it is done: the messages, or the
+/// refusal.
+async fn answers_of(
+    answers: impl Stream<Item = NetlinkMessage<RouteNetlinkMessage>>,
+    what: &str,
+) -> Result<Vec<RouteNetlinkMessage>> {
+    let mut answers = std::pin::pin!(answers);
+    let mut out = Vec::new();
+    while let Some(message) = answers.next().await {
+        let flags = message.header.flags;
+        match message.payload {
+            NetlinkPayload::InnerMessage(m) => {
+                out.push(m);
+                if flags & NLM_F_MULTIPART == 0 {
+                    return Ok(out);
+                }
+            }
+            NetlinkPayload::Error(e) => match e.code {
+                None => return Ok(out),
+                Some(code) => {
+                    return Err(Error::Refused {
+                        what: what.to_owned(),
+                        errno: Errno::from_raw(-code.get()),
+                        ext_ack: ext_ack(flags, &e.header),
+                    })
+                }
+            },
+            NetlinkPayload::Done(_) => return Ok(out),
+            NetlinkPayload::Overrun(_) => {
+                return Err(Error::Connection {
+                    what: what.to_owned(),
+                    detail: "the kernel's answer overran the socket buffer".into(),
+                })
+            }
+            _ => {}
+        }
+    }
+    Err(Error::Connection {
+        what: what.to_owned(),
+        detail: "the connection closed before the kernel answered".into(),
+    })
+}
+
+/// The kernel's message in an error's extended-ack attributes, which follow the echoed
+/// request (only its header when the kernel capped it).
+fn ext_ack(flags: u16, payload: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let echoed = if flags & NLM_F_CAPPED != 0 {
+        std::mem::size_of::<[u32; 4]>()
+    } else {
+        NetlinkBuffer::new_checked(payload).ok()?.length() as usize
+    };
+    let attributes = payload.get(echoed.next_multiple_of(4)..)?;
+    NlasIterator::new(attributes)
+        .filter_map(|nla| nla.ok())
+        .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
+        .map(|nla| {
+            let value = nla.value();
+            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+            String::from_utf8_lossy(&value[..end]).into_owned()
+        })
+}
+
+impl Rtnl for Netlink {
+    fn links(&self) -> Result<Vec<Link>> {
+        let answers = self.query(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            "list links",
+        )?;
+        Ok(answers.into_iter().filter_map(link_of).collect())
+    }
+
+    fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        let mut message = LinkMessage::default();
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_owned()));
+        self.one_link(message, &format!("look up link {name}"))
+    }
+
+    fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        self.one_link(message, &format!("look up link {index}"))
+    }
+
+    fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork)>> {
+        let mut message = AddressMessage::default();
+        // Strict checking: the kernel lists only this link's addresses.
+        message.header.index = index.unwrap_or(0);
+        let answers = self.query(
+            RouteNetlinkMessage::GetAddress(message),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            "list addresses",
+        )?;
+        Ok(answers.into_iter().filter_map(address_of).collect())
+    }
+
+    fn routes(&self, family: Family, table: u32) -> Result<Vec<RouteEntry>> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = match family {
+            Family::V4 => AddressFamily::Inet,
+            Family::V6 => AddressFamily::Inet6,
+        };
+        // Strict checking: the kernel lists only this table's routes.
+        message.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        message.attributes.push(RouteAttribute::Table(table));
+        let answers = self.query(
+            RouteNetlinkMessage::GetRoute(message),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            "list routes",
+        );
+        match answers {
+            Ok(answers) => Ok(answers.into_iter().filter_map(route_of).collect()),
+            // A table nothing was ever put in does not exist yet.
+            Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn add_macvlan(&self, spec: &NewMacvlan<'_>) -> Result<()> {
+        let mut link = LinkMacVlan::new(spec.name, spec.master_index, macvlan_mode(spec.mode));
+        if let Some(q) = spec.bc_queue_len {
+            link = link.append_info_data(InfoMacVlan::BcQueueLen(q));
+        }
+        if let Some(mtu) = spec.mtu {
+            link = link.mtu(mtu);
+        }
+        if let Some(mac) = spec.mac {
+            link = link.address(mac.to_vec());
+        }
+        if let Some(fd) = spec.target_netns {
+            link = link.setns_by_fd(fd);
+        }
+        self.query(
+            RouteNetlinkMessage::NewLink(link.build()),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            "create macvlan",
+        )
+        .map(drop)
+    }
+
+    /// Sends every op before reading any answer (the kernel handles them in order, so a
+    /// step costs one round trip), then reads all the answers.
+    fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        let Some(first) = ops.first() else {
+            return Ok(());
+        };
+        let what = first.describe();
+        let mut pending = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (message, flags) = message_of(&op);
+            let answers = self.send(message, flags, &op.describe())?;
+            pending.push((op, answers));
+        }
+        self.run(&what, async move {
+            let mut failure = None;
+            for (op, answers) in pending {
+                match answers_of(answers, &op.describe()).await {
+                    Err(e) if e.errno().is_some_and(|n| op.already().contains(&n)) => {}
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                    Ok(_) => {}
+                }
+            }
+            failure.map_or(Ok(()), Err)
+        })
+    }
+}
+
+/// The netlink message for an op, and its header flags.
+fn message_of(op: &Op) -> (RouteNetlinkMessage, u16) {
+    const CHANGE: u16 = NLM_F_REQUEST | NLM_F_ACK;
+    const CREATE: u16 = CHANGE | NLM_F_CREATE | NLM_F_EXCL;
+    match op {
+        Op::AddAddress { index, addr } => (
+            RouteNetlinkMessage::NewAddress(address_message(*index, *addr, true)),
+            CREATE,
+        ),
+        Op::DelAddress { index, addr } => (
+            RouteNetlinkMessage::DelAddress(address_message(*index, *addr, false)),
+            CHANGE,
+        ),
+        Op::AddRoute { index, dst, gw } => {
+            let mut message = route_message(&route_out(*index, *dst, *gw));
+            message.header.protocol = RouteProtocol::Static;
+            (RouteNetlinkMessage::NewRoute(message), CREATE)
+        }
+        Op::PrependRoute { index, dst, gw } => {
+            let mut message = route_message(&route_prepended(*index, *dst, *gw));
+            message.header.protocol = RouteProtocol::Boot;
+            // Create without EXCL: beside routes to the same destination, ahead of them.
+            (
+                RouteNetlinkMessage::NewRoute(message),
+                NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
+            )
+        }
+        Op::AddRouteFrom { index, dst, src } => {
+            let mut message = route_message(&route_out(*index, *dst, None));
+            message.header.protocol = RouteProtocol::Static;
+            message
+                .attributes
+                .push(RouteAttribute::PrefSource(RouteAddress::from(*src)));
+            (RouteNetlinkMessage::NewRoute(message), CREATE)
+        }
+        Op::DelRoute(route) => (RouteNetlinkMessage::DelRoute(route_message(route)), CHANGE),
+        Op::SetLink(change) => (RouteNetlinkMessage::SetLink(link_message(change)), CHANGE),
+        Op::DelLink(index) => (
+            RouteNetlinkMessage::DelLink(LinkUnspec::new_with_index(*index).build()),
+            CHANGE,
+        ),
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// An address message naming the address both as local and peer, as `ip addr` does.
+fn address_message(index: u32, addr: IpNetwork, with_broadcast: bool) -> AddressMessage {
+    let mut message = AddressMessage::default();
+    message.header.family = family_of(addr.ip());
+    message.header.prefix_len = addr.prefix();
+    message.header.index = index;
+    message.attributes = vec![
+        AddressAttribute::Local(addr.ip()),
+        AddressAttribute::Address(addr.ip()),
+    ];
+    if let Some(brd) = broadcast_of(addr).filter(|_| with_broadcast) {
+        message.attributes.push(AddressAttribute::Broadcast(brd));
+    }
+    message
+}
+
+fn route_message(route: &RouteEntry) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    message.header.address_family = family_of(route.dst.ip());
+    message.header.destination_prefix_length = route.dst.prefix();
+    // Tables above 255 only fit the attribute; the header then says "unspecified".
+    message.header.table = u8::try_from(route.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    message.header.scope = route.scope;
+    message.header.kind = route.kind;
+    message.attributes = vec![
+        RouteAttribute::Table(route.table),
+        RouteAttribute::Destination(RouteAddress::from(route.dst.network())),
+    ];
+    if let Some(oif) = route.oif.filter(|i| *i != 0) {
+        message.attributes.push(RouteAttribute::Oif(oif));
+    }
+    if let Some(gw) = route.gw {
+        message
+            .attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    message
+}
+
+fn link_message(change: &LinkChange) -> LinkMessage {
+    let mut link = LinkUnspec::new_with_index(change.index);
+    if change.up {
+        link = link.up();
+    }
+    if let Some(on) = change.multicast {
+        link = link.multicast(on);
+    }
+    if let Some(name) = &change.name {
+        link = link.name(name.clone());
+    }
+    if let Some(alias) = &change.alias {
+        link = link.alias(alias.clone());
+    }
+    if !change.ipv4.is_empty() {
+        let mut conf = InetDevConf::default();
+        for setting in &change.ipv4 {
+            match *setting {
+                Ipv4Setting::RpFilter(v) => conf.rp_filter = v,
+                Ipv4Setting::ArpIgnore(v) => conf.arp_ignore = v,
+                Ipv4Setting::ArpNotify(v) => conf.arp_notify = v,
+            }
+        }
+        link = link.append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(
+            vec![AfSpecInet::DevConfRequest(conf)],
+        )]));
+    }
+    link.build()
+}
+
+fn link_of(message: RouteNetlinkMessage) -> Option<Link> {
+    let RouteNetlinkMessage::NewLink(m) = message else {
+        return None;
+    };
+    let mut link = Link {
+        index: m.header.index,
+        flags: m.header.flags,
+        ..Link::default()
+    };
+    for attribute in m.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => link.name = name,
+            LinkAttribute::Address(mac) => link.mac = mac,
+            LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+            LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(kind) => link.kind = Some(kind),
+                        LinkInfo::Data(InfoData::MacVlan(data)) => {
+                            link.macvlan_mode = data.iter().find_map(|d| match d {
+                                InfoMacVlan::Mode(mode) => Some(*mode),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(link)
+}
+
+fn address_of(message: RouteNetlinkMessage) -> Option<(u32, IpNetwork)> {
+    let RouteNetlinkMessage::NewAddress(m) = message else {
+        return None;
+    };
+    let (mut local, mut peer) = (None, None);
+    for attribute in &m.attributes {
+        match attribute {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => peer = Some(*ip),
+            _ => {}
+        }
+    }
+    let ip = local.or(peer)?;
+    Some((
+        m.header.index,
+        IpNetwork::new(ip, m.header.prefix_len).ok()?,
+    ))
+}
+
+fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
+
+fn route_of(message: RouteNetlinkMessage) -> Option<RouteEntry> {
+    let RouteNetlinkMessage::NewRoute(m) = message else {
+        return None;
+    };
+    let header = &m.header;
+    let mut dst = match header.address_family {
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    let mut route = RouteEntry {
+        dst: IpNetwork::new(dst, 0).ok()?,
+        gw: None,
+        oif: None,
+        table: u32::from(header.table),
+        kind: header.kind,
+        scope: header.scope,
+    };
+    for attribute in &m.attributes {
+        match attribute {
+            RouteAttribute::Destination(a) => dst = ip_of(a)?,
+            RouteAttribute::Gateway(a) => route.gw = ip_of(a),
+            RouteAttribute::Oif(i) => route.oif = Some(*i),
+            RouteAttribute::Table(t) => route.table = *t,
+            _ => {}
+        }
+    }
+    route.dst = IpNetwork::new(dst, header.destination_prefix_length).ok()?;
+    Some(route)
+}
