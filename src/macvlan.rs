@@ -624,3 +624,169 @@ pub fn check(
     )?;
     membership::check(conf, env, agent, &ns.pod_ns)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::testing::{Fake, Request};
+    use netlink_packet_route::link::{InfoKind, LinkFlags};
+
+    fn env(container: &str, ifname: &str) -> CniEnv {
+        let vars = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", container),
+            ("CNI_NETNS", "/var/run/netns/pod"),
+            ("CNI_IFNAME", ifname),
+            ("CNI_PATH", "/opt/cni/bin"),
+        ];
+        CniEnv::from_lookup(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap()
+    }
+
+    fn names(links: &[Link]) -> Vec<&str> {
+        links.iter().map(|l| l.name.as_str()).collect()
+    }
+
+    #[test]
+    fn del_picks_the_attachment_and_its_retired_links_only() {
+        let ours = env("ctr-a", "net1");
+        let prefix = retired_prefix(&ours);
+        let theirs = retired_prefix(&env("ctr-a", "net2"));
+        assert_ne!(
+            prefix, theirs,
+            "each attachment retires under a name of its own"
+        );
+        assert_eq!(prefix, retired_prefix(&env("ctr-a", "net1")), "stable");
+        assert!(retired_name(&ours).starts_with(&prefix));
+
+        let nl = Fake::new();
+        let up = LinkFlags::Up | LinkFlags::Multicast;
+        nl.with_link("lo", None, LinkFlags::Up | LinkFlags::Loopback);
+        nl.with_link("eth0", Some(InfoKind::Veth), up);
+        nl.with_link("net1", Some(InfoKind::MacVlan), up);
+        nl.with_link(&format!("{prefix}0a0b"), Some(InfoKind::MacVlan), up);
+        nl.with_link(&format!("{theirs}0c0d"), Some(InfoKind::MacVlan), up);
+        nl.with_link("net2", Some(InfoKind::MacVlan), up);
+        // Our prefix on something that is not a macvlan is not ours to delete.
+        nl.with_link(&format!("{prefix}veth"), Some(InfoKind::Veth), up);
+
+        let (chosen, rest) = links_of_attachment(nl.links().unwrap(), "net1", &prefix);
+        assert_eq!(names(&chosen), vec!["net1", &format!("{prefix}0a0b")]);
+        assert_eq!(
+            names(&rest),
+            vec![
+                "lo",
+                "eth0",
+                &format!("{theirs}0c0d"),
+                "net2",
+                &format!("{prefix}veth")
+            ]
+        );
+    }
+
+    #[test]
+    fn del_of_a_link_already_gone_chooses_nothing() {
+        let nl = Fake::new();
+        nl.with_link("eth0", Some(InfoKind::Veth), LinkFlags::Up);
+        nl.with_link("net2", Some(InfoKind::MacVlan), LinkFlags::Up);
+        let (chosen, rest) = links_of_attachment(nl.links().unwrap(), "net1", "rmv00000000");
+        assert!(chosen.is_empty());
+        assert_eq!(names(&rest), vec!["eth0", "net2"]);
+    }
+
+    /// A pod as ADD leaves it after `step`, and the progress ADD recorded up to there.
+    fn pod_after(step: &str) -> (Fake, u32, u32, Progress) {
+        let nl = Fake::new();
+        let eth0 = nl.with_link(
+            "eth0",
+            Some(InfoKind::Veth),
+            LinkFlags::Up | LinkFlags::Multicast,
+        );
+        nl.set_alias(eth0, "uplink");
+        let net1 = nl.with_link("net1", Some(InfoKind::MacVlan), LinkFlags::Multicast);
+        let at = ADD_STEPS.iter().position(|s| *s == step).unwrap();
+        let reached = |s: &str| ADD_STEPS.iter().position(|x| *x == s).unwrap() <= at;
+        if reached("configured") {
+            let mut ops = vec![LinkChange::of(net1).up().op()];
+            ops.push(Op::add_address(net1, "198.51.100.9/24".parse().unwrap()));
+            ops.extend(multicast::route_ops(net1, &MulticastConf::default()));
+            nl.apply(ops).unwrap();
+        }
+        if reached("marked") {
+            multicast::mark_other_interfaces(&nl, "net1", None).unwrap();
+        }
+        nl.clear_requests();
+        let progress = Progress {
+            link: Some(net1),
+            ipam: reached("claimed"),
+            joined: reached("joined"),
+            marked: reached("marked"),
+        };
+        (nl, eth0, net1, progress)
+    }
+
+    use crate::cni::config::MulticastConf;
+
+    /// The agent's place; with no groups configured nothing of it is touched.
+    fn agent(conf: &NetConf) -> AgentPlace {
+        let roots = crate::confine::Roots::new(vec![std::env::temp_dir()], 0o755, "");
+        AgentPlace::of_config(conf, &roots).unwrap()
+    }
+
+    #[test]
+    fn undo_after_each_step_of_add_leaves_the_pod_as_it_was() {
+        // No groups: the membership part talks to no agent from a unit test.
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan","master":"lan0","multicast":{"groups":[]},"agentSocket":"/tmp/ros-macvlan-unit/agent.sock"}"#,
+        )
+        .unwrap();
+        let env = env("ctr-undo", "net1");
+        for step in ADD_STEPS {
+            let (nl, eth0, net1, progress) = pod_after(step);
+            undo(&conf, &env, &Ipam::None, &agent(&conf), &nl, &progress);
+
+            let mut expected = Vec::new();
+            if progress.marked {
+                expected.push(Request::Op(
+                    LinkChange::of(eth0).multicast(true).alias("uplink").op(),
+                ));
+            }
+            expected.push(Request::Op(Op::del_link(net1)));
+            assert_eq!(nl.requests(), expected, "undo after {step}");
+
+            let links = nl.links().unwrap();
+            assert_eq!(names(&links), vec!["eth0"], "after {step}");
+            assert!(links[0].is_multicast(), "after {step}");
+            assert_eq!(links[0].alias.as_deref(), Some("uplink"), "after {step}");
+            assert_eq!(nl.addresses(None).unwrap(), vec![], "after {step}");
+            assert_eq!(nl.all_routes(), vec![], "after {step}");
+        }
+    }
+
+    #[test]
+    fn undo_before_the_link_exists_asks_for_nothing() {
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan","multicast":{"groups":[]},"agentSocket":"/tmp/ros-macvlan-unit/agent.sock"}"#,
+        )
+        .unwrap();
+        let nl = Fake::new();
+        nl.with_link(
+            "eth0",
+            Some(InfoKind::Veth),
+            LinkFlags::Up | LinkFlags::Multicast,
+        );
+        undo(
+            &conf,
+            &env("ctr-undo", "net1"),
+            &Ipam::None,
+            &agent(&conf),
+            &nl,
+            &Progress::default(),
+        );
+        assert_eq!(nl.requests(), vec![]);
+    }
+}

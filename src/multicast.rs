@@ -259,6 +259,122 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::testing::{Fake, Request};
+    use netlink_packet_route::link::{InfoKind, LinkFlags};
+
+    fn up_multicast() -> LinkFlags {
+        LinkFlags::Up | LinkFlags::Multicast
+    }
+
+    /// A pod as the cluster network leaves it: lo, eth0 (a veth, multicast-capable), and
+    /// two ros-macvlan attachments.
+    fn pod() -> (Fake, [u32; 4]) {
+        let nl = Fake::new();
+        let lo = nl.with_link("lo", None, LinkFlags::Up | LinkFlags::Loopback);
+        let eth0 = nl.with_link("eth0", Some(InfoKind::Veth), up_multicast());
+        let net1 = nl.with_link("net1", Some(InfoKind::MacVlan), up_multicast());
+        let net2 = nl.with_link("net2", Some(InfoKind::MacVlan), up_multicast());
+        (nl, [lo, eth0, net1, net2])
+    }
+
+    #[test]
+    fn marking_turns_off_multicast_on_eth0_only_and_each_attachment_counts_itself_in() {
+        let (nl, [lo, eth0, net1, net2]) = pod();
+        nl.set_alias(eth0, "uplink");
+
+        mark_other_interfaces(&nl, "net1", None).unwrap();
+        assert_eq!(
+            nl.requests(),
+            vec![Request::Op(
+                LinkChange::of(eth0)
+                    .alias(&mark_alias(&["net1"], "uplink"))
+                    .multicast(false)
+                    .op()
+            )],
+            "only eth0 changes: not lo, not the attachment, not another macvlan"
+        );
+        assert!(!nl.link(eth0).unwrap().is_multicast());
+        for untouched in [lo, net1, net2] {
+            assert_eq!(nl.link(untouched).unwrap().alias, None);
+        }
+
+        // A second attachment finds eth0 marked already: it adds itself, nothing else.
+        nl.clear_requests();
+        mark_other_interfaces(&nl, "net2", None).unwrap();
+        assert_eq!(
+            nl.requests(),
+            vec![Request::Op(
+                LinkChange::of(eth0)
+                    .alias(&mark_alias(&["net1", "net2"], "uplink"))
+                    .op()
+            )]
+        );
+        // Marking again changes nothing.
+        nl.clear_requests();
+        mark_other_interfaces(&nl, "net2", None).unwrap();
+        assert_eq!(nl.requests(), vec![]);
+
+        // The first DEL leaves eth0 off for the second; the last one restores it all.
+        nl.apply(restore_ops(&nl.links().unwrap(), "net1")).unwrap();
+        let e = nl.link(eth0).unwrap();
+        assert!(!e.is_multicast());
+        assert_eq!(e.alias, Some(mark_alias(&["net2"], "uplink")));
+        nl.apply(restore_ops(&nl.links().unwrap(), "net2")).unwrap();
+        let e = nl.link(eth0).unwrap();
+        assert!(e.is_multicast());
+        assert_eq!(e.alias.as_deref(), Some("uplink"));
+    }
+
+    #[test]
+    fn an_interface_without_multicast_is_left_alone() {
+        let nl = Fake::new();
+        let eth0 = nl.with_link("eth0", Some(InfoKind::Veth), LinkFlags::Up);
+        nl.with_link("net1", Some(InfoKind::MacVlan), up_multicast());
+        mark_other_interfaces(&nl, "net1", None).unwrap();
+        assert_eq!(nl.requests(), vec![]);
+        assert!(restore_ops(&nl.links().unwrap(), "net1").is_empty());
+        assert_eq!(nl.link(eth0).unwrap().alias, None);
+    }
+
+    fn multicast_routes(nl: &Fake) -> Vec<(IpNetwork, Option<u32>)> {
+        nl.all_routes().iter().map(|r| (r.dst, r.oif)).collect()
+    }
+
+    #[test]
+    fn multicast_routes_move_to_the_remaining_attachment() {
+        let (nl, [_, eth0, net1, net2]) = pod();
+        let mc = MulticastConf::default();
+        let dst = IpNetwork::V4(mc.routes[0]);
+
+        // Both ADDs ask for the route; the second finds it there (EEXIST is "already so").
+        nl.apply(route_ops(net1, &mc)).unwrap();
+        nl.apply(route_ops(net2, &mc)).unwrap();
+        assert_eq!(multicast_routes(&nl), vec![(dst, Some(net1))]);
+
+        // DEL of net1: its route goes, and net2 (which joined the same groups) takes it.
+        nl.apply(route_removal_ops(net1, &mc)).unwrap();
+        assert_eq!(multicast_routes(&nl), vec![]);
+        let remaining: Vec<Link> = nl
+            .links()
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.index != net1)
+            .collect();
+        nl.clear_requests();
+        hand_over_routes(&nl, &remaining, &["net2".to_owned()], &mc).unwrap();
+        assert_eq!(
+            nl.requests(),
+            vec![Request::Op(Op::add_route(net2, dst, None))]
+        );
+        assert_eq!(multicast_routes(&nl), vec![(dst, Some(net2))]);
+
+        // No heir (or an heir that is not a macvlan of the pod): nothing is asked.
+        nl.clear_requests();
+        hand_over_routes(&nl, &remaining, &[], &mc).unwrap();
+        hand_over_routes(&nl, &remaining, &["eth0".to_owned()], &mc).unwrap();
+        assert_eq!(nl.requests(), vec![]);
+        assert!(nl.link(eth0).is_some());
+    }
 
     #[test]
     fn igmp_table_is_parsed_per_device() {
