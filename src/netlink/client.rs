@@ -144,14 +144,27 @@ impl Netlink {
     }
 
     /// Runs one exchange to its end or to the deadline.
-    fn run<T>(&self, what: &str, exchange: impl Future<Output = Result<T>>) -> Result<T> {
-        self.rt
-            .block_on(async { tokio::time::timeout(TIMEOUT, exchange).await })
-            .unwrap_or_else(|_| {
-                Err(Error::Timeout {
-                    what: what.to_owned(),
-                })
+    fn run<T: Send>(
+        &self,
+        what: &str,
+        exchange: impl Future<Output = Result<T>> + Send,
+    ) -> Result<T> {
+        let deadline = async { tokio::time::timeout(TIMEOUT, exchange).await };
+        let rt: &Runtime = &self.rt;
+        let outcome = if tokio::runtime::Handle::try_current().is_ok() {
+            // Called from async code (the node agent's loop): no runtime can be entered
+            // from within another, so the exchange runs on a thread of its own. The plugin
+            // never takes this path.
+            std::thread::scope(|s| s.spawn(|| rt.block_on(deadline)).join())
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        } else {
+            rt.block_on(deadline)
+        };
+        outcome.unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                what: what.to_owned(),
             })
+        })
     }
 
     /// Sends one request; its answers come through the stream.
