@@ -379,6 +379,7 @@ impl Bench {
             run_in(&self.node.ns.name, &bin, &env, &conf.to_string())
         };
         let conf = &input.conf;
+        resume_like_a_used_store(&data, conf);
         let mut out = serde_json::Map::new();
         let added = call("ADD", conf);
         out.insert("add".into(), reply_json(&added));
@@ -570,6 +571,25 @@ fn normalise(run: &mut Value, netns: &str, keep_asked_mac: bool) {
 }
 
 /// What a plugin is run with: the config and CNI_ARGS.
+/// Intended difference "first pick of a fresh store": in a store that never allocated,
+/// ours starts at a node-derived address (so nodes sharing a range do not walk it in
+/// lockstep), the reference at rangeStart. Both stores are therefore given what a used
+/// store has, a last_reserved_ip for each range set (one outside every range, from which
+/// both plugins start at rangeStart), so the rest of the allocation is compared as it is.
+fn resume_like_a_used_store(data: &DataDir, conf: &Value) {
+    let Some(network) = conf["name"].as_str() else {
+        return;
+    };
+    if conf["ipam"]["type"] != "host-local" {
+        return;
+    }
+    let store = data.0.join(network);
+    std::fs::create_dir_all(&store).unwrap();
+    for set in 0..4 {
+        std::fs::write(store.join(format!("last_reserved_ip.{set}")), "0.0.0.0").unwrap();
+    }
+}
+
 struct Input {
     conf: Value,
     args: Option<String>,

@@ -42,13 +42,21 @@ fn add_check_del_round_trip() {
         json!([{"dst": "203.0.113.128/25"}, {"dst": "198.51.100.0/25", "gw": "198.51.100.1"}]);
 
     let result = add(&node, &pod, &conf).ok().clone();
+    // A fresh store's first pick depends on the node (RangeSet::spread_resume_point).
+    let addr = result["ips"][0]["address"].as_str().unwrap().to_owned();
+    let ip = addr.trim_end_matches("/24").to_owned();
+    let last_octet: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        addr.starts_with("198.51.100.") && (160..=180).contains(&last_octet),
+        "{addr}"
+    );
     let link = net1(&pod);
     assert_eq!(link["linkinfo"]["info_kind"], "macvlan");
     assert_eq!(link["linkinfo"]["info_data"]["mode"], "bridge");
     assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
     assert_eq!(
         v4_addrs(&pod, "net1").first().map(String::as_str),
-        Some("198.51.100.160/24")
+        Some(addr.as_str())
     );
     // The default route stays on the cluster network; IPAM routes go out net1.
     let routes = pod.ns.ip(&["route", "show"]);
@@ -70,26 +78,24 @@ fn add_check_del_round_trip() {
     assert_eq!(result["interfaces"][0]["name"], "net1");
     assert_eq!(result["interfaces"][0]["mac"], link["address"]);
     assert_eq!(result["interfaces"][0]["sandbox"], pod.ns.path());
-    assert_eq!(result["ips"][0]["address"], "198.51.100.160/24");
     assert_eq!(result["ips"][0]["gateway"], "198.51.100.1");
     assert_eq!(result["ips"][0]["interface"], 0);
     assert!(result["ips"][0].get("version").is_none());
 
-    let claim = std::fs::read(data.0.join("ros-net/198.51.100.160")).unwrap();
+    let claim = std::fs::read(data.0.join("ros-net").join(&ip)).unwrap();
     assert_eq!(claim, format!("{}\r\nnet1", pod.container_id).as_bytes());
     assert_eq!(
         std::fs::read(data.0.join("ros-net/last_reserved_ip.0")).unwrap(),
-        b"198.51.100.160"
+        ip.as_bytes()
     );
 
     check(&node, &pod, &conf, &result).ok();
 
     // CHECK notices what changed behind the plugin's back.
-    pod.ns
-        .ip(&["addr", "del", "198.51.100.160/24", "dev", "net1"]);
+    pod.ns.ip(&["addr", "del", &addr, "dev", "net1"]);
     let r = check(&node, &pod, &conf, &result);
     assert_eq!(r.err_code(), 104);
-    assert!(r.msg().contains("198.51.100.160/24"), "{}", r.msg());
+    assert!(r.msg().contains(&addr), "{}", r.msg());
 
     del(&node, &pod, &conf).ok();
     assert_eq!(pod.ns.link_names_after_removal(), ["lo", "eth0"]);
@@ -240,8 +246,9 @@ fn del_releases_the_claim_when_the_netns_is_gone() {
     let data = DataDir::create();
     let conf = guide(&data);
     let pod = node.pod(13);
-    add(&node, &pod, &conf).ok();
-    assert_eq!(data.claims("ros-net"), ["198.51.100.160"]);
+    let addr = add(&node, &pod, &conf).ok()["ips"][0]["address"].clone();
+    let ip = addr.as_str().unwrap().trim_end_matches("/24");
+    assert_eq!(data.claims("ros-net"), [ip]);
     let gone = format!("/var/run/netns/{}", unique("gone"));
     let path = pod.ns.path();
     drop(pod.ns);
