@@ -104,6 +104,14 @@ pub struct Options {
 
 pub fn main(opts: &Options) -> i32 {
     let dir = &opts.cni_bin_dir;
+    // Held from the start, so a SIGTERM during the copy waits for it and ends cleanly.
+    let stop_signals = termination_signals();
+    if opts.stay {
+        if let Err(e) = stop_signals.thread_block() {
+            eprintln!("install: cannot wait for signals: {e}");
+            return 1;
+        }
+    }
     let source = match std::env::current_exe() {
         Ok(s) => s,
         Err(e) => {
@@ -154,22 +162,23 @@ pub fn main(opts: &Options) -> i32 {
         }
     }
     if opts.stay {
-        return wait_for_termination();
+        return wait_for_termination(&stop_signals);
     }
     0
 }
 
 /// As a container's PID 1, signals without a handler are ignored: wait for SIGTERM (or
 /// SIGINT) explicitly so the pod stops at once instead of after its grace period.
-fn wait_for_termination() -> i32 {
+fn termination_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
-    if let Err(e) = set.thread_block() {
-        eprintln!("install: cannot wait for signals: {e}");
-        return 1;
-    }
+    set
+}
+
+/// Waits for SIGTERM or SIGINT, blocked since the start.
+fn wait_for_termination(set: &nix::sys::signal::SigSet) -> i32 {
     match set.wait() {
         Ok(sig) => {
             println!("{sig:?} received, stopping");

@@ -101,13 +101,24 @@ fn install_while_the_plugin_runs_never_breaks_an_execution() {
 #[test]
 fn stay_keeps_running_until_sigterm() {
     let dir = DataDir::scratch();
-    let mut child = Command::new(plugin_bin())
-        .args(["install", "--stay", "--cni-bin-dir"])
-        .arg(dir.0.join("bin"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut child = KilledOnDrop(
+        Command::new(plugin_bin())
+            .args(["install", "--stay", "--cni-bin-dir"])
+            .arg(dir.0.join("bin"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
+    // It says when the binary is in place (a debug build takes a while to copy).
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut said,
+    )
+    .unwrap();
+    assert!(said.starts_with("installed"), "{said}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(
         child.try_wait().unwrap().is_none(),
         "--stay exited on its own"
@@ -123,6 +134,16 @@ fn stay_keeps_running_until_sigterm() {
         status.success(),
         "SIGTERM should end it cleanly: {status:?}"
     );
+}
+
+/// A child process killed on drop, also when the test fails.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
