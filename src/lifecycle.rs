@@ -110,8 +110,9 @@ pub fn release_orphans(data_dir: &Path) -> Result<Vec<Orphan>> {
 /// STATUS: ready when the master is there and up and an address is left to hand out.
 pub fn status(conf: &NetConf, ipam: &Ipam) -> Result<()> {
     let nl = Netlink::here()?;
-    let master =
-        resolve_master(&nl, conf).map_err(|e| Error::new(Kind::NotAvailable, e.to_string()))?;
+    let master = resolve_master(&nl, conf, ipam)
+        .map(|(link, _)| link)
+        .map_err(|e| Error::new(Kind::NotAvailable, e.to_string()))?;
     if !master.is_up() {
         return Err(Error::new(
             Kind::NotAvailable,

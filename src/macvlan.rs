@@ -62,25 +62,77 @@ fn open_pod_netns(path: &str) -> Result<Netns> {
     Ok(ns)
 }
 
-/// The master: the configured one, else the interface of the default route.
-pub fn resolve_master(nl: &dyn Rtnl, conf: &NetConf) -> Result<Link> {
-    match &conf.master {
-        Some(name) => nl.link_by_name(name)?.ok_or_else(|| {
+/// The master: the configured one; without one, the interface that holds an address in
+/// the subnet of the IPAM range (the LAN the pods join: robots often route by default
+/// through Wi-Fi or LTE while the ROS LAN is wired), else the interface of the default
+/// route. For an omitted master it also says which was taken and why, for the log line.
+pub fn resolve_master(
+    nl: &dyn Rtnl,
+    conf: &NetConf,
+    ipam: &Ipam,
+) -> Result<(Link, Option<String>)> {
+    if let Some(name) = &conf.master {
+        let link = nl.link_by_name(name)?.ok_or_else(|| {
             Error::new(Kind::MasterNotFound, format!(
                 "master interface {name} not found on node; set \"master\" to the node's LAN interface"
             ))
-        }),
-        None => {
-            let index = nl.default_route_link()?.ok_or_else(|| {
-                Error::new(Kind::MasterNotFound,
-                    "no \"master\" given and the node has no default route to take it from; set \"master\"",
-                )
-            })?;
-            nl.link_by_index(index)?.ok_or_else(|| {
-                Error::new(Kind::MasterNotFound, format!("default route interface {index} vanished"))
-            })
+        })?;
+        return Ok((link, None));
+    }
+    let subnets = ipam.subnets();
+    if let Some((link, addr)) = lan_interface(nl, &subnets)? {
+        let why = format!(
+            "master {} taken: it holds {addr}, in the range's subnet",
+            link.name
+        );
+        return Ok((link, Some(why)));
+    }
+    let index = nl.default_route_link()?.ok_or_else(|| {
+        Error::new(
+            Kind::MasterNotFound,
+            "no \"master\" given, no interface holds an address in the range's subnet and the node has no default route to take it from; set \"master\"",
+        )
+    })?;
+    let link = nl.link_by_index(index)?.ok_or_else(|| {
+        Error::new(
+            Kind::MasterNotFound,
+            format!("default route interface {index} vanished"),
+        )
+    })?;
+    let why = if subnets.is_empty() {
+        format!(
+            "master {} taken: the interface of the default route",
+            link.name
+        )
+    } else {
+        format!(
+            "master {} taken: the interface of the default route (no interface holds an address in the range's subnet)",
+            link.name
+        )
+    };
+    Ok((link, Some(why)))
+}
+
+/// The interface (lowest index first) holding an address inside one of `subnets`: not
+/// loopback, not a macvlan (a host shim on the LAN holds such an address too).
+fn lan_interface(nl: &dyn Rtnl, subnets: &[IpNetwork]) -> Result<Option<(Link, IpNetwork)>> {
+    if subnets.is_empty() {
+        return Ok(None);
+    }
+    let mut held: Vec<(u32, IpNetwork)> = nl
+        .addresses(None)?
+        .into_iter()
+        .filter(|(_, a)| subnets.iter().any(|s| s.contains(a.ip())))
+        .collect();
+    held.sort_by_key(|(index, _)| *index);
+    for (index, addr) in held {
+        if let Some(link) = nl.link_by_index(index)? {
+            if !link.is_loopback() && !link.is_macvlan() {
+                return Ok(Some((link, addr)));
+            }
         }
     }
+    Ok(None)
 }
 
 /// MAC precedence: runtimeConfig `mac`, then CNI_ARGS `MAC`, then config `mac`.
@@ -132,6 +184,8 @@ pub const ADD_STEPS: &[&str] = &["created", "claimed", "configured", "joined", "
 /// What the checks before the first change decided.
 struct Plan {
     master: Link,
+    /// Which master an omitted `master` became, and why, for the log line.
+    master_why: Option<String>,
     mac: Option<[u8; 6]>,
     policy: Option<Policy>,
 }
@@ -159,7 +213,7 @@ pub fn add(
     ns: &Namespaces,
 ) -> Result<Added> {
     // Everything checkable is checked before the first change.
-    let master = resolve_master(&ns.master_nl, conf)?;
+    let (master, master_why) = resolve_master(&ns.master_nl, conf, ipam)?;
     let policy = Policy::load()?;
     if let Some(p) = &policy {
         p.check_master(&master.name)?;
@@ -181,6 +235,7 @@ pub fn add(
 
     let plan = Plan {
         master,
+        master_why,
         mac,
         policy,
     };
@@ -313,7 +368,7 @@ fn add_steps(
     }];
     Ok(Added {
         result,
-        notes: note.into_iter().collect(),
+        notes: plan.master_why.iter().cloned().chain(note).collect(),
     })
 }
 
@@ -611,7 +666,7 @@ pub fn check(
         }
     }
     let master = if ns.master_in_pod {
-        Some(resolve_master(&ns.master_nl, conf)?)
+        Some(resolve_master(&ns.master_nl, conf, ipam)?.0)
     } else {
         None
     };

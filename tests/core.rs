@@ -346,33 +346,61 @@ fn mac_mtu_and_modes_are_applied() {
 }
 
 #[test]
-fn master_defaults_to_the_default_route_interface() {
+fn master_defaults_to_the_lan_interface_then_the_default_route() {
     if !require_root() {
         return;
     }
     let lan = Lan::create();
     let node = Node::new(&lan);
+    // The node's default route leaves by another interface (Wi-Fi or LTE on a robot).
+    node.ns.ip(&[
+        "link", "add", "wan0", "type", "veth", "peer", "name", "wanpeer",
+    ]);
+    node.ns.ip(&["link", "set", "wan0", "up"]);
     node.ns
-        .ip(&["addr", "add", "198.51.100.2/24", "dev", "lan0"]);
+        .ip(&["addr", "add", "203.0.113.2/24", "dev", "wan0"]);
     node.ns.ip(&[
         "route",
         "add",
         "default",
         "via",
-        "198.51.100.1",
+        "203.0.113.1",
         "dev",
-        "lan0",
+        "wan0",
     ]);
     let data = DataDir::create();
     let pod = node.pod(15);
     let mut conf = guide(&data);
     conf.as_object_mut().unwrap().remove("master");
-    add(&node, &pod, &conf).ok();
-    let lower = net1(&pod)["link_index"].as_u64().unwrap();
-    let lan0 = node.ns.ip_json(&["link", "show", "lan0"])[0]["ifindex"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(lower, lan0);
+    let index = |name: &str| node.ns.ip_json(&["link", "show", name])[0]["ifindex"].as_u64();
+
+    // The LAN interface holds an address in the range's subnet: it is the master.
+    node.ns
+        .ip(&["addr", "add", "198.51.100.2/24", "dev", "lan0"]);
+    let r = add(&node, &pod, &conf);
+    r.ok();
+    assert_eq!(net1(&pod)["link_index"].as_u64(), index("lan0"));
+    assert!(
+        r.stderr
+            .contains("master lan0 taken: it holds 198.51.100.2/24"),
+        "the log line does not say which master and why: {}",
+        r.stderr
+    );
+    del(&node, &pod, &conf).ok();
+    pod.ns.link_names_after_removal();
+
+    // No interface in the subnet: the default route's.
+    node.ns
+        .ip(&["addr", "del", "198.51.100.2/24", "dev", "lan0"]);
+    let r = add(&node, &pod, &conf);
+    r.ok();
+    assert_eq!(net1(&pod)["link_index"].as_u64(), index("wan0"));
+    assert!(
+        r.stderr
+            .contains("master wan0 taken: the interface of the default route"),
+        "{}",
+        r.stderr
+    );
     del(&node, &pod, &conf).ok();
 }
 

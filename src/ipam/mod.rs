@@ -40,6 +40,19 @@ impl Ipam {
         }
     }
 
+    /// The subnets addresses come from, where the config says (host-local's ranges); a
+    /// delegated plugin's are its own business.
+    pub fn subnets(&self) -> Vec<ipnetwork::IpNetwork> {
+        match self {
+            Ipam::HostLocal(hl) => hl
+                .range_sets
+                .iter()
+                .flat_map(|set| set.0.iter().map(|r| r.subnet))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Obtains the addresses, routes and DNS of a new attachment; host-local follows the
     /// `hints` (passes over addresses found in use, starts a fresh store at the node's pick).
     pub fn add(&self, conf: &NetConf, env: &CniEnv, hints: Hints) -> Result<CniResult> {
