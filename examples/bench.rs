@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ros_macvlan::netlink::{Netlink, Rtnl};
-use ros_macvlan::scene::{Lan, Node, Pod};
+use ros_macvlan::sys::netlink::{Netlink, Rtnl};
+use ros_macvlan::tools::scene::{Lan, Node, Pod};
 use serde_json::{json, Value};
 
 const CYCLES: usize = 50;

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.is_empty() {
-        std::process::exit(ros_macvlan::cli::main(&args));
+        std::process::exit(ros_macvlan::tools::cli::main(&args));
     }
     let mut stdin = Vec::new();
     // VERSION may come with no stdin at all; an unreadable stdin is judged as empty config.

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ros_macvlan::membership::AgentClient;
+use ros_macvlan::plugin::membership::AgentClient;
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 

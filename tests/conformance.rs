@@ -442,7 +442,7 @@ fn snapshot(ns: &Ns) -> Value {
     let igmp: serde_json::Map<String, Value> = names
         .iter()
         .map(|n| {
-            let groups = ros_macvlan::multicast::joined_groups(&ns.handle(), n).unwrap();
+            let groups = ros_macvlan::plugin::multicast::joined_groups(&ns.handle(), n).unwrap();
             (
                 n.clone(),
                 lines(groups.iter().map(ToString::to_string).collect()),

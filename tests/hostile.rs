@@ -10,7 +10,7 @@ use ros_macvlan::cni::config::NetConf;
 use ros_macvlan::cni::env::parse_cni_args;
 use ros_macvlan::cni::result::CniResult;
 use ros_macvlan::ipam::host_local::HostLocalConf;
-use ros_macvlan::policy::AllowedDirs;
+use ros_macvlan::plugin::policy::AllowedDirs;
 
 /// xorshift64*: reproducible mutations without a fuzzing crate.
 struct Rng(u64);

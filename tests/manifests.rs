@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use common::*;
 use ros_macvlan::cni::config::NetConf;
 use ros_macvlan::ipam::host_local::HostLocalConf;
-use ros_macvlan::policy::AllowedDirs;
+use ros_macvlan::plugin::policy::AllowedDirs;
 
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -209,5 +209,5 @@ fn policy_example_parses_as_a_policy() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("install/policy-example.yaml");
     let doc: serde_yaml::Value = serde_yaml::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let json = doc["data"]["policy.json"].as_str().unwrap();
-    serde_json::from_str::<ros_macvlan::policy::Policy>(json).unwrap();
+    serde_json::from_str::<ros_macvlan::plugin::policy::Policy>(json).unwrap();
 }

@@ -115,11 +115,11 @@ fn killed_at_any_step_of_add_the_next_del_cleans_up() {
     let agent = start_agent();
     let conf = with_agent(wide(&data, "ros-net"), &agent);
     let held = || {
-        ros_macvlan::membership::AgentClient::new(&agent.socket())
+        ros_macvlan::plugin::membership::AgentClient::new(&agent.socket())
             .list()
             .unwrap()
     };
-    for step in ros_macvlan::macvlan::ADD_STEPS {
+    for step in ros_macvlan::plugin::macvlan::ADD_STEPS {
         let pod = node.pod(50);
         let netns = pod.ns.path();
         let mut env = cni_env("ADD", &pod, "net1", &netns);
@@ -167,7 +167,7 @@ fn a_panic_at_any_step_of_add_is_answered_and_undone() {
     let data = DataDir::create();
     let agent = start_agent();
     let conf = with_agent(wide(&data, "ros-net"), &agent);
-    for step in ros_macvlan::macvlan::ADD_STEPS {
+    for step in ros_macvlan::plugin::macvlan::ADD_STEPS {
         let pod = node.pod(51);
         let netns = pod.ns.path();
         let mut env = cni_env("ADD", &pod, "net1", &netns);

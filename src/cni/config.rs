@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use super::error::{Error, Kind, Result};
 use super::result::Dns;
 use super::version::Version;
-use crate::duplicate::Detection;
+use crate::plugin::duplicate::Detection;
 
 /// The macvlan modes the reference plugin accepts (`source` is not one of them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +265,7 @@ impl NetConf {
             agent_socket: raw
                 .agent_socket
                 .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| crate::membership::DEFAULT_AGENT_SOCKET.to_owned()),
+                .unwrap_or_else(|| crate::plugin::membership::DEFAULT_AGENT_SOCKET.to_owned()),
             ipam: raw.ipam.unwrap_or(Value::Null),
             multicast: raw.multicast.unwrap_or_default().validate()?,
             runtime_config,

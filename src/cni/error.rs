@@ -174,9 +174,9 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// The one place netlink failures get their CNI code: a socket that cannot be opened in the
 /// namespace is the namespace's problem (105); anything the kernel refused or never
 /// answered is netlink's (101).
-impl From<crate::netlink::Error> for Error {
-    fn from(e: crate::netlink::Error) -> Error {
-        use crate::netlink::Error as Netlink;
+impl From<crate::sys::netlink::Error> for Error {
+    fn from(e: crate::sys::netlink::Error) -> Error {
+        use crate::sys::netlink::Error as Netlink;
         let kind = match e {
             Netlink::Socket { .. } | Netlink::Namespace(_) => Kind::Netns,
             Netlink::Refused { .. } | Netlink::Timeout { .. } | Netlink::Connection { .. } => {

@@ -4,6 +4,7 @@ pub mod config;
 pub mod env;
 pub mod error;
 pub mod result;
+pub mod skel;
 pub mod version;
 
 pub use error::{Error, Kind, Result};

@@ -12,7 +12,7 @@ use super::range::{Range, RangeSet, RawRange};
 use super::store::{Record, Store};
 use crate::cni::result::{Dns, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
-use crate::confine::{ConfinedPath, Roots};
+use crate::plugin::confine::{ConfinedPath, Roots};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 
@@ -323,7 +323,7 @@ fn parse_resolv_conf(text: &str) -> Dns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::AllowedDirs;
+    use crate::plugin::policy::AllowedDirs;
     use serde_json::json;
 
     fn parse(ipam: &Value) -> Result<HostLocalConf> {

@@ -13,7 +13,7 @@ use nix::fcntl::{Flock, FlockArg, OFlag};
 use serde::{Deserialize, Serialize};
 
 use crate::cni::{Error, Kind, Result};
-use crate::confine::{ConfinedPath, Dir};
+use crate::plugin::confine::{ConfinedPath, Dir};
 
 const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const LINE_BREAK: &str = "\r\n";

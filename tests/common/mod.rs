@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-pub use ros_macvlan::scene::*;
+pub use ros_macvlan::tools::scene::*;
 
 /// Root is needed for namespaces. Without it a test prints SKIPPED and passes, unless
 /// ROS_MACVLAN_REQUIRE_PRIVILEGED=1 (CI), where skipping would hide a failure.
@@ -262,7 +262,7 @@ impl Drop for Capture {
 
 /// The groups /proc/net/igmp of `ns` lists as joined on `ifname`.
 pub fn joined(ns: &Ns, ifname: &str) -> Vec<std::net::Ipv4Addr> {
-    ros_macvlan::multicast::joined_groups(&ns.handle(), ifname).unwrap()
+    ros_macvlan::plugin::multicast::joined_groups(&ns.handle(), ifname).unwrap()
 }
 
 /// A program started in a namespace with `ip netns exec` (which execs it: the child's pid is

@@ -13,8 +13,8 @@ use nix::libc;
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
 use serde_json::json;
 
-use crate::netns::Netns;
-use crate::rtps::{self, Participant};
+use crate::sys::netns::Netns;
+use crate::tools::rtps::{self, Participant};
 
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::cni::{Error, Kind, Result};
-use crate::netns::Netns;
+use crate::sys::netns::Netns;
 
 /// How hard to look. `duplicateDetection: false` turns it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

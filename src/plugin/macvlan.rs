@@ -11,17 +11,17 @@ use crate::cni::config::{format_mac, parse_mac, MacvlanMode, NetConf};
 use crate::cni::env::CniEnv;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
-use crate::dad;
-use crate::duplicate;
 use crate::ipam::{Hints, Ipam};
-use crate::membership::{self, AgentPlace};
-use crate::multicast;
-use crate::netlink::{
+use crate::plugin::dad;
+use crate::plugin::duplicate;
+use crate::plugin::membership::{self, AgentPlace};
+use crate::plugin::multicast;
+use crate::plugin::policy::Policy;
+use crate::sys::netlink::{
     macvlan_mode, Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, Rtnl, TABLE_MAIN,
 };
-use crate::netns::Netns;
-use crate::policy::Policy;
-use crate::stable_hash::stable_hash;
+use crate::sys::netns::Netns;
+use crate::sys::stable_hash::stable_hash;
 
 /// The namespaces and netlink connections one invocation works with.
 pub struct Namespaces {
@@ -391,7 +391,7 @@ fn master_in_pod(ns: &Namespaces, master: &Link) -> Option<u32> {
 
 /// What a refused creation means for the operator: some refusals point at the config or
 /// the environment rather than at the kernel.
-fn creation_error(e: crate::netlink::Error, spec: &NewMacvlan<'_>) -> Error {
+fn creation_error(e: crate::sys::netlink::Error, spec: &NewMacvlan<'_>) -> Error {
     match (e.errno(), spec.mtu) {
         (Some(Errno::EBUSY), _) if spec.mode == MacvlanMode::Passthru => Error::new(
             Kind::Netlink,
@@ -561,7 +561,7 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam, agent: &AgentPlace) -> Res
     multicast::hand_over_routes(&nl, &others, &heirs, &conf.multicast)?;
     ipam.del(conf, env)?;
     let doomed: Vec<u32> = ours.iter().map(|l| l.index).collect();
-    crate::reaper::delete_links(nl, &doomed, conf.wait_for_link_removal)
+    crate::plugin::reaper::delete_links(nl, &doomed, conf.wait_for_link_removal)
 }
 
 /// DEL's choice: the attachment's macvlan (named `ifname`) and the retired ones an earlier
@@ -616,7 +616,7 @@ pub fn check(
                 "{} is not in macvlan mode {} (kernel says {})",
                 env.ifname,
                 conf.mode.as_str(),
-                crate::netlink::mode_name(link.macvlan_mode)
+                crate::sys::netlink::mode_name(link.macvlan_mode)
             ),
         ));
     }
@@ -683,7 +683,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::testing::{Fake, Request};
+    use crate::sys::netlink::testing::{Fake, Request};
     use netlink_packet_route::link::{InfoKind, LinkFlags};
 
     fn env(container: &str, ifname: &str) -> CniEnv {
@@ -788,7 +788,7 @@ mod tests {
 
     /// The agent's place; with no groups configured nothing of it is touched.
     fn agent(conf: &NetConf) -> AgentPlace {
-        let roots = crate::confine::Roots::new(vec![std::env::temp_dir()], 0o755, "");
+        let roots = crate::plugin::confine::Roots::new(vec![std::env::temp_dir()], 0o755, "");
         AgentPlace::of_config(conf, &roots).unwrap()
     }
 

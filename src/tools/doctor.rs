@@ -5,11 +5,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::IpNetwork;
 
-use crate::host_access;
-use crate::netlink::{Netlink, Rtnl, TABLE_LOCAL, TABLE_MAIN};
-use crate::netns::Netns;
-use crate::probe;
-use crate::rtps;
+use crate::sys::netlink::{Netlink, Rtnl, TABLE_LOCAL, TABLE_MAIN};
+use crate::sys::netns::Netns;
+use crate::tools::host_access;
+use crate::tools::probe;
+use crate::tools::rtps;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -140,7 +140,7 @@ fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Check>> {
             ),
         ));
     }
-    let joined = crate::multicast::joined_groups(ns, &opts.iface)?;
+    let joined = crate::plugin::multicast::joined_groups(ns, &opts.iface)?;
     out.push(if joined.contains(&group) {
         pass("membership", format!("{group} joined on {} (the switch is told to forward discovery)", opts.iface))
     } else {
@@ -426,7 +426,7 @@ pub fn host(domain: u16, seconds: f64) -> Vec<Check> {
 fn host_static_checks() -> crate::cni::Result<(Vec<Check>, Option<host_access::ShimState>)> {
     let nl = Netlink::here()?;
     let mut out = Vec::new();
-    let configured = match crate::policy::Policy::load() {
+    let configured = match crate::plugin::policy::Policy::load() {
         Ok(p) => p.map(|p| p.host_access().to_vec()).unwrap_or_default(),
         Err(e) => {
             out.push(fail(
@@ -467,7 +467,7 @@ fn host_static_checks() -> crate::cni::Result<(Vec<Check>, Option<host_access::S
             "shim",
             format!(
                 "{name}: macvlan ({}) with MAC {}",
-                crate::netlink::mode_name(shim.link.macvlan_mode),
+                crate::sys::netlink::mode_name(shim.link.macvlan_mode),
                 shim.link
                     .mac
                     .iter()

@@ -12,11 +12,11 @@ use serde_json::Value;
 use crate::cni::config::NetConf;
 use crate::cni::env::{CniEnv, Command};
 use crate::cni::{Error, Kind, Result};
-use crate::confine::{ConfinedPath, Roots};
 use crate::ipam::store::{Record, Store};
 use crate::ipam::Ipam;
-use crate::macvlan::resolve_master;
-use crate::netlink::Netlink;
+use crate::plugin::confine::{ConfinedPath, Roots};
+use crate::plugin::macvlan::resolve_master;
+use crate::sys::netlink::Netlink;
 
 /// The attachments the runtime says are still valid: `cni.dev/valid-attachments`, or the
 /// older `cni.dev/attachments`.
@@ -77,7 +77,7 @@ pub struct Orphan {
 /// whether their pod lives. The operator names `data_dir`; below it no symlink is followed.
 pub fn release_orphans(data_dir: &Path) -> Result<Vec<Orphan>> {
     let mut released = Vec::new();
-    let data = ConfinedPath::trusted("--data-dir", data_dir, crate::policy::DATA_DIR_MODE);
+    let data = ConfinedPath::trusted("--data-dir", data_dir, crate::plugin::policy::DATA_DIR_MODE);
     let Some(dir) = data.open_dir()? else {
         return Ok(released);
     };

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::netns::Netns;
+use crate::sys::netns::Netns;
 
 /// A short name unique to this process and call: fits interface names (15 bytes).
 pub fn unique(prefix: &str) -> String {
@@ -86,7 +86,7 @@ impl Ns {
             let names = self.link_names();
             if !names
                 .iter()
-                .any(|n| n.starts_with(crate::macvlan::RETIRED_PREFIX))
+                .any(|n| n.starts_with(crate::plugin::macvlan::RETIRED_PREFIX))
             {
                 return names;
             }
@@ -398,8 +398,8 @@ impl Agent {
     }
 
     /// Where the plugin keeps this agent's membership records.
-    pub fn records(&self) -> crate::membership::RecordDir {
-        crate::membership::RecordDir::beside(&self.socket())
+    pub fn records(&self) -> crate::plugin::membership::RecordDir {
+        crate::plugin::membership::RecordDir::beside(&self.socket())
     }
 
     /// Starts the agent (again), and waits until it answers.
@@ -428,7 +428,7 @@ impl Agent {
             .spawn()
             .expect("start ros-macvlan agent");
         self.child = Some(child);
-        let client = crate::membership::AgentClient::new(&self.socket());
+        let client = crate::plugin::membership::AgentClient::new(&self.socket());
         for _ in 0..200 {
             if client.list().is_ok() {
                 return;

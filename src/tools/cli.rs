@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::ipam::host_local::DEFAULT_DATA_DIR;
-use crate::membership::DEFAULT_AGENT_SOCKET;
-use crate::rtps::MAX_DOMAIN;
+use crate::plugin::membership::DEFAULT_AGENT_SOCKET;
+use crate::tools::rtps::MAX_DOMAIN;
 
 #[derive(Parser)]
 #[command(
@@ -198,14 +198,14 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     match cli.command {
-        Sub::Demo => crate::demo::run(),
-        Sub::Agent(a) => crate::agent::run(crate::agent::Options {
+        Sub::Demo => crate::tools::demo::run(),
+        Sub::Agent(a) => crate::tools::agent::run(crate::tools::agent::Options {
             socket: a.socket,
             cni_bin_dir: a.cni_bin_dir,
             policy: a.policy.pair(),
             gc: a.gc_data_dir.map(|d| (d, Duration::from_secs(a.gc_every))),
         }),
-        Sub::Install(a) => crate::install::main(&crate::install::Options {
+        Sub::Install(a) => crate::tools::install::main(&crate::tools::install::Options {
             cni_bin_dir: a.cni_bin_dir,
             policy: a.policy.pair(),
             verify: a.verify,
@@ -224,7 +224,7 @@ pub fn main(args: &[String]) -> i32 {
             json,
             silent,
             announce: _,
-        } => probe(crate::probe::Options {
+        } => probe(crate::tools::probe::Options {
             netns: pod.netns,
             iface: pod.iface,
             domains: if all_domains {
@@ -237,18 +237,18 @@ pub fn main(args: &[String]) -> i32 {
             announce: !silent,
             live: true,
         }),
-        Sub::Doctor { pod, host: true } => {
-            crate::doctor::print(&crate::doctor::host(pod.domain, pod.seconds.min(60.0)))
-        }
+        Sub::Doctor { pod, host: true } => crate::tools::doctor::print(
+            &crate::tools::doctor::host(pod.domain, pod.seconds.min(60.0)),
+        ),
         Sub::HostAccess(a) => host_access(a),
-        Sub::Doctor { pod, host: false } => {
-            crate::doctor::print(&crate::doctor::run(&crate::doctor::Options {
+        Sub::Doctor { pod, host: false } => crate::tools::doctor::print(
+            &crate::tools::doctor::run(&crate::tools::doctor::Options {
                 netns: pod.netns,
                 iface: pod.iface,
                 domain: pod.domain,
                 seconds: pod.seconds.min(60.0),
-            }))
-        }
+            }),
+        ),
         Sub::Ports { domain } => ports(domain),
         Sub::Version => {
             println!("ros-macvlan {}", env!("CARGO_PKG_VERSION"));
@@ -259,19 +259,19 @@ pub fn main(args: &[String]) -> i32 {
 
 /// `host-access`: sets up (or with --remove takes off) host access and says what it did.
 fn host_access(a: HostAccessArgs) -> i32 {
-    let done = crate::netlink::Netlink::here()
+    let done = crate::sys::netlink::Netlink::here()
         .map_err(crate::cni::Error::from)
         .and_then(|nl| match a.address {
-            Some(address) if !a.remove => crate::host_access::ensure(
+            Some(address) if !a.remove => crate::tools::host_access::ensure(
                 &nl,
-                &crate::host_access::Spec {
+                &crate::tools::host_access::Spec {
                     master: a.master.clone(),
                     address,
                     pod_ranges: a.pod_ranges,
                     exclusive_multicast: a.exclusive_multicast,
                 },
             ),
-            _ => crate::host_access::remove(&nl, &a.master),
+            _ => crate::tools::host_access::remove(&nl, &a.master),
         });
     match done {
         Ok(changes) if changes.is_empty() => {
@@ -293,7 +293,7 @@ fn host_access(a: HostAccessArgs) -> i32 {
 
 /// One round of gc: releases the claims of pods that are gone, naming each.
 pub(crate) fn gc_once(data_dir: &Path) -> i32 {
-    match crate::lifecycle::release_orphans(data_dir) {
+    match crate::plugin::lifecycle::release_orphans(data_dir) {
         Ok(released) => {
             for o in &released {
                 let r = &o.record;
@@ -322,10 +322,10 @@ pub(crate) fn gc_once(data_dir: &Path) -> i32 {
     }
 }
 
-fn probe(opts: crate::probe::Options) -> i32 {
-    match crate::probe::run(&opts) {
+fn probe(opts: crate::tools::probe::Options) -> i32 {
+    match crate::tools::probe::run(&opts) {
         Ok(report) => {
-            crate::probe::print_report(&opts, &report);
+            crate::tools::probe::print_report(&opts, &report);
             0
         }
         Err(e) => {
@@ -337,7 +337,7 @@ fn probe(opts: crate::probe::Options) -> i32 {
 
 /// The RTPS port mapping, for firewall rules.
 fn ports(domain: u16) -> i32 {
-    use crate::rtps::*;
+    use crate::tools::rtps::*;
     println!("RTPS ports for ROS_DOMAIN_ID={domain} (UDP; PB=7400, DG=250, PG=2, d0=0, d1=10, d2=1, d3=11)");
     println!(
         "  discovery multicast  {SPDP_GROUP}:{}",

@@ -15,7 +15,7 @@ use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 use crate::cni::{Error, Kind, Result};
-use crate::confine::Roots;
+use crate::plugin::confine::Roots;
 
 pub const DEFAULT_POLICY_FILE: &str = "/etc/cni/ros-macvlan/policy.json";
 
@@ -45,7 +45,7 @@ pub struct Policy {
     data_dirs: Option<Vec<PathBuf>>,
     /// Host access the node agent keeps in place (`ros-macvlan host-access`, one per master).
     #[serde(default)]
-    host_access: Vec<crate::host_access::Spec>,
+    host_access: Vec<crate::tools::host_access::Spec>,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -90,7 +90,7 @@ impl Policy {
         Ok(policy)
     }
 
-    pub fn host_access(&self) -> &[crate::host_access::Spec] {
+    pub fn host_access(&self) -> &[crate::tools::host_access::Spec] {
         &self.host_access
     }
 

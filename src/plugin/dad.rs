@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::cni::{Error, Kind, Result};
-use crate::netns::Netns;
+use crate::sys::netns::Netns;
 
 /// The reference's bound on the wait.
 const TIMEOUT: Duration = Duration::from_secs(10);

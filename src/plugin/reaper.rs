@@ -7,7 +7,7 @@
 use nix::unistd::{fork, setsid, ForkResult};
 
 use crate::cni::Result;
-use crate::netlink::{Netlink, Op, Rtnl};
+use crate::sys::netlink::{Netlink, Op, Rtnl};
 
 pub fn delete_links(nl: Netlink, links: &[u32], wait: bool) -> Result<()> {
     if links.is_empty() {

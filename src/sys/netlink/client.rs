@@ -36,7 +36,7 @@ use super::{
     broadcast_of, macvlan_mode, route_out, route_prepended, Error, Family, Ipv4Setting, Link,
     LinkChange, NewMacvlan, Op, Result, RouteEntry, Rtnl,
 };
-use crate::netns::Netns;
+use crate::sys::netns::Netns;
 
 /// How long the kernel may take to answer one exchange before it counts as failed.
 pub const TIMEOUT: Duration = Duration::from_secs(5);

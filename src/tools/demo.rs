@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::cni::config::ROS_DISCOVERY_GROUP;
-use crate::scene::{group_receiver, run_in, send_to_group, Agent, Lan, Node, Pod, Reply};
+use crate::tools::scene::{group_receiver, run_in, send_to_group, Agent, Lan, Node, Pod, Reply};
 
 /// SPDP for ROS_DOMAIN_ID 0 goes to 7400 + 250 × domain.
 const DISCOVERY_PORT: u16 = 7400;
@@ -107,7 +107,7 @@ fn scene(bin: &Path, data: &Path) -> bool {
     println!("\nMemberships, as the kernel lists them in each pod's /proc/net/igmp (held by the agent's sockets; the pods' addresses show no group):");
     let mut all_joined = true;
     for (pod, name) in pods.iter().zip(names) {
-        let ok = crate::multicast::joined_groups(&pod.ns.handle(), "net1")
+        let ok = crate::plugin::multicast::joined_groups(&pod.ns.handle(), "net1")
             .is_ok_and(|joined| joined.contains(&ROS_DISCOVERY_GROUP));
         all_joined &= ok;
         println!(

@@ -9,10 +9,10 @@ use ipnetwork::IpNetwork;
 
 use crate::cni::config::MulticastConf;
 use crate::cni::{Error, Kind, Result};
-use crate::netlink::{
+use crate::sys::netlink::{
     route_out, Ipv4Setting, Link, LinkChange, Op, RouteEntry, Rtnl, TABLE_LOCAL, TABLE_MAIN,
 };
-use crate::netns::Netns;
+use crate::sys::netns::Netns;
 use netlink_packet_route::route::RouteType;
 
 /// Interfaces whose MULTICAST flag the plugin cleared carry this alias, naming the
@@ -259,7 +259,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::testing::{Fake, Request};
+    use crate::sys::netlink::testing::{Fake, Request};
     use netlink_packet_route::link::{InfoKind, LinkFlags};
 
     fn up_multicast() -> LinkFlags {

@@ -23,8 +23,8 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::membership::{self, Record, RecordDir, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
-use crate::netns::Netns;
+use crate::plugin::membership::{self, Record, RecordDir, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
+use crate::sys::netns::Netns;
 
 /// How often the agent compares what it holds with the records and the pods' namespaces.
 /// A lost DEL is noticed within this (the issue asks for 10 s at most).
@@ -73,11 +73,11 @@ async fn serve(opts: Options) -> io::Result<()> {
     let mut holder = Holder::new(RecordDir::beside(&opts.socket));
     holder.reconcile();
     let node_config = match &opts.policy {
-        Some((_, dir)) => crate::install::mirrored_policy(dir),
-        None => crate::policy::policy_file(),
+        Some((_, dir)) => crate::tools::install::mirrored_policy(dir),
+        None => crate::plugin::policy::policy_file(),
     };
     let agent_dir = opts.socket.parent().unwrap_or(Path::new("/"));
-    let mut host = crate::host_keeper::Keeper::new(node_config, agent_dir);
+    let mut host = crate::tools::host_keeper::Keeper::new(node_config, agent_dir);
 
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut policy = opts
@@ -113,7 +113,7 @@ async fn serve(opts: Options) -> io::Result<()> {
             }
             _ = tick(&mut gc) => {
                 if let Some((data_dir, _)) = &opts.gc {
-                    crate::cli::gc_once(data_dir);
+                    crate::tools::cli::gc_once(data_dir);
                 }
             }
             _ = term.recv() => break,
@@ -331,9 +331,9 @@ fn rejoin(record: &Record) -> io::Result<OwnedFd> {
 
 fn install_plugin(dir: &Path) -> io::Result<()> {
     let source = std::env::current_exe()?;
-    let what = match crate::install::install(&source, dir)? {
-        crate::install::Installed::Written => "installed",
-        crate::install::Installed::UpToDate => "already current",
+    let what = match crate::tools::install::install(&source, dir)? {
+        crate::tools::install::Installed::Written => "installed",
+        crate::tools::install::Installed::UpToDate => "already current",
     };
     println!(
         "agent: plugin {what} in {} (version {})",
@@ -345,7 +345,7 @@ fn install_plugin(dir: &Path) -> io::Result<()> {
 
 /// Mirrors the policy; says what happened when it differs from what it said last time.
 fn mirror_policy(source: &Path, dir: &Path, said: Option<&'static str>) -> Option<&'static str> {
-    match crate::install::sync_policy(source, dir) {
+    match crate::tools::install::sync_policy(source, dir) {
         Ok(what) => {
             if said != Some(what) {
                 println!("agent: {what} ({})", dir.display());

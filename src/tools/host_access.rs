@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cni::config::MacvlanMode;
 use crate::cni::{Error, Kind, Result};
-use crate::netlink::{
+use crate::sys::netlink::{
     macvlan_mode, Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, RouteEntry, Rtnl,
     TABLE_MAIN,
 };
@@ -115,7 +115,7 @@ pub fn shim_name(master: &str) -> String {
     } else {
         format!(
             "rmshim-{:08x}",
-            crate::stable_hash::stable_hash(master.as_bytes()) as u32
+            crate::sys::stable_hash::stable_hash(master.as_bytes()) as u32
         )
     }
 }
@@ -135,7 +135,7 @@ pub fn shim_mac(node: &[u8], master: &Link) -> [u8; 6] {
     input.extend_from_slice(master.name.as_bytes());
     input.push(0);
     input.extend_from_slice(&master.mac);
-    let h = crate::stable_hash::stable_hash(&input).to_le_bytes();
+    let h = crate::sys::stable_hash::stable_hash(&input).to_le_bytes();
     let mut mac = [h[0], h[1], h[2], h[3], h[4], h[5]];
     mac[0] = (mac[0] | 0x02) & 0xfe;
     mac

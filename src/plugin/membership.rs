@@ -32,9 +32,9 @@ use serde::{Deserialize, Serialize};
 use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
-use crate::confine::{ConfinedPath, Roots};
-use crate::netns::Netns;
-use crate::policy::AGENT_DIR_MODE;
+use crate::plugin::confine::{ConfinedPath, Roots};
+use crate::plugin::policy::AGENT_DIR_MODE;
+use crate::sys::netns::Netns;
 
 /// Where the node agent listens unless the config's `agentSocket` says otherwise.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/ros-macvlan/agent.sock";
@@ -308,7 +308,7 @@ pub fn check(conf: &NetConf, env: &CniEnv, agent: &AgentPlace, ns: &Netns) -> Re
             ),
         ));
     }
-    let joined = crate::multicast::joined_groups(ns, &env.ifname)?;
+    let joined = crate::plugin::multicast::joined_groups(ns, &env.ifname)?;
     match conf.multicast.groups.iter().find(|g| !joined.contains(g)) {
         Some(g) => Err(Error::new(
             Kind::CheckFailed,

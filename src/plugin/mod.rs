@@ -1,0 +1,11 @@
+//! The attachment: what one CNI invocation does to a pod and the node.
+
+pub mod confine;
+pub mod dad;
+pub mod duplicate;
+pub mod lifecycle;
+pub mod macvlan;
+pub mod membership;
+pub mod multicast;
+pub mod policy;
+pub mod reaper;
