@@ -8,13 +8,15 @@ use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use ros_macvlan::ipam::host_local::HostLocalConf;
+use ros_macvlan::plugin::policy::AllowedDirs;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(ipam) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    let Ok(conf) = HostLocalConf::parse(&ipam) else {
+    // The node's default allowed data directories (parsing opens nothing).
+    let Ok(conf) = HostLocalConf::parse(&ipam, &AllowedDirs::new(None).data) else {
         return;
     };
     // A "last reserved" address as the store would hold it, from the input.
@@ -23,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok());
     for set in &conf.range_sets {
-        for from in [None, last, set.0.last().map(|r| r.end)] {
+        // Also where a node's fresh store would start (any seed from the input).
+        let spread = set.spread_resume_point(data.len() as u64 * 0x9e37_79b9_7f4a_7c15);
+        for from in [None, last, set.0.last().map(|r| r.end), spread] {
             for (ip, range) in set.candidates(from).take(4) {
                 assert!(range.contains(ip), "{ip} outside {range:?}");
                 assert!(!range.is_reserved(ip), "{ip} is reserved in {range:?}");

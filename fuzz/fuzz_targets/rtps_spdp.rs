@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ros_macvlan::rtps::decode_spdp;
+use ros_macvlan::tools::rtps::decode_spdp;
 
 fuzz_target!(|data: &[u8]| {
     match decode_spdp(data) {
