@@ -21,6 +21,17 @@ pub enum MacvlanMode {
 }
 
 impl MacvlanMode {
+    /// The kernel's value for this mode.
+    pub fn kernel(self) -> netlink_packet_route::link::MacVlanMode {
+        use netlink_packet_route::link::MacVlanMode as K;
+        match self {
+            MacvlanMode::Private => K::Private,
+            MacvlanMode::Vepa => K::Vepa,
+            MacvlanMode::Bridge => K::Bridge,
+            MacvlanMode::Passthru => K::Passthrough,
+        }
+    }
+
     fn parse(s: &str) -> Result<MacvlanMode> {
         Ok(match s {
             "" | "bridge" => MacvlanMode::Bridge,

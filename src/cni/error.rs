@@ -187,6 +187,18 @@ impl From<crate::sys::netlink::Error> for Error {
     }
 }
 
+/// A namespace that is gone means nothing is left for the runtime to clean up (code 3);
+/// any other namespace trouble is 105.
+impl From<crate::sys::netns::Error> for Error {
+    fn from(e: crate::sys::netns::Error) -> Error {
+        let kind = match e {
+            crate::sys::netns::Error::Missing { .. } => Kind::ContainerUnknown,
+            _ => Kind::Netns,
+        };
+        Error::new(kind, e.to_string()).with_source(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use crate::plugin::membership::{self, AgentPlace};
 use crate::plugin::multicast;
 use crate::plugin::policy::Policy;
 use crate::sys::netlink::{
-    macvlan_mode, Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, Rtnl, TABLE_MAIN,
+    Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, Rtnl, TABLE_MAIN,
 };
 use crate::sys::netns::Netns;
 use crate::sys::stable_hash::stable_hash;
@@ -295,7 +295,7 @@ fn add_steps(
     let spec = NewMacvlan {
         name: &env.ifname,
         master_index: master.index,
-        mode: conf.mode,
+        mode: conf.mode.kernel(),
         mtu: conf.mtu,
         mac: plan.mac,
         bc_queue_len: conf.multicast.bc_queue_len,
@@ -393,7 +393,7 @@ fn master_in_pod(ns: &Namespaces, master: &Link) -> Option<u32> {
 /// the environment rather than at the kernel.
 fn creation_error(e: crate::sys::netlink::Error, spec: &NewMacvlan<'_>) -> Error {
     match (e.errno(), spec.mtu) {
-        (Some(Errno::EBUSY), _) if spec.mode == MacvlanMode::Passthru => Error::new(
+        (Some(Errno::EBUSY), _) if spec.mode == MacvlanMode::Passthru.kernel() => Error::new(
             Kind::Netlink,
             "create macvlan: the master already has a passthru macvlan (only one is allowed)",
         )
@@ -609,7 +609,7 @@ pub fn check(
             format!("{} is not a macvlan interface", env.ifname),
         ));
     }
-    if link.macvlan_mode != Some(macvlan_mode(conf.mode)) {
+    if link.macvlan_mode != Some(conf.mode.kernel()) {
         return Err(Error::new(
             Kind::CheckFailed,
             format!(

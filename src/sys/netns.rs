@@ -10,7 +10,29 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 
-use crate::cni::{Error, Kind, Result};
+/// What can go wrong with a namespace; the plugin maps it to CNI codes (cni::error).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The path names nothing: the pod sandbox is gone.
+    #[error("network namespace {path} does not exist (was the pod sandbox removed?)")]
+    Missing { path: String },
+    #[error("cannot open network namespace {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a network namespace")]
+    NotANetns { path: String },
+    #[error("cannot inspect namespace {path}: {source}")]
+    Inspect { path: String, source: Errno },
+    #[error("cannot enter network namespace {path}: {source}")]
+    Enter { path: String, source: Errno },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The calling thread's own namespace.
+const CURRENT: &str = "/proc/thread-self/ns/net";
 
 /// An open handle on a network namespace.
 #[derive(Debug)]
@@ -21,18 +43,13 @@ pub struct Netns {
 
 impl Netns {
     /// Opens the namespace at `path` (a bind mount such as /var/run/netns/x, or /proc/PID/ns/net).
-    /// A namespace that does not exist is "container unknown" (code 3): there is nothing for
-    /// the runtime to clean up.
     pub fn open(path: &str) -> Result<Netns> {
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::new(
-                Kind::ContainerUnknown,
-                format!("network namespace {path} does not exist (was the pod sandbox removed?)"),
-            ),
-            _ => Error::new(
-                Kind::Netns,
-                format!("cannot open network namespace {path}: {e}"),
-            ),
+        let file = File::open(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::Missing { path: path.into() },
+            _ => Error::Open {
+                path: path.into(),
+                source,
+            },
         })?;
         let ns = Netns {
             file,
@@ -44,7 +61,7 @@ impl Netns {
 
     /// The namespace the plugin itself runs in.
     pub fn current() -> Result<Netns> {
-        Netns::open("/proc/thread-self/ns/net")
+        Netns::open(CURRENT)
     }
 
     pub fn path(&self) -> &str {
@@ -58,15 +75,13 @@ impl Netns {
     /// Whether this is the namespace the calling thread is in.
     pub fn is_current(&self) -> Result<bool> {
         let here = Netns::current()?;
-        let same = |ns: &Netns| {
-            ns.inode().map_err(|e| {
-                Error::new(
-                    Kind::Netns,
-                    format!("cannot stat network namespace {}: {e}", ns.path),
-                )
+        let inode = |ns: &Netns| {
+            ns.inode().map_err(|source| Error::Open {
+                path: ns.path.clone(),
+                source,
             })
         };
-        Ok(same(self)? == same(&here)?)
+        Ok(inode(self)? == inode(&here)?)
     }
 
     /// The namespace's inode: two handles with the same inode are the same namespace.
@@ -78,17 +93,13 @@ impl Netns {
     /// Runs `job` with the current thread inside this namespace, then returns the thread to
     /// the namespace it was in, even if `job` panics.
     pub fn run<T>(&self, job: impl FnOnce() -> T) -> Result<T> {
-        let home = File::open("/proc/thread-self/ns/net").map_err(|e| {
-            Error::new(
-                Kind::Netns,
-                format!("cannot open the current network namespace: {e}"),
-            )
+        let home = File::open(CURRENT).map_err(|source| Error::Open {
+            path: CURRENT.into(),
+            source,
         })?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-            Error::new(
-                Kind::Netns,
-                format!("cannot enter network namespace {}: {e}", self.path),
-            )
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| Error::Enter {
+            path: self.path.clone(),
+            source,
         })?;
         let _return = GoBack(home);
         Ok(job())
@@ -100,18 +111,14 @@ impl Netns {
         // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor's namespace type.
         match unsafe { ns_get_nstype(self.file.as_raw_fd()) } {
             Ok(t) if t == CloneFlags::CLONE_NEWNET.bits() => Ok(()),
-            Ok(_) => Err(Error::new(
-                Kind::Netns,
-                format!("{} is not a network namespace", self.path),
-            )),
-            Err(Errno::ENOTTY) => Err(Error::new(
-                Kind::Netns,
-                format!("{} is not a namespace file", self.path),
-            )),
-            Err(e) => Err(Error::new(
-                Kind::Netns,
-                format!("cannot inspect namespace {}: {e}", self.path),
-            )),
+            // Another namespace type, or (ENOTTY) not a namespace file at all.
+            Ok(_) | Err(Errno::ENOTTY) => Err(Error::NotANetns {
+                path: self.path.clone(),
+            }),
+            Err(source) => Err(Error::Inspect {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 }

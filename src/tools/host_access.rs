@@ -16,8 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::cni::config::MacvlanMode;
 use crate::cni::{Error, Kind, Result};
 use crate::sys::netlink::{
-    macvlan_mode, Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, RouteEntry, Rtnl,
-    TABLE_MAIN,
+    Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, RouteEntry, Rtnl, TABLE_MAIN,
 };
 
 /// Host access on one master, as `ros-macvlan host-access` takes it and as the node
@@ -288,7 +287,7 @@ pub fn ensure(nl: &Netlink, spec: &Spec) -> Result<Vec<String>> {
 
 fn is_current_shim(link: &Link, mac: &[u8; 6]) -> bool {
     link.is_macvlan()
-        && link.macvlan_mode == Some(macvlan_mode(MacvlanMode::Bridge))
+        && link.macvlan_mode == Some(MacvlanMode::Bridge.kernel())
         && link.mac == mac
         && shim_ranges(link).is_some()
 }
@@ -306,7 +305,7 @@ fn create_shim(
     nl.add_macvlan(&NewMacvlan {
         name: &name,
         master_index: master.index,
-        mode: MacvlanMode::Bridge,
+        mode: MacvlanMode::Bridge.kernel(),
         mtu: None,
         mac: Some(mac),
         bc_queue_len: None,

@@ -33,8 +33,8 @@ use rtnetlink::{Handle, LinkMacVlan, LinkUnspec};
 use tokio::runtime::Runtime;
 
 use super::{
-    broadcast_of, macvlan_mode, route_out, route_prepended, Error, Family, Ipv4Setting, Link,
-    LinkChange, NewMacvlan, Op, Result, RouteEntry, Rtnl,
+    broadcast_of, route_out, route_prepended, Error, Family, Ipv4Setting, Link, LinkChange,
+    NewMacvlan, Op, Result, RouteEntry, Rtnl,
 };
 use crate::sys::netns::Netns;
 
@@ -356,7 +356,7 @@ impl Rtnl for Netlink {
     }
 
     fn add_macvlan(&self, spec: &NewMacvlan<'_>) -> Result<()> {
-        let mut link = LinkMacVlan::new(spec.name, spec.master_index, macvlan_mode(spec.mode));
+        let mut link = LinkMacVlan::new(spec.name, spec.master_index, spec.mode);
         if let Some(q) = spec.bc_queue_len {
             link = link.append_info_data(InfoMacVlan::BcQueueLen(q));
         }

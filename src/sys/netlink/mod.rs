@@ -17,8 +17,6 @@ use netlink_packet_route::link::{InfoKind, LinkFlags, MacVlanMode};
 use netlink_packet_route::route::{RouteScope, RouteType};
 use nix::errno::Errno;
 
-use crate::cni::config::MacvlanMode as ConfMode;
-
 pub use client::Netlink;
 
 /// Routing tables by number, as the kernel's headers name them.
@@ -116,22 +114,12 @@ pub enum Family {
 pub struct NewMacvlan<'a> {
     pub name: &'a str,
     pub master_index: u32,
-    pub mode: ConfMode,
+    pub mode: MacVlanMode,
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
     pub bc_queue_len: Option<u32>,
     /// Where the link is created; `None` keeps it in the connection's namespace.
     pub target_netns: Option<std::os::fd::RawFd>,
-}
-
-/// The kernel's macvlan mode for a configured one.
-pub fn macvlan_mode(mode: ConfMode) -> MacVlanMode {
-    match mode {
-        ConfMode::Private => MacVlanMode::Private,
-        ConfMode::Vepa => MacVlanMode::Vepa,
-        ConfMode::Bridge => MacVlanMode::Bridge,
-        ConfMode::Passthru => MacVlanMode::Passthrough,
-    }
 }
 
 /// A macvlan mode by name, for messages.

@@ -9,8 +9,7 @@ use netlink_packet_route::link::{InfoKind, LinkFlags};
 use nix::errno::Errno;
 
 use super::{
-    macvlan_mode, route_out, route_prepended, Error, Family, Link, NewMacvlan, Op, Result,
-    RouteEntry, Rtnl,
+    route_out, route_prepended, Error, Family, Link, NewMacvlan, Op, Result, RouteEntry, Rtnl,
 };
 
 /// A change the fake was asked for.
@@ -249,7 +248,7 @@ impl Rtnl for Fake {
         }
         let index = self.with_link(spec.name, Some(InfoKind::MacVlan), LinkFlags::Multicast);
         if let Some(l) = self.state.borrow_mut().link_mut(index) {
-            l.macvlan_mode = Some(macvlan_mode(spec.mode));
+            l.macvlan_mode = Some(spec.mode);
         }
         Ok(())
     }
