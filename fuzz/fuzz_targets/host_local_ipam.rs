@@ -26,7 +26,8 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|s| s.parse().ok());
     for set in &conf.range_sets {
         // Also where a node's fresh store would start (any seed from the input).
-        let spread = set.spread_resume_point(data.len() as u64 * 0x9e37_79b9_7f4a_7c15);
+        let spread =
+            set.spread_resume_point((data.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         for from in [None, last, set.0.last().map(|r| r.end), spread] {
             for (ip, range) in set.candidates(from).take(4) {
                 assert!(range.contains(ip), "{ip} outside {range:?}");
