@@ -41,20 +41,22 @@ fn readme_first_command_builds_static_as_a_user_and_runs_the_demo() {
         &format!("{h}/src"),
     ]);
     sh(&["chown", "-R", &format!("{user}:"), h]);
-    // The user's own toolchain: this machine's rustup and cargo, seen through bind mounts
-    // in a mount namespace of this test's own (root's home is closed to other users). The
-    // user's PATH has cargo; root's environment plays no part in the build.
+    // The user's own toolchain: this machine's rustup, cargo and downloaded crates, seen
+    // through bind mounts in a mount namespace of this test's own (root's home is closed to
+    // other users); the user unpacks the crates into a registry of their own. The user's
+    // PATH has cargo; root's environment plays no part in the build.
     let home_of_root = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let toolchain =
         std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{home_of_root}/.cargo"));
     let rustup = std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{home_of_root}/.rustup"));
     let script = format!(
         "set -e
-         mkdir -p {h}/.rustup {h}/.cargo/bin {h}/.cargo/registry
-         chown {user}: {h}/.cargo
+         mkdir -p {h}/.rustup {h}/.cargo/bin {h}/.cargo/registry/index {h}/.cargo/registry/cache
+         chown {user}: {h}/.cargo {h}/.cargo/registry
          mount --bind {rustup} {h}/.rustup
          mount --bind {cargo}/bin {h}/.cargo/bin
-         mount --bind {cargo}/registry {h}/.cargo/registry
+         mount --bind {cargo}/registry/index {h}/.cargo/registry/index
+         mount --bind {cargo}/registry/cache {h}/.cargo/registry/cache
          exec setpriv --reuid={user} --regid=nogroup --clear-groups \
            env -i HOME={h} PATH={h}/.cargo/bin:/usr/bin:/bin CARGO_NET_OFFLINE=true \
            sh -c 'cd {h}/src && {build}'",
