@@ -16,25 +16,29 @@ const D3: u16 = 11;
 pub const MAX_DOMAIN: u16 = 232;
 pub const SPDP_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 
-pub fn discovery_multicast_port(domain: u16) -> u16 {
-    PORT_BASE + DOMAIN_GAIN * domain + D0
+/// The RTPS port mapping (spec 9.6.1.1): multicast ports per domain, unicast ports per
+/// domain and participant.
+fn multicast_port(domain: u16, offset: u16) -> u16 {
+    PORT_BASE + DOMAIN_GAIN * domain + offset
 }
 /// Unicast ports grow with the participant id and can pass 65535 in high domains: u32.
-pub fn discovery_unicast_port(domain: u16, participant: u16) -> u32 {
-    u32::from(discovery_multicast_port(domain))
-        + u32::from(D1)
-        + u32::from(PARTICIPANT_GAIN) * u32::from(participant)
-}
-pub fn user_multicast_port(domain: u16) -> u16 {
-    PORT_BASE + DOMAIN_GAIN * domain + D2
-}
-pub fn user_unicast_port(domain: u16, participant: u16) -> u32 {
-    u32::from(discovery_multicast_port(domain))
-        + u32::from(D3)
-        + u32::from(PARTICIPANT_GAIN) * u32::from(participant)
+fn unicast_port(domain: u16, participant: u16, offset: u16) -> u32 {
+    u32::from(multicast_port(domain, offset)) + u32::from(PARTICIPANT_GAIN) * u32::from(participant)
 }
 
-/// The domain whose discovery multicast port this is.
+pub fn discovery_multicast_port(domain: u16) -> u16 {
+    multicast_port(domain, D0)
+}
+pub fn discovery_unicast_port(domain: u16, participant: u16) -> u32 {
+    unicast_port(domain, participant, D1)
+}
+pub fn user_multicast_port(domain: u16) -> u16 {
+    multicast_port(domain, D2)
+}
+pub fn user_unicast_port(domain: u16, participant: u16) -> u32 {
+    unicast_port(domain, participant, D3)
+}
+
 /// How many participants per host `domain_ports` counts: a robot runs a handful of DDS
 /// processes, rarely more than ten.
 pub const USUAL_PARTICIPANTS: u16 = 10;
@@ -45,6 +49,7 @@ pub fn domain_ports(domain: u16) -> std::ops::RangeInclusive<u32> {
     u32::from(discovery_multicast_port(domain))..=user_unicast_port(domain, USUAL_PARTICIPANTS - 1)
 }
 
+/// The domain whose discovery multicast port this is.
 pub fn domain_of_port(port: u16) -> Option<u16> {
     let off = port.checked_sub(PORT_BASE)?;
     (off % DOMAIN_GAIN == D0).then_some(off / DOMAIN_GAIN)
