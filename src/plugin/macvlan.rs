@@ -13,6 +13,7 @@ use crate::cni::result::{CniResult, Interface, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
 use crate::ipam::{Hints, Ipam};
 use crate::plugin::dad;
+use crate::plugin::diagnosis;
 use crate::plugin::duplicate;
 use crate::plugin::membership::{self, AgentPlace};
 use crate::plugin::multicast;
@@ -670,14 +671,18 @@ pub fn check(
     } else {
         None
     };
-    multicast::check(
+    let findings = diagnosis::diagnose(
         &ns.pod_nl,
         &ns.pod_ns,
-        &link,
-        master.map(|m| m.index),
-        &conf.multicast,
+        &diagnosis::Expected {
+            ifname: &env.ifname,
+            multicast: &conf.multicast,
+            master_in_pod: master.map(|m| m.index),
+            membership_held: !conf.multicast.groups.is_empty()
+                && membership::held_by_agent(agent.client(), &ns.pod_ns, &env.ifname),
+        },
     )?;
-    membership::check(conf, env, agent, &ns.pod_ns)
+    diagnosis::first_failure(&findings)
 }
 
 #[cfg(test)]

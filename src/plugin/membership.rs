@@ -164,6 +164,10 @@ impl AgentPlace {
         })
     }
 
+    pub fn client(&self) -> &AgentClient {
+        &self.client
+    }
+
     /// Opens (creating what is missing) the records' directory before ADD changes anything,
     /// so a symlink on its way is refused (code 7) while there is nothing to undo.
     pub fn prepare(&self) -> Result<()> {
@@ -288,37 +292,18 @@ pub fn other_members(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) -> Vec<St
         .collect()
 }
 
-/// CHECK: when a node agent answers, it holds this attachment's membership and the kernel
-/// lists the groups as joined on the interface. Without an agent no membership is expected
-/// (ADD succeeded without one, as designed).
-pub fn check(conf: &NetConf, env: &CniEnv, agent: &AgentPlace, ns: &Netns) -> Result<()> {
-    if conf.multicast.groups.is_empty() {
-        return Ok(());
-    }
-    let Ok(held) = agent.client.list() else {
-        return Ok(());
+/// Whether a node agent answers at `client`'s socket and holds the membership of the
+/// attachment `ifname` in the namespace `ns`: then the groups must be joined there (CHECK
+/// and doctor fail when not); without one, DDS processes join them themselves. Looked up
+/// by the namespace's inode, which doctor knows without the attachment's key.
+pub fn held_by_agent(client: &AgentClient, ns: &Netns, ifname: &str) -> bool {
+    let Ok(inode) = ns.inode() else {
+        return false;
     };
-    let key = key_of(&conf.name, &env.container_id, &env.ifname);
-    if !held.iter().any(|r| r.key() == key) {
-        return Err(Error::new(
-            Kind::CheckFailed,
-            format!(
-                "the node agent at {} holds no membership for {key}",
-                conf.agent_socket
-            ),
-        ));
-    }
-    let joined = crate::plugin::multicast::joined_groups(ns, &env.ifname)?;
-    match conf.multicast.groups.iter().find(|g| !joined.contains(g)) {
-        Some(g) => Err(Error::new(
-            Kind::CheckFailed,
-            format!(
-                "{} has no membership of multicast group {g} (/proc/net/igmp)",
-                env.ifname
-            ),
-        )),
-        None => Ok(()),
-    }
+    client.list().is_ok_and(|held| {
+        held.iter()
+            .any(|r| r.netns_inode == inode && r.ifname == ifname)
+    })
 }
 
 /// What the plugin (or an operator tool) asks of the agent.

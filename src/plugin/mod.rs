@@ -2,6 +2,7 @@
 
 pub mod confine;
 pub mod dad;
+pub mod diagnosis;
 pub mod duplicate;
 pub mod lifecycle;
 pub mod macvlan;

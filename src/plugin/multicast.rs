@@ -1,19 +1,16 @@
 //! The ROS-aware part: multicast leaves through the macvlan, its rp_filter is loose, and
 //! the pod's interfaces that cannot carry multicast stop claiming they can (so DDS
-//! implementations that rank interfaces pick this one). CHECK and DEL of all that. The
-//! group memberships are `membership`'s.
+//! implementations that rank interfaces pick this one), and DEL of all that. The group
+//! memberships are `membership`'s; CHECK's reading of it all is `diagnosis`'s.
 
 use std::net::Ipv4Addr;
 
 use ipnetwork::IpNetwork;
 
 use crate::cni::config::MulticastConf;
-use crate::cni::{Error, Kind, Result};
-use crate::sys::netlink::{
-    route_out, Ipv4Setting, Link, LinkChange, Op, RouteEntry, Rtnl, TABLE_LOCAL, TABLE_MAIN,
-};
+use crate::cni::{Error, Result};
+use crate::sys::netlink::{route_out, Ipv4Setting, Link, LinkChange, Op, Rtnl};
 use crate::sys::netns::Netns;
-use netlink_packet_route::route::RouteType;
 
 /// Interfaces whose MULTICAST flag the plugin cleared carry this alias, naming the
 /// attachments that want it off (several ros-macvlan attachments may share a pod) and the
@@ -35,10 +32,6 @@ fn parse_mark(alias: &str) -> Option<(Vec<&str>, &str)> {
 
 /// rp_filter 2 (loose): 1 (strict) drops discovery from peers whose route points elsewhere.
 const RP_FILTER_LOOSE: i32 = 2;
-
-fn rp_filter_path(ifname: &str) -> String {
-    format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter")
-}
 
 /// The IPv4 settings of the new interface this part asks for.
 pub fn interface_settings(mc: &MulticastConf) -> Vec<Ipv4Setting> {
@@ -67,27 +60,11 @@ pub fn route_removal_ops(index: u32, mc: &MulticastConf) -> Vec<Op> {
         .collect()
 }
 
-fn group_local_routes(nl: &dyn Rtnl, index: u32, groups: &[Ipv4Addr]) -> Result<Vec<RouteEntry>> {
-    Ok(nl
-        .routes_v4(TABLE_LOCAL)?
-        .into_iter()
-        .filter(|r| r.kind == RouteType::Local && r.oif == Some(index))
-        .filter(
-            |r| matches!(r.dst, IpNetwork::V4(d) if d.prefix() == 32 && groups.contains(&d.ip())),
-        )
-        .collect())
-}
-
 /// The interfaces DDS could wrongly choose: not loopback, not a macvlan (ours or another
 /// attachment's), not the attachment itself, not its master when that lives in the pod
 /// (`linkInContainer`: the master is on the LAN too).
-fn is_candidate(link: &Link, ifname: &str, master: Option<u32>) -> bool {
+pub(crate) fn is_candidate(link: &Link, ifname: &str, master: Option<u32>) -> bool {
     link.name != ifname && !link.is_loopback() && !link.is_macvlan() && master != Some(link.index)
-}
-
-/// A candidate that still offers multicast to DDS.
-fn is_rival(link: &Link, ifname: &str, master: Option<u32>) -> bool {
-    is_candidate(link, ifname, master) && link.is_multicast()
 }
 
 pub fn mark_other_interfaces(nl: &dyn Rtnl, ifname: &str, master: Option<u32>) -> Result<()> {
@@ -199,61 +176,6 @@ fn parse_igmp(text: &str, ifname: &str) -> Vec<Ipv4Addr> {
         }
     }
     groups
-}
-
-/// CHECK: the routes, rp_filter and the marking are as ADD left them.
-pub fn check(
-    nl: &dyn Rtnl,
-    ns: &Netns,
-    link: &Link,
-    master: Option<u32>,
-    mc: &MulticastConf,
-) -> Result<()> {
-    if let Some(r) = group_local_routes(nl, link.index, &mc.groups)?.first() {
-        return Err(Error::new(
-            Kind::CheckFailed,
-            format!(
-                "local route {} in the pod turns sends to the group into loopback",
-                r.dst
-            ),
-        ));
-    }
-    let main = nl.routes_v4(TABLE_MAIN)?;
-    for dst in &mc.routes {
-        if !main
-            .iter()
-            .any(|r| r.dst == IpNetwork::V4(*dst) && r.gw.is_none())
-        {
-            return Err(Error::new(
-                Kind::CheckFailed,
-                format!("multicast route {dst} is missing"),
-            ));
-        }
-    }
-    if mc.loose_rp_filter {
-        let path = rp_filter_path(&link.name);
-        let value = ns
-            .run(|| std::fs::read_to_string(&path))?
-            .map_err(|e| Error::io(format!("read {path}"), e))?;
-        if value.trim() == "1" {
-            return Err(Error::new(
-                Kind::CheckFailed,
-                format!("{path} is strict (1); discovery from peers is dropped"),
-            ));
-        }
-    }
-    if mc.mark_other_interfaces {
-        if let Some(rival) = nl.links()?.iter().find(|l| is_rival(l, &link.name, master)) {
-            return Err(Error::new(
-                Kind::CheckFailed,
-                format!(
-                    "{} is multicast-capable; DDS may choose it instead of {}",
-                    rival.name, link.name
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -64,8 +64,12 @@ enum Sub {
         pod: PodArgs,
         /// Check the node's host access instead (run on the node): shims, routes, which
         /// interface the node's DDS would pick, and a live probe from the shim
-        #[arg(long, conflicts_with_all = ["netns", "iface"])]
+        #[arg(long, conflicts_with_all = ["netns", "iface", "agent_socket"])]
         host: bool,
+        /// Where the node agent answers (its --socket; a NAD's agentSocket): a membership
+        /// it holds for the pod's interface must be joined, or the membership check fails
+        #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
+        agent_socket: PathBuf,
     },
     /// (root, on a node) Let the node's own processes reach its pods: a shim macvlan on the
     /// master with an address of its own and a route for each pod range through it
@@ -237,18 +241,26 @@ pub fn main(args: &[String]) -> i32 {
             announce: !silent,
             live: true,
         }),
-        Sub::Doctor { pod, host: true } => crate::tools::doctor::print(
-            &crate::tools::doctor::host(pod.domain, pod.seconds.min(60.0)),
-        ),
+        Sub::Doctor {
+            pod, host: true, ..
+        } => crate::tools::doctor::print(&crate::tools::doctor::host(
+            pod.domain,
+            pod.seconds.min(60.0),
+        )),
         Sub::HostAccess(a) => host_access(a),
-        Sub::Doctor { pod, host: false } => crate::tools::doctor::print(
-            &crate::tools::doctor::run(&crate::tools::doctor::Options {
+        Sub::Doctor {
+            pod,
+            host: false,
+            agent_socket,
+        } => crate::tools::doctor::print(&crate::tools::doctor::run(
+            &crate::tools::doctor::Options {
                 netns: pod.netns,
                 iface: pod.iface,
+                agent_socket,
                 domain: pod.domain,
                 seconds: pod.seconds.min(60.0),
-            }),
-        ),
+            },
+        )),
         Sub::Ports { domain } => ports(domain),
         Sub::Version => {
             println!("ros-macvlan {}", env!("CARGO_PKG_VERSION"));

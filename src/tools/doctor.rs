@@ -2,64 +2,29 @@
 //! broken step, how to fix it.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
 
-use crate::sys::netlink::{Netlink, Rtnl, TABLE_LOCAL, TABLE_MAIN};
+use crate::cni::config::MulticastConf;
+use crate::plugin::diagnosis::{self, Expected, Finding, Verdict};
+use crate::plugin::membership::{self, AgentClient};
+use crate::sys::netlink::{Netlink, Rtnl};
 use crate::sys::netns::Netns;
 use crate::tools::host_access;
 use crate::tools::probe;
-use crate::tools::rtps;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Warn,
-    Fail,
-}
-
-#[derive(Debug)]
-pub struct Check {
-    pub name: &'static str,
-    pub verdict: Verdict,
-    pub detail: String,
-    pub fix: Option<String>,
-}
-
-fn pass(name: &'static str, detail: String) -> Check {
-    Check {
-        name,
-        verdict: Verdict::Pass,
-        detail,
-        fix: None,
-    }
-}
-fn fail(name: &'static str, detail: String, fix: String) -> Check {
-    Check {
-        name,
-        verdict: Verdict::Fail,
-        detail,
-        fix: Some(fix),
-    }
-}
-fn warn(name: &'static str, detail: String, fix: String) -> Check {
-    Check {
-        name,
-        verdict: Verdict::Warn,
-        detail,
-        fix: Some(fix),
-    }
-}
 
 pub struct Options {
     pub netns: Option<String>,
     pub iface: String,
+    /// Where the node agent answers: a membership it holds for the pod must be joined.
+    pub agent_socket: PathBuf,
     pub domain: u16,
     pub seconds: f64,
 }
 
 /// Runs every check; the live probe only when the interface is usable at all.
-pub fn run(opts: &Options) -> Vec<Check> {
+pub fn run(opts: &Options) -> Vec<Finding> {
     let ns = match opts
         .netns
         .as_deref()
@@ -68,7 +33,7 @@ pub fn run(opts: &Options) -> Vec<Check> {
     {
         Ok(ns) => ns,
         Err(e) => {
-            return vec![fail(
+            return vec![Finding::fail(
                 "netns",
                 e.to_string(),
                 "pass the pod's netns path with --netns".into(),
@@ -77,11 +42,15 @@ pub fn run(opts: &Options) -> Vec<Check> {
     };
     let mut checks = match static_checks(&ns, opts) {
         Ok(c) => c,
-        Err(e) => vec![fail("netlink", e.to_string(), "run doctor as root".into())],
+        Err(e) => vec![Finding::fail(
+            "netlink",
+            e.to_string(),
+            "run doctor as root".into(),
+        )],
     };
     if checks
         .iter()
-        .any(|c| c.name == "interface" && c.verdict == Verdict::Fail)
+        .any(|c| c.check == diagnosis::INTERFACE && c.verdict == Verdict::Fail)
     {
         return checks;
     }
@@ -89,152 +58,29 @@ pub fn run(opts: &Options) -> Vec<Check> {
     checks
 }
 
-fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Check>> {
+/// The pod's discovery path as CHECK sees it, with the defaults of a config (the ROS 2
+/// discovery group, 224.0.0.0/4, loose rp_filter, other interfaces marked) and a
+/// membership expected when the node agent holds one for this interface of this pod.
+fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Finding>> {
     let nl = Netlink::connect(ns)?;
-    let mut out = Vec::new();
-    let Some(link) = nl.link_by_name(&opts.iface)? else {
-        out.push(fail(
-            "interface",
-            format!("{} does not exist in the pod", opts.iface),
-            "annotate the pod with k8s.v1.cni.cncf.io/networks: <your ros-macvlan NetworkAttachmentDefinition>".into(),
-        ));
-        return Ok(out);
-    };
-    let v4: Vec<IpNetwork> = nl
-        .addresses(Some(link.index))?
-        .into_iter()
-        .map(|(_, a)| a)
-        .filter(|a| a.is_ipv4() && !a.ip().is_multicast())
-        .collect();
-    out.push(match (link.is_up(), v4.first()) {
-        (true, Some(a)) => pass("interface", format!("{} is up with {a}", opts.iface)),
-        (false, _) => fail(
-            "interface",
-            format!("{} is down", opts.iface),
-            format!("ip link set {} up", opts.iface),
-        ),
-        (true, None) => fail(
-            "interface",
-            format!("{} has no IPv4 address", opts.iface),
-            "check the attachment's ipam section".into(),
-        ),
-    });
-
-    let group = rtps::SPDP_GROUP;
-    let group_addresses: Vec<IpNetwork> = nl
-        .addresses(Some(link.index))?
-        .into_iter()
-        .map(|(_, a)| a)
-        .filter(|a| a.ip().is_multicast())
-        .collect();
-    if let Some(a) = group_addresses.first() {
-        out.push(fail(
-            "group address",
-            format!(
-                "{} carries the multicast group {a} as an address (left by an earlier ros-macvlan): Fast DDS takes it for a local address and sends its discovery to 127.0.0.1",
-                opts.iface
+    let defaults = MulticastConf::default();
+    diagnosis::diagnose(
+        &nl,
+        ns,
+        &Expected {
+            ifname: &opts.iface,
+            multicast: &defaults,
+            master_in_pod: None,
+            membership_held: membership::held_by_agent(
+                &AgentClient::new(&opts.agent_socket),
+                ns,
+                &opts.iface,
             ),
-            format!(
-                "ip addr del {a} dev {} (then the node agent holds the membership; re-created pods never get the address)",
-                opts.iface
-            ),
-        ));
-    }
-    let joined = crate::plugin::multicast::joined_groups(ns, &opts.iface)?;
-    out.push(if joined.contains(&group) {
-        pass("membership", format!("{group} joined on {} (the switch is told to forward discovery)", opts.iface))
-    } else {
-        warn(
-            "membership",
-            format!("{group} is not joined on {}: IGMP-snooping switches forward discovery here only while a DDS process in the pod has joined it", opts.iface),
-            format!("run the node agent (`ros-macvlan agent`, the ros-macvlan DaemonSet's process): it holds the membership of every attachment, also of pods started before it (check: {} in /proc/net/igmp of the pod)", opts.iface),
-        )
-    });
-
-    let local = nl.routes_v4(TABLE_LOCAL)?;
-    let looped = local.iter().any(|r| {
-        r.dst == IpNetwork::V4(ipnetwork::Ipv4Network::new(group, 32).expect("/32"))
-            && r.kind == netlink_packet_route::route::RouteType::Local
-    });
-    let main = nl.routes_v4(TABLE_MAIN)?;
-    let chosen = main
-        .iter()
-        .filter(|r| r.dst.contains(IpAddr::V4(group)))
-        .max_by_key(|r| r.dst.prefix());
-    out.push(match chosen {
-        _ if looped => fail(
-            "route",
-            format!(
-                "local route for {group}: the pod's own discovery sends loop back and never leave"
-            ),
-            format!("ip route del local {group} dev {} table local", opts.iface),
-        ),
-        Some(r) if r.oif == Some(link.index) => pass(
-            "route",
-            format!(
-                "multicast to {group} leaves through {} ({})",
-                opts.iface, r.dst
-            ),
-        ),
-        other => {
-            let via = other
-                .and_then(|r| r.oif)
-                .map(|i| format!("interface {i}"))
-                .unwrap_or_else(|| "no route".into());
-            fail(
-                "route",
-                format!(
-                    "multicast to {group} does not leave through {} ({via})",
-                    opts.iface
-                ),
-                format!("ip route add 224.0.0.0/4 dev {} scope link", opts.iface),
-            )
-        }
-    });
-
-    let read = |path: String| ns.run(move || std::fs::read_to_string(path).unwrap_or_default());
-    let all = read("/proc/sys/net/ipv4/conf/all/rp_filter".into())?;
-    let dev = read(format!("/proc/sys/net/ipv4/conf/{}/rp_filter", opts.iface))?;
-    let effective = all
-        .trim()
-        .parse::<u8>()
-        .unwrap_or(0)
-        .max(dev.trim().parse::<u8>().unwrap_or(0));
-    out.push(if effective == 1 {
-        fail(
-            "rp_filter",
-            format!("rp_filter on {} is strict (1): discovery from peers whose route points elsewhere is dropped", opts.iface),
-            format!("sysctl -w net.ipv4.conf.{}.rp_filter=2", opts.iface),
-        )
-    } else {
-        pass("rp_filter", format!("rp_filter on {} is {effective}", opts.iface))
-    });
-
-    let rivals: Vec<String> = nl
-        .links()?
-        .into_iter()
-        .filter(|l| {
-            l.index != link.index
-                && !l.is_loopback()
-                && l.is_up()
-                && l.is_multicast()
-                && !l.is_macvlan()
-        })
-        .map(|l| l.name)
-        .collect();
-    out.push(if rivals.is_empty() {
-        pass("interface choice", format!("{} is the only multicast-capable interface: DDS picks it", opts.iface))
-    } else {
-        fail(
-            "interface choice",
-            format!("{} also multicast-capable: CycloneDDS may pick it \"arbitrarily\" and miss every peer", rivals.join(", ")),
-            format!("ip link set {} multicast off (ros-macvlan does this by default: multicast.markOtherInterfaces)", rivals.join(" ")),
-        )
-    });
-    Ok(out)
+        },
+    )
 }
 
-fn live_checks(ns: &Netns, opts: &Options) -> Vec<Check> {
+fn live_checks(ns: &Netns, opts: &Options) -> Vec<Finding> {
     let querier = IgmpWatch::open(ns);
     let popts = probe::Options {
         netns: Some(ns.path().to_owned()),
@@ -249,7 +95,7 @@ fn live_checks(ns: &Netns, opts: &Options) -> Vec<Check> {
     let report = match probe::run(&popts) {
         Ok(r) => r,
         Err(e) => {
-            out.push(fail(
+            out.push(Finding::fail(
                 "live probe",
                 e.to_string(),
                 "run doctor as root in the pod's netns".into(),
@@ -260,7 +106,7 @@ fn live_checks(ns: &Netns, opts: &Options) -> Vec<Check> {
     let own_subnets = subnets_of(ns, &opts.iface).unwrap_or_default();
     let peers: Vec<&probe::Sighting> = report.participants.values().collect();
     out.push(if peers.is_empty() {
-        warn(
+        Finding::warn(
             "participants",
             format!("no DDS participant heard on domain {} in {} s", opts.domain, opts.seconds),
             "start a ROS 2 node in another pod on the same network (same ROS_DOMAIN_ID), or check the switch and the other pods with doctor".into(),
@@ -270,7 +116,7 @@ fn live_checks(ns: &Netns, opts: &Options) -> Vec<Check> {
             .iter()
             .map(|s| format!("{} {} from {}", s.participant.vendor(), s.participant.guid_prefix_hex(), s.source.ip()))
             .collect();
-        pass("participants", format!("{} heard: {}", peers.len(), names.join("; ")))
+        Finding::pass("participants", format!("{} heard: {}", peers.len(), names.join("; ")))
     });
     for s in &peers {
         let unreachable: Vec<String> = s
@@ -285,14 +131,14 @@ fn live_checks(ns: &Netns, opts: &Options) -> Vec<Check> {
             .map(ToString::to_string)
             .collect();
         if !unreachable.is_empty() {
-            out.push(fail(
+            out.push(Finding::fail(
                 "locators",
                 format!("{} announces {} outside {}'s subnets: peers cannot reach it there", s.participant.guid_prefix_hex(), unreachable.join(", "), opts.iface),
                 "make that participant use the ros-macvlan interface (CycloneDDS: mark other interfaces non-multicast, or set its network interface to net1)".into(),
             ));
         }
         if s.collision {
-            out.push(fail(
+            out.push(Finding::fail(
                 "guid collision",
                 format!("two participants announce GUID prefix {} from {}", s.participant.guid_prefix_hex(), s.source.ip()),
                 "older Fast DDS gives two processes in one pod the same GUID: share the pod's process namespace (shareProcessNamespace: true) or upgrade".into(),
@@ -302,7 +148,7 @@ fn live_checks(ns: &Netns, opts: &Options) -> Vec<Check> {
         if real_dds {
             if let IpAddr::V4(src) = IpAddr::V4(*s.source.ip()) {
                 if !report.answered_by.contains(&src) {
-                    out.push(fail(
+                    out.push(Finding::fail(
                         "one-way discovery",
                         format!("{} at {src} is heard here but never answered this pod's announcement", s.participant.guid_prefix_hex()),
                         "run doctor in that pod: its membership, route or rp_filter likely drops our discovery".into(),
@@ -312,8 +158,8 @@ fn live_checks(ns: &Netns, opts: &Options) -> Vec<Check> {
         }
     }
     out.push(match querier.map(|q| q.seen()) {
-        Some(Some(from)) => pass("igmp querier", format!("queries seen from {from}")),
-        _ => warn(
+        Some(Some(from)) => Finding::pass("igmp querier", format!("queries seen from {from}")),
+        _ => Finding::warn(
             "igmp querier",
             format!("no IGMP query seen in {} s (queriers ask every 125 s by default)", opts.seconds),
             "without a querier, snooping switches age memberships out after ~260 s and discovery stops: enable the switch's IGMP querier".into(),
@@ -382,7 +228,7 @@ impl IgmpWatch {
     }
 }
 
-pub fn print(checks: &[Check]) -> i32 {
+pub fn print(checks: &[Finding]) -> i32 {
     let mut failed = false;
     for c in checks {
         let tag = match c.verdict {
@@ -393,7 +239,7 @@ pub fn print(checks: &[Check]) -> i32 {
                 "FAIL"
             }
         };
-        println!("{tag} {:<18} {}", c.name, c.detail);
+        println!("{tag} {:<18} {}", c.check, c.detail);
         if let Some(fix) = &c.fix {
             println!("     {:<18} fix: {fix}", "");
         }
@@ -407,14 +253,14 @@ pub fn print(checks: &[Check]) -> i32 {
 
 /// `doctor --host`, run on the node: its host-access shims, their routes, which interface
 /// the node's own DDS would pick, and a live probe from the shim.
-pub fn host(domain: u16, seconds: f64) -> Vec<Check> {
+pub fn host(domain: u16, seconds: f64) -> Vec<Finding> {
     match host_static_checks() {
         Ok((mut checks, Some(shim))) => {
             checks.extend(host_probe(&shim, domain, seconds));
             checks
         }
         Ok((checks, None)) => checks,
-        Err(e) => vec![fail(
+        Err(e) => vec![Finding::fail(
             "netlink",
             e.to_string(),
             "run doctor as root on the node".into(),
@@ -423,13 +269,13 @@ pub fn host(domain: u16, seconds: f64) -> Vec<Check> {
 }
 
 /// The static checks, and the shim a live probe can use (up, with an address).
-fn host_static_checks() -> crate::cni::Result<(Vec<Check>, Option<host_access::ShimState>)> {
+fn host_static_checks() -> crate::cni::Result<(Vec<Finding>, Option<host_access::ShimState>)> {
     let nl = Netlink::here()?;
     let mut out = Vec::new();
     let configured = match crate::plugin::policy::Policy::load() {
         Ok(p) => p.map(|p| p.host_access().to_vec()).unwrap_or_default(),
         Err(e) => {
-            out.push(fail(
+            out.push(Finding::fail(
                 "node configuration",
                 e.to_string(),
                 "fix the node policy file".into(),
@@ -440,7 +286,7 @@ fn host_static_checks() -> crate::cni::Result<(Vec<Check>, Option<host_access::S
     let shims = host_access::shims(&nl)?;
     let setup = "ros-macvlan host-access --master IF --address CIDR --pod-range CIDR (or a hostAccess entry in the node policy, kept by the node agent)";
     if shims.is_empty() && configured.is_empty() {
-        out.push(fail(
+        out.push(Finding::fail(
             "shim",
             "no host-access shim on this node: its own processes cannot reach its pods (a macvlan's master never delivers to its macvlans)".into(),
             setup.into(),
@@ -449,7 +295,7 @@ fn host_static_checks() -> crate::cni::Result<(Vec<Check>, Option<host_access::S
     }
     for spec in &configured {
         if !shims.iter().any(|s| s.link.name == spec.shim_name()) {
-            out.push(fail(
+            out.push(Finding::fail(
                 "shim",
                 format!(
                     "{} for master {} is in the node configuration but missing",
@@ -463,7 +309,7 @@ fn host_static_checks() -> crate::cni::Result<(Vec<Check>, Option<host_access::S
     let mut usable = None;
     for shim in shims {
         let name = shim.link.name.clone();
-        out.push(pass(
+        out.push(Finding::pass(
             "shim",
             format!(
                 "{name}: macvlan ({}) with MAC {}",
@@ -477,23 +323,26 @@ fn host_static_checks() -> crate::cni::Result<(Vec<Check>, Option<host_access::S
             ),
         ));
         out.push(if shim.link.is_up() {
-            pass("shim up", format!("{name} is up"))
+            Finding::pass("shim up", format!("{name} is up"))
         } else {
-            fail(
+            Finding::fail(
                 "shim up",
                 format!("{name} is down"),
                 format!("ip link set {name} up (the node agent does it within 2 s)"),
             )
         });
         let Some(address) = shim.addresses.first().copied() else {
-            out.push(fail(
+            out.push(Finding::fail(
                 "shim address",
                 format!("{name} has no IPv4 address"),
                 setup.into(),
             ));
             continue;
         };
-        out.push(pass("shim address", format!("{name} has {address}")));
+        out.push(Finding::pass(
+            "shim address",
+            format!("{name} has {address}"),
+        ));
         let missing: Vec<String> = shim
             .ranges
             .iter()
@@ -502,12 +351,12 @@ fn host_static_checks() -> crate::cni::Result<(Vec<Check>, Option<host_access::S
             .collect();
         out.push(if missing.is_empty() {
             let ranges: Vec<String> = shim.ranges.iter().map(|(r, _)| r.to_string()).collect();
-            pass(
+            Finding::pass(
                 "pod routes",
                 format!("{} routed through {name}", ranges.join(", ")),
             )
         } else {
-            fail(
+            Finding::fail(
                 "pod routes",
                 format!("{} not routed through {name}", missing.join(", ")),
                 missing
@@ -529,7 +378,7 @@ fn host_static_checks() -> crate::cni::Result<(Vec<Check>, Option<host_access::S
 
 /// Which interface CycloneDDS on the node would pick: it ranks the up, multicast-capable
 /// interfaces with an IPv4 address, and takes another one over the shim "arbitrarily".
-fn node_dds_choice(nl: &Netlink, shim: &host_access::ShimState) -> crate::cni::Result<Check> {
+fn node_dds_choice(nl: &Netlink, shim: &host_access::ShimState) -> crate::cni::Result<Finding> {
     let addressed: Vec<u32> = nl
         .addresses(None)?
         .into_iter()
@@ -550,12 +399,12 @@ fn node_dds_choice(nl: &Netlink, shim: &host_access::ShimState) -> crate::cni::R
         .collect();
     let name = &shim.link.name;
     Ok(if rivals.is_empty() {
-        pass(
+        Finding::pass(
             "node DDS interface",
             format!("{name} is the node's only multicast-capable interface with an address: CycloneDDS and Fast DDS on the node use it"),
         )
     } else {
-        warn(
+        Finding::warn(
             "node DDS interface",
             format!("{} also multicast-capable: Fast DDS on the node uses every interface and reaches the pods, CycloneDDS may pick {} instead of {name} and miss them", rivals.join(", "), rivals[0]),
             format!("host-access --exclusive-multicast, or CYCLONEDDS_URI='<CycloneDDS><Domain><General><Interfaces><NetworkInterface name=\"{name}\"/></Interfaces></General></Domain></CycloneDDS>' for the node's CycloneDDS processes"),
@@ -564,7 +413,7 @@ fn node_dds_choice(nl: &Netlink, shim: &host_access::ShimState) -> crate::cni::R
 }
 
 /// Announces a participant from the shim and lists the pods' participants heard there.
-fn host_probe(shim: &host_access::ShimState, domain: u16, seconds: f64) -> Vec<Check> {
+fn host_probe(shim: &host_access::ShimState, domain: u16, seconds: f64) -> Vec<Finding> {
     let popts = probe::Options {
         netns: None,
         iface: shim.link.name.clone(),
@@ -577,7 +426,7 @@ fn host_probe(shim: &host_access::ShimState, domain: u16, seconds: f64) -> Vec<C
     let report = match probe::run(&popts) {
         Ok(r) => r,
         Err(e) => {
-            return vec![fail(
+            return vec![Finding::fail(
                 "live probe",
                 e.to_string(),
                 "run doctor --host as root on the node".into(),
@@ -604,7 +453,7 @@ fn host_probe(shim: &host_access::ShimState, domain: u16, seconds: f64) -> Vec<C
         })
         .collect();
     vec![if pods.is_empty() {
-        warn(
+        Finding::warn(
             "live probe",
             format!(
                 "no pod's DDS participant heard through {} on domain {domain} in {seconds} s",
@@ -613,7 +462,7 @@ fn host_probe(shim: &host_access::ShimState, domain: u16, seconds: f64) -> Vec<C
             "start a ROS 2 node in a pod on this node (same ROS_DOMAIN_ID), then run doctor --host again".into(),
         )
     } else {
-        pass(
+        Finding::pass(
             "live probe",
             format!(
                 "{} pod participant(s) heard through {}: {}",

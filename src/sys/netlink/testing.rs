@@ -66,6 +66,17 @@ impl Fake {
         }
     }
 
+    /// Puts a route in place as someone else (not a request) would: one of any table and
+    /// type, such as the local route the kernel adds beside an address.
+    pub fn with_route(&self, route: RouteEntry) {
+        self.state.borrow_mut().routes.push(route);
+    }
+
+    /// Adds an address as someone else (not a request) would.
+    pub fn with_address(&self, index: u32, addr: IpNetwork) {
+        self.state.borrow_mut().addresses.push((index, addr));
+    }
+
     pub fn link(&self, index: u32) -> Option<Link> {
         self.state
             .borrow()
