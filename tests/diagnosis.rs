@@ -200,3 +200,53 @@ fn check_and_doctor_agree_on_each_broken_step() {
 
     del(&node, &pod, &conf).ok();
 }
+
+/// With `linkInContainer` the master lives in the pod, up and multicast-capable: it is the
+/// LAN, not an interface DDS could wrongly pick, for CHECK (which knows it from the config)
+/// and for doctor (which finds it under the attachment).
+#[test]
+fn a_master_inside_the_pod_is_no_rival_for_either() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pod = node.pod(12);
+    let peer = unique("inpod");
+    pod.ns.ip(&[
+        "link", "add", "uplink", "type", "veth", "peer", "name", &peer,
+    ]);
+    pod.ns.ip(&["link", "set", "uplink", "up"]);
+    let data = DataDir::create();
+    let agent = start_agent();
+    let mut conf = with_agent(
+        guide_config(
+            Some("1.0.0"),
+            "uplink",
+            &data,
+            "198.51.100.160",
+            "198.51.100.180",
+        ),
+        &agent,
+    );
+    conf["linkInContainer"] = serde_json::json!(true);
+    let result = add(&node, &pod, &conf).ok().clone();
+    let mut check_conf = conf.clone();
+    check_conf["prevResult"] = result;
+    let a = Attached {
+        node: &node,
+        pod: &pod,
+        agent: &agent,
+        check_conf,
+    };
+    a.assert_both_pass("master in the pod");
+    pod.ns.ip(&["link", "set", "eth0", "multicast", "on"]);
+    a.assert_both_fail("eth0 multicast-capable", "interface choice");
+    let (_, out) = a.doctor();
+    assert!(
+        !out.contains("uplink"),
+        "the master is named a rival:\n{out}"
+    );
+    pod.ns.ip(&["link", "set", "eth0", "multicast", "off"]);
+    del(&node, &pod, &conf).ok();
+}

@@ -59,18 +59,21 @@ pub fn run(opts: &Options) -> Vec<Finding> {
 }
 
 /// The pod's discovery path as CHECK sees it, with the defaults of a config (the ROS 2
-/// discovery group, 224.0.0.0/4, loose rp_filter, other interfaces marked) and a
-/// membership expected when the node agent holds one for this interface of this pod.
+/// discovery group, 224.0.0.0/4, loose rp_filter, other interfaces marked), the master the
+/// attachment sits on when it is in the pod, and a membership expected when the node agent
+/// holds one for this interface of this pod.
 fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Finding>> {
     let nl = Netlink::connect(ns)?;
     let defaults = MulticastConf::default();
+    // A `linkInContainer` attachment's master is in the pod: on the LAN, no rival.
+    let master_in_pod = nl.link_by_name(&opts.iface)?.and_then(|l| l.lower_here);
     diagnosis::diagnose(
         &nl,
         ns,
         &Expected {
             ifname: &opts.iface,
             multicast: &defaults,
-            master_in_pod: None,
+            master_in_pod,
             membership_held: membership::held_by_agent(
                 &AgentClient::new(&opts.agent_socket),
                 ns,

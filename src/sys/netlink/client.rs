@@ -535,8 +535,12 @@ fn link_of(message: RouteNetlinkMessage) -> Option<Link> {
         flags: m.header.flags,
         ..Link::default()
     };
+    let (mut lower, mut lower_elsewhere) = (None, false);
     for attribute in m.attributes {
         match attribute {
+            LinkAttribute::Link(index) => lower = Some(index),
+            // The index in IFLA_LINK is of another namespace's link.
+            LinkAttribute::LinkNetNsId(_) => lower_elsewhere = true,
             LinkAttribute::IfName(name) => link.name = name,
             LinkAttribute::Address(mac) => link.mac = mac,
             LinkAttribute::Mtu(mtu) => link.mtu = mtu,
@@ -558,6 +562,7 @@ fn link_of(message: RouteNetlinkMessage) -> Option<Link> {
             _ => {}
         }
     }
+    link.lower_here = lower.filter(|_| !lower_elsewhere);
     Some(link)
 }
 

@@ -75,6 +75,9 @@ pub struct Link {
     pub mtu: u32,
     pub flags: LinkFlags,
     pub alias: Option<String>,
+    /// The link this one is stacked on (a macvlan's master), when it is in the same
+    /// namespace: a `linkInContainer` attachment's master, seen from the pod.
+    pub lower_here: Option<u32>,
 }
 
 impl Link {
