@@ -441,8 +441,10 @@ fn delegates_to_another_ipam_plugin() {
     let lan = Lan::create();
     let node = Node::new(&lan);
     let pod = node.pod(17);
+    let records = DataDir::scratch();
     let conf = json!({
         "cniVersion": "1.0.0", "name": "ros-static", "type": "ros-macvlan", "master": "lan0",
+        "agentSocket": records.agent_socket(),
         "ipam": {"type": "static", "addresses": [{"address": "198.51.100.77/24", "gateway": "198.51.100.1"}],
                  "routes": [{"dst": "203.0.113.0/24"}]}
     });
@@ -537,6 +539,7 @@ fn a_delegated_ipam_error_passes_through_with_its_code() {
     sh(&["chmod", "755", plugin.to_str().unwrap()]);
     let conf = json!({
         "cniVersion": "1.0.0", "name": "ros-busy", "type": "ros-macvlan", "master": "lan0",
+        "agentSocket": dir.agent_socket(),
         "ipam": {"type": "busy-ipam"}
     });
     let netns = pod.ns.path();

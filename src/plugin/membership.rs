@@ -131,13 +131,21 @@ impl RecordDir {
 
     /// Every readable record; unreadable files are skipped (and left for an operator).
     pub fn list(&self) -> Vec<Record> {
+        self.list_starting("")
+    }
+
+    /// The readable records whose key starts with `prefix`; only those files are read.
+    fn list_starting(&self, prefix: &str) -> Vec<Record> {
         let Ok(Some(dir)) = self.0.open_dir() else {
             return Vec::new();
         };
         dir.entries()
             .unwrap_or_default()
             .into_iter()
-            .filter(|(name, is_dir)| !is_dir && name.to_string_lossy().ends_with(".json"))
+            .filter(|(name, is_dir)| {
+                let name = name.to_string_lossy();
+                !is_dir && name.starts_with(prefix) && name.ends_with(".json")
+            })
             .filter_map(|(name, _)| dir.read(&name).ok())
             .filter_map(|b| serde_json::from_slice(&b).ok())
             .collect()
@@ -282,9 +290,11 @@ pub fn release(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) {
 /// The interfaces of the pod's other attachments of this network that hold memberships
 /// of any of the same groups: the heirs of the multicast routes when this one goes.
 pub fn other_members(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) -> Vec<String> {
+    // Keys start with the network and the container: DEL reads this pod's records only,
+    // however many attachments the node has.
     agent
         .records
-        .list()
+        .list_starting(&key_of(&conf.name, &env.container_id, ""))
         .into_iter()
         .filter(|r| r.container_id == env.container_id && r.ifname != env.ifname)
         .filter(|r| r.groups.iter().any(|g| conf.multicast.groups.contains(g)))

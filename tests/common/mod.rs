@@ -147,11 +147,27 @@ impl DataDir {
     }
 }
 
+impl DataDir {
+    /// A place for a node agent that belongs to this test (none listens unless the test
+    /// starts one there): the plugin's membership records for the test's configs go there,
+    /// and go with the DataDir.
+    pub fn agent_socket(&self) -> String {
+        let name = self.0.file_name().unwrap().to_string_lossy();
+        format!("{AGENT_ROOT}/{name}/agent.sock")
+    }
+}
+
 impl Drop for DataDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(name) = self.0.file_name() {
+            let _ = std::fs::remove_dir_all(Path::new(AGENT_ROOT).join(name));
+        }
     }
 }
+
+/// Where the plugin allows `agentSocket` by default.
+const AGENT_ROOT: &str = "/run/ros-macvlan";
 
 /// The original guide's config with a test master, range and data dir.
 pub fn guide_config(
@@ -163,7 +179,7 @@ pub fn guide_config(
 ) -> Value {
     let mut c = serde_json::json!({
         "name": "ros-net", "type": "ros-macvlan", "master": master, "mode": "bridge",
-        "isDefaultgateway": true,
+        "isDefaultgateway": true, "agentSocket": data.agent_socket(),
         "ipam": { "type": "host-local", "dataDir": data.path(),
           "ranges": [[{ "subnet": "198.51.100.0/24", "rangeStart": start,
                         "rangeEnd": end, "gateway": "198.51.100.1" }]] }
