@@ -378,7 +378,12 @@ fn master_defaults_to_the_lan_interface_then_the_default_route() {
     node.ns
         .ip(&["addr", "add", "198.51.100.2/24", "dev", "lan0"]);
     let r = add(&node, &pod, &conf);
-    r.ok();
+    let host_side = &r.ok()["interfaces"][1];
+    assert_eq!(
+        host_side["name"], "lan0",
+        "the result names the master taken"
+    );
+    assert!(host_side.get("sandbox").is_none(), "{host_side}");
     assert_eq!(net1(&pod)["link_index"].as_u64(), index("lan0"));
     assert!(
         r.stderr
@@ -393,7 +398,7 @@ fn master_defaults_to_the_lan_interface_then_the_default_route() {
     node.ns
         .ip(&["addr", "del", "198.51.100.2/24", "dev", "lan0"]);
     let r = add(&node, &pod, &conf);
-    r.ok();
+    assert_eq!(r.ok()["interfaces"][1]["name"], "wan0");
     assert_eq!(net1(&pod)["link_index"].as_u64(), index("wan0"));
     assert!(
         r.stderr

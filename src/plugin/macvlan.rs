@@ -367,6 +367,16 @@ fn add_steps(
         sandbox: Some(env.netns.clone()),
         mtu: Some(link.mtu),
     }];
+    // A master the plugin chose itself is named in the result too, as a host interface (no
+    // sandbox), after the pod's: the runtime's record says which LAN the pod joined.
+    if plan.master_why.is_some() {
+        result.interfaces.push(Interface {
+            name: master.name.clone(),
+            mac: format_mac(&master.mac),
+            sandbox: None,
+            mtu: Some(master.mtu),
+        });
+    }
     Ok(Added {
         result,
         notes: plan.master_why.iter().cloned().chain(note).collect(),
