@@ -1,7 +1,8 @@
-//! Throwaway network scenes built from namespaces: a LAN switch (a Linux bridge doing IGMP
-//! snooping with a querier), nodes plugged into it, and pods with a Calico-like eth0. Used
-//! by `ros-macvlan demo` and by the integration tests. Everything is uniquely named and
-//! removed on drop. Needs root and iproute2.
+//! The demo's throwaway network scenes, built from namespaces: a LAN switch (a Linux bridge
+//! doing IGMP snooping with a querier), nodes plugged into it, pods with a Calico-like eth0,
+//! and a node agent. Only what `ros-macvlan demo` (and the benchmark) needs; the integration
+//! tests build on it and keep their own helpers in tests/common. Everything is uniquely
+//! named and removed on drop. Needs root and iproute2.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, UdpSocket};
@@ -63,57 +64,6 @@ impl Ns {
     }
     pub fn ip(&self, args: &[&str]) -> String {
         ip(&self.name, args)
-    }
-    /// `ip -j` output as JSON.
-    pub fn ip_json(&self, args: &[&str]) -> Value {
-        let mut v = vec!["-j"];
-        v.extend_from_slice(args);
-        serde_json::from_str(&self.ip(&v)).unwrap_or(Value::Array(vec![]))
-    }
-    pub fn link_names(&self) -> Vec<String> {
-        self.ip_json(&["link", "show"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["ifname"].as_str().unwrap().to_owned())
-            .collect()
-    }
-    /// The link names once the kernel has finished removing the links DEL retired (DEL
-    /// leaves that to a detached process; see `macvlan::del`); fails after 2 s.
-    pub fn link_names_after_removal(&self) -> Vec<String> {
-        let start = std::time::Instant::now();
-        loop {
-            let names = self.link_names();
-            if !names
-                .iter()
-                .any(|n| n.starts_with(crate::plugin::macvlan::RETIRED_PREFIX))
-            {
-                return names;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(2),
-                "retired links still there after 2 s: {names:?}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    pub fn sysctl(&self, key: &str, value: &str) {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.name,
-            "sysctl",
-            "-qw",
-            &format!("{key}={value}"),
-        ]);
-    }
-    pub fn read(&self, path: &str) -> String {
-        let p = path.to_owned();
-        self.handle()
-            .run(move || std::fs::read_to_string(p))
-            .unwrap()
-            .unwrap()
     }
 }
 
@@ -338,19 +288,6 @@ pub fn send_to_group(ns: &Ns, group: Ipv4Addr, port: u16, payload: &[u8], via: O
     }
 }
 
-/// Whether `rx` receives `payload` within about a second.
-pub fn hears(rx: &UdpSocket, payload: &[u8]) -> bool {
-    let mut buf = [0u8; 2048];
-    for _ in 0..4 {
-        match rx.recv_from(&mut buf) {
-            Ok((n, _)) if &buf[..n] == payload => return true,
-            Ok(_) => continue,
-            Err(_) => continue,
-        }
-    }
-    false
-}
-
 /// A node agent (`ros-macvlan agent`) of its own, listening on a unique socket under
 /// /run/ros-macvlan; stopped, with its socket and records removed, on drop.
 pub struct Agent {
@@ -395,11 +332,6 @@ impl Agent {
 
     pub fn socket(&self) -> std::path::PathBuf {
         self.dir.join("agent.sock")
-    }
-
-    /// Where the plugin keeps this agent's membership records.
-    pub fn records(&self) -> crate::plugin::membership::RecordDir {
-        crate::plugin::membership::RecordDir::beside(&self.socket())
     }
 
     /// Starts the agent (again), and waits until it answers.

@@ -23,6 +23,94 @@ pub fn require_root() -> bool {
     false
 }
 
+/// What the tests ask of an agent beyond what the demo's scene needs.
+pub trait AgentExt {
+    /// Where the plugin keeps this agent's membership records.
+    fn records(&self) -> ros_macvlan::plugin::membership::RecordDir;
+}
+
+impl AgentExt for Agent {
+    fn records(&self) -> ros_macvlan::plugin::membership::RecordDir {
+        ros_macvlan::plugin::membership::RecordDir::beside(&self.socket())
+    }
+}
+
+/// What the tests ask of a namespace beyond what the demo's scene needs.
+pub trait NsExt {
+    fn ip_json(&self, args: &[&str]) -> Value;
+    fn link_names(&self) -> Vec<String>;
+    fn link_names_after_removal(&self) -> Vec<String>;
+    fn sysctl(&self, key: &str, value: &str);
+    fn read(&self, path: &str) -> String;
+}
+
+impl NsExt for Ns {
+    /// `ip -j` output as JSON.
+    fn ip_json(&self, args: &[&str]) -> Value {
+        let mut v = vec!["-j"];
+        v.extend_from_slice(args);
+        serde_json::from_str(&self.ip(&v)).unwrap_or(Value::Array(vec![]))
+    }
+    fn link_names(&self) -> Vec<String> {
+        self.ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_owned())
+            .collect()
+    }
+    /// The link names once the kernel has finished removing the links DEL retired (DEL
+    /// leaves that to a detached process; see `macvlan::del`); fails after 2 s.
+    fn link_names_after_removal(&self) -> Vec<String> {
+        let start = std::time::Instant::now();
+        loop {
+            let names = self.link_names();
+            if !names
+                .iter()
+                .any(|n| n.starts_with(ros_macvlan::plugin::macvlan::RETIRED_PREFIX))
+            {
+                return names;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(2),
+                "retired links still there after 2 s: {names:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    fn sysctl(&self, key: &str, value: &str) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ]);
+    }
+    fn read(&self, path: &str) -> String {
+        let p = path.to_owned();
+        self.handle()
+            .run(move || std::fs::read_to_string(p))
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// Whether `rx` receives `payload` within about a second.
+pub fn hears(rx: &std::net::UdpSocket, payload: &[u8]) -> bool {
+    let mut buf = [0u8; 2048];
+    for _ in 0..4 {
+        match rx.recv_from(&mut buf) {
+            Ok((n, _)) if &buf[..n] == payload => return true,
+            Ok(_) => continue,
+            Err(_) => continue,
+        }
+    }
+    false
+}
+
 /// A third-party tool the tests use as a judge. Missing, the test prints SKIPPED, unless
 /// ROS_MACVLAN_REQUIRE_PRIVILEGED=1 (CI), where it fails: scripts/test.sh installs them all.
 pub fn require_tool(name: &str) -> Option<PathBuf> {
