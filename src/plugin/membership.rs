@@ -74,7 +74,13 @@ impl Record {
 }
 
 pub fn key_of(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{network}:{container_id}:{ifname}")
+    format!("{}{network}:{ifname}", pod_prefix(container_id))
+}
+
+/// How the keys of one pod's attachments start: the container first, so a pod's records
+/// are found by their names alone.
+fn pod_prefix(container_id: &str) -> String {
+    format!("{container_id}:")
 }
 
 /// The inode of the namespace a path names (netns files are nsfs inodes).
@@ -287,14 +293,14 @@ pub fn release(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) {
     let _ = agent.client.drop_key(&key);
 }
 
-/// The interfaces of the pod's other attachments of this network that hold memberships
-/// of any of the same groups: the heirs of the multicast routes when this one goes.
+/// The interfaces of the pod's other attachments (of any network) that hold memberships of
+/// any of the same groups: the heirs of the multicast routes when this one goes.
 pub fn other_members(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) -> Vec<String> {
-    // Keys start with the network and the container: DEL reads this pod's records only,
-    // however many attachments the node has.
+    // Keys start with the container: DEL reads this pod's records only, however many
+    // attachments the node has.
     agent
         .records
-        .list_starting(&key_of(&conf.name, &env.container_id, ""))
+        .list_starting(&pod_prefix(&env.container_id))
         .into_iter()
         .filter(|r| r.container_id == env.container_id && r.ifname != env.ifname)
         .filter(|r| r.groups.iter().any(|g| conf.multicast.groups.contains(g)))
