@@ -5,7 +5,7 @@
 //! 1, 100 and 1000 claims in the store, peak memory (max RSS) per invocation, and the floor:
 //! the same kernel operations done by `ip -batch`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +22,8 @@ struct Run {
     took: Duration,
     ok: bool,
     stdout: String,
+    /// The log line (and the plugin's notes on what it passed over).
+    stderr: String,
 }
 
 fn plugin_command(bin: &Path, verb: &str, pod: &Pod) -> Command {
@@ -34,7 +36,7 @@ fn plugin_command(bin: &Path, verb: &str, pod: &Pod) -> Command {
         .env("CNI_PATH", REFERENCE)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     cmd
 }
 
@@ -55,18 +57,12 @@ fn invoke(node: &Node, bin: &Path, verb: &str, pod: &Pod, conf: &Value) -> Run {
                 .unwrap()
                 .write_all(input.as_bytes())
                 .unwrap();
-            let mut stdout = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut stdout)
-                .unwrap();
-            let ok = child.wait().unwrap().success();
+            let out = child.wait_with_output().unwrap();
             Run {
                 took: start.elapsed(),
-                ok,
-                stdout,
+                ok: out.status.success(),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             }
         })
         .unwrap()
@@ -411,28 +407,11 @@ fn three_nodes_interleaved(lan: &Lan, bin: &Path, work: &Path) -> (f64, f64) {
     for round in 0..10u8 {
         for (n, node) in nodes.iter().enumerate() {
             let pod = node.pod(150 + round * 3 + n as u8);
-            let input = confs[n].to_string();
-            let mut cmd = plugin_command(bin, "ADD", &pod);
-            cmd.stderr(Stdio::piped());
-            let out = node
-                .ns
-                .handle()
-                .run(move || {
-                    let start = Instant::now();
-                    let mut child = cmd.spawn().expect("spawn plugin");
-                    child
-                        .stdin
-                        .take()
-                        .unwrap()
-                        .write_all(input.as_bytes())
-                        .unwrap();
-                    let out = child.wait_with_output().unwrap();
-                    (start.elapsed(), out)
-                })
-                .unwrap();
-            assert!(out.1.status.success(), "ADD failed");
-            times.push(out.0);
-            collisions += String::from_utf8_lossy(&out.1.stderr)
+            let run = invoke(node, bin, "ADD", &pod, &confs[n]);
+            assert!(run.ok, "ADD failed: {}", run.stdout);
+            times.push(run.took);
+            collisions += run
+                .stderr
                 .matches("in use on the LAN (ARP answered)")
                 .count();
             attached.push((n, pod));
