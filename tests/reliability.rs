@@ -375,8 +375,10 @@ fn resume_store_at(data: &DataDir, network: &str, ip: &str) {
 
 /// Nodes with one config and fresh stores start at picks of their own (derived from their
 /// master's MAC) instead of walking the range in lockstep: with duplicate detection on,
-/// three nodes adding ten pods each, interleaved, rarely collide. The control: the same
-/// nodes with stores that resume from one point collide at nearly every ADD.
+/// three nodes adding ten pods each, interleaved, rarely collide. Stores that resume from
+/// one point (as the reference host-local leaves them) collide once, then the node jumps to
+/// a pick of its own instead of walking on into the other node's addresses. (Walking on in
+/// lockstep, as before, collided 1.9 times per ADD here.)
 #[test]
 fn fresh_stores_on_several_nodes_rarely_collide() {
     if !require_root() {
@@ -413,11 +415,11 @@ fn fresh_stores_on_several_nodes_rarely_collide() {
     }
     let fresh = collisions_per_add(false);
     let lockstep = collisions_per_add(true);
-    println!("collisions per ADD: fresh stores {fresh:.2}, lockstep control {lockstep:.2}");
+    println!("collisions per ADD: fresh stores {fresh:.2}, stores in lockstep {lockstep:.2}");
     assert!(fresh < 0.3, "fresh stores collide {fresh:.2} times per ADD");
     assert!(
-        lockstep > 0.5,
-        "the lockstep control collides only {lockstep:.2} per ADD"
+        lockstep < 0.3,
+        "stores in lockstep collide {lockstep:.2} times per ADD"
     );
 }
 

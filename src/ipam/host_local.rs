@@ -13,6 +13,7 @@ use super::store::{Record, Store};
 use crate::cni::result::{Dns, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
 use crate::plugin::confine::{ConfinedPath, Roots};
+use crate::sys::stable_hash::stable_hash;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 
@@ -227,6 +228,26 @@ impl HostLocalConf {
     }
 }
 
+/// Where the walk over the range set starts. Normally after `last_reserved_ip`, as the
+/// reference host-local does; in a store that never allocated, at the node's own pick. After
+/// addresses were found in use on the LAN (`avoid`), at a new pick derived from the node and
+/// those addresses: the next address in line most likely belongs to the same other node, so
+/// walking on would collide again and again.
+fn resume_point(store: &Store, set: &RangeSet, idx: usize, hints: Hints) -> Option<IpAddr> {
+    match hints.node_seed {
+        Some(seed) if !hints.avoid.is_empty() => {
+            let mut input = seed.to_le_bytes().to_vec();
+            for ip in hints.avoid {
+                input.extend_from_slice(ip.to_string().as_bytes());
+            }
+            set.spread_resume_point(stable_hash(&input))
+        }
+        seed => store
+            .last_reserved(idx)
+            .or_else(|| seed.and_then(|s| set.spread_resume_point(s))),
+    }
+}
+
 fn claim_in_set<'a>(
     store: &Store,
     set: &'a RangeSet,
@@ -255,11 +276,7 @@ fn claim_in_set<'a>(
         }
         return Ok((ip, range));
     }
-    let resume = store.last_reserved(idx).or_else(|| {
-        hints
-            .node_seed
-            .and_then(|seed| set.spread_resume_point(seed))
-    });
+    let resume = resume_point(store, set, idx, hints);
     for (ip, range) in set.candidates(resume) {
         if !avoid.contains(&ip) && store.reserve(ip, id, ifname, idx)? {
             return Ok((ip, range));
