@@ -1,6 +1,6 @@
 //! The pod's membership of the discovery groups on its macvlan, held by a socket.
 //!
-//! A membership must never be an interface address (the IFA_F_MCAUTOJOIN "auto-join"
+//! A membership must never be an interface address (the kernel's "auto-join"
 //! address): Fast DDS lists the pod's addresses, finds the group among them, takes its
 //! multicast discovery locator for a local address and sends every announcement to
 //! 127.0.0.1. So ADD opens a UDP socket in the pod, joins the groups on the macvlan with it
