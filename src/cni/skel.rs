@@ -13,7 +13,7 @@ use super::version::{Version, LATEST, SUPPORTED};
 use super::{Error, Kind, Result};
 use crate::ipam::Ipam;
 use crate::plugin::lifecycle::{self, LogSink};
-use crate::plugin::policy::AllowedDirs;
+use crate::plugin::policy::{AllowedDirs, Policy};
 use crate::plugin::{macvlan, membership};
 
 /// What the process prints on stdout and exits with.
@@ -126,7 +126,10 @@ fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<An
         Command::Status => require_1_1(&conf.version, "STATUS")?,
         _ => {}
     }
-    let allowed = AllowedDirs::of_node();
+    // Read once: it widens the allowed directories here and bounds ADD's master and ranges.
+    // A policy that cannot be read widens nothing (ADD refuses it on its own).
+    let policy = Policy::load();
+    let allowed = AllowedDirs::new(policy.as_ref().ok().and_then(Option::as_ref));
     let ipam = Ipam::from_conf(&conf, env, &allowed.data)?;
     let agent = membership::AgentPlace::of_config(&conf, &allowed.agent)?;
     *log = LogSink::open(raw, &allowed.logs)?;
@@ -134,7 +137,7 @@ fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<An
         Command::Add => {
             agent.prepare()?;
             let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
-            macvlan::add(&conf, env, &ipam, &agent, &ns).map(|added| Answer {
+            macvlan::add(&conf, env, &ipam, &agent, &ns, policy).map(|added| Answer {
                 stdout: Some(added.result.to_json(&conf.version)),
                 notes: added.notes,
             })

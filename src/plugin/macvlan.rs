@@ -212,10 +212,11 @@ pub fn add(
     ipam: &Ipam,
     agent: &AgentPlace,
     ns: &Namespaces,
+    policy: Result<Option<Policy>>,
 ) -> Result<Added> {
     // Everything checkable is checked before the first change.
     let (master, master_why) = resolve_master(&ns.master_nl, conf, ipam)?;
-    let policy = Policy::load()?;
+    let policy = policy?;
     if let Some(p) = &policy {
         p.check_master(&master.name)?;
     }

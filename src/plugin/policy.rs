@@ -211,12 +211,6 @@ impl AllowedDirs {
             ),
         }
     }
-
-    /// This node's. A policy file that cannot be read or parsed widens nothing (and ADD
-    /// refuses it on its own).
-    pub fn of_node() -> AllowedDirs {
-        AllowedDirs::new(Policy::load().ok().flatten().as_ref())
-    }
 }
 
 #[cfg(test)]
