@@ -102,6 +102,31 @@ fn two_networks_never_wait_for_each_other() {
     del(&node, &pb, &b).ok();
 }
 
+/// After a failed ADD (and the runtime's DEL, where one comes): no link, no claim, eth0 as
+/// it was, no membership held by the agent and no record of one.
+fn assert_nothing_left(step: &str, pod: &Pod, data: &DataDir, agent: &Agent) {
+    assert_eq!(
+        pod.ns.link_names_after_removal(),
+        ["lo", "eth0"],
+        "{step}: a link is left"
+    );
+    assert!(
+        data.claims("ros-net").is_empty(),
+        "{step}: claims left {:?}",
+        data.claims("ros-net")
+    );
+    let eth0 = pod.ns.ip(&["link", "show", "eth0"]);
+    assert!(eth0.contains("MULTICAST"), "{step}: eth0 left marked");
+    let held = ros_macvlan::plugin::membership::AgentClient::new(&agent.socket())
+        .list()
+        .unwrap();
+    assert!(held.is_empty(), "{step}: the agent still holds {held:?}");
+    assert!(
+        agent.records().list().is_empty(),
+        "{step}: membership records left"
+    );
+}
+
 /// SIGKILL at every step of ADD; the DEL the runtime sends next cleans everything, and a
 /// repeated ADD succeeds.
 #[test]
@@ -114,11 +139,6 @@ fn killed_at_any_step_of_add_the_next_del_cleans_up() {
     let data = DataDir::create();
     let agent = start_agent();
     let conf = with_agent(wide(&data, "ros-net"), &agent);
-    let held = || {
-        ros_macvlan::plugin::membership::AgentClient::new(&agent.socket())
-            .list()
-            .unwrap()
-    };
     for step in ros_macvlan::plugin::macvlan::ADD_STEPS {
         let pod = node.pod(50);
         let netns = pod.ns.path();
@@ -128,27 +148,7 @@ fn killed_at_any_step_of_add_the_next_del_cleans_up() {
         let r = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string());
         assert_eq!(r.code, -1, "{step}: the plugin was not killed: {}", r.json);
         del(&node, &pod, &conf).ok();
-        assert_eq!(
-            pod.ns.link_names_after_removal(),
-            ["lo", "eth0"],
-            "{step}: a link is left"
-        );
-        assert!(
-            data.claims("ros-net").is_empty(),
-            "{step}: claims left {:?}",
-            data.claims("ros-net")
-        );
-        let eth0 = pod.ns.ip(&["link", "show", "eth0"]);
-        assert!(eth0.contains("MULTICAST"), "{step}: eth0 left marked");
-        assert!(
-            held().is_empty(),
-            "{step}: the agent still holds {:?}",
-            held()
-        );
-        assert!(
-            agent.records().list().is_empty(),
-            "{step}: membership records left"
-        );
+        assert_nothing_left(step, &pod, &data, &agent);
         add(&node, &pod, &conf).ok();
         del(&node, &pod, &conf).ok();
     }
@@ -176,22 +176,7 @@ fn a_panic_at_any_step_of_add_is_answered_and_undone() {
         let r = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string());
         assert_eq!(r.err_code(), 999, "{step}: {}", r.json);
         assert!(r.msg().contains("internal error"), "{step}: {}", r.json);
-        assert_eq!(
-            pod.ns.link_names_after_removal(),
-            ["lo", "eth0"],
-            "{step}: a link is left"
-        );
-        assert!(
-            data.claims("ros-net").is_empty(),
-            "{step}: claims left {:?}",
-            data.claims("ros-net")
-        );
-        assert!(
-            agent.records().list().is_empty(),
-            "{step}: a record is left"
-        );
-        let eth0 = pod.ns.ip(&["link", "show", "eth0"]);
-        assert!(eth0.contains("MULTICAST"), "{step}: eth0 left marked");
+        assert_nothing_left(step, &pod, &data, &agent);
     }
 }
 
