@@ -992,3 +992,38 @@ fn del_leaves_the_link_inert_at_once_and_removed_shortly_after() {
     del(&node, &pod, &waiting).ok();
     assert_eq!(pod.ns.link_names(), ["lo", "eth0"]);
 }
+
+/// A request the kernel refuses reaches the operator with the kernel's own words (its
+/// extended-ack message), and the failed ADD leaves nothing behind.
+#[test]
+fn a_kernel_refusal_carries_the_kernels_message() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let data = DataDir::create();
+    let mut conf = guide_config(
+        Some("1.0.0"),
+        "lan0",
+        &data,
+        "198.51.100.170",
+        "198.51.100.171",
+    );
+    // A gateway outside every subnet of net1: the kernel refuses the route.
+    conf["ipam"]["routes"] = json!([{"dst": "203.0.113.0/24", "gw": "203.0.113.1"}]);
+    let pod = node.pod(70);
+    let reply = add(&node, &pod, &conf);
+    reply.err_code();
+    assert!(
+        reply.msg().contains("Nexthop has invalid gateway"),
+        "the kernel's message is missing: {}",
+        reply.json
+    );
+    assert_eq!(pod.ns.link_names(), ["lo", "eth0"]);
+    assert!(
+        data.claims("ros-net").is_empty(),
+        "{:?}",
+        data.claims("ros-net")
+    );
+}

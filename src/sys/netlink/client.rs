@@ -37,13 +37,14 @@ use super::{
     NewMacvlan, Op, Result, RouteEntry, Rtnl,
 };
 use crate::sys::netns::Netns;
+use linux_raw_sys::netlink::nlmsgerr_attrs;
 
 /// How long the kernel may take to answer one exchange before it counts as failed.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The extended-ack attribute that carries the kernel's message (linux/netlink.h
-/// NLMSGERR_ATTR_MSG; netlink's own, not an rtnetlink attribute, and modelled by no crate).
-const NLMSGERR_ATTR_MSG: u16 = 1;
+/// The extended-ack attribute that carries the kernel's message: netlink's own, not an
+/// rtnetlink one, so netlink-packet-core does not model it; linux-raw-sys has the kernel header.
+const NLMSGERR_ATTR_MSG: u16 = nlmsgerr_attrs::NLMSGERR_ATTR_MSG as u16;
 
 thread_local! {
     static RUNTIME: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
