@@ -3,9 +3,9 @@
 //!
 //! - `cni`: the protocol (environment, config, results per version, errors, the skeleton);
 //! - `plugin`: the attachment (macvlan ADD/DEL/CHECK with rollback, multicast, memberships,
-//!   DEL's link removal, node policy and confined paths, duplicate detection, GC/STATUS);
+//!   DEL's link removal, node policy, duplicate detection, GC/STATUS);
 //! - `ipam`: host-local (ranges, the shared store) and delegation to IPAM plugins;
-//! - `sys`: network namespaces and netlink, knowing nothing of CNI;
+//! - `sys`: network namespaces, netlink and confined paths, knowing nothing of CNI;
 //! - `tools`: the operator CLI (agent, host access, gc, install, probe, doctor, ports, demo).
 
 pub mod cni;

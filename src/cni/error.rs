@@ -199,6 +199,37 @@ impl From<crate::sys::netns::Error> for Error {
     }
 }
 
+/// A path the config names that is refused (outside the allowed directories, a symlink or
+/// a non-directory on its way, not a regular file) is the config's fault (code 7); the
+/// node's I/O trouble on it is 5.
+impl From<crate::sys::confine::Error> for Error {
+    fn from(e: crate::sys::confine::Error) -> Error {
+        use crate::sys::confine::Error as Confine;
+        let kind = match e {
+            Confine::Io { .. } => Kind::Io,
+            Confine::Outside { .. }
+            | Confine::NoFileName { .. }
+            | Confine::Symlink { .. }
+            | Confine::NotADirectory { .. }
+            | Confine::NotARegularFile { .. } => Kind::InvalidConfig,
+        };
+        Error::new(kind, e.to_string()).with_source(e)
+    }
+}
+
+/// The store's refusals are its confined path's; anything else it meets is I/O (code 5).
+impl From<crate::ipam::store::Error> for Error {
+    fn from(e: crate::ipam::store::Error) -> Error {
+        use crate::ipam::store::Error as Store;
+        match e {
+            Store::Confine(e) => e.into(),
+            Store::Io { .. } | Store::Lock { .. } | Store::Encode(_) => {
+                Error::new(Kind::Io, e.to_string()).with_source(e)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +287,74 @@ mod tests {
         assert_eq!(j["cniVersion"], "1.0.0");
         assert_eq!(j["msg"], "ipam: bad");
         assert_eq!(j["details"], "invalid network config");
+    }
+
+    /// A path the config names that leads where it may not is refused with code 7 and a
+    /// message naming the key, the allowed directories and how to widen them; a store the
+    /// node cannot write answers 5. Each keeps the error it came from.
+    #[test]
+    fn confined_path_and_store_errors_reach_the_runtime_as_before() {
+        use crate::ipam::store::Store;
+        use crate::sys::confine::{ConfinedPath, Roots};
+        use std::os::unix::fs::symlink;
+
+        let roots = Roots::new(
+            vec!["/var/lib/cni".into(), "/run/cni".into()],
+            0o750,
+            "ask the cluster admin",
+        );
+        let e = Error::from(roots.confine("ipam.dataDir", "/etc/x").unwrap_err());
+        assert!(std::error::Error::source(&e).is_some());
+        let j = e.to_json("1.0.0");
+        assert_eq!(
+            (j["code"].as_u64(), j["msg"].as_str(), j["details"].as_str()),
+            (
+                Some(7),
+                Some(
+                    "ipam.dataDir \"/etc/x\" is outside the allowed directories; allowed \
+                     directories: /var/lib/cni, /run/cni; use a path below one of them, or ask \
+                     the cluster admin"
+                ),
+                Some("invalid network config")
+            )
+        );
+
+        struct Scratch(std::path::PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let s = Scratch(std::env::temp_dir().join(format!("rmv-error-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&s.0);
+        std::fs::create_dir_all(s.0.join("elsewhere")).unwrap();
+        symlink(s.0.join("elsewhere"), s.0.join("linked")).unwrap();
+        let data = ConfinedPath::trusted("ipam.dataDir", &s.0, 0o755);
+        let e = Error::from(Store::open(&data, "linked").err().unwrap());
+        assert_eq!(e.code(), 7);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "ipam.dataDir: {0}/linked is a symbolic link; below {0} links are not followed: \
+                 name the real path",
+                s.0.display()
+            )
+        );
+
+        let store = Store::open(&data, "net").unwrap();
+        symlink(s.0.join("elsewhere/x"), s.0.join("net/last_reserved_ip.0")).unwrap();
+        let e = Error::from(
+            store
+                .reserve("198.51.100.5".parse().unwrap(), "cid", "net1", 0)
+                .unwrap_err(),
+        );
+        assert_eq!(e.code(), 5);
+        assert!(
+            e.to_string()
+                .starts_with(&format!("write {}/net/last_reserved_ip.0: ", s.0.display())),
+            "{e}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::range::{Range, RangeSet, RawRange};
 use super::store::{Record, Store};
 use crate::cni::result::{Dns, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
-use crate::plugin::confine::{ConfinedPath, Roots};
+use crate::sys::confine::{ConfinedPath, Roots};
 use crate::sys::stable_hash::stable_hash;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -213,7 +213,7 @@ impl HostLocalConf {
 
     /// The addresses this attachment holds in the store.
     pub fn held(&self, network: &str, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
-        Store::open(&self.data_dir, network)?.find(id, ifname)
+        Ok(Store::open(&self.data_dir, network)?.find(id, ifname)?)
     }
 
     pub fn dns(&self) -> Result<Dns> {

@@ -11,7 +11,7 @@ use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
 use crate::cni::result::CniResult;
 use crate::cni::{Error, Kind, Result};
-use crate::plugin::confine::Roots;
+use crate::sys::confine::Roots;
 use delegate::Delegate;
 pub use host_local::Hints;
 use host_local::{HostLocalConf, Owner};

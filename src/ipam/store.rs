@@ -9,11 +9,46 @@ use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use serde::{Deserialize, Serialize};
 
-use crate::cni::{Error, Kind, Result};
-use crate::plugin::confine::{ConfinedPath, Dir};
+use crate::sys::confine::{self, ConfinedPath, Dir};
+
+/// What went wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store's directory could not be reached through its confined path: a symlink or a
+    /// non-directory on the way, or the node's I/O trouble.
+    #[error(transparent)]
+    Confine(#[from] confine::Error),
+    /// A file of the store could not be read, written or removed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was done, to which file.
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store's lock file could not be locked.
+    #[error("lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: Errno,
+    },
+    /// A record could not be encoded.
+    #[error("{0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl Error {
+    fn io(what: String, source: std::io::Error) -> Error {
+        Error::Io { what, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
 
 const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
 const LINE_BREAK: &str = "\r\n";
@@ -95,12 +130,11 @@ impl Store {
         let file = dir
             .open(OsStr::new("lock"), OFlag::O_RDWR | OFlag::O_CREAT)
             .map_err(|e| Error::io(format!("open {}", dir.path().join("lock").display()), e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| {
-            Error::new(
-                Kind::Io,
-                format!("lock {}: {e}", dir.path().join("lock").display()),
-            )
-        })?;
+        let lock =
+            Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, source)| Error::Lock {
+                path: dir.path().join("lock"),
+                source,
+            })?;
         Ok(Store { dir, _lock: lock })
     }
 
@@ -233,7 +267,7 @@ impl Store {
     pub fn write_record(&self, record: &Record) -> Result<()> {
         let name = Store::record_name(&record.container_id, &record.ifname);
         let path = self.dir.path().join(RECORD_DIR).join(&name);
-        let body = serde_json::to_vec(record).map_err(|e| Error::new(Kind::Io, e.to_string()))?;
+        let body = serde_json::to_vec(record).map_err(Error::Encode)?;
         let temp = OsStr::new(".staging");
         self.record_dir(true)
             .and_then(|dir| {
@@ -380,7 +414,10 @@ mod tests {
         // The network's directory itself a link: refused as the config's fault.
         fs::create_dir_all(&d).unwrap();
         symlink(&outside, d.join("linked")).unwrap();
-        assert_eq!(Store::open(&data(&d), "linked").err().unwrap().code(), 7);
+        assert!(matches!(
+            Store::open(&data(&d), "linked"),
+            Err(Error::Confine(confine::Error::Symlink { .. }))
+        ));
 
         // A claim file that is a link holds nothing, and is replaced, not written through.
         let s = Store::open(&data(&d), "net").unwrap();
@@ -393,7 +430,10 @@ mod tests {
         // last_reserved_ip a link: the claim fails whole and is withdrawn.
         symlink(&target, d.join("net/last_reserved_ip.1")).unwrap();
         let ip2: IpAddr = "198.51.100.10".parse().unwrap();
-        assert_eq!(s.reserve(ip2, "cid", "net1", 1).unwrap_err().code(), 5);
+        assert!(matches!(
+            s.reserve(ip2, "cid", "net1", 1),
+            Err(Error::Io { .. })
+        ));
         assert_eq!(s.holder_of(ip2), None);
         assert_eq!(fs::read(&target).unwrap(), b"untouched");
         fs::remove_dir_all(&d).unwrap();

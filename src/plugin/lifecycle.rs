@@ -14,8 +14,8 @@ use crate::cni::env::{CniEnv, Command};
 use crate::cni::{Error, Kind, Result};
 use crate::ipam::store::{Record, Store};
 use crate::ipam::Ipam;
-use crate::plugin::confine::{ConfinedPath, Roots};
 use crate::plugin::macvlan::resolve_master;
+use crate::sys::confine::{self, ConfinedPath, Roots};
 use crate::sys::netlink::Netlink;
 
 /// The attachments the runtime says are still valid: `cni.dev/valid-attachments`, or the
@@ -171,11 +171,11 @@ impl LogSink {
         }
         match dir.append_file(&name) {
             Ok(f) => Ok(LogSink::File(f)),
-            Err(e) if e.kind() == Kind::InvalidConfig => Err(e),
-            Err(e) => {
+            Err(e @ confine::Error::Io { .. }) => {
                 eprintln!("ros-macvlan: cannot open logFile ({e}); logging to stderr");
                 Ok(LogSink::Stderr)
             }
+            Err(refused) => Err(refused.into()),
         }
     }
 }

@@ -804,7 +804,7 @@ mod tests {
 
     /// The agent's place; with no groups configured nothing of it is touched.
     fn agent(conf: &NetConf) -> AgentPlace {
-        let roots = crate::plugin::confine::Roots::new(vec![std::env::temp_dir()], 0o755, "");
+        let roots = crate::sys::confine::Roots::new(vec![std::env::temp_dir()], 0o755, "");
         AgentPlace::of_config(conf, &roots).unwrap()
     }
 

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
-use crate::plugin::confine::{ConfinedPath, Roots};
 use crate::plugin::policy::AGENT_DIR_MODE;
+use crate::sys::confine::{ConfinedPath, Roots};
 use crate::sys::netns::Netns;
 
 /// Where the node agent listens unless the config's `agentSocket` says otherwise.
@@ -185,7 +185,8 @@ impl AgentPlace {
     /// Opens (creating what is missing) the records' directory before ADD changes anything,
     /// so a symlink on its way is refused (code 7) while there is nothing to undo.
     pub fn prepare(&self) -> Result<()> {
-        self.records.0.create_dir().map(drop)
+        self.records.0.create_dir()?;
+        Ok(())
     }
 }
 

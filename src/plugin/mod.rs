@@ -1,6 +1,5 @@
 //! The attachment: what one CNI invocation does to a pod and the node.
 
-pub mod confine;
 pub mod dad;
 pub mod diagnosis;
 pub mod duplicate;

@@ -15,7 +15,7 @@ use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 use crate::cni::{Error, Kind, Result};
-use crate::plugin::confine::Roots;
+use crate::sys::confine::Roots;
 
 pub const DEFAULT_POLICY_FILE: &str = "/etc/cni/ros-macvlan/policy.json";
 

@@ -1,5 +1,7 @@
-//! The operating system: network namespaces and netlink. Nothing here knows CNI.
+//! The operating system: network namespaces, netlink, and paths confined to allowed
+//! directories. Nothing here knows CNI.
 
+pub mod confine;
 pub mod netlink;
 pub mod netns;
 pub mod stable_hash;

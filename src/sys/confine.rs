@@ -22,7 +22,58 @@ use nix::fcntl::{openat, renameat, AtFlags, OFlag};
 use nix::sys::stat::{fchmod, fstatat, mkdirat, Mode, SFlag};
 use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 
-use crate::cni::{Error, Kind, Result};
+/// Why a path was refused, or could not be used. Every variant but `Io` is the path's own
+/// fault (what the config names); `Io` is the node's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// By its text, the path leads outside the allowed directories.
+    #[error(
+        "{key} {path:?} {why}; allowed directories: {}; use a path below one of them, or {hint}",
+        list(.allowed)
+    )]
+    Outside {
+        /// The config key that named it.
+        key: &'static str,
+        path: String,
+        /// What is wrong with its text.
+        why: &'static str,
+        allowed: Vec<PathBuf>,
+        /// How the node can allow more.
+        hint: String,
+    },
+    /// A file's path that names an allowed directory itself.
+    #[error("{key} {path:?} names an allowed directory, not a file in it")]
+    NoFileName { key: &'static str, path: String },
+    /// A component below the root is a symbolic link.
+    #[error(
+        "{key}: {at} is a symbolic link; below {root} links are not followed: name the real path"
+    )]
+    Symlink {
+        key: &'static str,
+        at: PathBuf,
+        root: PathBuf,
+    },
+    /// A component below the root is not a directory.
+    #[error("{key}: {at} is not a directory")]
+    NotADirectory { key: &'static str, at: PathBuf },
+    /// The file is a directory or a FIFO without a reader, not a regular file.
+    #[error("{key}: {at} is not a regular file")]
+    NotARegularFile { key: &'static str, at: PathBuf },
+    /// The node's trouble (permissions, a full or read-only disk), not the path's.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn list(dirs: &[PathBuf]) -> String {
+    let v: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    v.join(", ")
+}
 
 /// The mode of every file the plugin creates below an allowed directory (owned by root, as
 /// the plugin runs as root).
@@ -55,12 +106,12 @@ impl Roots {
     /// must be absolute, hold no `..`, and lie in (or be) one of the roots.
     pub fn confine(&self, key: &'static str, path: &str) -> Result<ConfinedPath> {
         let p = Path::new(path);
-        let refuse = |why: &str| {
-            Error::new(Kind::InvalidConfig, format!(
-                "{key} {path:?} {why}; allowed directories: {}; use a path below one of them, or {}",
-                self.list(),
-                self.widen_hint
-            ))
+        let refuse = |why| Error::Outside {
+            key,
+            path: path.to_owned(),
+            why,
+            allowed: self.dirs.clone(),
+            hint: self.widen_hint.clone(),
         };
         if !p.is_absolute() {
             return Err(refuse("is not an absolute path"));
@@ -93,18 +144,11 @@ impl Roots {
     /// As `confine`, for a file: the directory holding it and its name.
     pub fn confine_file(&self, key: &'static str, path: &str) -> Result<(ConfinedPath, OsString)> {
         let mut dir = self.confine(key, path)?;
-        let name = dir.below.pop().ok_or_else(|| {
-            Error::new(
-                Kind::InvalidConfig,
-                format!("{key} {path:?} names an allowed directory, not a file in it"),
-            )
+        let name = dir.below.pop().ok_or_else(|| Error::NoFileName {
+            key,
+            path: path.to_owned(),
         })?;
         Ok((dir, name))
-    }
-
-    fn list(&self) -> String {
-        let v: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
-        v.join(", ")
     }
 }
 
@@ -156,11 +200,11 @@ impl ConfinedPath {
         let mut dir = match Dir::open_root(&self.root, create_mode) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(Error::io(
-                    format!("{} {}", self.key, self.root.display()),
-                    e,
-                ))
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("{} {}", self.key, self.root.display()),
+                    source,
+                })
             }
         };
         for name in &self.below {
@@ -173,35 +217,32 @@ impl ConfinedPath {
         Ok(Some(dir))
     }
 
-    /// A symlink or a non-directory on the way is the config's fault (code 7); anything
-    /// else is the node's (code 5).
+    /// A symlink or a non-directory on the way is the path's fault; anything else is the
+    /// node's (`Io`).
     fn refusal(&self, parent: &Dir, name: &OsStr, e: io::Error) -> Error {
+        let key = self.key;
         let at = parent.path.join(name);
         let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
         if !matches!(errno, Errno::ELOOP | Errno::ENOTDIR) {
-            return Error::io(format!("{} {}", self.key, at.display()), e);
+            return Error::Io {
+                what: format!("{key} {}", at.display()),
+                source: e,
+            };
         }
         // With O_NOFOLLOW and O_DIRECTORY, Linux answers ENOTDIR for a symlink.
         if errno == Errno::ELOOP || parent.is_a(name, SFlag::S_IFLNK) {
-            Error::new(
-                Kind::InvalidConfig,
-                format!(
-                "{}: {} is a symbolic link; below {} links are not followed: name the real path",
-                self.key,
-                at.display(),
-                self.root.display()
-            ),
-            )
+            Error::Symlink {
+                key,
+                at,
+                root: self.root.clone(),
+            }
         } else {
-            Error::new(
-                Kind::InvalidConfig,
-                format!("{}: {} is not a directory", self.key, at.display()),
-            )
+            Error::NotADirectory { key, at }
         }
     }
 
     /// Opens the file `name` in this directory for appending, creating it (and the
-    /// directories) when missing. A symlink in its place is the config's fault (code 7).
+    /// directories) when missing. A symlink in its place is the path's fault.
     pub fn append_file(&self, name: &OsStr) -> Result<File> {
         let dir = self.create_dir()?;
         // O_NONBLOCK: a FIFO in its place must not hang the plugin (it does nothing to a
@@ -209,14 +250,10 @@ impl ConfinedPath {
         let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NONBLOCK;
         dir.open(name, flags)
             .map_err(|e| match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
-                Errno::EISDIR | Errno::ENXIO => Error::new(
-                    Kind::InvalidConfig,
-                    format!(
-                        "{}: {} is not a regular file",
-                        self.key,
-                        dir.path.join(name).display()
-                    ),
-                ),
+                Errno::EISDIR | Errno::ENXIO => Error::NotARegularFile {
+                    key: self.key,
+                    at: dir.path.join(name),
+                },
                 _ => self.refusal(&dir, name, e),
             })
     }
@@ -418,7 +455,7 @@ mod tests {
             "/var/lib",
         ] {
             let e = r.confine("ipam.dataDir", bad).unwrap_err();
-            assert_eq!(e.code(), 7, "{bad}");
+            assert!(matches!(e, Error::Outside { .. }), "{bad}: {e:?}");
             let m = e.to_string();
             assert!(
                 m.contains("ipam.dataDir")
@@ -435,7 +472,10 @@ mod tests {
             r.confine("k", "/run/cni").unwrap().path(),
             Path::new("/run/cni")
         );
-        assert_eq!(r.confine_file("logFile", "/run/cni").unwrap_err().code(), 7);
+        assert!(matches!(
+            r.confine_file("logFile", "/run/cni"),
+            Err(Error::NoFileName { .. })
+        ));
         let (dir, name) = r.confine_file("logFile", "/run/cni/a/x.log").unwrap();
         assert_eq!(
             (dir.path(), name),
@@ -473,10 +513,13 @@ mod tests {
             .confine("k", root.join("link/sub").to_str().unwrap())
             .unwrap();
         let e = through.create_dir().unwrap_err();
-        assert_eq!(e.code(), 7);
+        assert!(matches!(e, Error::Symlink { .. }), "{e:?}");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         symlink(outside.join("target.log"), root.join("a/b/evil.log")).unwrap();
-        assert_eq!(dir.append_file("evil.log".as_ref()).unwrap_err().code(), 7);
+        assert!(matches!(
+            dir.append_file("evil.log".as_ref()),
+            Err(Error::Symlink { .. })
+        ));
         assert_eq!(
             std::fs::read_dir(&outside).unwrap().count(),
             0,
