@@ -1027,3 +1027,60 @@ fn a_kernel_refusal_carries_the_kernels_message() {
         data.claims("ros-net")
     );
 }
+
+/// IPv6 addresses are settled when ADD returns, as with the reference: usable, not
+/// tentative. One another host on the LAN already holds fails duplicate address detection:
+/// ADD says which, and leaves nothing behind.
+#[test]
+fn ipv6_addresses_are_settled_and_a_taken_one_fails() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let other_host = Node::new(&lan);
+    other_host
+        .ns
+        .ip(&["addr", "add", "2001:db8:1::100/64", "dev", "lan0", "nodad"]);
+    let data = DataDir::create();
+    let v6_only = |address: &str| {
+        let mut conf = guide_config(
+            Some("1.0.0"),
+            "lan0",
+            &data,
+            "198.51.100.180",
+            "198.51.100.180",
+        );
+        conf["ipam"]["ranges"] = json!([[{
+            "subnet": "2001:db8:1::/64", "rangeStart": address, "rangeEnd": address
+        }]]);
+        conf
+    };
+
+    let taken = node.pod(80);
+    let reply = add(&node, &taken, &v6_only("2001:db8:1::100"));
+    reply.err_code();
+    assert!(
+        reply.msg().contains("2001:db8:1::100")
+            && reply.msg().contains("failed duplicate address detection"),
+        "{}",
+        reply.json
+    );
+    assert_eq!(taken.ns.link_names(), ["lo", "eth0"]);
+    assert!(
+        data.claims("ros-net").is_empty(),
+        "{:?}",
+        data.claims("ros-net")
+    );
+
+    let free = node.pod(81);
+    let conf = v6_only("2001:db8:1::101");
+    add(&node, &free, &conf).ok();
+    let shown = free.ns.ip(&["-6", "addr", "show", "dev", "net1"]);
+    assert!(shown.contains("2001:db8:1::101/64"), "{shown}");
+    assert!(
+        !shown.contains("tentative"),
+        "ADD returned before DAD ended: {shown}"
+    );
+    del(&node, &free, &conf).ok();
+}

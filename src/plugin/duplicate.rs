@@ -69,7 +69,8 @@ impl Detection {
     }
 }
 
-const ETH_P_ARP: u16 = 0x0806;
+/// The ARP ethertype in the byte order packet sockets take it.
+const ARP_PROTOCOL: u16 = (libc::ETH_P_ARP as u16).to_be();
 const ARP_LEN: usize = 28;
 
 /// Whether another host answers for `ip` on the interface, probing from `mac`.
@@ -85,7 +86,7 @@ fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> std::io::Re
         libc::socket(
             libc::AF_PACKET,
             libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_ARP.to_be()),
+            i32::from(ARP_PROTOCOL),
         )
     };
     if raw < 0 {
@@ -95,7 +96,7 @@ fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> std::io::Re
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = ETH_P_ARP.to_be();
+    addr.sll_protocol = ARP_PROTOCOL;
     addr.sll_ifindex = ifindex as i32;
     let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
     // SAFETY: addr is a valid sockaddr_ll of the given length.

@@ -345,7 +345,7 @@ fn add_steps(
     ns.pod_nl.apply(ops)?;
     // As the reference: IPv6 addresses are usable (not tentative) when ADD returns.
     if result.ips.iter().any(|ip| ip.address.is_ipv6()) {
-        dad::settle(&ns.pod_ns, &env.ifname)?;
+        dad::settle(&ns.pod_nl, link.index, &env.ifname)?;
     }
     // As the reference macvlan: the result's DNS is the config's `dns`, not IPAM's.
     result.dns = conf.dns.clone();

@@ -136,5 +136,4 @@ impl Drop for GoBack {
     }
 }
 
-// NS_GET_NSTYPE is _IO(0xb7, 0x3) (linux/nsfs.h).
-nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+nix::ioctl_none_bad!(ns_get_nstype, nix::libc::NS_GET_NSTYPE);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoMacVlan, LinkAttribute, LinkInfo,
     LinkMessage,
@@ -332,6 +332,38 @@ impl Rtnl for Netlink {
             "list addresses",
         )?;
         Ok(answers.into_iter().filter_map(address_of).collect())
+    }
+
+    fn ipv6_address_flags(&self, index: u32) -> Result<Vec<(IpNetwork, AddressFlags)>> {
+        let mut message = AddressMessage::default();
+        // Strict checking: the kernel lists only this link's IPv6 addresses.
+        message.header.family = AddressFamily::Inet6;
+        message.header.index = index;
+        let answers = self.query(
+            RouteNetlinkMessage::GetAddress(message),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            "list IPv6 addresses",
+        )?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|answer| {
+                let RouteNetlinkMessage::NewAddress(m) = &answer else {
+                    return None;
+                };
+                // IFA_FLAGS carries all 32 bits; the header's byte only the low 8.
+                let flags = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        AddressAttribute::Flags(f) => Some(*f),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| {
+                        AddressFlags::from_bits_retain(m.header.flags.bits().into())
+                    });
+                Some((address_of(answer)?.1, flags))
+            })
+            .collect())
     }
 
     fn routes(&self, family: Family, table: u32) -> Result<Vec<RouteEntry>> {

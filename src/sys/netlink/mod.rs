@@ -18,6 +18,7 @@ use netlink_packet_route::route::{RouteScope, RouteType};
 use nix::errno::Errno;
 
 pub use client::Netlink;
+pub use netlink_packet_route::address::AddressFlags;
 
 /// Routing tables by number, as the kernel's headers name them.
 pub const TABLE_MAIN: u32 = nix::libc::RT_TABLE_MAIN as u32;
@@ -356,6 +357,9 @@ pub trait Rtnl {
     fn link_by_index(&self, index: u32) -> Result<Option<Link>>;
     /// Addresses on a link (or on all links with `None`).
     fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork)>>;
+    /// A link's IPv6 addresses with their flags (tentative while duplicate address detection
+    /// runs, dadfailed when another host holds the address).
+    fn ipv6_address_flags(&self, index: u32) -> Result<Vec<(IpNetwork, AddressFlags)>>;
     /// The routes of one family in one table.
     fn routes(&self, family: Family, table: u32) -> Result<Vec<RouteEntry>>;
     fn add_macvlan(&self, spec: &NewMacvlan<'_>) -> Result<()>;

@@ -9,7 +9,8 @@ use netlink_packet_route::link::{InfoKind, LinkFlags};
 use nix::errno::Errno;
 
 use super::{
-    route_out, route_prepended, Error, Family, Link, NewMacvlan, Op, Result, RouteEntry, Rtnl,
+    route_out, route_prepended, AddressFlags, Error, Family, Link, NewMacvlan, Op, Result,
+    RouteEntry, Rtnl,
 };
 
 /// A change the fake was asked for.
@@ -231,6 +232,16 @@ impl Rtnl for Fake {
             .iter()
             .filter(|(i, _)| index.is_none_or(|want| *i == want))
             .copied()
+            .collect())
+    }
+
+    /// The fake kernel runs no duplicate address detection: its addresses are settled at once.
+    fn ipv6_address_flags(&self, index: u32) -> Result<Vec<(IpNetwork, AddressFlags)>> {
+        Ok(self
+            .addresses(Some(index))?
+            .into_iter()
+            .filter(|(_, a)| a.is_ipv6())
+            .map(|(_, a)| (a, AddressFlags::Permanent))
             .collect())
     }
 
