@@ -13,6 +13,7 @@
 //! of attachments added while no agent ran. This file is the plugin's side and the wire
 //! protocol both sides speak; `agent` is the holder.
 
+use std::cell::OnceCell;
 use std::ffi::OsString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Ipv4Addr;
@@ -33,7 +34,7 @@ use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
 use crate::plugin::policy::AGENT_DIR_MODE;
-use crate::sys::confine::{ConfinedPath, Roots};
+use crate::sys::confine::{ConfinedPath, Dir, Roots};
 use crate::sys::netns::Netns;
 
 /// Where the node agent listens unless the config's `agentSocket` says otherwise.
@@ -115,7 +116,11 @@ impl RecordDir {
 
     /// Written whole and renamed into place: a reader never sees half a record.
     pub fn write(&self, record: &Record) -> Result<()> {
-        let dir = self.0.create_dir()?;
+        RecordDir::write_in(&self.0.create_dir()?, record)
+    }
+
+    /// `write`, in the records' directory already open.
+    fn write_in(dir: &Dir, record: &Record) -> Result<()> {
         let key = record.key();
         let temp = OsString::from(format!(".{key}.tmp-{}", std::process::id()));
         let bytes = serde_json::to_vec(record).map_err(|e| Error::new(Kind::Io, e.to_string()))?;
@@ -166,6 +171,8 @@ const RECORDS: &str = "memberships";
 pub struct AgentPlace {
     client: AgentClient,
     records: RecordDir,
+    /// The records' directory as `prepare` opened it, so ADD walks its path once.
+    prepared: OnceCell<Dir>,
 }
 
 impl AgentPlace {
@@ -175,6 +182,7 @@ impl AgentPlace {
         Ok(AgentPlace {
             client: AgentClient::new(Path::new(&conf.agent_socket)),
             records: RecordDir::in_dir(dir),
+            prepared: OnceCell::new(),
         })
     }
 
@@ -185,8 +193,15 @@ impl AgentPlace {
     /// Opens (creating what is missing) the records' directory before ADD changes anything,
     /// so a symlink on its way is refused (code 7) while there is nothing to undo.
     pub fn prepare(&self) -> Result<()> {
-        self.records.0.create_dir()?;
-        Ok(())
+        self.records_dir().map(|_| ())
+    }
+
+    fn records_dir(&self) -> Result<&Dir> {
+        if let Some(dir) = self.prepared.get() {
+            return Ok(dir);
+        }
+        let dir = self.records.0.create_dir()?;
+        Ok(self.prepared.get_or_init(|| dir))
     }
 }
 
@@ -271,7 +286,10 @@ pub fn hold(
             .map_err(|e| Error::io(format!("stat network namespace {}", env.netns), e))?,
         groups: groups.clone(),
     };
-    if let Err(e) = agent.records.write(&record) {
+    if let Err(e) = agent
+        .records_dir()
+        .and_then(|dir| RecordDir::write_in(dir, &record))
+    {
         return Ok(Some(format!("membership not held: {e}")));
     }
     Ok(agent.client.hold(&record, &socket).err().map(|e| {
