@@ -1,10 +1,10 @@
 //! The plugin core through the built binary, as a runtime drives it: ADD, CHECK, DEL,
 //! results per version, the host-local store, rollback, and bad input.
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 fn check(node: &Node, pod: &Pod, conf: &Value, prev: &Value) -> Reply {
     let mut c = conf.clone();

@@ -2,14 +2,14 @@
 //! discovery works over net1. Judged by the kernel's own state, by a snooping bridge, by
 //! plain multicast sockets, by a real DDS (CycloneDDS ddsperf) and by tshark.
 
-mod common;
+mod support;
 
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 

@@ -1,16 +1,16 @@
 //! Hostile input: randomly mutated configs, CNI_ARGS and prevResults never panic the
 //! parsers, and 1 MB inputs are refused in bounded time.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use ros_macvlan::cni::config::NetConf;
 use ros_macvlan::cni::env::parse_cni_args;
 use ros_macvlan::cni::result::CniResult;
 use ros_macvlan::ipam::host_local::HostLocalConf;
 use ros_macvlan::plugin::policy::AllowedDirs;
+use support::*;
 
 /// xorshift64*: reproducible mutations without a fuzzing crate.
 struct Rng(u64);
