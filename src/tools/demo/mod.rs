@@ -12,7 +12,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::cni::config::ROS_DISCOVERY_GROUP;
-use scene::{group_receiver, run_in, send_to_group, Agent, Lan, Node, Pod, Reply};
+use scene::{
+    group_receiver, run_in, send_to_group, Agent, Lan, Node, Pod, Reply, DDSPERF_LISTENER,
+    DDSPERF_TALKER,
+};
 
 /// SPDP for ROS_DOMAIN_ID 0 goes to 7400 + 250 × domain.
 const DISCOVERY_PORT: u16 = 7400;
@@ -155,9 +158,8 @@ fn play(bin: &Path, data: &Path) -> bool {
             .iter()
             .filter_map(|p| {
                 Command::new("ip")
-                    .args([
-                        "netns", "exec", &p.ns.name, "ddsperf", "-D", "8", "pub", "10Hz",
-                    ])
+                    .args(["netns", "exec", &p.ns.name, "ddsperf"])
+                    .args(DDSPERF_TALKER)
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
@@ -165,18 +167,8 @@ fn play(bin: &Path, data: &Path) -> bool {
             })
             .collect();
         let sub = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &pods[2].ns.name,
-                "ddsperf",
-                "-D",
-                "6",
-                "-Qminmatch:2",
-                "-Qmaxwait:5",
-                "-Qsamples:10",
-                "sub",
-            ])
+            .args(["netns", "exec", &pods[2].ns.name, "ddsperf"])
+            .args(DDSPERF_LISTENER)
             .output();
         for mut t in talkers {
             let _ = t.kill();

@@ -200,12 +200,17 @@ pub struct Reply {
 
 /// Runs a CNI plugin inside `node` with exactly the given environment and stdin.
 pub fn run_in(node: &str, bin: &Path, env: &[(&str, &str)], stdin: &str) -> Reply {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", node]).arg(bin).env_clear();
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
+    let mut program = Command::new("ip");
+    program.args(["netns", "exec", node]).arg(bin);
+    invoke(program, env, stdin)
+}
+
+/// Runs `program` (a CNI plugin, or a command that runs one) with exactly the given
+/// environment and stdin, as a runtime does.
+pub fn invoke(mut program: Command, env: &[(&str, &str)], stdin: &str) -> Reply {
+    let mut child = program
+        .env_clear()
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -290,6 +295,19 @@ pub fn send_to_group(ns: &Ns, group: Ipv4Addr, port: u16, payload: &[u8], via: O
         sock.send_to(payload, (group, port)).expect("send to group");
     }
 }
+
+/// The original guide's example 4 in CycloneDDS ddsperf's arguments: a talker publishes at
+/// 10 Hz for 8 s; the listener succeeds once it has matched both talkers and received 10
+/// samples, and gives up after 6 s.
+pub const DDSPERF_TALKER: &[&str] = &["-D", "8", "pub", "10Hz"];
+pub const DDSPERF_LISTENER: &[&str] = &[
+    "-D",
+    "6",
+    "-Qminmatch:2",
+    "-Qmaxwait:5",
+    "-Qsamples:10",
+    "sub",
+];
 
 /// A node agent (`ros-macvlan agent`) of its own, listening on a unique socket under
 /// /run/ros-macvlan; stopped, with its socket, records and log removed, on drop.
