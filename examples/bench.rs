@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ros_macvlan::sys::netlink::{Netlink, Rtnl};
-use ros_macvlan::tools::scene::{Agent, Lan, Node, Pod};
+use ros_macvlan::tools::demo::scene::{Agent, Lan, Node, Pod};
 use serde_json::{json, Value};
 
 const CYCLES: usize = 50;

@@ -2,13 +2,13 @@
 //! lives, re-creates them after its own restart, lets go when a pod's netns is gone (a lost
 //! DEL), and is never needed for an ADD to succeed.
 
-mod common;
+mod support;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::*;
 use ros_macvlan::plugin::membership::AgentClient;
+use support::*;
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 

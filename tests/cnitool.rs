@@ -1,12 +1,12 @@
 //! libcni's cnitool drives the plugin the way Multus does: a conflist in NETCONFPATH,
 //! ros-macvlan and the reference plugins in CNI_PATH; add, check and del into a pod.
 
-mod common;
+mod support;
 
 use std::process::Command;
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 fn cnitool(
     node: &Node,

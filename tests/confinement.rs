@@ -3,13 +3,13 @@
 //! /var/log/ros-macvlan, and /var/lib/cni and /run/cni), never out of them through `..` or a
 //! symlink, and a refused config writes nowhere but stderr. The node policy widens them.
 
-mod common;
+mod support;
 
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 /// A node with one pod, a data dir and a log dir the plugin allows, a directory outside
 /// every allowed one (what a refused path aims at), and the node policy the plugin reads.

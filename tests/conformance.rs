@@ -10,13 +10,13 @@
 //! two observations; any other difference fails the suite. One line per config is printed:
 //! `cargo test --test conformance -- --nocapture` shows them.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 /// The interface both plugins create.
 const IFNAME: &str = "net1";
@@ -278,7 +278,7 @@ enum Side {
 struct Bench {
     node: Node,
     lan: Lan,
-    agent: Agent,
+    agent: TestAgent,
     files: DataDir,
 }
 

@@ -1,10 +1,10 @@
 //! The plugin core through the built binary, as a runtime drives it: ADD, CHECK, DEL,
 //! results per version, the host-local store, rollback, and bad input.
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 fn check(node: &Node, pod: &Pod, conf: &Value, prev: &Value) -> Reply {
     let mut c = conf.clone();
@@ -213,27 +213,7 @@ fn version_lists_every_supported_version() {
 
 /// Runs the plugin in this process's namespace: only for verbs that touch no interface.
 fn run_in_host(env: &[(&str, &str)], stdin: &str) -> Reply {
-    use std::io::Write;
-    let mut child = std::process::Command::new(plugin_bin())
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    Reply {
-        json: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    invoke(std::process::Command::new(plugin_bin()), env, stdin)
 }
 
 #[test]

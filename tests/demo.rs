@@ -1,8 +1,8 @@
 //! `ros-macvlan demo` shows the listener hearing both talkers and leaves nothing behind.
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 
 #[test]
 fn demo_shows_discovery_and_cleans_up() {

@@ -2,14 +2,14 @@
 //! on purpose, step by step, CHECK answers 104 naming the broken check and doctor FAILs
 //! the same one; mended, both pass again.
 
-mod common;
+mod support;
 
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use common::*;
 use ros_macvlan::plugin::membership::{self, AgentClient};
 use serde_json::Value;
+use support::*;
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 

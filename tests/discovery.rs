@@ -2,14 +2,14 @@
 //! discovery works over net1. Judged by the kernel's own state, by a snooping bridge, by
 //! plain multicast sockets, by a real DDS (CycloneDDS ddsperf) and by tshark.
 
-mod common;
+mod support;
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 
@@ -205,38 +205,15 @@ fn every_pod_sends_to_and_hears_every_other_both_ways() {
     }
 }
 
-/// A ddsperf process in a pod; killed on drop.
-struct Dds(Option<Child>);
-
-impl Dds {
-    fn start(pod: &Pod, args: &[&str]) -> Dds {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &pod.ns.name, "ddsperf"])
-            .args(args)
-            .env_remove("CYCLONEDDS_URI")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ddsperf (Debian cyclonedds-tools) must be installed: run scripts/test.sh");
-        Dds(Some(child))
-    }
-    fn wait(mut self) -> (bool, String) {
-        let out = self.0.take().unwrap().wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-}
-
-impl Drop for Dds {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// ddsperf (Debian cyclonedds-tools: scripts/test.sh installs it) in a pod, with no
+/// CycloneDDS configuration; killed on drop.
+fn ddsperf(pod: &Pod, args: &[&str]) -> Spawned {
+    let command: Vec<&str> = std::iter::once("ddsperf")
+        .chain(args.iter().copied())
+        .collect();
+    Spawned::start(&pod.ns, &command, |cmd| {
+        cmd.env_remove("CYCLONEDDS_URI");
+    })
 }
 
 /// The original guide's example 4: two talkers and a listener in three pods, with no DDS
@@ -267,21 +244,11 @@ fn guide_scene(
         )
         .ok();
     }
-    let _talkers: Vec<Dds> = pods[..2]
+    let _talkers: Vec<Spawned> = pods[..2]
         .iter()
-        .map(|p| Dds::start(p, &["-D", "8", "pub", "10Hz"]))
+        .map(|p| ddsperf(p, DDSPERF_TALKER))
         .collect();
-    let listener = Dds::start(
-        &pods[2],
-        &[
-            "-D",
-            "6",
-            "-Qminmatch:2",
-            "-Qmaxwait:5",
-            "-Qsamples:10",
-            "sub",
-        ],
-    );
+    let listener = ddsperf(&pods[2], DDSPERF_LISTENER);
     let outcome = listener.wait();
     for pod in &pods {
         run_in(
@@ -420,22 +387,11 @@ fn pods_on_two_nodes_discover_each_other_through_a_snooping_switch() {
         }
     }
     // And a real DDS: the listener on node 0 matches both talkers on node 1.
-    let _talkers: Vec<Dds> = pods[1..]
+    let _talkers: Vec<Spawned> = pods[1..]
         .iter()
-        .map(|(_, p)| Dds::start(p, &["-D", "8", "pub", "10Hz"]))
+        .map(|(_, p)| ddsperf(p, DDSPERF_TALKER))
         .collect();
-    let (ok, log) = Dds::start(
-        &pods[0].1,
-        &[
-            "-D",
-            "6",
-            "-Qminmatch:2",
-            "-Qmaxwait:5",
-            "-Qsamples:10",
-            "sub",
-        ],
-    )
-    .wait();
+    let (ok, log) = ddsperf(&pods[0].1, DDSPERF_LISTENER).wait();
     assert!(ok, "cross-node discovery failed:\n{log}");
     for (n, pod) in &pods {
         detach(&nodes[*n], pod, &confs[*n]);
@@ -476,7 +432,7 @@ fn spdp_captured_on_net1_decodes_as_rtps() {
         .spawn()
         .expect("tcpdump must be installed: run scripts/test.sh");
     std::thread::sleep(Duration::from_millis(700));
-    let talker = Dds::start(&pods[0], &["-D", "3", "pub", "10Hz"]);
+    let talker = ddsperf(&pods[0], &["-D", "3", "pub", "10Hz"]);
     let _ = talker.wait();
     let _ = tcpdump.kill();
     let _ = tcpdump.wait();

@@ -4,13 +4,13 @@
 //! and with the reference macvlan (+ host-local) as the control: where the reference passes,
 //! ros-macvlan must pass too.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 /// Samples each talker publishes, at TALKER_RATE Hz: 2.5 s of talk.
 const TALKER_SAMPLES: u32 = 25;
@@ -44,7 +44,7 @@ impl Plugin {
     }
 
     /// The node agent a node runs with this plugin: none listens for the variant without.
-    fn agent(self) -> Agent {
+    fn agent(self) -> TestAgent {
         match self {
             Plugin::RosMacvlan => start_agent(),
             Plugin::RosMacvlanWithoutAgent | Plugin::Reference => no_agent(),
@@ -120,7 +120,7 @@ struct OneNode {
     _lan: Lan,
     conf: Value,
     _data: DataDir,
-    _agent: Agent,
+    _agent: TestAgent,
 }
 
 impl OneNode {
@@ -149,7 +149,7 @@ impl OneNode {
     }
 }
 
-/// The judge's roles in these scenes (`FastDds` itself is in common).
+/// The judge's roles in these scenes (`FastDds` itself is in tests/support).
 impl FastDds {
     /// A talker named `name` in the pod, its command prefixed with `wrapper` (if any).
     fn talker_via(&self, wrapper: &[&str], pod: &Pod, name: &str) -> Spawned {

@@ -3,11 +3,11 @@
 //! builds as the user and runs the binary with sudo. The build must give the static binary
 //! the image ships, and the demo must run.
 
-mod common;
+mod support;
 
 use std::process::Command;
 
-use common::*;
+use support::*;
 
 /// README's first command: the build part (run as the user) and the part after `sudo`.
 fn readme_first_command() -> (String, String) {

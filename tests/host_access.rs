@@ -3,12 +3,12 @@
 //! CycloneDDS ddsperf and by the Fast DDS talker and listener, in namespaces: a node with
 //! its pods, a second node, and a LAN host on the same snooping switch.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 const NODE_ADDRESS: &str = "198.51.100.2/24";
 const SHIM_ADDRESS: &str = "198.51.100.3";
@@ -200,7 +200,7 @@ struct Scene {
     node: Node,
     data: DataDir,
     conf: Value,
-    no_agent: Agent,
+    no_agent: TestAgent,
     pods: Vec<(Pod, String)>,
 }
 
@@ -211,7 +211,7 @@ impl Scene {
         node.ns.ip(&["addr", "add", NODE_ADDRESS, "dev", "lan0"]);
         let data = DataDir::create();
         // No agent: the DDS processes join the group by themselves.
-        let no_agent = Agent::not_started(&plugin_bin());
+        let no_agent = no_agent();
         let conf = with_agent(guide(&data), &no_agent);
         Scene {
             no_agent,
@@ -453,8 +453,7 @@ fn the_agent_keeps_host_access_and_the_lan_keeps_working() {
     )
     .unwrap();
     let policy_dir = config.0.join("etc");
-    let mut agent = Agent::start_in(
-        &plugin_bin(),
+    let mut agent = TestAgent::start_in(
         Some(&node.ns.name),
         &[
             "--policy",

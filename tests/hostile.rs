@@ -1,16 +1,16 @@
 //! Hostile input: randomly mutated configs, CNI_ARGS and prevResults never panic the
 //! parsers, and 1 MB inputs are refused in bounded time.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use ros_macvlan::cni::config::NetConf;
 use ros_macvlan::cni::env::parse_cni_args;
 use ros_macvlan::cni::result::CniResult;
 use ros_macvlan::ipam::host_local::HostLocalConf;
 use ros_macvlan::plugin::policy::AllowedDirs;
+use support::*;
 
 /// xorshift64*: reproducible mutations without a fuzzing crate.
 struct Rng(u64);
@@ -164,30 +164,18 @@ fn the_binary_answers_garbage_with_an_error() {
     let garbage: String = (0..(1 << 20))
         .map(|i| if i % 7 == 0 { '{' } else { 'x' })
         .collect();
-    let mut child = std::process::Command::new(plugin_bin())
-        .env_clear()
-        .envs([
+    let r = invoke(
+        std::process::Command::new(plugin_bin()),
+        &[
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", "c"),
             ("CNI_NETNS", "/proc/self/ns/net"),
             ("CNI_IFNAME", "net1"),
             ("CNI_PATH", "/nonexistent"),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(garbage.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["code"], 6);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+        ],
+        &garbage,
+    );
+    assert_eq!(r.json["code"], 6, "{}", r.json);
+    assert_eq!(r.code, 1);
+    assert!(!r.stderr.contains("panicked"));
 }

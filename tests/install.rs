@@ -1,13 +1,13 @@
 //! The DaemonSet's install step, raced against a runtime executing the installed plugin.
 
-mod common;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::*;
+use support::*;
 
 #[test]
 fn install_while_the_plugin_runs_never_breaks_an_execution() {

@@ -2,15 +2,15 @@
 //! (kubernetes-validate), kustomize rendering (kubectl's own kustomize), and every
 //! NetworkAttachmentDefinition's config through the plugin's own parser.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
 use ros_macvlan::cni::config::NetConf;
 use ros_macvlan::ipam::host_local::HostLocalConf;
 use ros_macvlan::plugin::policy::AllowedDirs;
+use support::*;
 
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();

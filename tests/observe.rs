@@ -2,13 +2,13 @@
 //! dissector does; two announcing probes see each other; `doctor` passes a healthy pod and
 //! names the broken check on pods broken on purpose.
 
-mod common;
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
+use support::*;
 
 struct Bg(Child);
 
@@ -62,7 +62,7 @@ struct Scene {
     _node: Node,
     pods: Vec<Pod>,
     data: DataDir,
-    agent: Agent,
+    agent: TestAgent,
 }
 
 fn scene(n: u8) -> Scene {

@@ -1,13 +1,13 @@
 //! Under load, crashes and leaks: concurrency, kill at every step of ADD, garbage
 //! collection of claims whose pod vanished, GC and STATUS verbs, and the node policy.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{json, Value};
+use support::*;
 
 fn wide(data: &DataDir, name: &str) -> Value {
     let mut c = guide_config(

@@ -1,5 +1,6 @@
 //! The operator's side: the CLI and what it runs (the node agent, host access, gc,
-//! install, probe, doctor, ports, demo), and the namespace scenes of the demo and the tests.
+//! install, probe, doctor, ports, and the demo with its namespace scenes, which the benchmark
+//! and the integration tests build on).
 
 pub mod agent;
 pub mod cli;
@@ -10,4 +11,3 @@ pub mod host_keeper;
 pub mod install;
 pub mod probe;
 pub mod rtps;
-pub mod scene;

@@ -1,5 +1,8 @@
 //! `ros-macvlan demo`: the original guide's "two talkers, one listener, three pods" scene,
-//! built in namespaces through the plugin itself, shown working, then removed.
+//! built in namespaces through the plugin itself, shown working, then removed. `scene` builds
+//! the namespaces.
+
+pub mod scene;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -9,7 +12,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::cni::config::ROS_DISCOVERY_GROUP;
-use crate::tools::scene::{group_receiver, run_in, send_to_group, Agent, Lan, Node, Pod, Reply};
+use scene::{
+    group_receiver, run_in, send_to_group, Agent, Lan, Node, Pod, Reply, DDSPERF_LISTENER,
+    DDSPERF_TALKER,
+};
 
 /// SPDP for ROS_DOMAIN_ID 0 goes to 7400 + 250 × domain.
 const DISCOVERY_PORT: u16 = 7400;
@@ -41,7 +47,7 @@ pub fn run() -> i32 {
     };
     // In a directory the plugin allows for host-local's dataDir with no node policy.
     let data = Path::new("/run/cni").join(format!("ros-macvlan-demo-{}", std::process::id()));
-    let outcome = std::panic::catch_unwind(|| scene(&bin, &data));
+    let outcome = std::panic::catch_unwind(|| play(&bin, &data));
     let _ = std::fs::remove_dir_all(&data);
     match outcome {
         Ok(true) => {
@@ -59,7 +65,7 @@ pub fn run() -> i32 {
     }
 }
 
-fn scene(bin: &Path, data: &Path) -> bool {
+fn play(bin: &Path, data: &Path) -> bool {
     println!(
         "Building the guide's scene in network namespaces: a LAN switch, one node, three pods"
     );
@@ -152,9 +158,8 @@ fn scene(bin: &Path, data: &Path) -> bool {
             .iter()
             .filter_map(|p| {
                 Command::new("ip")
-                    .args([
-                        "netns", "exec", &p.ns.name, "ddsperf", "-D", "8", "pub", "10Hz",
-                    ])
+                    .args(["netns", "exec", &p.ns.name, "ddsperf"])
+                    .args(DDSPERF_TALKER)
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
@@ -162,18 +167,8 @@ fn scene(bin: &Path, data: &Path) -> bool {
             })
             .collect();
         let sub = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &pods[2].ns.name,
-                "ddsperf",
-                "-D",
-                "6",
-                "-Qminmatch:2",
-                "-Qmaxwait:5",
-                "-Qsamples:10",
-                "sub",
-            ])
+            .args(["netns", "exec", &pods[2].ns.name, "ddsperf"])
+            .args(DDSPERF_LISTENER)
             .output();
         for mut t in talkers {
             let _ = t.kill();

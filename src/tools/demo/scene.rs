@@ -1,16 +1,17 @@
 //! The demo's throwaway network scenes, built from namespaces: a LAN switch (a Linux bridge
 //! doing IGMP snooping with a querier), nodes plugged into it, pods with a Calico-like eth0,
-//! and a node agent. Only what `ros-macvlan demo` (and the benchmark) needs; the integration
-//! tests build on it and keep their own helpers in tests/common. Everything is uniquely
-//! named and removed on drop. Needs root and iproute2.
+//! and a node agent. Only what `ros-macvlan demo` runs; the benchmark and the integration
+//! tests build on these types (the tests' own helpers are in tests/support). Everything is
+//! uniquely named and removed on drop. Needs root and iproute2.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::sys::netns::Netns;
@@ -25,6 +26,8 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Runs `args` (program first) and returns what it printed; a failure panics with its
+/// stderr, as a scene that cannot be built is no scene.
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -38,7 +41,7 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub fn ip(ns: &str, args: &[&str]) -> String {
+fn ip(ns: &str, args: &[&str]) -> String {
     let mut v = vec!["ip", "-n", ns];
     v.extend_from_slice(args);
     sh(&v)
@@ -197,12 +200,17 @@ pub struct Reply {
 
 /// Runs a CNI plugin inside `node` with exactly the given environment and stdin.
 pub fn run_in(node: &str, bin: &Path, env: &[(&str, &str)], stdin: &str) -> Reply {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", node]).arg(bin).env_clear();
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
+    let mut program = Command::new("ip");
+    program.args(["netns", "exec", node]).arg(bin);
+    invoke(program, env, stdin)
+}
+
+/// Runs `program` (a CNI plugin, or a command that runs one) with exactly the given
+/// environment and stdin, as a runtime does.
+pub fn invoke(mut program: Command, env: &[(&str, &str)], stdin: &str) -> Reply {
+    let mut child = program
+        .env_clear()
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -228,7 +236,7 @@ pub fn run_in(node: &str, bin: &Path, env: &[(&str, &str)], stdin: &str) -> Repl
 }
 
 /// A UDP socket opened inside a namespace (it stays bound to that namespace's stack).
-pub fn udp_in(ns: &Ns, bind: &str) -> UdpSocket {
+fn udp_in(ns: &Ns, bind: &str) -> UdpSocket {
     let b = bind.to_owned();
     let s = ns
         .handle()
@@ -288,73 +296,61 @@ pub fn send_to_group(ns: &Ns, group: Ipv4Addr, port: u16, payload: &[u8], via: O
     }
 }
 
+/// The original guide's example 4 in CycloneDDS ddsperf's arguments: a talker publishes at
+/// 10 Hz for 8 s; the listener succeeds once it has matched both talkers and received 10
+/// samples, and gives up after 6 s.
+pub const DDSPERF_TALKER: &[&str] = &["-D", "8", "pub", "10Hz"];
+pub const DDSPERF_LISTENER: &[&str] = &[
+    "-D",
+    "6",
+    "-Qminmatch:2",
+    "-Qmaxwait:5",
+    "-Qsamples:10",
+    "sub",
+];
+
 /// A node agent (`ros-macvlan agent`) of its own, listening on a unique socket under
-/// /run/ros-macvlan; stopped, with its socket and records removed, on drop.
+/// /run/ros-macvlan; stopped, with its socket, records and log removed, on drop.
 pub struct Agent {
-    bin: std::path::PathBuf,
-    dir: std::path::PathBuf,
-    child: Option<std::process::Child>,
-    /// The node namespace it runs in (the test's own one when none) and its extra arguments.
-    netns: Option<String>,
-    args: Vec<String>,
+    dir: PathBuf,
+    child: Option<Child>,
 }
 
 impl Agent {
+    /// The agent `bin` runs, started in the caller's network namespace.
     pub fn start(bin: &Path) -> Agent {
-        Agent::start_in(bin, None, &[])
-    }
-
-    /// An agent running in the node namespace `netns`, as the DaemonSet's process runs in the
-    /// node's, with extra arguments (`--policy`, ...); its output goes to `log()`.
-    pub fn start_in(bin: &Path, netns: Option<&str>, args: &[&str]) -> Agent {
-        let mut agent = Agent::not_started(bin);
-        agent.netns = netns.map(str::to_owned);
-        agent.args = args.iter().map(|a| a.to_string()).collect();
-        agent.restart();
+        let mut agent = Agent::vacant();
+        agent.launch(Command::new(bin), &[]);
         agent
     }
 
-    /// An agent's place with nobody listening yet: plugins pointed at it find no agent.
-    pub fn not_started(bin: &Path) -> Agent {
-        Agent {
-            bin: bin.to_owned(),
-            dir: Path::new("/run/ros-macvlan").join(unique("agent")),
-            child: None,
-            netns: None,
-            args: Vec::new(),
-        }
-    }
-
-    /// What the agent printed so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-
-    pub fn socket(&self) -> std::path::PathBuf {
+    pub fn socket(&self) -> PathBuf {
         self.dir.join("agent.sock")
     }
 
-    /// Starts the agent (again), and waits until it answers.
-    pub fn restart(&mut self) {
-        self.stop();
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&self.bin);
-                c
-            }
-            None => Command::new(&self.bin),
-        };
+    /// An agent's place with nobody listening yet: plugins pointed at it find no agent.
+    pub fn vacant() -> Agent {
+        Agent {
+            dir: Path::new("/run/ros-macvlan").join(unique("agent")),
+            child: None,
+        }
+    }
+
+    /// Starts `program agent --socket SOCKET ARGS...` at this place (ending the one running
+    /// here, if any), its output appended to `log()`, and waits until it answers. `program`
+    /// is the binary, or a command that runs it (`ip netns exec NODE BIN`).
+    pub fn launch(&mut self, mut program: Command, args: &[String]) {
+        self.end(Signal::SIGTERM);
         std::fs::create_dir_all(&self.dir).expect("create the agent's dir");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("agent.log"))
+            .open(self.log_path())
             .expect("open the agent's log");
-        let child = cmd
+        let child = program
             .args(["agent", "--socket"])
             .arg(self.socket())
-            .args(&self.args)
+            .args(args)
             .stdout(log.try_clone().expect("agent log"))
             .stderr(log)
             .spawn()
@@ -370,29 +366,28 @@ impl Agent {
         panic!("the agent did not answer on {}", self.socket().display());
     }
 
-    /// Kills the agent at once (SIGKILL: it has no chance to tidy up).
-    pub fn kill(&mut self) {
+    /// Ends the running agent with `signal` (SIGTERM as the DaemonSet's pod ending would,
+    /// SIGKILL to give it no chance to tidy up) and waits for it; its place stays.
+    pub fn end(&mut self, signal: Signal) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), signal);
             let _ = c.wait();
         }
     }
 
-    /// Stops the agent (SIGTERM), as the DaemonSet's pod ending would.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = c.wait();
-        }
+    /// What the agent printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("agent.log")
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        self.stop();
+        self.end(Signal::SIGTERM);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

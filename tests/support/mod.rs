@@ -1,14 +1,19 @@
-//! The test bench: throwaway namespaces standing in for a LAN switch, nodes and pods, and
-//! a runner that invokes the built plugin exactly as a runtime does (environment + stdin).
+//! The test bench, built on the demo's namespace scenes (`ros_macvlan::tools::demo::scene`):
+//! throwaway namespaces standing in for a LAN switch, nodes and pods, a runner that invokes
+//! the built plugin exactly as a runtime does (environment + stdin), node agents, judges.
 //! Everything is uniquely named and removed on drop, also when a test fails.
+// Each tests/*.rs is its own crate including this module and uses only part of it.
 #![allow(dead_code)]
+
+mod agent;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-pub use ros_macvlan::tools::scene::*;
+pub use agent::TestAgent;
+pub use ros_macvlan::tools::demo::scene::*;
 
 /// Root is needed for namespaces. Without it a test prints SKIPPED and passes, unless
 /// ROS_MACVLAN_REQUIRE_PRIVILEGED=1 (CI), where skipping would hide a failure.
@@ -309,13 +314,13 @@ pub fn del(node: &Node, pod: &Pod, conf: &Value) -> Reply {
 }
 
 /// A node agent of the test's own (see `Agent`): the plugin hands memberships to it.
-pub fn start_agent() -> Agent {
-    Agent::start(&plugin_bin())
+pub fn start_agent() -> TestAgent {
+    TestAgent::start_in(None, &[])
 }
 
 /// A place for an agent where none listens (removed on drop, records included).
-pub fn no_agent() -> Agent {
-    Agent::not_started(&plugin_bin())
+pub fn no_agent() -> TestAgent {
+    TestAgent::not_started()
 }
 
 /// `conf` pointing the plugin at `agent`.

@@ -1,0 +1,71 @@
+//! The node agents the tests drive beyond what the demo does: started in a node namespace
+//! with extra arguments, killed, and started again at the same place (socket and records).
+
+use std::ops::Deref;
+use std::process::Command;
+
+use nix::sys::signal::Signal;
+use ros_macvlan::tools::demo::scene::Agent;
+
+use super::plugin_bin;
+
+/// The demo's `Agent` (it derefs to one) and how to start it again.
+pub struct TestAgent {
+    agent: Agent,
+    /// The node namespace it runs in (the test's own one when none) and its extra arguments.
+    netns: Option<String>,
+    args: Vec<String>,
+}
+
+impl TestAgent {
+    /// An agent running in the node namespace `netns`, as the DaemonSet's process runs in the
+    /// node's, with extra arguments (`--policy`, ...); its output goes to `log()`.
+    pub fn start_in(netns: Option<&str>, args: &[&str]) -> TestAgent {
+        let mut agent = TestAgent {
+            netns: netns.map(str::to_owned),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..TestAgent::not_started()
+        };
+        agent.restart();
+        agent
+    }
+
+    /// An agent's place with nobody listening yet: plugins pointed at it find no agent.
+    pub fn not_started() -> TestAgent {
+        TestAgent {
+            agent: Agent::vacant(),
+            netns: None,
+            args: Vec::new(),
+        }
+    }
+
+    /// Starts the agent (again) at its place, and waits until it answers.
+    pub fn restart(&mut self) {
+        let program = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(plugin_bin());
+                c
+            }
+            None => Command::new(plugin_bin()),
+        };
+        self.agent.launch(program, &self.args);
+    }
+
+    /// Kills the agent at once (SIGKILL: it has no chance to tidy up).
+    pub fn kill(&mut self) {
+        self.agent.end(Signal::SIGKILL);
+    }
+
+    /// Stops the agent (SIGTERM), as the DaemonSet's pod ending would.
+    pub fn stop(&mut self) {
+        self.agent.end(Signal::SIGTERM);
+    }
+}
+
+impl Deref for TestAgent {
+    type Target = Agent;
+    fn deref(&self) -> &Agent {
+        &self.agent
+    }
+}
