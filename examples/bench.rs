@@ -253,6 +253,25 @@ fn main() {
         "target: not above the reference (its macvlan process; host-local is another)",
     ));
 
+    // Process start alone: VERSION changes nothing, so its time is starting and ending one
+    // process of each binary (a reference ADD starts two: macvlan, then host-local).
+    let mut version = [Vec::new(), Vec::new()];
+    for _ in 0..CYCLES {
+        for (i, side) in [&ours, &reference].iter().enumerate() {
+            let c = conf(side.kind, "version", &work.join("version"));
+            let v = invoke(&node, &side.bin, "VERSION", &pods[i], &c);
+            assert!(v.ok, "{} VERSION failed: {}", side.name, v.stdout);
+            version[i].push(v.took);
+        }
+    }
+    let (v0, v1) = (stats(version[0].clone()), stats(version[1].clone()));
+    rows.push((
+        "process start: VERSION median (ms)".into(),
+        v0.median,
+        v1.median,
+        "one process each; of ADD's median: see the profile in README",
+    ));
+
     // The cost of duplicate detection (default settings), on its own.
     let mut with_dad = Vec::new();
     let mut c = conf(ours.kind, "bench-dad", &work.join("dad"));
