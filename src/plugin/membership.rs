@@ -29,6 +29,7 @@ use nix::sys::socket::{
     SockFlag, SockType,
 };
 use serde::{Deserialize, Serialize};
+use socket2::{InterfaceIndexOrAddress, SockRef};
 
 use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
@@ -224,35 +225,12 @@ pub fn join(ns: &Netns, index: u32, groups: &[Ipv4Addr]) -> io::Result<OwnedFd> 
     Ok(sock)
 }
 
-/// IP_ADD_MEMBERSHIP with an `ip_mreqn`, which names the interface by index: nix models
-/// only `ip_mreq`, which names it by address, and the macvlan may have no IPv4 address.
+/// IP_ADD_MEMBERSHIP naming the interface by index (an `ip_mreqn`), not by address: the
+/// macvlan may have no IPv4 address.
 fn add_membership(sock: &OwnedFd, group: Ipv4Addr, index: u32) -> io::Result<()> {
-    let req = nix::libc::ip_mreqn {
-        imr_multiaddr: nix::libc::in_addr {
-            s_addr: u32::from(group).to_be(),
-        },
-        imr_address: nix::libc::in_addr { s_addr: 0 },
-        imr_ifindex: index as i32,
-    };
-    // SAFETY: IP_ADD_MEMBERSHIP reads an ip_mreqn of exactly the size passed.
-    let rc = unsafe {
-        nix::libc::setsockopt(
-            sock.as_raw_fd(),
-            nix::libc::IPPROTO_IP,
-            nix::libc::IP_ADD_MEMBERSHIP,
-            &req as *const _ as *const nix::libc::c_void,
-            std::mem::size_of::<nix::libc::ip_mreqn>() as u32,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        let e = io::Error::last_os_error();
-        Err(io::Error::new(
-            e.kind(),
-            format!("join {group} on interface {index}: {e}"),
-        ))
-    }
+    SockRef::from(sock)
+        .join_multicast_v4_n(&group, &InterfaceIndexOrAddress::Index(index))
+        .map_err(|e| io::Error::new(e.kind(), format!("join {group} on interface {index}: {e}")))
 }
 
 /// ADD: joins the configured groups on the attachment's interface (`index` in `ns`) and

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::libc;
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
 use serde_json::json;
+use socket2::{InterfaceIndexOrAddress, SockRef};
 
 use crate::sys::netns::Netns;
 use crate::tools::rtps::{self, Participant};
@@ -98,11 +99,10 @@ fn open_sockets(opts: &Options) -> std::io::Result<Sockets> {
             rtps::discovery_multicast_port(domain),
             true,
         )?;
-        set_mreqn(
-            &sock,
-            libc::IP_ADD_MEMBERSHIP,
-            Some(rtps::SPDP_GROUP),
-            iface_index,
+        // By index (ip_mreqn): the interface may have no IPv4 address while listening.
+        SockRef::from(&sock).join_multicast_v4_n(
+            &rtps::SPDP_GROUP,
+            &InterfaceIndexOrAddress::Index(iface_index),
         )?;
         setsockopt(&sock, sockopt::Ipv4PacketInfo, &true).map_err(std::io::Error::from)?;
         discovery.push((domain, sock));
@@ -110,7 +110,9 @@ fn open_sockets(opts: &Options) -> std::io::Result<Sockets> {
     let unicast = match (opts.announce, iface_addr) {
         (true, Some(addr)) => {
             let sock = bound_udp(addr, 0, false)?;
-            set_mreqn(&sock, libc::IP_MULTICAST_IF, None, iface_index)?;
+            // Announcing needs the address anyway (it is the locator peers answer), so the
+            // interface is named by it.
+            SockRef::from(&sock).set_multicast_if_v4(&addr)?;
             Some(sock)
         }
         (true, None) => {
@@ -149,38 +151,6 @@ fn bound_udp(addr: Ipv4Addr, port: u16, reuse: bool) -> std::io::Result<UdpSocke
     )
     .map_err(std::io::Error::from)?;
     Ok(UdpSocket::from(fd))
-}
-
-/// IP_ADD_MEMBERSHIP / IP_MULTICAST_IF by interface index (ip_mreqn), which works whether or
-/// not the interface has an address.
-fn set_mreqn(
-    sock: &UdpSocket,
-    opt: i32,
-    group: Option<Ipv4Addr>,
-    ifindex: u32,
-) -> std::io::Result<()> {
-    let req = libc::ip_mreqn {
-        imr_multiaddr: libc::in_addr {
-            s_addr: u32::from(group.unwrap_or(Ipv4Addr::UNSPECIFIED)).to_be(),
-        },
-        imr_address: libc::in_addr { s_addr: 0 },
-        imr_ifindex: ifindex as i32,
-    };
-    // SAFETY: req is a valid ip_mreqn of the given size for both options.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            opt,
-            &req as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::ip_mreqn>() as u32,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 fn listen(opts: &Options, sockets: Sockets) -> std::io::Result<Report> {

@@ -276,20 +276,9 @@ pub fn group_receiver(ns: &Ns, port: u16) -> UdpSocket {
 pub fn send_to_group(ns: &Ns, group: Ipv4Addr, port: u16, payload: &[u8], via: Option<Ipv4Addr>) {
     let sock = udp_in(ns, "0.0.0.0:0");
     if let Some(addr) = via {
-        let a = nix::libc::in_addr {
-            s_addr: u32::from(addr).to_be(),
-        };
-        // SAFETY: IP_MULTICAST_IF takes an in_addr of the given size.
-        let rc = unsafe {
-            nix::libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                nix::libc::IPPROTO_IP,
-                nix::libc::IP_MULTICAST_IF,
-                &a as *const _ as *const nix::libc::c_void,
-                std::mem::size_of::<nix::libc::in_addr>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "IP_MULTICAST_IF");
+        socket2::SockRef::from(&sock)
+            .set_multicast_if_v4(&addr)
+            .expect("IP_MULTICAST_IF");
     }
     for _ in 0..3 {
         sock.send_to(payload, (group, port)).expect("send to group");
