@@ -3,11 +3,18 @@
 //! node, so with one NetworkAttachmentDefinition for all nodes two nodes would otherwise hand
 //! out the same address.
 
+use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use etherparse::{ArpEthIpv4Packet, ArpOperation, ArpPacket};
+use nix::errno::Errno;
 use nix::libc;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    bind, recv, sendto, socket, AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, SockaddrLike,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -69,10 +76,6 @@ impl Detection {
     }
 }
 
-/// The ARP ethertype in the byte order packet sockets take it.
-const ARP_PROTOCOL: u16 = (libc::ETH_P_ARP as u16).to_be();
-const ARP_LEN: usize = 28;
-
 /// Whether another host answers for `ip` on the interface, probing from `mac`.
 pub fn in_use(ns: &Netns, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> Result<bool> {
     let d = *d;
@@ -80,56 +83,21 @@ pub fn in_use(ns: &Netns, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detectio
         .map_err(|e| Error::io(format!("ARP probe for {ip}"), e))
 }
 
-fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> std::io::Result<bool> {
-    // SAFETY: plain socket(2); the descriptor is owned right away.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            i32::from(ARP_PROTOCOL),
-        )
-    };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh descriptor nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = ARP_PROTOCOL;
-    addr.sll_ifindex = ifindex as i32;
-    let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-    // SAFETY: addr is a valid sockaddr_ll of the given length.
-    if unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            &addr as *const _ as *const libc::sockaddr,
-            len,
-        )
-    } < 0
-    {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut to = addr;
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    let request = arp_probe(mac, ip);
+fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> io::Result<bool> {
+    // The protocol comes with the bind below (packet(7)): the socket hears ARP on this
+    // interface only.
+    let sock = socket(
+        AddressFamily::Packet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(sock.as_raw_fd(), &link_addr(ifindex, [0; 6], 0))?;
+    let broadcast = link_addr(ifindex, [0xff; 6], 6);
+    let request = arp_probe(mac, ip).to_bytes();
     let interval = Duration::from_millis(d.interval_ms);
     for _ in 0..d.probes {
-        // SAFETY: request and `to` are valid for the lengths given.
-        let sent = unsafe {
-            libc::sendto(
-                sock.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                &to as *const _ as *const libc::sockaddr,
-                len,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        sendto(sock.as_raw_fd(), &request, &broadcast, MsgFlags::empty())?;
         if heard_claim(&sock, mac, ip, Instant::now() + interval)? {
             return Ok(true);
         }
@@ -137,70 +105,73 @@ fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> std::io::Re
     Ok(false)
 }
 
+/// An AF_PACKET address for ARP on interface `ifindex`, to hardware address `to` (`halen` of
+/// its bytes count; 0 for a bind).
+fn link_addr(ifindex: u32, to: [u8; 6], halen: u8) -> LinkAddr {
+    let mut sll_addr = [0u8; 8];
+    sll_addr[..6].copy_from_slice(&to);
+    let ll = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as u16,
+        sll_protocol: (libc::ETH_P_ARP as u16).to_be(),
+        sll_ifindex: ifindex as i32,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: halen,
+        sll_addr,
+    };
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: nix's LinkAddr has no constructor, only this one from a raw sockaddr; `ll` is
+    // a complete sockaddr_ll of `len` bytes that lives across the call (from_raw copies it).
+    unsafe { LinkAddr::from_raw(std::ptr::from_ref(&ll).cast(), Some(len)) }
+        .expect("an AF_PACKET sockaddr_ll of its own size is a LinkAddr")
+}
+
 /// An ARP request with sender IP 0.0.0.0 asking for `ip` (RFC 5227 probe).
-fn arp_probe(mac: [u8; 6], ip: Ipv4Addr) -> [u8; ARP_LEN] {
-    let mut p = [0u8; ARP_LEN];
-    p[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
-    p[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
-    p[4] = 6;
-    p[5] = 4;
-    p[6..8].copy_from_slice(&1u16.to_be_bytes()); // request
-    p[8..14].copy_from_slice(&mac);
-    p[24..28].copy_from_slice(&ip.octets());
-    p
+fn arp_probe(mac: [u8; 6], ip: Ipv4Addr) -> ArpEthIpv4Packet {
+    ArpEthIpv4Packet {
+        operation: ArpOperation::REQUEST,
+        sender_mac: mac,
+        sender_ipv4: [0; 4],
+        target_mac: [0; 6],
+        target_ipv4: ip.octets(),
+    }
 }
 
 /// Whether an ARP packet says someone else has `ip`: it is the sender, or it probes for the
 /// same address at the same time (RFC 5227 2.1.1).
 fn claims(pkt: &[u8], mac: [u8; 6], ip: Ipv4Addr) -> bool {
-    if pkt.len() < ARP_LEN || pkt[8..14] == mac {
+    let Some(arp) = ArpPacket::from_slice(pkt)
+        .ok()
+        .and_then(|a| a.try_eth_ipv4().ok())
+    else {
+        return false;
+    };
+    if arp.sender_mac == mac {
         return false;
     }
-    let sender_ip = &pkt[14..18];
-    let target_ip = &pkt[24..28];
-    sender_ip == ip.octets() || (sender_ip == [0; 4] && target_ip == ip.octets())
+    let ip = ip.octets();
+    arp.sender_ipv4 == ip || (arp.sender_ipv4 == [0; 4] && arp.target_ipv4 == ip)
 }
 
-fn heard_claim(
-    sock: &OwnedFd,
-    mac: [u8; 6],
-    ip: Ipv4Addr,
-    deadline: Instant,
-) -> std::io::Result<bool> {
+fn heard_claim(sock: &OwnedFd, mac: [u8; 6], ip: Ipv4Addr, deadline: Instant) -> io::Result<bool> {
     let mut buf = [0u8; 64];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(false);
         }
-        let mut pfd = libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as i32) };
-        if ready < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        let wait =
+            PollTimeout::try_from(left.max(Duration::from_millis(1))).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, wait) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
         }
-        if ready == 0 {
-            return Ok(false);
-        }
-        // SAFETY: buf is valid for its length.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n > 0 && claims(&buf[..n as usize], mac, ip) {
-            return Ok(true);
+        match recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) if claims(&buf[..n], mac, ip) => return Ok(true),
+            _ => {}
         }
     }
 }
@@ -237,29 +208,53 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_on_the_wire() {
+        let bytes = arp_probe([2, 0, 0, 0, 0, 1], Ipv4Addr::new(198, 51, 100, 7)).to_bytes();
+        #[rustfmt::skip]
+        let expected = [
+            0, 1, 8, 0, 6, 4, 0, 1, // Ethernet, IPv4, 6- and 4-byte addresses, request
+            2, 0, 0, 0, 0, 1, 0, 0, 0, 0, // sender: our MAC, 0.0.0.0 (RFC 5227 probe)
+            0, 0, 0, 0, 0, 0, 198, 51, 100, 7, // target: no MAC, the address asked for
+        ];
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
     fn what_counts_as_a_claim() {
         let me = [2, 0, 0, 0, 0, 1];
         let other = [2, 0, 0, 0, 0, 2];
         let ip = Ipv4Addr::new(198, 51, 100, 7);
-        let mut reply = arp_probe(other, Ipv4Addr::new(198, 51, 100, 1));
-        reply[14..18].copy_from_slice(&ip.octets());
+        let reply = ArpEthIpv4Packet {
+            operation: ArpOperation::REPLY,
+            sender_mac: other,
+            sender_ipv4: ip.octets(),
+            target_mac: me,
+            target_ipv4: [0; 4],
+        }
+        .to_bytes();
         assert!(
             claims(&reply, me, ip),
             "a host sending from the address has it"
         );
+        let mut padded = reply.to_vec();
+        padded.resize(46, 0);
         assert!(
-            claims(&arp_probe(other, ip), me, ip),
+            claims(&padded, me, ip),
+            "as received: padded to Ethernet's minimum frame"
+        );
+        assert!(
+            claims(&arp_probe(other, ip).to_bytes(), me, ip),
             "another probe for the same address"
         );
         assert!(
-            !claims(&arp_probe(me, ip), me, ip),
+            !claims(&arp_probe(me, ip).to_bytes(), me, ip),
             "our own probe, looped back"
         );
         assert!(!claims(
-            &arp_probe(other, Ipv4Addr::new(198, 51, 100, 8)),
+            &arp_probe(other, Ipv4Addr::new(198, 51, 100, 8)).to_bytes(),
             me,
             ip
         ));
-        assert!(!claims(&reply[..10], me, ip));
+        assert!(!claims(&reply[..10], me, ip), "a truncated packet");
     }
 }
