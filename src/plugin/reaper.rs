@@ -4,7 +4,7 @@
 //! runtime's pipes, waits for that, and DEL returns at once; with `waitForLinkRemoval`
 //! DEL waits itself.
 
-use nix::unistd::{fork, setsid, ForkResult};
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid, ForkResult};
 
 use crate::cni::Result;
 use crate::sys::netlink::{Netlink, Op, Rtnl};
@@ -25,8 +25,9 @@ pub fn delete_links(nl: Netlink, links: &[u32], wait: bool) -> Result<()> {
             detach();
             let deleted = nl.for_child().and_then(|child| child.apply(ops));
             let code = i32::from(deleted.is_err());
-            // SAFETY: _exit skips the parent's atexit work and buffered output, which are
-            // the parent's to finish.
+            // SAFETY: _exit(2) has no preconditions; it is unsafe only as a foreign function,
+            // and nix has no wrapper for it. It (unlike std::process::exit) skips the parent's
+            // atexit work and buffered output, which are the parent's to finish.
             unsafe { nix::libc::_exit(code) }
         }
         Ok(ForkResult::Parent { .. }) => Ok(()),
@@ -44,10 +45,8 @@ fn detach() {
         .write(true)
         .open("/dev/null")
     {
-        use std::os::fd::AsRawFd;
-        for fd in 0..=2 {
-            // SAFETY: dup2 onto the standard descriptors, which this process owns.
-            unsafe { nix::libc::dup2(null.as_raw_fd(), fd) };
-        }
+        let _ = dup2_stdin(&null);
+        let _ = dup2_stdout(&null);
+        let _ = dup2_stderr(&null);
     }
 }

@@ -1,10 +1,13 @@
 //! `ros-macvlan doctor`: checks a pod's discovery path step by step and says, for each
 //! broken step, how to fix it.
 
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
+use etherparse::Ipv4HeaderSlice;
 use ipnetwork::IpNetwork;
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::cni::config::MulticastConf;
 use crate::plugin::diagnosis::{self, Expected, Finding, Verdict};
@@ -190,42 +193,36 @@ fn subnets_of(ns: &Netns, iface: &str) -> Option<Vec<IpNetwork>> {
 }
 
 /// A raw IGMP socket opened before the probe: membership queries arriving meanwhile queue up.
-struct IgmpWatch(std::os::fd::OwnedFd);
+struct IgmpWatch(Socket);
+
+/// IGMP's type for a membership query (RFC 2236, RFC 3376).
+const IGMP_MEMBERSHIP_QUERY: u8 = 0x11;
 
 impl IgmpWatch {
     fn open(ns: &Netns) -> Option<IgmpWatch> {
-        use std::os::fd::FromRawFd;
         ns.run(|| {
-            // SAFETY: plain socket(2); the descriptor is owned at once.
-            let fd = unsafe {
-                nix::libc::socket(
-                    nix::libc::AF_INET,
-                    nix::libc::SOCK_RAW | nix::libc::SOCK_NONBLOCK | nix::libc::SOCK_CLOEXEC,
-                    nix::libc::IPPROTO_IGMP,
-                )
-            };
-            (fd >= 0).then(|| IgmpWatch(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+            Socket::new(
+                Domain::IPV4,
+                Type::RAW.nonblocking(),
+                Some(Protocol::from(nix::libc::IPPROTO_IGMP)),
+            )
+            .ok()
+            .map(IgmpWatch)
         })
         .ok()
         .flatten()
     }
 
-    /// The source of the first membership query (type 0x11) received, if any.
+    /// The source of the first membership query received, if any.
     fn seen(&self) -> Option<Ipv4Addr> {
-        use std::os::fd::AsRawFd;
         let mut buf = [0u8; 1500];
         loop {
-            // SAFETY: buf is valid for its length.
-            let n = unsafe {
-                nix::libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+            let n = (&self.0).read(&mut buf).ok().filter(|n| *n > 0)?;
+            let Ok(ip) = Ipv4HeaderSlice::from_slice(&buf[..n]) else {
+                continue;
             };
-            if n <= 0 {
-                return None;
-            }
-            let pkt = &buf[..n as usize];
-            let ihl = usize::from(pkt[0] & 0x0f) * 4;
-            if pkt.len() > ihl && pkt[ihl] == 0x11 {
-                return Some(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]));
+            if buf[ip.slice().len()..n].first() == Some(&IGMP_MEMBERSHIP_QUERY) {
+                return Some(ip.source_addr());
             }
         }
     }
