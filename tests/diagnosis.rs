@@ -21,7 +21,19 @@ struct Attached<'a> {
     check_conf: Value,
 }
 
-impl Attached<'_> {
+impl<'a> Attached<'a> {
+    /// ADDs `pod` on `node` with `conf`, keeping the result as CHECK's prevResult.
+    fn add(node: &'a Node, pod: &'a Pod, agent: &'a Agent, conf: &Value) -> Attached<'a> {
+        let mut check_conf = conf.clone();
+        check_conf["prevResult"] = add(node, pod, conf).ok().clone();
+        Attached {
+            node,
+            pod,
+            agent,
+            check_conf,
+        }
+    }
+
     /// CHECK's answer: Ok, or the error's code and message.
     fn check(&self) -> Result<(), (u64, String)> {
         let r = cni("CHECK", self.node, self.pod, &self.check_conf);
@@ -34,6 +46,11 @@ impl Attached<'_> {
 
     /// doctor's exit code and report (a short live part: no peer is expected to answer).
     fn doctor(&self) -> (i32, String) {
+        self.doctor_listening("0.3")
+    }
+
+    /// doctor's exit code and report after a live part of `seconds`.
+    fn doctor_listening(&self, seconds: &str) -> (i32, String) {
         let out = Command::new(plugin_bin())
             .args([
                 "doctor",
@@ -42,7 +59,7 @@ impl Attached<'_> {
                 "--agent-socket",
                 self.agent.socket().to_str().unwrap(),
                 "--seconds",
-                "0.3",
+                seconds,
             ])
             .output()
             .unwrap();
@@ -119,26 +136,59 @@ impl Attached<'_> {
     }
 }
 
+/// A pod on a node of its own LAN, attached with the guide's config and a node agent.
+/// Fields drop in order: the pod before its node, the node before the LAN.
+struct GuidePod {
+    pod: Pod,
+    conf: Value,
+    check_conf: Value,
+    agent: TestAgent,
+    _data: DataDir,
+    node: Node,
+    lan: Lan,
+}
+
+impl GuidePod {
+    fn add(index: u8) -> GuidePod {
+        let lan = Lan::create();
+        let node = Node::new(&lan);
+        let data = DataDir::create();
+        let agent = start_agent();
+        let conf = with_agent(guide(&data), &agent);
+        let pod = node.pod(index);
+        let check_conf = Attached::add(&node, &pod, &agent, &conf).check_conf;
+        GuidePod {
+            pod,
+            conf,
+            check_conf,
+            agent,
+            _data: data,
+            node,
+            lan,
+        }
+    }
+
+    fn attached(&self) -> Attached<'_> {
+        Attached {
+            node: &self.node,
+            pod: &self.pod,
+            agent: &self.agent,
+            check_conf: self.check_conf.clone(),
+        }
+    }
+
+    fn del(&self) {
+        del(&self.node, &self.pod, &self.conf).ok();
+    }
+}
+
 #[test]
 fn check_and_doctor_agree_on_each_broken_step() {
     if !require_root() {
         return;
     }
-    let lan = Lan::create();
-    let node = Node::new(&lan);
-    let data = DataDir::create();
-    let agent = start_agent();
-    let conf = with_agent(guide(&data), &agent);
-    let pod = node.pod(11);
-    let result = add(&node, &pod, &conf).ok().clone();
-    let mut check_conf = conf.clone();
-    check_conf["prevResult"] = result;
-    let a = Attached {
-        node: &node,
-        pod: &pod,
-        agent: &agent,
-        check_conf,
-    };
+    let guide_pod = GuidePod::add(11);
+    let (pod, a) = (&guide_pod.pod, guide_pod.attached());
     a.assert_both_pass("healthy");
 
     pod.ns.ip(&["route", "del", "224.0.0.0/4", "dev", "net1"]);
@@ -198,7 +248,7 @@ fn check_and_doctor_agree_on_each_broken_step() {
     pod.ns.ip(&["addr", "del", "239.255.0.1/32", "dev", "net1"]);
     a.assert_both_pass("group address removed");
 
-    del(&node, &pod, &conf).ok();
+    guide_pod.del();
 }
 
 /// With `linkInContainer` the master lives in the pod, up and multicast-capable: it is the
@@ -230,15 +280,7 @@ fn a_master_inside_the_pod_is_no_rival_for_either() {
         &agent,
     );
     conf["linkInContainer"] = serde_json::json!(true);
-    let result = add(&node, &pod, &conf).ok().clone();
-    let mut check_conf = conf.clone();
-    check_conf["prevResult"] = result;
-    let a = Attached {
-        node: &node,
-        pod: &pod,
-        agent: &agent,
-        check_conf,
-    };
+    let a = Attached::add(&node, &pod, &agent, &conf);
     a.assert_both_pass("master in the pod");
     pod.ns.ip(&["link", "set", "eth0", "multicast", "on"]);
     a.assert_both_fail("eth0 multicast-capable", "interface choice");
@@ -249,4 +291,42 @@ fn a_master_inside_the_pod_is_no_rival_for_either() {
     );
     pod.ns.ip(&["link", "set", "eth0", "multicast", "off"]);
     del(&node, &pod, &conf).ok();
+}
+
+/// doctor names the LAN's IGMP querier from the queries that reach the pod: here the
+/// switch's own (the Linux bridge's querier), sent every second from its address.
+#[test]
+fn doctor_names_the_querier_whose_queries_reach_the_pod() {
+    if !require_root() {
+        return;
+    }
+    let guide_pod = GuidePod::add(13);
+    let a = guide_pod.attached();
+    let (_, out) = a.doctor();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARN") && l.contains("igmp querier")),
+        "a query seen before the switch was asked for one:\n{out}"
+    );
+
+    let switch = &guide_pod.lan.switch;
+    switch.ip(&["addr", "add", "198.51.100.250/24", "dev", "br0"]);
+    // Intervals in hundredths of a second; turning the querier off and on restarts it.
+    for args in [
+        &["mcast_query_use_ifaddr", "1", "mcast_query_interval", "100"][..],
+        &["mcast_startup_query_interval", "100", "mcast_querier", "0"],
+        &["mcast_querier", "1"],
+    ] {
+        let mut cmd = vec!["link", "set", "br0", "type", "bridge"];
+        cmd.extend_from_slice(args);
+        switch.ip(&cmd);
+    }
+    let (_, out) = a.doctor_listening("2.5");
+    assert!(
+        out.lines().any(|l| l.starts_with("PASS")
+            && l.contains("igmp querier")
+            && l.contains("queries seen from 198.51.100.250")),
+        "the switch's queries were not seen:\n{out}"
+    );
+    guide_pod.del();
 }
