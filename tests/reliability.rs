@@ -102,6 +102,39 @@ fn two_networks_never_wait_for_each_other() {
     del(&node, &pb, &b).ok();
 }
 
+/// Where the fault tests run: a node on a LAN, its store and agent, and the config.
+struct FaultScene {
+    node: Node,
+    data: DataDir,
+    agent: TestAgent,
+    conf: Value,
+    _lan: Lan,
+}
+
+/// ADD with `fault@<step>` for every step of ADD, each in a fresh pod, handing `check` the
+/// reply.
+fn for_each_add_step(fault: &str, pod_n: u8, check: impl Fn(&str, &FaultScene, &Pod, &Reply)) {
+    let lan = Lan::create();
+    let data = DataDir::create();
+    let agent = start_agent();
+    let s = FaultScene {
+        node: Node::new(&lan),
+        conf: with_agent(wide(&data, "ros-net"), &agent),
+        data,
+        agent,
+        _lan: lan,
+    };
+    for step in ros_macvlan::plugin::macvlan::ADD_STEPS {
+        let pod = s.node.pod(pod_n);
+        let netns = pod.ns.path();
+        let mut env = cni_env("ADD", &pod, "net1", &netns);
+        let fault = format!("{fault}@{step}");
+        env.push(("ROS_MACVLAN_TEST_FAULT", &fault));
+        let r = run_in(&s.node.ns.name, &plugin_bin(), &env, &s.conf.to_string());
+        check(step, &s, &pod, &r);
+    }
+}
+
 /// After a failed ADD (and the runtime's DEL, where one comes): no link, no claim, eth0 as
 /// it was, no membership held by the agent and no record of one.
 fn assert_nothing_left(step: &str, pod: &Pod, data: &DataDir, agent: &Agent) {
@@ -134,24 +167,13 @@ fn killed_at_any_step_of_add_the_next_del_cleans_up() {
     if !require_root() {
         return;
     }
-    let lan = Lan::create();
-    let node = Node::new(&lan);
-    let data = DataDir::create();
-    let agent = start_agent();
-    let conf = with_agent(wide(&data, "ros-net"), &agent);
-    for step in ros_macvlan::plugin::macvlan::ADD_STEPS {
-        let pod = node.pod(50);
-        let netns = pod.ns.path();
-        let mut env = cni_env("ADD", &pod, "net1", &netns);
-        let fault = format!("kill@{step}");
-        env.push(("ROS_MACVLAN_TEST_FAULT", &fault));
-        let r = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string());
+    for_each_add_step("kill", 50, |step, s, pod, r| {
         assert_eq!(r.code, -1, "{step}: the plugin was not killed: {}", r.json);
-        del(&node, &pod, &conf).ok();
-        assert_nothing_left(step, &pod, &data, &agent);
-        add(&node, &pod, &conf).ok();
-        del(&node, &pod, &conf).ok();
-    }
+        del(&s.node, pod, &s.conf).ok();
+        assert_nothing_left(step, pod, &s.data, &s.agent);
+        add(&s.node, pod, &s.conf).ok();
+        del(&s.node, pod, &s.conf).ok();
+    });
 }
 
 /// A panic at any step of ADD (a bug, such as an overflow in a build with overflow checks)
@@ -162,22 +184,11 @@ fn a_panic_at_any_step_of_add_is_answered_and_undone() {
     if !require_root() {
         return;
     }
-    let lan = Lan::create();
-    let node = Node::new(&lan);
-    let data = DataDir::create();
-    let agent = start_agent();
-    let conf = with_agent(wide(&data, "ros-net"), &agent);
-    for step in ros_macvlan::plugin::macvlan::ADD_STEPS {
-        let pod = node.pod(51);
-        let netns = pod.ns.path();
-        let mut env = cni_env("ADD", &pod, "net1", &netns);
-        let fault = format!("panic@{step}");
-        env.push(("ROS_MACVLAN_TEST_FAULT", &fault));
-        let r = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string());
+    for_each_add_step("panic", 51, |step, s, pod, r| {
         assert_eq!(r.err_code(), 999, "{step}: {}", r.json);
         assert!(r.msg().contains("internal error"), "{step}: {}", r.json);
-        assert_nothing_left(step, &pod, &data, &agent);
-    }
+        assert_nothing_left(step, pod, &s.data, &s.agent);
+    });
 }
 
 #[test]
