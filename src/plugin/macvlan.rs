@@ -536,8 +536,13 @@ pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam, agent: &AgentPlace) -> Res
         Err(e) if e.kind() == Kind::ContainerUnknown => None,
         Err(e) => return Err(e),
     };
-    // The heirs of the multicast routes are read from the records before ours goes.
-    let heirs = membership::other_members(conf, env, agent);
+    // The heirs of the multicast routes are read from the records before ours goes; with no
+    // routes to hand over, or no namespace left, there is nothing to read them for.
+    let heirs = if pod_ns.is_some() && !conf.multicast.routes.is_empty() {
+        membership::other_members(conf, env, agent)
+    } else {
+        Vec::new()
+    };
     membership::release(conf, env, agent);
     let Some(pod_ns) = pod_ns else {
         return ipam.del(conf, env);

@@ -293,6 +293,9 @@ pub fn release(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) {
 /// The interfaces of the pod's other attachments (of any network) that hold memberships of
 /// any of the same groups: the heirs of the multicast routes when this one goes.
 pub fn other_members(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) -> Vec<String> {
+    if conf.multicast.groups.is_empty() {
+        return Vec::new();
+    }
     // Keys start with the container: DEL reads this pod's records only, however many
     // attachments the node has.
     agent
