@@ -3,6 +3,7 @@
 //! `last_reserved_ip.<range set index>`, and a `lock` file taken with flock by every writer
 //! (ours and the reference's), so both plugins can share one store.
 
+use std::cell::OnceCell;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{ErrorKind, Write};
@@ -108,6 +109,8 @@ impl Holder {
 /// to the network's directory and never through a symlink (see `confine`).
 pub struct Store {
     dir: Dir,
+    /// The records' directory once opened: ADD reads the record, then writes it.
+    records: OnceCell<Dir>,
     _lock: Flock<File>,
 }
 
@@ -135,7 +138,11 @@ impl Store {
                 path: dir.path().join("lock"),
                 source,
             })?;
-        Ok(Store { dir, _lock: lock })
+        Ok(Store {
+            dir,
+            records: OnceCell::new(),
+            _lock: lock,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -243,7 +250,7 @@ impl Store {
     pub fn release_listed(&self, ips: &[IpAddr], id: &str, ifname: &str) -> Result<bool> {
         let mut all = true;
         for ip in ips {
-            if self.holder_of(*ip).is_some_and(|h| h.matches(id, ifname)) {
+            if self.holds(*ip, id, ifname) {
                 self.release_ip(*ip)?;
             } else {
                 all = false;
@@ -253,9 +260,19 @@ impl Store {
     }
 
     /// The directory of the records; created only when `create`.
-    fn record_dir(&self, create: bool) -> std::io::Result<Dir> {
-        self.dir
-            .subdir(OsStr::new(RECORD_DIR), create.then_some(RECORD_DIR_MODE))
+    fn record_dir(&self, create: bool) -> std::io::Result<&Dir> {
+        if let Some(dir) = self.records.get() {
+            return Ok(dir);
+        }
+        let dir = self
+            .dir
+            .subdir(OsStr::new(RECORD_DIR), create.then_some(RECORD_DIR_MODE))?;
+        Ok(self.records.get_or_init(|| dir))
+    }
+
+    /// Whether the attachment holds `ip`, as its claim file says (only that file is read).
+    fn holds(&self, ip: IpAddr, id: &str, ifname: &str) -> bool {
+        self.holder_of(ip).is_some_and(|h| h.matches(id, ifname))
     }
 
     fn record_name(id: &str, ifname: &str) -> String {
@@ -312,7 +329,7 @@ impl Store {
             .map(|r| {
                 r.ips
                     .into_iter()
-                    .filter(|ip| self.holder_of(*ip).is_some_and(|h| h.matches(id, ifname)))
+                    .filter(|ip| self.holds(*ip, id, ifname))
                     .collect()
             })
             .unwrap_or_default()
