@@ -444,6 +444,11 @@ fn claim_unused_addresses(
         Ipam::HostLocal(_) => conf.duplicate_detection,
         _ => None,
     };
+    if detection.is_some() {
+        // Probing needs the link up; it has no address yet, as RFC 5227 wants.
+        ns.pod_nl
+            .apply(vec![LinkChange::of(link.index).up().op()])?;
+    }
     let mut avoid: Vec<IpAddr> = Vec::new();
     loop {
         let hints = Hints {
@@ -458,9 +463,6 @@ fn claim_unused_addresses(
         let Some(d) = detection else {
             return Ok(result);
         };
-        // Probing needs the link up; it has no address yet, as RFC 5227 wants.
-        ns.pod_nl
-            .apply(vec![LinkChange::of(link.index).up().op()])?;
         let mac: [u8; 6] = link.mac.as_slice().try_into().unwrap_or_default();
         let mut conflicts = Vec::new();
         for ip in &result.ips {
