@@ -286,6 +286,23 @@ impl NetConf {
         })
     }
 
+    /// DEL's view of the config: the keys that only shape a new link (mode, mac, mtu,
+    /// runtimeConfig mac) are not read, so a config whose ADD was refused for one of them
+    /// can still be deleted (a DEL that fails keeps the runtime retrying it), as with the
+    /// reference.
+    pub fn for_del(raw_value: &Value) -> Result<NetConf> {
+        let mut c = raw_value.clone();
+        if let Some(o) = c.as_object_mut() {
+            for key in ["mode", "mac", "mtu"] {
+                o.remove(key);
+            }
+            if let Some(rc) = o.get_mut("runtimeConfig").and_then(Value::as_object_mut) {
+                rc.remove("mac");
+            }
+        }
+        NetConf::from_value(&c)
+    }
+
     /// `ipam.type`, empty when there is no IPAM.
     pub fn ipam_type(&self) -> &str {
         self.ipam.get("type").and_then(Value::as_str).unwrap_or("")
@@ -379,6 +396,22 @@ mod tests {
       "ipam": { "type": "host-local",
         "ranges": [[{ "subnet": "198.51.100.0/24", "rangeStart": "198.51.100.160",
                       "rangeEnd": "198.51.100.180", "gateway": "198.51.100.1" }]] } }"#;
+
+    #[test]
+    fn del_reads_past_the_keys_that_only_shape_a_new_link() {
+        let mut v: Value = serde_json::from_str(GUIDE).unwrap();
+        v["mtu"] = serde_json::json!(12);
+        v["mac"] = serde_json::json!("not a mac");
+        v["runtimeConfig"] = serde_json::json!({"mac": "ff:ff:ff:ff:ff:ff"});
+        assert!(NetConf::from_value(&v).is_err());
+        let conf = NetConf::for_del(&v).unwrap();
+        assert_eq!(
+            (conf.mtu, conf.mac, conf.runtime_config.mac),
+            (None, None, None)
+        );
+        v["name"] = serde_json::json!("../x");
+        assert!(NetConf::for_del(&v).is_err(), "the name is still checked");
+    }
 
     #[test]
     fn guide_config_parses_with_defaults() {

@@ -79,22 +79,6 @@ fn dispatch_guarded(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> R
         })
 }
 
-/// The config without the keys that only shape a new link (mode, mac, mtu, runtimeConfig
-/// mac): DEL does not use them, so a config whose ADD was refused for one of them can still
-/// be deleted (a DEL that fails keeps the runtime retrying it), as with the reference.
-fn without_link_shape(conf: &Value) -> Value {
-    let mut c = conf.clone();
-    if let Some(o) = c.as_object_mut() {
-        for key in ["mode", "mac", "mtu"] {
-            o.remove(key);
-        }
-        if let Some(rc) = o.get_mut("runtimeConfig").and_then(Value::as_object_mut) {
-            rc.remove("mac");
-        }
-    }
-    c
-}
-
 /// Validates the config, then runs the verb. `log` becomes the config's `logFile` only once
 /// the whole config is valid and its paths are confined: a refused config writes nowhere but
 /// stderr.
@@ -108,7 +92,7 @@ fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<An
         Err(e) => return Err(Error::new(Kind::Decode, e.to_string())),
     };
     let conf = if env.command == Command::Del {
-        NetConf::from_value(&without_link_shape(raw))?
+        NetConf::for_del(raw)?
     } else {
         NetConf::from_value(raw)?
     };
