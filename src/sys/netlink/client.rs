@@ -322,6 +322,17 @@ impl Rtnl for Netlink {
         self.one_link(message, &format!("look up link {index}"))
     }
 
+    fn link_elsewhere(&self, nsid: i32, index: u32) -> Result<Option<Link>> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        // IFLA_TARGET_NETNSID (named IFLA_IF_NETNSID in the crate, the kernel's old name).
+        message.attributes.push(LinkAttribute::IfNetnsId(nsid));
+        self.one_link(
+            message,
+            &format!("look up link {index} of namespace {nsid}"),
+        )
+    }
+
     fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork)>> {
         let mut message = AddressMessage::default();
         // Strict checking: the kernel lists only this link's addresses.
@@ -568,12 +579,13 @@ fn link_of(message: RouteNetlinkMessage) -> Option<Link> {
         flags: m.header.flags,
         ..Link::default()
     };
-    let (mut lower, mut lower_elsewhere) = (None, false);
+    let (mut lower, mut lower_nsid) = (None, None);
     for attribute in m.attributes {
         match attribute {
             LinkAttribute::Link(index) => lower = Some(index),
             // The index in IFLA_LINK is of another namespace's link.
-            LinkAttribute::LinkNetNsId(_) => lower_elsewhere = true,
+            LinkAttribute::LinkNetNsId(nsid) => lower_nsid = Some(nsid),
+            LinkAttribute::Controller(index) => link.controller = Some(index),
             LinkAttribute::IfName(name) => link.name = name,
             LinkAttribute::Address(mac) => link.mac = mac,
             LinkAttribute::Mtu(mtu) => link.mtu = mtu,
@@ -595,7 +607,8 @@ fn link_of(message: RouteNetlinkMessage) -> Option<Link> {
             _ => {}
         }
     }
-    link.lower_here = lower.filter(|_| !lower_elsewhere);
+    link.lower_here = lower.filter(|_| lower_nsid.is_none());
+    link.lower_elsewhere = lower_nsid.zip(lower);
     Some(link)
 }
 

@@ -79,6 +79,11 @@ pub struct Link {
     /// The link this one is stacked on (a macvlan's master), when it is in the same
     /// namespace: a `linkInContainer` attachment's master, seen from the pod.
     pub lower_here: Option<u32>,
+    /// The link this one is stacked on or paired with when it lives in another namespace
+    /// (a veth's peer): that namespace's id as this one knows it, and the link's index there.
+    pub lower_elsewhere: Option<(i32, u32)>,
+    /// The bridge (or other controller) this link is a port of.
+    pub controller: Option<u32>,
 }
 
 impl Link {
@@ -93,6 +98,9 @@ impl Link {
     }
     pub fn is_macvlan(&self) -> bool {
         self.kind == Some(InfoKind::MacVlan)
+    }
+    pub fn is_veth(&self) -> bool {
+        self.kind == Some(InfoKind::Veth)
     }
 }
 
@@ -355,6 +363,9 @@ pub trait Rtnl {
     fn links(&self) -> Result<Vec<Link>>;
     fn link_by_name(&self, name: &str) -> Result<Option<Link>>;
     fn link_by_index(&self, index: u32) -> Result<Option<Link>>;
+    /// A link of another namespace, named by the id this namespace knows it by
+    /// (IFLA_LINK_NETNSID): a veth's peer, read without entering its namespace.
+    fn link_elsewhere(&self, nsid: i32, index: u32) -> Result<Option<Link>>;
     /// Addresses on a link (or on all links with `None`).
     fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork)>>;
     /// A link's IPv6 addresses with their flags (tentative while duplicate address detection

@@ -26,6 +26,8 @@ struct State {
     addresses: Vec<(u32, IpNetwork)>,
     routes: Vec<RouteEntry>,
     requests: Vec<Request>,
+    /// Links of other namespaces, by the id this one knows each namespace by.
+    elsewhere: Vec<(i32, Link)>,
 }
 
 #[derive(Default)]
@@ -52,6 +54,16 @@ impl Fake {
             ..Link::default()
         });
         index
+    }
+
+    /// Makes link `index` a veth whose peer, `peer`, lives in the namespace known as `nsid`.
+    pub fn with_peer_elsewhere(&self, index: u32, nsid: i32, peer: Link) {
+        let mut state = self.state.borrow_mut();
+        if let Some(l) = state.links.iter_mut().find(|l| l.index == index) {
+            l.kind = Some(InfoKind::Veth);
+            l.lower_elsewhere = Some((nsid, peer.index));
+        }
+        state.elsewhere.push((nsid, peer));
     }
 
     /// Sets a link's alias as someone else (not a request) would.
@@ -222,6 +234,16 @@ impl Rtnl for Fake {
 
     fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
         Ok(self.link(index))
+    }
+
+    fn link_elsewhere(&self, nsid: i32, index: u32) -> Result<Option<Link>> {
+        Ok(self
+            .state
+            .borrow()
+            .elsewhere
+            .iter()
+            .find(|(id, l)| *id == nsid && l.index == index)
+            .map(|(_, l)| l.clone()))
     }
 
     fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork)>> {
