@@ -81,13 +81,14 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 
 #[test]
 fn mutated_configs_and_results_never_panic() {
+    let allowed = AllowedDirs::new(None);
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
     let mut accepted = 0;
     for i in 0..30_000 {
         let input = mutate(&mut rng, SEEDS[i % SEEDS.len()].as_bytes());
         if let Ok(conf) = NetConf::parse(&input) {
             accepted += 1;
-            let _ = HostLocalConf::parse(&conf.ipam, &AllowedDirs::new(None).data);
+            let _ = HostLocalConf::parse(&conf.ipam, &allowed.data, &allowed.resolv_conf);
             if let Some(prev) = &conf.prev_result {
                 let _ = CniResult::from_json(prev);
             }
@@ -145,7 +146,8 @@ fn megabyte_inputs_are_refused_quickly() {
         );
         let start = Instant::now();
         if let Ok(conf) = NetConf::parse(input.as_bytes()) {
-            let _ = HostLocalConf::parse(&conf.ipam, &AllowedDirs::new(None).data);
+            let allowed = AllowedDirs::new(None);
+            let _ = HostLocalConf::parse(&conf.ipam, &allowed.data, &allowed.resolv_conf);
         }
         assert!(
             start.elapsed() < Duration::from_secs(2),

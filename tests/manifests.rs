@@ -135,6 +135,24 @@ fn kustomize_renders_base_and_microk8s_overlay() {
             c["resources"]["limits"]["memory"].is_string()
                 && c["resources"]["requests"]["cpu"].is_string()
         );
+        // Least privilege (README, Security): the runtime's syscall filter, no escalation,
+        // every capability dropped but the two the agent uses.
+        let sc = &c["securityContext"];
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{dir}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{dir}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{dir}");
+        assert!(
+            sc["privileged"].is_null() || sc["privileged"] == false,
+            "{dir}"
+        );
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{dir}");
+        let added: Vec<&str> = sc["capabilities"]["add"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert_eq!(added, ["SYS_ADMIN", "NET_ADMIN"], "{dir}");
         assert!(c["readinessProbe"]["exec"]["command"]
             .as_sequence()
             .unwrap()
@@ -180,7 +198,8 @@ fn conf_network_attachments_parse_with_the_plugins_own_parser() {
                     });
                     assert_eq!(conf.plugin_type, "ros-macvlan");
                     if conf.ipam_type() == "host-local" {
-                        HostLocalConf::parse(&conf.ipam, &AllowedDirs::new(None).data)
+                        let allowed = AllowedDirs::new(None);
+                        HostLocalConf::parse(&conf.ipam, &allowed.data, &allowed.resolv_conf)
                             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
                     }
                     nads.push(doc["metadata"]["name"].as_str().unwrap().to_owned());

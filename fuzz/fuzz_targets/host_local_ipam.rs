@@ -16,7 +16,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // The node's default allowed data directories (parsing opens nothing).
-    let Ok(conf) = HostLocalConf::parse(&ipam, &AllowedDirs::new(None).data) else {
+    let allowed = AllowedDirs::new(None);
+    let Ok(conf) = HostLocalConf::parse(&ipam, &allowed.data, &allowed.resolv_conf) else {
         return;
     };
     // A "last reserved" address as the store would hold it, from the input.

@@ -211,7 +211,9 @@ impl From<crate::sys::confine::Error> for Error {
             | Confine::NoFileName { .. }
             | Confine::Symlink { .. }
             | Confine::NotADirectory { .. }
-            | Confine::NotARegularFile { .. } => Kind::InvalidConfig,
+            | Confine::NotARegularFile { .. }
+            | Confine::NotReadable { .. }
+            | Confine::TooLarge { .. } => Kind::InvalidConfig,
         };
         Error::new(kind, e.to_string()).with_source(e)
     }

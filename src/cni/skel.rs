@@ -114,7 +114,7 @@ fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<An
     // A policy that cannot be read widens nothing (ADD refuses it on its own).
     let policy = Policy::load();
     let allowed = AllowedDirs::new(policy.as_ref().ok().and_then(Option::as_ref));
-    let ipam = Ipam::from_conf(&conf, env, &allowed.data)?;
+    let ipam = Ipam::from_conf(&conf, env, &allowed.data, &allowed.resolv_conf)?;
     let agent = membership::AgentPlace::of_config(&conf, &allowed.agent)?;
     *log = LogSink::open(raw, &allowed.logs)?;
     match env.command {

@@ -2,7 +2,6 @@
 //! shared on-disk store.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
@@ -12,10 +11,17 @@ use super::range::{Range, RangeSet, RawRange};
 use super::store::{Record, Store};
 use crate::cni::result::{Dns, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
-use crate::sys::confine::{ConfinedPath, Roots};
+use crate::sys::confine::{ConfinedPath, Readable, Roots};
 use crate::sys::stable_hash::stable_hash;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+/// How much of a `resolvConf` is read at most; a larger file is refused.
+pub const RESOLV_CONF_LIMIT: u64 = 64 * 1024;
+/// Bounds on the lists of the `ipam` object: every entry costs work on each ADD (a range
+/// walked, a route installed), and a config is a tenant's.
+pub const MAX_RANGE_SETS: usize = 8;
+pub const MAX_RANGES_PER_SET: usize = 16;
+pub const MAX_ROUTES: usize = 64;
 
 /// What the caller knows of a good pick beyond the ranges: addresses found in use on the
 /// LAN, and the node's seed for where a store that never allocated starts
@@ -60,12 +66,14 @@ pub struct HostLocalConf {
     pub routes: Vec<Route>,
     /// Confined to the directories the node allows for it.
     pub data_dir: ConfinedPath,
-    pub resolv_conf: Option<PathBuf>,
+    /// `resolvConf`, read at ADD from where the node allows (`Readable`).
+    pub resolv_conf: Option<(String, Readable)>,
 }
 
 impl HostLocalConf {
-    /// Validates the `ipam` object; `dataDir` must lie in one of `data_roots`.
-    pub fn parse(ipam: &Value, data_roots: &Roots) -> Result<HostLocalConf> {
+    /// Validates the `ipam` object; `dataDir` must lie in one of `data_roots`, `resolvConf`
+    /// be a file `readable` allows.
+    pub fn parse(ipam: &Value, data_roots: &Roots, readable: &Readable) -> Result<HostLocalConf> {
         let raw: RawHostLocal = serde_json::from_value(ipam.clone())
             .map_err(|e| Error::new(Kind::InvalidConfig, format!("ipam: {e}")))?;
         let raw_sets: Vec<Vec<RawRange>> = match (raw.ranges, raw.legacy.subnet.is_some()) {
@@ -78,6 +86,21 @@ impl HostLocalConf {
                 ))
             }
         };
+        bound("ipam.ranges", raw_sets.len(), MAX_RANGE_SETS, "range sets")?;
+        for (i, set) in raw_sets.iter().enumerate() {
+            bound(
+                &format!("ipam.ranges[{i}]"),
+                set.len(),
+                MAX_RANGES_PER_SET,
+                "ranges",
+            )?;
+        }
+        bound(
+            "ipam.routes",
+            raw.routes.as_ref().map_or(0, Vec::len),
+            MAX_ROUTES,
+            "routes",
+        )?;
         let range_sets = raw_sets
             .iter()
             .enumerate()
@@ -105,7 +128,10 @@ impl HostLocalConf {
             range_sets,
             routes,
             data_dir,
-            resolv_conf: raw.resolv_conf.filter(|s| !s.is_empty()).map(PathBuf::from),
+            resolv_conf: raw
+                .resolv_conf
+                .filter(|s| !s.is_empty())
+                .map(|path| (path, readable.clone())),
         })
     }
 
@@ -219,13 +245,23 @@ impl HostLocalConf {
     pub fn dns(&self) -> Result<Dns> {
         match &self.resolv_conf {
             None => Ok(Dns::default()),
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::io(format!("ipam.resolvConf {}", path.display()), e))?;
-                Ok(parse_resolv_conf(&text))
+            Some((path, readable)) => {
+                let bytes = readable.read("ipam.resolvConf", path, RESOLV_CONF_LIMIT)?;
+                Ok(parse_resolv_conf(&String::from_utf8_lossy(&bytes)))
             }
         }
     }
+}
+
+/// Refuses a list of a config longer than its bound (code 7).
+fn bound(key: &str, len: usize, max: usize, what: &str) -> Result<()> {
+    if len > max {
+        return Err(Error::new(
+            Kind::InvalidConfig,
+            format!("{key}: {len} {what} given, at most {max} are allowed"),
+        ));
+    }
+    Ok(())
 }
 
 /// Where the walk over the range set starts. Normally after `last_reserved_ip`, as the
@@ -344,7 +380,8 @@ mod tests {
     use serde_json::json;
 
     fn parse(ipam: &Value) -> Result<HostLocalConf> {
-        HostLocalConf::parse(ipam, &AllowedDirs::new(None).data)
+        let allowed = AllowedDirs::new(None);
+        HostLocalConf::parse(ipam, &allowed.data, &allowed.resolv_conf)
     }
 
     #[test]
@@ -352,7 +389,10 @@ mod tests {
         let a = parse(&json!({"type":"host-local","subnet":"198.51.100.0/24","rangeStart":"198.51.100.160","rangeEnd":"198.51.100.180","gateway":"198.51.100.1"})).unwrap();
         let b = parse(&json!({"type":"host-local","ranges":[[{"subnet":"198.51.100.0/24","rangeStart":"198.51.100.160","rangeEnd":"198.51.100.180","gateway":"198.51.100.1"}]]})).unwrap();
         assert_eq!(a.range_sets, b.range_sets);
-        assert_eq!(a.data_dir.path(), PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(
+            a.data_dir.path(),
+            std::path::PathBuf::from(DEFAULT_DATA_DIR)
+        );
     }
 
     #[test]
@@ -415,7 +455,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rmv-hl-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let roots = Roots::new(vec![std::env::temp_dir()], 0o755, "");
-        let conf = HostLocalConf::parse(&json!({"subnet":"198.51.100.0/24","rangeStart":"198.51.100.10","rangeEnd":"198.51.100.11","dataDir": dir}), &roots).unwrap();
+        let conf = HostLocalConf::parse(&json!({"subnet":"198.51.100.0/24","rangeStart":"198.51.100.10","rangeEnd":"198.51.100.11","dataDir": dir}), &roots, &AllowedDirs::new(None).resolv_conf).unwrap();
         let owner = |id| Owner {
             container_id: id,
             ifname: "net1",

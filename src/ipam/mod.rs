@@ -11,7 +11,7 @@ use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
 use crate::cni::result::CniResult;
 use crate::cni::{Error, Kind, Result};
-use crate::sys::confine::Roots;
+use crate::sys::confine::{Readable, Roots};
 use delegate::Delegate;
 pub use host_local::Hints;
 use host_local::{HostLocalConf, Owner};
@@ -26,15 +26,21 @@ pub enum Ipam {
 }
 
 impl Ipam {
-    /// `data_roots`: where host-local's `dataDir` may lead on this node.
-    pub fn from_conf(conf: &NetConf, env: &CniEnv, data_roots: &Roots) -> Result<Ipam> {
+    /// `data_roots`: where host-local's `dataDir` may lead on this node; `readable`: which
+    /// files its `resolvConf` may name.
+    pub fn from_conf(
+        conf: &NetConf,
+        env: &CniEnv,
+        data_roots: &Roots,
+        readable: &Readable,
+    ) -> Result<Ipam> {
         match conf.ipam_type() {
             "" if conf.ipam.is_null() || conf.ipam.as_object().is_some_and(|o| o.is_empty()) => {
                 Ok(Ipam::None)
             }
             "" => Err(Error::new(Kind::InvalidConfig, "ipam has no \"type\"")),
             "host-local" => Ok(Ipam::HostLocal(HostLocalConf::parse(
-                &conf.ipam, data_roots,
+                &conf.ipam, data_roots, readable,
             )?)),
             other => Ok(Ipam::Delegate(Delegate::find(other, env)?)),
         }

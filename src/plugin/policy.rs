@@ -14,8 +14,9 @@ use std::path::{Component, PathBuf};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
+use crate::cni::config::MacvlanMode;
 use crate::cni::{Error, Kind, Result};
-use crate::sys::confine::Roots;
+use crate::sys::confine::{Readable, Roots};
 
 pub const DEFAULT_POLICY_FILE: &str = "/etc/cni/ros-macvlan/policy.json";
 
@@ -31,6 +32,17 @@ pub const DATA_DIR_MODE: u32 = 0o755;
 /// plugin's membership records), only root's.
 pub const DEFAULT_AGENT_DIRS: &[&str] = &["/run/ros-macvlan"];
 pub const AGENT_DIR_MODE: u32 = 0o700;
+/// The files host-local's `resolvConf` may name with no policy: the node's own resolver
+/// configuration, where Debian, systemd-resolved and most distributions keep it.
+pub const DEFAULT_RESOLV_CONF_FILES: &[&str] = &[
+    "/etc/resolv.conf",
+    "/run/systemd/resolve/resolv.conf",
+    "/run/systemd/resolve/stub-resolv.conf",
+];
+/// The modes a config may ask for with no policy. `passthru` hands the whole master to one
+/// pod (its MAC, its traffic): only the node's admin can allow it, on a dedicated interface.
+pub const DEFAULT_MODES: &[MacvlanMode] =
+    &[MacvlanMode::Bridge, MacvlanMode::Private, MacvlanMode::Vepa];
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -39,6 +51,11 @@ pub struct Policy {
     masters: Option<Vec<String>>,
     /// Prefixes every address handed to a pod must lie in.
     ranges: Option<Vec<IpNetwork>>,
+    /// The macvlan modes allowed (replacing DEFAULT_MODES): `passthru` must be listed here.
+    modes: Option<Vec<String>>,
+    /// Directories host-local's `resolvConf` may name a file in, besides the node's own
+    /// DEFAULT_RESOLV_CONF_FILES.
+    resolv_conf_dirs: Option<Vec<PathBuf>>,
     /// Directories `logFile` may lead into besides DEFAULT_LOG_DIRS.
     log_dirs: Option<Vec<PathBuf>>,
     /// Directories host-local's `dataDir` may lead into besides DEFAULT_DATA_DIRS.
@@ -81,13 +98,43 @@ impl Policy {
     pub fn parse(bytes: &[u8], path: PathBuf) -> Result<Policy> {
         let mut policy: Policy = serde_json::from_slice(bytes).map_err(|e| {
             Error::new(Kind::PolicyRefused, format!(
-                "node policy {} is invalid ({e}); it takes {{\"masters\": [...], \"ranges\": [...], \"logDirs\": [...], \"dataDirs\": [...], \"hostAccess\": [...]}}",
+                "node policy {} is invalid ({e}); it takes {{\"masters\": [...], \"ranges\": [...], \"modes\": [...], \"logDirs\": [...], \"dataDirs\": [...], \"resolvConfDirs\": [...], \"hostAccess\": [...]}}",
                 path.display()
             ))
         })?;
         policy.path = path;
         policy.check_dirs()?;
+        policy.allowed_modes()?;
         Ok(policy)
+    }
+
+    /// The modes this policy allows; an unknown name in the list refuses the policy.
+    fn allowed_modes(&self) -> Result<Vec<MacvlanMode>> {
+        match &self.modes {
+            None => Ok(DEFAULT_MODES.to_vec()),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    MacvlanMode::parse(n).map_err(|e| {
+                        Error::new(
+                            Kind::PolicyRefused,
+                            format!("node policy {}: modes: {e}", self.path.display()),
+                        )
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether `name` is listed in `masters` by its exact name (not by a prefix): the
+    /// node's admin vouching for one interface.
+    pub fn names_master(&self, name: &str) -> bool {
+        self.masters.iter().flatten().any(|m| m == name)
+    }
+
+    /// The file this policy was read from.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     pub fn host_access(&self) -> &[crate::tools::host_access::Spec] {
@@ -96,7 +143,12 @@ impl Policy {
 
     /// The directories listed must say plainly where they are.
     fn check_dirs(&self) -> Result<()> {
-        let mut dirs = self.log_dirs.iter().chain(&self.data_dirs).flatten();
+        let mut dirs = self
+            .log_dirs
+            .iter()
+            .chain(&self.data_dirs)
+            .chain(&self.resolv_conf_dirs)
+            .flatten();
         match dirs.find(|d| !d.is_absolute() || d.components().any(|c| c == Component::ParentDir)) {
             Some(bad) => Err(Error::new(Kind::PolicyRefused, format!(
                 "node policy {} lists the directory {:?}: directories must be absolute paths without '..'",
@@ -157,6 +209,31 @@ impl Policy {
     }
 }
 
+/// Whether the node allows `mode`: DEFAULT_MODES, or the policy's `modes`.
+pub fn check_mode(policy: Option<&Policy>, mode: MacvlanMode) -> Result<()> {
+    let allowed = match policy {
+        Some(p) => p.allowed_modes()?,
+        None => DEFAULT_MODES.to_vec(),
+    };
+    if allowed.contains(&mode) {
+        return Ok(());
+    }
+    let names: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+    let file = policy.map_or_else(policy_file, |p| p.path.clone());
+    let why = if mode == MacvlanMode::Passthru {
+        " (passthru hands the whole master, its MAC and all its traffic, to one pod)"
+    } else {
+        ""
+    };
+    Err(Error::new(Kind::PolicyRefused, format!(
+        "mode {} is not allowed on this node{why}; allowed: {}. To allow it on a dedicated interface, the cluster admin lists \"{}\" under \"modes\" in the node policy {}",
+        mode.as_str(),
+        names.join(", "),
+        mode.as_str(),
+        file.display()
+    )))
+}
+
 /// The policy file: ROS_MACVLAN_POLICY_FILE, or the default.
 pub fn policy_file() -> PathBuf {
     std::env::var_os("ROS_MACVLAN_POLICY_FILE")
@@ -173,6 +250,8 @@ pub struct AllowedDirs {
     pub data: Roots,
     /// For `agentSocket`: the agent's directory only; the node policy does not widen it.
     pub agent: Roots,
+    /// For host-local's `resolvConf`.
+    pub resolv_conf: Readable,
 }
 
 impl AllowedDirs {
@@ -208,6 +287,18 @@ impl AllowedDirs {
                 DEFAULT_AGENT_DIRS.iter().map(PathBuf::from).collect(),
                 AGENT_DIR_MODE,
                 "point it at the node agent's socket (ros-macvlan agent --socket)",
+            ),
+            resolv_conf: Readable::new(
+                DEFAULT_RESOLV_CONF_FILES
+                    .iter()
+                    .map(PathBuf::from)
+                    .collect(),
+                roots(
+                    &[],
+                    policy.and_then(|p| p.resolv_conf_dirs.as_ref()),
+                    "resolvConfDirs",
+                    DATA_DIR_MODE,
+                ),
             ),
         }
     }

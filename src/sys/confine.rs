@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -59,6 +60,27 @@ pub enum Error {
     /// The file is a directory or a FIFO without a reader, not a regular file.
     #[error("{key}: {at} is not a regular file")]
     NotARegularFile { key: &'static str, at: PathBuf },
+    /// A file to read that is neither one the node lists nor below a directory it allows.
+    /// The refusal is decided by the text alone, so it says nothing of what exists there.
+    #[error(
+        "{key} {path:?} is not a file the node allows to be read; use one of {}, a file below {}, or {hint}",
+        list(.files),
+        if .dirs.is_empty() { "an allowed directory (none on this node)".to_owned() } else { list(.dirs) }
+    )]
+    NotReadable {
+        key: &'static str,
+        path: String,
+        files: Vec<PathBuf>,
+        dirs: Vec<PathBuf>,
+        hint: String,
+    },
+    /// A file to read that is larger than the bound.
+    #[error("{key}: {at} is larger than {limit} bytes")]
+    TooLarge {
+        key: &'static str,
+        at: PathBuf,
+        limit: u64,
+    },
     /// The node's trouble (permissions, a full or read-only disk), not the path's.
     #[error("{what}: {source}")]
     Io {
@@ -389,6 +411,76 @@ impl Dir {
     fn is_a(&self, name: &OsStr, kind: SFlag) -> bool {
         fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .is_ok_and(|s| SFlag::from_bits_truncate(s.st_mode) & SFlag::S_IFMT == kind)
+    }
+}
+
+/// The files a config may name for the plugin to read (host-local's `resolvConf`): the
+/// node's own files, listed by path (a listed file may be a symlink: it is the node's own,
+/// as /etc/resolv.conf often is), and any file below the `dirs` roots, opened there as every
+/// confined path is. Whatever is named is opened without blocking, must be a regular file
+/// and is read up to a bound: a FIFO or a device (/dev/zero) can neither hang nor exhaust
+/// the plugin.
+#[derive(Debug, Clone)]
+pub struct Readable {
+    files: Vec<PathBuf>,
+    dirs: Roots,
+}
+
+impl Readable {
+    pub fn new(files: Vec<PathBuf>, dirs: Roots) -> Readable {
+        Readable { files, dirs }
+    }
+
+    /// Reads the file `path`, the value of config key `key`, if the node allows it: at most
+    /// `limit` bytes (more is refused).
+    pub fn read(&self, key: &'static str, path: &str, limit: u64) -> Result<Vec<u8>> {
+        let listed = Path::new(path);
+        let open = |file: io::Result<File>, at: &Path| -> Result<Vec<u8>> {
+            let io_error = |source| Error::Io {
+                what: format!("{key} {}", at.display()),
+                source,
+            };
+            let file = file.map_err(io_error)?;
+            if !file.metadata().map_err(io_error)?.is_file() {
+                return Err(Error::NotARegularFile {
+                    key,
+                    at: at.to_owned(),
+                });
+            }
+            let mut bytes = Vec::new();
+            file.take(limit + 1)
+                .read_to_end(&mut bytes)
+                .map_err(io_error)?;
+            if bytes.len() as u64 > limit {
+                return Err(Error::TooLarge {
+                    key,
+                    at: at.to_owned(),
+                    limit,
+                });
+            }
+            Ok(bytes)
+        };
+        if self.files.iter().any(|f| f == listed) {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+                .open(listed);
+            return open(file, listed);
+        }
+        let refuse = || Error::NotReadable {
+            key,
+            path: path.to_owned(),
+            files: self.files.clone(),
+            dirs: self.dirs.dirs.clone(),
+            hint: self.dirs.widen_hint.clone(),
+        };
+        let (dir, name) = self.dirs.confine_file(key, path).map_err(|_| refuse())?;
+        let at = dir.path().join(&name);
+        let opened = match dir.open_dir()? {
+            Some(d) => d.open(&name, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY),
+            None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        };
+        open(opened, &at)
     }
 }
 
