@@ -32,7 +32,7 @@ impl MacvlanMode {
         }
     }
 
-    fn parse(s: &str) -> Result<MacvlanMode> {
+    pub fn parse(s: &str) -> Result<MacvlanMode> {
         Ok(match s {
             "" | "bridge" => MacvlanMode::Bridge,
             "private" => MacvlanMode::Private,
@@ -75,6 +75,14 @@ pub struct MulticastConf {
 
 pub const ROS_DISCOVERY_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 
+/// Bounds of the `multicast` numbers (README, Security). The kernel gives every macvlan of a
+/// master the largest broadcast queue any of them asked for, so one config's `bcQueueLen` is
+/// every pod's on that master: it is bounded.
+pub const MAX_BC_QUEUE_LEN: u32 = 4096;
+/// Each group is a membership the node agent holds, each route one more on every ADD.
+pub const MAX_GROUPS: usize = 16;
+pub const MAX_MULTICAST_ROUTES: usize = 16;
+
 impl Default for MulticastConf {
     fn default() -> Self {
         MulticastConf {
@@ -100,6 +108,27 @@ struct RawMulticast {
 impl RawMulticast {
     fn validate(self) -> Result<MulticastConf> {
         let d = MulticastConf::default();
+        let too_many = |key: &str, len: usize, max: usize| {
+            Error::new(
+                Kind::InvalidConfig,
+                format!("multicast.{key}: {len} given, at most {max} are allowed"),
+            )
+        };
+        if let Some(g) = self.groups.as_ref().filter(|g| g.len() > MAX_GROUPS) {
+            return Err(too_many("groups", g.len(), MAX_GROUPS));
+        }
+        if let Some(r) = self
+            .routes
+            .as_ref()
+            .filter(|r| r.len() > MAX_MULTICAST_ROUTES)
+        {
+            return Err(too_many("routes", r.len(), MAX_MULTICAST_ROUTES));
+        }
+        if let Some(q) = self.bc_queue_len.filter(|q| *q > MAX_BC_QUEUE_LEN) {
+            return Err(Error::new(Kind::InvalidConfig, format!(
+                "multicast.bcQueueLen {q} is above {MAX_BC_QUEUE_LEN}: the kernel applies the largest queue any macvlan of the master asks for to all of them, so it is bounded; ask for at most {MAX_BC_QUEUE_LEN}"
+            )));
+        }
         let groups = match self.groups {
             None => d.groups,
             Some(list) => list

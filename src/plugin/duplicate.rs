@@ -33,6 +33,13 @@ pub struct Detection {
     pub max_conflicts: u32,
 }
 
+/// Bounds of the config's numbers (README, Security).
+pub const MAX_PROBES: u32 = 10;
+pub const MAX_INTERVAL_MS: u64 = 1000;
+pub const MAX_CONFLICTS: u32 = 16;
+/// The longest one ADD may spend probing, all tries together.
+pub const MAX_PROBING: Duration = Duration::from_secs(5);
+
 impl Default for Detection {
     fn default() -> Self {
         Detection {
@@ -55,12 +62,7 @@ impl Detection {
                         "duplicateDetection: {e}; it takes false or {{\"probes\": N, \"intervalMs\": N, \"maxConflicts\": N}}"
                     ))
                 })?;
-                if d.probes == 0 || d.probes > 10 || d.interval_ms > 1000 {
-                    return Err(Error::new(
-                        Kind::InvalidConfig,
-                        "duplicateDetection: probes must be 1..10 and intervalMs at most 1000",
-                    ));
-                }
+                d.check_bounds()?;
                 Ok(Some(d))
             }
             Some(_) => Err(Error::new(
@@ -68,6 +70,49 @@ impl Detection {
                 "duplicateDetection must be false or an object",
             )),
         }
+    }
+
+    /// Refuses numbers that would let one ADD probe for long (code 7): each has a bound,
+    /// and so has the worst case of one ADD, every probe of every address it may try.
+    fn check_bounds(&self) -> Result<()> {
+        let refuse = |what: String| {
+            Err(Error::new(
+                Kind::InvalidConfig,
+                format!("duplicateDetection: {what}"),
+            ))
+        };
+        if !(1..=MAX_PROBES).contains(&self.probes) {
+            return refuse(format!(
+                "probes must be 1 to {MAX_PROBES}, not {}",
+                self.probes
+            ));
+        }
+        if !(1..=MAX_INTERVAL_MS).contains(&self.interval_ms) {
+            return refuse(format!(
+                "intervalMs must be 1 to {MAX_INTERVAL_MS}, not {}",
+                self.interval_ms
+            ));
+        }
+        if self.max_conflicts > MAX_CONFLICTS {
+            return refuse(format!(
+                "maxConflicts must be at most {MAX_CONFLICTS}, not {}",
+                self.max_conflicts
+            ));
+        }
+        let worst = self.worst_case();
+        if worst > MAX_PROBING {
+            return refuse(format!(
+                "probes × intervalMs × (maxConflicts + 1) is {} ms; one ADD may probe for at most {} ms",
+                worst.as_millis(),
+                MAX_PROBING.as_millis()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The longest one ADD can probe: every address it may try, probed in full.
+    pub fn worst_case(&self) -> Duration {
+        self.cost() * (self.max_conflicts + 1)
     }
 
     /// How long one address is probed.
@@ -198,6 +243,12 @@ mod tests {
             json!({"probes": 0}),
             json!({"probe": 1}),
             json!({"intervalMs": 5000}),
+            json!({"intervalMs": 0}),
+            json!({"probes": 4294967295u32}),
+            json!({"maxConflicts": 4294967295u32}),
+            json!({"maxConflicts": 17}),
+            // Each within its bound, together over 5 s.
+            json!({"probes": 10, "intervalMs": 1000, "maxConflicts": 0}),
         ] {
             assert_eq!(
                 Detection::from_config(Some(&bad)).unwrap_err().code(),

@@ -217,9 +217,13 @@ pub fn add(
     // Everything checkable is checked before the first change.
     let (master, master_why) = resolve_master(&ns.master_nl, conf, ipam)?;
     let policy = policy?;
-    if let Some(p) = &policy {
-        p.check_master(&master.name)?;
-    }
+    crate::plugin::tenancy::check_master(
+        policy.as_ref(),
+        &ns.master_nl,
+        &master,
+        conf.mode,
+        ns.master_in_pod,
+    )?;
     if let Some(mtu) = conf.mtu {
         if mtu > master.mtu {
             return Err(Error::new(

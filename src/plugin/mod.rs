@@ -9,3 +9,4 @@ pub mod membership;
 pub mod multicast;
 pub mod policy;
 pub mod reaper;
+pub mod tenancy;
