@@ -17,6 +17,7 @@ use crate::ipam::Ipam;
 use crate::plugin::macvlan::resolve_master;
 use crate::sys::confine::{self, ConfinedPath, Roots};
 use crate::sys::netlink::Netlink;
+use crate::sys::netns::{self, Presence};
 
 /// The attachments the runtime says are still valid: `cni.dev/valid-attachments`, or the
 /// older `cni.dev/attachments`.
@@ -34,7 +35,9 @@ fn valid_attachments(conf: &NetConf) -> HashSet<(String, String)> {
         .collect()
 }
 
-/// GC: releases every claim of this network held by no valid attachment.
+/// GC: releases every claim of this network held by no valid attachment. Only claims
+/// inside the config's own ranges are this network's to release: a config is a tenant's,
+/// and its `name` and `dataDir` may name a store that other networks' claims live in.
 pub fn gc(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
     let valid = valid_attachments(conf);
     match ipam {
@@ -42,7 +45,10 @@ pub fn gc(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
             let Some(store) = Store::open_existing(&hl.data_dir, &conf.name)? else {
                 return Ok(());
             };
-            for (ip, holder) in store.claims()? {
+            let in_ranges =
+                |ip: &std::net::IpAddr| hl.range_sets.iter().any(|s| s.range_of(*ip).is_some());
+            let ours = store.claims()?.into_iter().filter(|(ip, _)| in_ranges(ip));
+            for (ip, holder) in ours {
                 let keep = holder.is_some_and(|h| {
                     valid.contains(&(h.container_id.clone(), h.ifname.clone()))
                         || (h.ifname.is_empty()
@@ -53,7 +59,9 @@ pub fn gc(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
                 }
             }
             for record in store.records() {
-                if !valid.contains(&(record.container_id.clone(), record.ifname.clone())) {
+                if !valid.contains(&(record.container_id.clone(), record.ifname.clone()))
+                    && record.ips.iter().all(in_ranges)
+                {
                     store.remove_record(&record.container_id, &record.ifname);
                 }
             }
@@ -71,15 +79,24 @@ pub struct Orphan {
     pub record: Record,
 }
 
+/// What one round of `release_orphans` did: what it released, and what it kept because it
+/// could not tell the pod gone (each with why).
+#[derive(Debug, Default)]
+pub struct Sweep {
+    pub released: Vec<Orphan>,
+    pub kept: Vec<String>,
+}
+
 /// `ros-macvlan gc`: releases, in every network of `data_dir`, the claims whose record names
-/// a netns that no longer exists (the pod vanished without a DEL: a reboot, a lost DEL).
-/// Claims without a record (made by the reference plugin) are left alone: nothing tells
-/// whether their pod lives. The operator names `data_dir`; below it no symlink is followed.
-pub fn release_orphans(data_dir: &Path) -> Result<Vec<Orphan>> {
-    let mut released = Vec::new();
+/// a netns that is positively gone (`netns::presence`: the pod vanished without a DEL, a
+/// reboot, a lost DEL). Claims without a record (made by the reference plugin) are left
+/// alone: nothing tells whether their pod lives. The operator names `data_dir`; below it no
+/// symlink is followed.
+pub fn release_orphans(data_dir: &Path) -> Result<Sweep> {
+    let mut sweep = Sweep::default();
     let data = ConfinedPath::trusted("--data-dir", data_dir, crate::plugin::policy::DATA_DIR_MODE);
     let Some(dir) = data.open_dir()? else {
-        return Ok(released);
+        return Ok(sweep);
     };
     let networks = dir
         .entries()
@@ -93,18 +110,26 @@ pub fn release_orphans(data_dir: &Path) -> Result<Vec<Orphan>> {
             continue;
         };
         for record in store.records() {
-            if Path::new(&record.netns).exists() {
-                continue;
+            match netns::presence(&record.netns, None) {
+                Presence::Here => continue,
+                Presence::Unknown(why) => {
+                    sweep.kept.push(format!(
+                        "kept {:?} of network {network} (container {}): {why}",
+                        record.ips, record.container_id
+                    ));
+                    continue;
+                }
+                Presence::Gone(_) => {}
             }
             store.release_listed(&record.ips, &record.container_id, &record.ifname)?;
             store.remove_record(&record.container_id, &record.ifname);
-            released.push(Orphan {
+            sweep.released.push(Orphan {
                 network: network.clone(),
                 record,
             });
         }
     }
-    Ok(released)
+    Ok(sweep)
 }
 
 /// STATUS: ready when the master is there and up and an address is left to hand out.

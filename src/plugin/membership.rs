@@ -36,7 +36,7 @@ use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
 use crate::plugin::policy::AGENT_DIR_MODE;
 use crate::sys::confine::{ConfinedPath, Dir, Roots};
-use crate::sys::netns::Netns;
+use crate::sys::netns::{self, Netns, Presence};
 
 /// Where the node agent listens unless the config's `agentSocket` says otherwise.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/ros-macvlan/agent.sock";
@@ -70,8 +70,9 @@ impl Record {
     }
 
     /// Whether the record's netns path still names the namespace it named at ADD.
-    pub fn netns_is_current(&self) -> bool {
-        inode_of(Path::new(&self.netns)).is_ok_and(|ino| ino == self.netns_inode)
+    /// Whether the record's namespace is still there (see `netns::presence`).
+    pub fn presence(&self) -> Presence {
+        netns::presence(&self.netns, Some(self.netns_inode))
     }
 }
 
@@ -482,14 +483,30 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_netns_path_is_not_current() {
+    fn only_a_positively_gone_netns_is_gone() {
         let mut r = record();
-        r.netns = "/nonexistent/netns".into();
-        assert!(!r.netns_is_current());
         r.netns = "/proc/self/ns/net".into();
         r.netns_inode = inode_of(Path::new("/proc/self/ns/net")).unwrap();
-        assert!(r.netns_is_current());
+        assert_eq!(r.presence(), Presence::Here);
         r.netns_inode += 1;
-        assert!(!r.netns_is_current());
+        assert!(
+            matches!(r.presence(), Presence::Gone(_)),
+            "another namespace"
+        );
+        // Not found, in a directory that visibly holds namespaces.
+        r.netns = "/proc/self/ns/no-such-ns".into();
+        assert!(matches!(r.presence(), Presence::Gone(_)));
+        // Not found where nothing shows it is a netns directory: kept.
+        r.netns = "/nonexistent/netns".into();
+        assert!(matches!(r.presence(), Presence::Unknown(_)));
+        let empty = std::env::temp_dir().join(format!("rm-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        r.netns = empty.join("cni-1234").to_string_lossy().into_owned();
+        let p = r.presence();
+        std::fs::remove_dir(&empty).unwrap();
+        assert!(
+            matches!(p, Presence::Unknown(ref why) if why.contains("shows no network namespace")),
+            "{p:?}"
+        );
     }
 }

@@ -123,6 +123,59 @@ impl Netns {
     }
 }
 
+/// What a netns path recorded at ADD says of its pod now. Only `Gone` lets a caller release
+/// what the pod held: "cannot see it" is not "it is gone" (a process that does not see the
+/// node's mounts, a mount hiding the directory, a permission refused), and releasing a
+/// live pod's address hands it out twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// The path names the namespace (the one recorded, when its inode was).
+    Here,
+    /// Positively gone: the path names another namespace now, or it answers "not found"
+    /// while its directory visibly holds the node's namespaces.
+    Gone(String),
+    /// Neither can be told; why, for the log.
+    Unknown(String),
+}
+
+/// Judges `path`; `inode` is the namespace's inode as recorded, when it was.
+pub fn presence(path: &str, inode: Option<u64>) -> Presence {
+    use std::os::unix::fs::MetadataExt;
+    let p = std::path::Path::new(path);
+    match std::fs::metadata(p) {
+        Ok(m) if inode.is_some_and(|i| i != m.ino()) => {
+            Presence::Gone(format!("netns {path} names another namespace now"))
+        }
+        Ok(_) => Presence::Here,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let Some(dir) = p.parent() else {
+                return Presence::Unknown(format!("netns {path} has no directory"));
+            };
+            if shows_namespaces(dir) {
+                Presence::Gone(format!("netns {path} does not exist"))
+            } else {
+                Presence::Unknown(format!(
+                    "netns {path} is not found, but {} shows no network namespace here, so it is not the node's netns directory as this process sees it (hidden by another mount, or not mounted in this container)",
+                    dir.display()
+                ))
+            }
+        }
+        Err(e) => Presence::Unknown(format!("netns {path} cannot be checked: {e}")),
+    }
+}
+
+/// Whether `dir` holds at least one network namespace (a bind mount of nsfs): then it is a
+/// netns directory as the node has it, not an empty stand-in.
+fn shows_namespaces(dir: &std::path::Path) -> bool {
+    use nix::sys::statfs::{statfs, NSFS_MAGIC};
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .any(|e| statfs(&e.path()).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC))
+}
+
 /// Takes the thread back to its namespace when dropped.
 struct GoBack(File);
 

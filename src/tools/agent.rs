@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,11 +25,15 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::plugin::membership::{self, Record, RecordDir, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
-use crate::sys::netns::Netns;
+use crate::sys::netns::{Netns, Presence};
 
 /// How often the agent compares what it holds with the records and the pods' namespaces.
 /// A lost DEL is noticed within this (the issue asks for 10 s at most).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// The most memberships one agent holds (a socket each): a node runs far fewer pods, and
+/// the bound keeps a flood of ADDs (or records) from exhausting the agent's descriptors.
+pub const MAX_HELD: usize = 4096;
 
 /// How often the node policy is mirrored from the ConfigMap's mount.
 const POLICY_EVERY: Duration = Duration::from_secs(30);
@@ -141,7 +146,18 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 /// another running agent answers on.
 fn listen(path: &Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        // Root's only (README, Security): the socket and the plugin's records live here. A
+        // hostPath the kubelet created has 0755; a shared sticky directory (/tmp) given by
+        // hand is not the agent's to narrow.
+        let mode = crate::plugin::policy::AGENT_DIR_MODE;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)?;
+        let meta = std::fs::metadata(dir)?;
+        if meta.uid() == 0 && meta.mode() & 0o1000 == 0 && meta.mode() & 0o777 != mode {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        }
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(io::Error::new(
@@ -156,8 +172,32 @@ fn listen(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Reads one request (with any descriptor passed along), acts on it, replies.
+/// Reads one request (with any descriptor passed along), acts on it, replies. Only root
+/// (the plugin, run by the runtime) is answered: the peer's credentials are checked, not
+/// only the socket file's mode, so a socket reachable by mistake (a hostPath mounted into
+/// another container, a directory mode widened) still lets no one else hand sockets in,
+/// drop a pod's membership or list the pods.
 async fn answer(stream: UnixStream, holder: &mut Holder) {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 => {}
+        Ok(cred) => {
+            eprintln!(
+                "agent: refused a client with uid {} (pid {}): only root may talk to the agent",
+                cred.uid(),
+                cred.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
+            );
+            reply(
+                stream,
+                &refuse("only root may talk to the node agent".into()),
+            )
+            .await;
+            return;
+        }
+        Err(e) => {
+            eprintln!("agent: cannot read a client's credentials ({e}); refused");
+            return;
+        }
+    }
     let mut line = Vec::new();
     let mut fds = Vec::new();
     let mut buf = vec![0u8; 4096];
@@ -180,9 +220,12 @@ async fn answer(stream: UnixStream, holder: &mut Holder) {
         Ok(request) => holder.handle(request, fds),
         Err(e) => refuse(format!("not a request: {e}")),
     };
-    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    self::reply(stream, &reply).await;
+}
+
+async fn reply(mut stream: UnixStream, reply: &Reply) {
+    let mut out = serde_json::to_vec(reply).unwrap_or_default();
     out.push(b'\n');
-    let mut stream = stream;
     let _ = stream.write_all(&out).await;
 }
 
@@ -214,6 +257,8 @@ struct Holder {
     held: HashMap<String, Held>,
     /// Keys whose re-creation failed once, so the log says so once, not every sweep.
     failing: HashSet<String>,
+    /// Keys whose netns could not be told present or gone, said once likewise.
+    unsure: HashSet<String>,
 }
 
 impl Holder {
@@ -222,16 +267,20 @@ impl Holder {
             records,
             held: HashMap::new(),
             failing: HashSet::new(),
+            unsure: HashSet::new(),
         }
     }
 
     fn handle(&mut self, request: Request, mut fds: Vec<OwnedFd>) -> Reply {
         match request {
             Request::Hold(record) => match fds.pop() {
-                Some(socket) => {
+                Some(socket) if self.has_room_for(&record.key()) => {
                     self.hold(record, socket, "handed over by ADD");
                     accept()
                 }
+                Some(_) => refuse(format!(
+                    "the agent holds {MAX_HELD} memberships already, its bound; not held"
+                )),
                 None => refuse("hold needs the socket passed with the request".into()),
             },
             Request::Drop { key } => {
@@ -243,6 +292,11 @@ impl Holder {
                 ..accept()
             },
         }
+    }
+
+    /// Whether one more membership (or a new socket for a held key) fits the bound.
+    fn has_room_for(&self, key: &str) -> bool {
+        self.held.len() < MAX_HELD || self.held.contains_key(key)
     }
 
     fn hold(&mut self, record: Record, socket: OwnedFd, why: &str) {
@@ -269,9 +323,10 @@ impl Holder {
         }
     }
 
-    /// Makes what is held match the records: a record whose netns is gone (or is another
-    /// namespace now) is removed with its membership; a held membership without a record
-    /// (its DEL's message was lost) ends; a record not held is joined again.
+    /// Makes what is held match the records: a record whose netns is positively gone (or
+    /// is another namespace now) is removed with its membership; a held membership without
+    /// a record (its DEL's message was lost) ends; a record not held is joined again. A
+    /// netns that cannot be told gone is kept, and said once.
     fn reconcile(&mut self) {
         let records: HashMap<String, Record> = self
             .records
@@ -279,26 +334,43 @@ impl Holder {
             .into_iter()
             .map(|r| (r.key(), r))
             .collect();
-        let stale: Vec<String> = self
+        let unrecorded: Vec<String> = self
             .held
-            .iter()
-            .filter(|(key, h)| !records.contains_key(*key) || !h.record.netns_is_current())
-            .map(|(key, _)| key.clone())
+            .keys()
+            .filter(|key| !records.contains_key(*key))
+            .cloned()
             .collect();
-        for key in stale {
-            self.let_go(&key, "its record or its pod's netns is gone");
+        for key in unrecorded {
+            self.let_go(&key, "its record is gone");
         }
         for (key, record) in records {
-            if !record.netns_is_current() {
-                println!(
-                    "agent: forgetting {key}: netns {} is gone or is another namespace",
-                    record.netns
-                );
-                self.records.remove(&key);
-                self.failing.remove(&key);
+            match record.presence() {
+                Presence::Here => {}
+                Presence::Gone(why) => {
+                    self.let_go(&key, &why);
+                    println!("agent: forgetting {key}: {why}");
+                    self.records.remove(&key);
+                    self.failing.remove(&key);
+                    self.unsure.remove(&key);
+                    continue;
+                }
+                Presence::Unknown(why) => {
+                    if self.unsure.insert(key.clone()) {
+                        eprintln!("agent: keeping {key}: {why}");
+                    }
+                    continue;
+                }
+            }
+            self.unsure.remove(&key);
+            if self.held.contains_key(&key) {
                 continue;
             }
-            if self.held.contains_key(&key) {
+            if !self.has_room_for(&key) {
+                if self.failing.insert(key.clone()) {
+                    eprintln!(
+                        "agent: not re-creating {key}: {MAX_HELD} memberships held, the bound"
+                    );
+                }
                 continue;
             }
             match rejoin(&record) {

@@ -306,7 +306,11 @@ fn host_access(a: HostAccessArgs) -> i32 {
 /// One round of gc: releases the claims of pods that are gone, naming each.
 pub(crate) fn gc_once(data_dir: &Path) -> i32 {
     match crate::plugin::lifecycle::release_orphans(data_dir) {
-        Ok(released) => {
+        Ok(sweep) => {
+            for why in &sweep.kept {
+                println!("gc: {why}");
+            }
+            let released = sweep.released;
             for o in &released {
                 let r = &o.record;
                 println!(
