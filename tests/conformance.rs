@@ -280,6 +280,10 @@ struct Bench {
     lan: Lan,
     agent: TestAgent,
     files: DataDir,
+    /// Ours runs under a node policy that allows what the reference does unasked: passthru
+    /// (lan0 carries nothing of the node's here) and the suite's resolv.conf directory
+    /// (README, Security).
+    policy: NodePolicy,
 }
 
 impl Bench {
@@ -293,11 +297,16 @@ impl Bench {
             "nameserver 198.51.100.53\nsearch example.org lan.example\noptions ndots:2\n",
         )
         .unwrap();
+        let policy = NodePolicy::new(Some(json!({
+            "modes": ["bridge", "private", "vepa", "passthru"],
+            "resolvConfDirs": [files.path()],
+        })));
         Bench {
             node,
             lan,
             agent: start_agent(),
             files,
+            policy,
         }
     }
 
@@ -365,6 +374,7 @@ impl Bench {
         };
         let netns = pod.ns.path();
         let container = format!("conformance{index}");
+        let policy_file = self.policy.file();
         let call = |verb: &str, conf: &Value| -> Reply {
             let mut env = vec![
                 ("CNI_COMMAND", verb),
@@ -375,6 +385,9 @@ impl Bench {
             ];
             if let Some(a) = &input.args {
                 env.push(("CNI_ARGS", a));
+            }
+            if side == Side::Ours {
+                env.push(("ROS_MACVLAN_POLICY_FILE", &policy_file));
             }
             run_in(&self.node.ns.name, &bin, &env, &conf.to_string())
         };

@@ -317,12 +317,14 @@ fn mac_mtu_and_modes_are_applied() {
     );
     del(&node, &pod, &conf).ok();
 
-    // passthru takes the master's own MAC.
+    // passthru takes the master's own MAC; lan0 here carries nothing of the node's, and
+    // the node policy allows passthru (README, Security).
     conf["mode"] = json!("passthru");
     conf.as_object_mut().unwrap().remove("mac");
-    add(&node, &pod, &conf).ok();
+    let policy = NodePolicy::new(Some(json!({"modes": ["bridge", "passthru"]})));
+    policy.cni("ADD", &node, &pod, &conf).ok();
     assert_eq!(net1(&pod)["linkinfo"]["info_data"]["mode"], "passthru");
-    del(&node, &pod, &conf).ok();
+    policy.cni("DEL", &node, &pod, &conf).ok();
 }
 
 #[test]
@@ -879,8 +881,12 @@ fn runtime_ips_resolv_conf_arp_notify_log_file_and_del_with_prev_result() {
     conf["runtimeConfig"] = json!({"ips": ["198.51.100.175/24"]});
     conf["dns"] = json!({"nameservers": ["198.51.100.54"], "domain": "robots.example"});
     let netns = pod.ns.path();
+    // The test's resolv.conf lies in a directory the node policy allows for it.
+    let policy = NodePolicy::new(Some(json!({"resolvConfDirs": [data.path()]})));
+    let policy_file = policy.file();
     let mut env = cni_env("ADD", &pod, "net1", &netns);
     env.push(("CNI_ARGS", "K8S_POD_NAMESPACE=robots;K8S_POD_NAME=listener"));
+    env.push(("ROS_MACVLAN_POLICY_FILE", &policy_file));
     let r = run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string());
     let result = r.ok().clone();
     assert_eq!(
@@ -912,7 +918,7 @@ fn runtime_ips_resolv_conf_arp_notify_log_file_and_del_with_prev_result() {
 
     // A requested address already taken is refused, naming it.
     let other = node.pod(71);
-    let r = add(&node, &other, &conf);
+    let r = policy.cni("ADD", &node, &other, &conf);
     assert_eq!(r.err_code(), 7);
     assert!(r.msg().contains("198.51.100.175"), "{}", r.msg());
     assert_eq!(other.ns.link_names(), ["lo", "eth0"]);

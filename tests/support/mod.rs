@@ -313,6 +313,37 @@ pub fn del(node: &Node, pod: &Pod, conf: &Value) -> Reply {
     cni("DEL", node, pod, conf)
 }
 
+/// A node policy of the test's own; `None` writes no file (the default install), and the
+/// plugin is pointed at where it would be, so the machine's own file never counts.
+pub struct NodePolicy {
+    dir: DataDir,
+}
+
+impl NodePolicy {
+    pub fn new(policy: Option<Value>) -> NodePolicy {
+        let dir = DataDir::scratch();
+        if let Some(p) = policy {
+            std::fs::write(dir.0.join("policy.json"), p.to_string()).unwrap();
+        }
+        NodePolicy { dir }
+    }
+    pub fn file(&self) -> String {
+        self.dir
+            .0
+            .join("policy.json")
+            .to_string_lossy()
+            .into_owned()
+    }
+    /// `verb` for the pod's net1 with `conf`, as a runtime runs it, under this policy.
+    pub fn cni(&self, verb: &str, node: &Node, pod: &Pod, conf: &Value) -> Reply {
+        let netns = pod.ns.path();
+        let file = self.file();
+        let mut env = cni_env(verb, pod, "net1", &netns);
+        env.push(("ROS_MACVLAN_POLICY_FILE", &file));
+        run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string())
+    }
+}
+
 /// A node agent of the test's own (see `Agent`): the plugin hands memberships to it.
 pub fn start_agent() -> TestAgent {
     TestAgent::start_in(None, &[])
