@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 mod agent;
+mod cluster;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 pub use agent::TestAgent;
+#[allow(unused_imports)] // a tests/*.rs crate may use none of it
+pub use cluster::*;
 pub use ros_macvlan::tools::demo::scene::*;
 
 /// Root is needed for namespaces. Without it a test prints SKIPPED and passes, unless
