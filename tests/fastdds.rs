@@ -7,9 +7,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-use serde_json::{json, Value};
 use support::*;
 
 /// Samples each talker publishes, at TALKER_RATE Hz: 2.5 s of talk.
@@ -24,85 +21,6 @@ const MIN_SAMPLES: u32 = 20;
 /// done (after 2.5 s of talk and at most 2 s waiting for acknowledgements).
 const LISTENER_LIMIT: &str = "10";
 
-/// The plugins every scene runs with.
-#[derive(Clone, Copy, Debug)]
-enum Plugin {
-    /// ros-macvlan with its node agent holding the memberships.
-    RosMacvlan,
-    /// ros-macvlan with no agent reachable: ADD succeeds and Fast DDS joins by itself.
-    RosMacvlanWithoutAgent,
-    /// The control: the reference macvlan from /usr/lib/cni with the same config.
-    Reference,
-}
-
-impl Plugin {
-    fn binary(self) -> PathBuf {
-        match self {
-            Plugin::RosMacvlan | Plugin::RosMacvlanWithoutAgent => plugin_bin(),
-            Plugin::Reference => PathBuf::from(REFERENCE_DIR).join("macvlan"),
-        }
-    }
-
-    /// The node agent a node runs with this plugin: none listens for the variant without.
-    fn agent(self) -> TestAgent {
-        match self {
-            Plugin::RosMacvlan => start_agent(),
-            Plugin::RosMacvlanWithoutAgent | Plugin::Reference => no_agent(),
-        }
-    }
-
-    /// The one place the scenes' network config is built: the guide's config (host-local
-    /// IPAM on 198.51.100.0/24, master lan0) with this plugin's type, an address range of
-    /// its own per node, and the node's agent (`agent`).
-    fn config(self, data: &DataDir, agent: &Agent, first: &str, last: &str) -> Value {
-        let mut conf = with_agent(
-            guide_config(Some("1.0.0"), "lan0", data, first, last),
-            agent,
-        );
-        if let Plugin::Reference = self {
-            conf["type"] = json!("macvlan");
-        }
-        conf
-    }
-
-    /// ADDs net1 to the pod as a runtime does; DEL on drop.
-    fn attach<'a>(self, node: &'a Node, pod: &'a Pod, conf: &'a Value) -> Attachment<'a> {
-        let attachment = Attachment {
-            plugin: self,
-            node,
-            pod,
-            conf,
-        };
-        attachment.run("ADD").ok();
-        attachment
-    }
-}
-
-/// A pod's net1 from one plugin; the plugin's DEL runs on drop, also when a test fails.
-struct Attachment<'a> {
-    plugin: Plugin,
-    node: &'a Node,
-    pod: &'a Pod,
-    conf: &'a Value,
-}
-
-impl Attachment<'_> {
-    fn run(&self, verb: &str) -> Reply {
-        run_in(
-            &self.node.ns.name,
-            &self.plugin.binary(),
-            &cni_env(verb, self.pod, "net1", &self.pod.ns.path()),
-            &self.conf.to_string(),
-        )
-    }
-}
-
-impl Drop for Attachment<'_> {
-    fn drop(&mut self) {
-        let _ = self.run("DEL");
-    }
-}
-
 /// The Fast DDS judge when the test can run (as root, with the judge built); None, after
 /// the SKIPPED line, when it cannot.
 fn judge() -> Option<FastDds> {
@@ -110,43 +28,6 @@ fn judge() -> Option<FastDds> {
         return None;
     }
     FastDds::find()
-}
-
-/// Pods on one node of a LAN, with one config for them all.
-struct OneNode {
-    plugin: Plugin,
-    pods: Vec<Pod>,
-    node: Node,
-    _lan: Lan,
-    conf: Value,
-    _data: DataDir,
-    _agent: TestAgent,
-}
-
-impl OneNode {
-    fn new(plugin: Plugin, pods: u8) -> OneNode {
-        let lan = Lan::create();
-        let node = Node::new(&lan);
-        let data = DataDir::create();
-        let agent = plugin.agent();
-        OneNode {
-            plugin,
-            pods: (0..pods).map(|i| node.pod(11 + i)).collect(),
-            node,
-            _lan: lan,
-            conf: plugin.config(&data, &agent, "198.51.100.160", "198.51.100.180"),
-            _data: data,
-            _agent: agent,
-        }
-    }
-
-    /// Every pod gets its net1; each is DEL'd when the returned attachments are dropped.
-    fn attach_all(&self) -> Vec<Attachment<'_>> {
-        self.pods
-            .iter()
-            .map(|pod| self.plugin.attach(&self.node, pod, &self.conf))
-            .collect()
-    }
 }
 
 /// The judge's roles in these scenes (`FastDds` itself is in tests/support).
@@ -240,24 +121,22 @@ fn listen_until_talkers_finish(listener: Spawned, talkers: Vec<Spawned>) -> Hear
 
 /// The guide's example 4: two talkers and a listener in three pods on one node.
 fn guide_example_4(dds: &FastDds, plugin: Plugin) {
-    let scene = OneNode::new(plugin, 3);
+    let scene = Cluster::new(plugin, &[3]);
     let _attached = scene.attach_all();
-    let pods = &scene.pods;
-    let listener = dds.listener(&pods[2], &[]);
-    let talkers = vec![dds.talker(&pods[0], "a"), dds.talker(&pods[1], "b")];
+    let listener = dds.listener(scene.pod(2), &[]);
+    let talkers = vec![dds.talker(scene.pod(0), "a"), dds.talker(scene.pod(1), "b")];
     listen_until_talkers_finish(listener, talkers).assert_every_talker_heard(plugin, &["a", "b"]);
 }
 
 /// The guide's example 5: two talkers in one pod (one network namespace), each in its own
 /// PID namespace as PID 1 like two containers, and a listener pod.
 fn guide_example_5(dds: &FastDds, plugin: Plugin) {
-    let scene = OneNode::new(plugin, 2);
+    let scene = Cluster::new(plugin, &[2]);
     let _attached = scene.attach_all();
-    let pods = &scene.pods;
-    let listener = dds.listener(&pods[1], &[]);
+    let listener = dds.listener(scene.pod(1), &[]);
     let talkers = vec![
-        dds.talker_as_pid_1(&pods[0], "a"),
-        dds.talker_as_pid_1(&pods[0], "b"),
+        dds.talker_as_pid_1(scene.pod(0), "a"),
+        dds.talker_as_pid_1(scene.pod(0), "b"),
     ];
     let heard = listen_until_talkers_finish(listener, talkers);
     for talker in ["a", "b"] {
@@ -276,20 +155,10 @@ fn guide_example_5(dds: &FastDds, plugin: Plugin) {
 
 /// A talker on one node and a listener on another, through the LAN's IGMP-snooping switch.
 fn across_two_nodes(dds: &FastDds, plugin: Plugin) {
-    let lan = Lan::create();
-    let nodes = [Node::new(&lan), Node::new(&lan)];
-    let data = [DataDir::create(), DataDir::create()];
-    let agents = [plugin.agent(), plugin.agent()];
-    let confs = [
-        plugin.config(&data[0], &agents[0], "198.51.100.160", "198.51.100.169"),
-        plugin.config(&data[1], &agents[1], "198.51.100.170", "198.51.100.179"),
-    ];
-    let pods = [nodes[0].pod(11), nodes[1].pod(12)];
-    let _attached: Vec<Attachment> = (0..2)
-        .map(|n| plugin.attach(&nodes[n], &pods[n], &confs[n]))
-        .collect();
-    let listener = dds.listener(&pods[1], &[]);
-    let talkers = vec![dds.talker(&pods[0], "a")];
+    let scene = Cluster::new(plugin, &[1, 1]);
+    let _attached = scene.attach_all();
+    let listener = dds.listener(scene.pod(1), &[]);
+    let talkers = vec![dds.talker(scene.pod(0), "a")];
     listen_until_talkers_finish(listener, talkers).assert_every_talker_heard(plugin, &["a"]);
 }
 
@@ -340,15 +209,14 @@ const CYCLONEDDS_VENDOR: &str = "01.10";
 fn mixed_vendors(plugin: Plugin) -> Option<(bool, String)> {
     let dds = judge()?;
     let ddsperf = require_tool("ddsperf")?;
-    let scene = OneNode::new(plugin, 2);
+    let scene = Cluster::new(plugin, &[2]);
     let _attached = scene.attach_all();
-    let pods = &scene.pods;
-    let listener = dds.listener(&pods[1], &["--user-data", DDSPERF_TAG]);
+    let listener = dds.listener(scene.pod(1), &["--user-data", DDSPERF_TAG]);
     // ddsperf starts after the listener and runs for 3 s: its start-up announcements reach a
     // listener already there, and Fast DDS announces itself every 3 s.
     let ddsperf = ddsperf.to_str().unwrap();
     let (_, ddsperf_log) = dds
-        .start(&pods[0].ns, &[ddsperf, "-D", "3", "pub", "10Hz"])
+        .start(&scene.pod(0).ns, &[ddsperf, "-D", "3", "pub", "10Hz"])
         .wait();
     listener.terminate();
     let (_, listener_log) = listener.wait();

@@ -163,6 +163,9 @@ fn live_checks(ns: &Netns, opts: &Options) -> Vec<Finding> {
             }
         }
     }
+    // Zenoh needs no multicast unless its sessions scout (rmw_zenoh's default does not):
+    // what the probe heard is information, never a failure.
+    out.push(Finding::pass("zenoh", report.zenoh.summary(&opts.iface)));
     out.push(match querier.map(|q| q.seen()) {
         Some(Some(from)) => Finding::pass("igmp querier", format!("queries seen from {from}")),
         _ => Finding::warn(

@@ -1,6 +1,6 @@
 //! The operator's side: the CLI and what it runs (the node agent, host access, gc,
-//! install, probe, doctor, ports, and the demo with its namespace scenes, which the benchmark
-//! and the integration tests build on).
+//! install, probe and doctor with their RTPS and Zenoh scouting decoders, ports, and the demo
+//! with its namespace scenes, which the benchmark and the integration tests build on).
 
 pub mod agent;
 pub mod cli;
@@ -11,3 +11,4 @@ pub mod host_keeper;
 pub mod install;
 pub mod probe;
 pub mod rtps;
+pub mod zenoh;

@@ -1,7 +1,8 @@
 //! `ros-macvlan probe`: listens for DDS discovery (SPDP to 239.255.0.1, port 7400 + 250 ×
 //! domain) in a pod and shows who announces itself, decoded by our own RTPS decoder; with
 //! `--announce` it announces a minimal participant too, so two probes see each other with
-//! no DDS installed.
+//! no DDS installed. It also listens to Zenoh's multicast scouting (224.0.0.224:7446) and,
+//! announcing, sends a Zenoh Scout, so it says whether a Zenoh peer or router scouts there.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::IoSliceMut;
@@ -16,6 +17,7 @@ use socket2::{InterfaceIndexOrAddress, SockRef};
 
 use crate::sys::netns::Netns;
 use crate::tools::rtps::{self, Participant};
+use crate::tools::zenoh;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -50,6 +52,65 @@ pub struct Report {
     pub answered_by: HashSet<Ipv4Addr>,
     pub own_prefix: [u8; 12],
     pub iface_addr: Option<Ipv4Addr>,
+    pub zenoh: ZenohReport,
+}
+
+/// Zenoh's multicast scouting as heard on the interface.
+#[derive(Debug, Default)]
+pub struct ZenohReport {
+    /// Sessions heard scouting on the group (their Scouts), by source.
+    pub scouts: BTreeMap<SocketAddrV4, zenoh::Scout>,
+    /// Sessions that answered our Scout (their Hellos), by Zenoh ID.
+    pub hellos: BTreeMap<zenoh::ZenohId, (SocketAddrV4, zenoh::Hello)>,
+    /// Why the probe could not listen to Zenoh's scouting, if it could not.
+    pub unavailable: Option<String>,
+}
+
+impl ZenohReport {
+    /// One sentence: who scouts here, or that nobody does.
+    pub fn summary(&self, iface: &str) -> String {
+        if let Some(why) = &self.unavailable {
+            return format!("Zenoh scouting not watched on {iface}: {why}");
+        }
+        let mut seen: Vec<String> = self
+            .hellos
+            .values()
+            .map(|(src, h)| {
+                format!(
+                    "{} {} from {} (listening on {})",
+                    h.role,
+                    h.zid,
+                    src.ip(),
+                    h.locators.join(", ")
+                )
+            })
+            .collect();
+        let answered: HashSet<Ipv4Addr> = self.hellos.values().map(|(s, _)| *s.ip()).collect();
+        seen.extend(
+            self.scouts
+                .keys()
+                .filter(|s| !answered.contains(s.ip()))
+                .map(|s| format!("a session at {s}")),
+        );
+        if seen.is_empty() {
+            format!(
+                "nobody scouts for Zenoh on {iface} ({}:{})",
+                zenoh::SCOUT_GROUP,
+                zenoh::SCOUT_PORT
+            )
+        } else {
+            let who = if self
+                .hellos
+                .values()
+                .any(|(_, h)| h.role == zenoh::Role::Router)
+            {
+                "router"
+            } else {
+                "peer"
+            };
+            format!("a Zenoh {who} is scouting here: {}", seen.join("; "))
+        }
+    }
 }
 
 /// The sockets a probe reads, opened inside the pod's namespace.
@@ -60,6 +121,14 @@ struct Sockets {
     unicast: Option<UdpSocket>,
     iface_addr: Option<Ipv4Addr>,
     names: BTreeMap<u32, String>,
+    zenoh: Result<ZenohSockets, String>,
+}
+
+/// Zenoh's scouting group joined on the interface, and (announcing) where our Scouts leave
+/// from and the Hellos answering them arrive.
+struct ZenohSockets {
+    group: UdpSocket,
+    scout: Option<UdpSocket>,
 }
 
 pub fn run(opts: &Options) -> std::io::Result<Report> {
@@ -123,12 +192,39 @@ fn open_sockets(opts: &Options) -> std::io::Result<Sockets> {
         }
         _ => None,
     };
+    let zenoh = zenoh_sockets(
+        iface_index,
+        unicast.is_some().then_some(iface_addr).flatten(),
+    )
+    .map_err(|e| e.to_string());
     Ok(Sockets {
         discovery,
         unicast,
         iface_addr,
         names,
+        zenoh,
     })
+}
+
+fn zenoh_sockets(
+    iface_index: u32,
+    announce_from: Option<Ipv4Addr>,
+) -> std::io::Result<ZenohSockets> {
+    // Zenoh sessions in the pod bind the scouting port too.
+    let group = bound_udp(Ipv4Addr::UNSPECIFIED, zenoh::SCOUT_PORT, true)?;
+    SockRef::from(&group).join_multicast_v4_n(
+        &zenoh::SCOUT_GROUP,
+        &InterfaceIndexOrAddress::Index(iface_index),
+    )?;
+    let scout = match announce_from {
+        Some(addr) => {
+            let sock = bound_udp(addr, 0, false)?;
+            SockRef::from(&sock).set_multicast_if_v4(&addr)?;
+            Some(sock)
+        }
+        None => None,
+    };
+    Ok(ZenohSockets { group, scout })
 }
 
 fn bound_udp(addr: Ipv4Addr, port: u16, reuse: bool) -> std::io::Result<UdpSocket> {
@@ -159,6 +255,12 @@ fn listen(opts: &Options, sockets: Sockets) -> std::io::Result<Report> {
         iface_addr: sockets.iface_addr,
         ..Report::default()
     };
+    report.zenoh.unavailable = sockets.zenoh.as_ref().err().cloned();
+    let zenoh_fds: Vec<&UdpSocket> = sockets
+        .zenoh
+        .iter()
+        .flat_map(|z| std::iter::once(&z.group).chain(z.scout.iter()))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs_f64(opts.seconds);
     let mut next_announce = Instant::now();
     let mut seq = 1u64;
@@ -177,6 +279,15 @@ fn listen(opts: &Options, sockets: Sockets) -> std::io::Result<Report> {
                 );
                 sock.send_to(&msg, (rtps::SPDP_GROUP, rtps::discovery_multicast_port(d)))?;
             }
+            if let Ok(ZenohSockets {
+                scout: Some(sock), ..
+            }) = &sockets.zenoh
+            {
+                sock.send_to(
+                    &zenoh::encode_scout(),
+                    (zenoh::SCOUT_GROUP, zenoh::SCOUT_PORT),
+                )?;
+            }
             seq += 1;
             next_announce = Instant::now() + Duration::from_millis(500);
         }
@@ -190,6 +301,7 @@ fn listen(opts: &Options, sockets: Sockets) -> std::io::Result<Report> {
             .iter()
             .map(|(_, s)| s.as_fd())
             .chain(sockets.unicast.iter().map(|s| s.as_fd()))
+            .chain(zenoh_fds.iter().map(|s| s.as_fd()))
             .map(|fd| nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN))
             .collect();
         let timeout = nix::poll::PollTimeout::try_from(wait.as_millis().min(1000) as i32)
@@ -236,8 +348,37 @@ fn listen(opts: &Options, sockets: Sockets) -> std::io::Result<Report> {
                 }
             }
         }
+        let first_zenoh = sockets.discovery.len() + usize::from(sockets.unicast.is_some());
+        for (i, sock) in zenoh_fds.iter().enumerate() {
+            if ready[first_zenoh + i] {
+                heard_zenoh(&mut report.zenoh, &sockets, sock, &mut buf);
+            }
+        }
     }
     Ok(report)
+}
+
+/// Reads one scouting datagram: a Scout on the group (not our own), or a Hello answering ours.
+fn heard_zenoh(report: &mut ZenohReport, sockets: &Sockets, sock: &UdpSocket, buf: &mut [u8]) {
+    let Ok((n, std::net::SocketAddr::V4(src))) = sock.recv_from(buf) else {
+        return;
+    };
+    let own = match &sockets.zenoh {
+        Ok(ZenohSockets { scout: Some(s), .. }) => s.local_addr().ok(),
+        _ => None,
+    };
+    if own == Some(std::net::SocketAddr::V4(src)) {
+        return;
+    }
+    match zenoh::decode(&buf[..n]) {
+        Ok(zenoh::Message::Scout(s)) => {
+            report.scouts.insert(src, s);
+        }
+        Ok(zenoh::Message::Hello(h)) => {
+            report.hellos.insert(h.zid.clone(), (src, h));
+        }
+        Err(_) => {}
+    }
 }
 
 fn recv_with_iface(sock: &UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddrV4, u32)> {
@@ -409,7 +550,7 @@ pub fn print_report(opts: &Options, report: &Report) {
             "{}",
             json!({"event": "summary", "participants": report.participants.len(), "malformed": report.malformed,
                    "answeredBy": report.answered_by.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                   "hint": hint})
+                   "hint": hint, "zenoh": zenoh_json(opts, &report.zenoh)})
         );
         return;
     }
@@ -428,6 +569,18 @@ pub fn print_report(opts: &Options, report: &Report) {
     if let Some(hint) = hint {
         println!("{hint}");
     }
+    println!("{}", report.zenoh.summary(&opts.iface));
+}
+
+fn zenoh_json(opts: &Options, z: &ZenohReport) -> serde_json::Value {
+    json!({
+        "summary": z.summary(&opts.iface),
+        "scoutsFrom": z.scouts.keys().map(ToString::to_string).collect::<Vec<_>>(),
+        "hellos": z.hellos.values().map(|(src, h)| json!({
+            "zid": h.zid.to_string(), "role": h.role.to_string(), "source": src.to_string(),
+            "locators": h.locators,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// Why a probe may have heard nobody, and what to try.

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 mod agent;
+mod cluster;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 pub use agent::TestAgent;
+#[allow(unused_imports)] // a tests/*.rs crate may use none of it
+pub use cluster::*;
 pub use ros_macvlan::tools::demo::scene::*;
 
 /// Root is needed for namespaces. Without it a test prints SKIPPED and passes, unless
@@ -130,12 +133,17 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
         })
         .or_else(|| local.is_file().then_some(local));
     if found.is_none() {
-        if std::env::var("ROS_MACVLAN_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("{name} is not installed: scripts/test.sh installs it");
-        }
-        println!("SKIPPED (needs {name}: scripts/test.sh installs it)");
+        missing(name);
     }
     found
+}
+
+/// A judge that is not installed: SKIPPED, or a failure under ROS_MACVLAN_REQUIRE_PRIVILEGED=1.
+fn missing(name: &str) {
+    if std::env::var("ROS_MACVLAN_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{name} is not installed: scripts/test.sh installs it");
+    }
+    println!("SKIPPED (needs {name}: scripts/test.sh installs it)");
 }
 
 pub fn plugin_bin() -> PathBuf {
@@ -478,6 +486,47 @@ impl FastDds {
 
     pub fn start(&self, ns: &Ns, command: &[&str]) -> Spawned {
         Spawned::start(ns, command, |cmd| {
+            cmd.env_clear().current_dir(&self.workdir.0);
+        })
+    }
+}
+
+/// The Python judges in tests/judges, on the middlewares of PyPI's pinned wheels
+/// (CycloneDDS 11 from `cyclonedds`, Zenoh 1.10 from `eclipse-zenoh`) in the virtual
+/// environment scripts/test.sh makes at target/py-judges. They run with an empty
+/// environment, in an empty working directory: no middleware configuration at all.
+/// The longest any Python judge may run, in seconds: only a backstop, no scene waits as long.
+const JUDGE_BACKSTOP: &str = "60";
+
+pub struct PyJudges {
+    python: PathBuf,
+    scripts: PathBuf,
+    workdir: DataDir,
+}
+
+impl PyJudges {
+    pub fn find() -> Option<PyJudges> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join("target/py-judges/bin/python3");
+        if !python.is_file() {
+            missing("the Python judges' venv target/py-judges (cyclonedds, eclipse-zenoh)");
+            return None;
+        }
+        Some(PyJudges {
+            python,
+            scripts: root.join("tests/judges"),
+            workdir: DataDir::create(),
+        })
+    }
+
+    /// Runs the judge `script` (tests/judges/SCRIPT) with `args` in `ns`, killed after
+    /// JUDGE_BACKSTOP seconds whatever it waits for (a Zenoh session may block in open).
+    pub fn start(&self, ns: &Ns, script: &str, args: &[&str]) -> Spawned {
+        let script = self.scripts.join(script);
+        let mut command = vec!["timeout", "-k", "2", JUDGE_BACKSTOP];
+        command.extend([self.python.to_str().unwrap(), script.to_str().unwrap()]);
+        command.extend_from_slice(args);
+        Spawned::start(ns, &command, |cmd| {
             cmd.env_clear().current_dir(&self.workdir.0);
         })
     }
