@@ -102,9 +102,10 @@ fn microk8s_overlay_installs_into_microk8s_cni_bin_dir() {
     assert_eq!(node.exec_in_agent(&probe).0, 0);
 }
 
-/// Samples each Fast DDS talker sends (10 Hz: 4 s), and how many the listener must get
+/// Samples each Fast DDS talker sends (10 Hz: 6 s, so that a participant whose first
+/// announcements were missed is found at the next one, 3 s later), and how many the listener must get
 /// from each: samples sent before matching are lost by design (see tests/fastdds.rs).
-const TALKER_SAMPLES: &str = "40";
+const TALKER_SAMPLES: &str = "60";
 const MIN_SAMPLES: u32 = 20;
 
 /// Runs the Fast DDS listener in `listener` and a talker per (pod, container name), waits
@@ -118,7 +119,7 @@ fn fastdds_scene(
         listener,
         "listener",
         FASTDDS_IMAGE,
-        &["/fastdds-listener", "--duration", "10"],
+        &["/fastdds-listener", "--duration", "12"],
     );
     std::thread::sleep(Duration::from_millis(500));
     let running: Vec<_> = talkers
@@ -322,6 +323,7 @@ fn pods_deleted_as_kubelet_does_leave_nothing_on_the_node() {
     assert_eq!(node.data.claims("ros-net").len(), 3);
     let records = ros_macvlan::plugin::membership::RecordDir::beside(&node.agent_socket());
     assert_eq!(records.list().len(), 3);
+    let addresses: Vec<String> = pods.iter().map(|p| node.pod_address(p)).collect();
     let links_before = node.node.ns.link_names();
     for pod in &pods {
         node.delete(pod)
@@ -334,6 +336,13 @@ fn pods_deleted_as_kubelet_does_leave_nothing_on_the_node() {
         .collect();
     assert_eq!(dels.len(), 6, "two DELs per pod:\n{log}");
     assert!(dels.iter().all(|l| l.ends_with(" ok")), "{log}");
+    // The first DEL (StopPodSandbox) names the address it released; the second has none.
+    for (pod, address) in pods.iter().zip(&addresses) {
+        let lines: Vec<&&str> = dels.iter().filter(|l| l.contains(&pod.id)).collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        assert!(lines[0].contains(&format!(" address={address} ")), "{log}");
+        assert!(lines[1].contains(" address=- "), "{log}");
+    }
     assert_eq!(
         node.data.claims("ros-net"),
         Vec::<String>::new(),
