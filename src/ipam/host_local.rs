@@ -237,6 +237,17 @@ impl HostLocalConf {
         Ok(())
     }
 
+    /// The addresses the attachment's record names, read without creating the store or
+    /// scanning it: what DEL is about to release, for its log line.
+    pub fn recorded(&self, network: &str, id: &str, ifname: &str) -> Vec<IpAddr> {
+        Store::open_existing(&self.data_dir, network)
+            .ok()
+            .flatten()
+            .and_then(|store| store.read_record(id, ifname))
+            .map(|r| r.ips)
+            .unwrap_or_default()
+    }
+
     /// The addresses this attachment holds in the store.
     pub fn held(&self, network: &str, id: &str, ifname: &str) -> Result<Vec<IpAddr>> {
         Ok(Store::open(&self.data_dir, network)?.find(id, ifname)?)

@@ -244,8 +244,12 @@ pub fn log_invocation(
                 .or(r.get("ip4").and_then(|i| i.get("ip")))
         })
         .and_then(Value::as_str)
-        .unwrap_or("-")
-        .to_owned();
+        .map(str::to_owned)
+        .or_else(|| {
+            let released = result.as_ref().ok()?.released.first()?;
+            Some(released.to_string())
+        })
+        .unwrap_or_else(|| "-".to_owned());
     let outcome = match result {
         Ok(answer) if answer.notes.is_empty() => "ok".to_owned(),
         Ok(answer) => format!("ok; {}", answer.notes.join("; ")),

@@ -7,6 +7,8 @@
 
 mod agent;
 mod cluster;
+pub mod cri;
+pub mod node;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -268,7 +270,7 @@ impl Drop for DataDir {
 }
 
 /// Where the plugin allows `agentSocket` by default.
-const AGENT_ROOT: &str = "/run/ros-macvlan";
+pub const AGENT_ROOT: &str = "/run/ros-macvlan";
 
 /// The original guide's config with a test master, range and data dir.
 pub fn guide_config(
