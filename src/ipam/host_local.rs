@@ -74,6 +74,20 @@ impl HostLocalConf {
     /// Validates the `ipam` object; `dataDir` must lie in one of `data_roots`, `resolvConf`
     /// be a file `readable` allows.
     pub fn parse(ipam: &Value, data_roots: &Roots, readable: &Readable) -> Result<HostLocalConf> {
+        // The lists' lengths are bounded before anything of them is decoded.
+        let len = |v: Option<&Value>| v.and_then(Value::as_array).map_or(0, Vec::len);
+        bound(
+            "ipam.ranges",
+            len(ipam.get("ranges")),
+            MAX_RANGE_SETS,
+            "range sets",
+        )?;
+        bound("ipam.routes", len(ipam.get("routes")), MAX_ROUTES, "routes")?;
+        let sets = ipam.get("ranges").and_then(Value::as_array);
+        for (i, set) in sets.into_iter().flatten().enumerate() {
+            let key = format!("ipam.ranges[{i}]");
+            bound(&key, len(Some(set)), MAX_RANGES_PER_SET, "ranges")?;
+        }
         let raw: RawHostLocal = serde_json::from_value(ipam.clone())
             .map_err(|e| Error::new(Kind::InvalidConfig, format!("ipam: {e}")))?;
         let raw_sets: Vec<Vec<RawRange>> = match (raw.ranges, raw.legacy.subnet.is_some()) {
@@ -86,21 +100,6 @@ impl HostLocalConf {
                 ))
             }
         };
-        bound("ipam.ranges", raw_sets.len(), MAX_RANGE_SETS, "range sets")?;
-        for (i, set) in raw_sets.iter().enumerate() {
-            bound(
-                &format!("ipam.ranges[{i}]"),
-                set.len(),
-                MAX_RANGES_PER_SET,
-                "ranges",
-            )?;
-        }
-        bound(
-            "ipam.routes",
-            raw.routes.as_ref().map_or(0, Vec::len),
-            MAX_ROUTES,
-            "routes",
-        )?;
         let range_sets = raw_sets
             .iter()
             .enumerate()

@@ -178,26 +178,9 @@ fn listen(path: &Path) -> io::Result<UnixListener> {
 /// another container, a directory mode widened) still lets no one else hand sockets in,
 /// drop a pod's membership or list the pods.
 async fn answer(stream: UnixStream, holder: &mut Holder) {
-    match stream.peer_cred() {
-        Ok(cred) if cred.uid() == 0 => {}
-        Ok(cred) => {
-            eprintln!(
-                "agent: refused a client with uid {} (pid {}): only root may talk to the agent",
-                cred.uid(),
-                cred.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
-            );
-            reply(
-                stream,
-                &refuse("only root may talk to the node agent".into()),
-            )
-            .await;
-            return;
-        }
-        Err(e) => {
-            eprintln!("agent: cannot read a client's credentials ({e}); refused");
-            return;
-        }
-    }
+    // The peer's credentials are taken at connect; the request is read in any case, so a
+    // refused client reads its refusal instead of a closed socket.
+    let peer = stream.peer_cred();
     let mut line = Vec::new();
     let mut fds = Vec::new();
     let mut buf = vec![0u8; 4096];
@@ -214,6 +197,24 @@ async fn answer(stream: UnixStream, holder: &mut Holder) {
                 eprintln!("agent: reading a request: {e}");
                 return;
             }
+        }
+    }
+    match peer {
+        Ok(cred) if cred.uid() == 0 => {}
+        Ok(cred) => {
+            eprintln!(
+                "agent: refused a client with uid {} (pid {}): only root may talk to the agent",
+                cred.uid(),
+                cred.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
+            );
+            // Any descriptor it passed is closed with `fds`, unused.
+            let refusal = refuse("only root may talk to the node agent".into());
+            reply(stream, &refusal).await;
+            return;
+        }
+        Err(e) => {
+            eprintln!("agent: cannot read a client's credentials ({e}); refused");
+            return;
         }
     }
     let reply = match membership::parse_request(line.split(|b| *b == b'\n').next().unwrap_or(&[])) {
