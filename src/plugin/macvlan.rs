@@ -7,17 +7,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ipnetwork::IpNetwork;
 use nix::errno::Errno;
 
-use crate::cni::config::{format_mac, parse_mac, MacvlanMode, NetConf};
+use crate::cni::config::parse_mac;
 use crate::cni::env::CniEnv;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
 use crate::ipam::{Hints, Ipam};
+use crate::node::policy::Policy;
+use crate::plugin::config::MacvlanConf;
 use crate::plugin::dad;
 use crate::plugin::diagnosis;
 use crate::plugin::duplicate;
 use crate::plugin::membership::{self, AgentPlace};
 use crate::plugin::multicast;
-use crate::plugin::policy::Policy;
+use crate::sys::netlink::format_mac;
+use crate::sys::netlink::MacvlanMode;
 use crate::sys::netlink::{
     Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, Rtnl, TABLE_MAIN,
 };
@@ -34,7 +37,7 @@ pub struct Namespaces {
 }
 
 impl Namespaces {
-    pub fn open(conf: &NetConf, netns_path: &str) -> Result<Namespaces> {
+    pub fn open(conf: &MacvlanConf, netns_path: &str) -> Result<Namespaces> {
         let pod_ns = open_pod_netns(netns_path)?;
         let pod_nl = Netlink::connect(&pod_ns)?;
         let master_nl = if conf.link_in_container {
@@ -69,7 +72,7 @@ fn open_pod_netns(path: &str) -> Result<Netns> {
 /// route. For an omitted master it also says which was taken and why, for the log line.
 pub fn resolve_master(
     nl: &dyn Rtnl,
-    conf: &NetConf,
+    conf: &MacvlanConf,
     ipam: &Ipam,
 ) -> Result<(Link, Option<String>)> {
     if let Some(name) = &conf.master {
@@ -137,7 +140,7 @@ fn lan_interface(nl: &dyn Rtnl, subnets: &[IpNetwork]) -> Result<Option<(Link, I
 }
 
 /// MAC precedence: runtimeConfig `mac`, then CNI_ARGS `MAC`, then config `mac`.
-fn chosen_mac(conf: &NetConf, env: &CniEnv) -> Result<Option<[u8; 6]>> {
+fn chosen_mac(conf: &MacvlanConf, env: &CniEnv) -> Result<Option<[u8; 6]>> {
     if let Some(m) = conf.runtime_config.mac {
         return Ok(Some(m));
     }
@@ -207,7 +210,7 @@ struct Progress {
 }
 
 pub fn add(
-    conf: &NetConf,
+    conf: &MacvlanConf,
     env: &CniEnv,
     ipam: &Ipam,
     agent: &AgentPlace,
@@ -262,7 +265,7 @@ pub fn add(
 /// Undoes a failed ADD when dropped armed: on an error return and on a panic's unwind
 /// alike, so a failed ADD leaves no link and no claim whatever the cause.
 struct Undo<'a> {
-    conf: &'a NetConf,
+    conf: &'a MacvlanConf,
     env: &'a CniEnv,
     ipam: &'a Ipam,
     agent: &'a AgentPlace,
@@ -287,7 +290,7 @@ impl Drop for Undo<'_> {
 }
 
 fn add_steps(
-    conf: &NetConf,
+    conf: &MacvlanConf,
     env: &CniEnv,
     ipam: &Ipam,
     agent: &AgentPlace,
@@ -436,7 +439,7 @@ fn creation_error(e: crate::sys::netlink::Error, spec: &NewMacvlan<'_>) -> Error
 /// Gets the addresses from IPAM and, with duplicate detection on (host-local), ARP-probes
 /// each on the LAN first; an address someone answers for is released and passed over.
 fn claim_unused_addresses(
-    conf: &NetConf,
+    conf: &MacvlanConf,
     env: &CniEnv,
     ipam: &Ipam,
     ns: &Namespaces,
@@ -496,7 +499,7 @@ fn claim_unused_addresses(
 /// Undoes a failed ADD, most recent step first. Failures here are logged, not returned: the
 /// original error is what the runtime must see.
 fn undo(
-    conf: &NetConf,
+    conf: &MacvlanConf,
     env: &CniEnv,
     ipam: &Ipam,
     agent: &AgentPlace,
@@ -535,7 +538,7 @@ fn undo(
 /// next ADD. Only then is the address released, so no other pod can get it while this link
 /// could still use it. Nothing left to do is success; a namespace that is gone has taken
 /// its links with it.
-pub fn del(conf: &NetConf, env: &CniEnv, ipam: &Ipam, agent: &AgentPlace) -> Result<()> {
+pub fn del(conf: &MacvlanConf, env: &CniEnv, ipam: &Ipam, agent: &AgentPlace) -> Result<()> {
     let pod_ns = match open_pod_netns(&env.netns) {
         Ok(ns) => Some(ns),
         // Gone (or never given): its links went with it; the address is still released.
@@ -603,7 +606,7 @@ fn links_of_attachment(
 
 /// CHECK against prevResult: the interface, its kind, mode, MAC, addresses and routes.
 pub fn check(
-    conf: &NetConf,
+    conf: &MacvlanConf,
     env: &CniEnv,
     ipam: &Ipam,
     agent: &AgentPlace,
@@ -811,10 +814,10 @@ mod tests {
         (nl, eth0, net1, progress)
     }
 
-    use crate::cni::config::MulticastConf;
+    use crate::plugin::config::MulticastConf;
 
     /// The agent's place; with no groups configured nothing of it is touched.
-    fn agent(conf: &NetConf) -> AgentPlace {
+    fn agent(conf: &MacvlanConf) -> AgentPlace {
         let roots = crate::sys::confine::Roots::new(vec![std::env::temp_dir()], 0o755, "");
         AgentPlace::of_config(conf, &roots).unwrap()
     }
@@ -822,7 +825,7 @@ mod tests {
     #[test]
     fn undo_after_each_step_of_add_leaves_the_pod_as_it_was() {
         // No groups: the membership part talks to no agent from a unit test.
-        let conf = NetConf::parse(
+        let conf = MacvlanConf::parse(
             br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan","master":"lan0","multicast":{"groups":[]},"agentSocket":"/tmp/ros-macvlan-unit/agent.sock"}"#,
         )
         .unwrap();
@@ -851,7 +854,7 @@ mod tests {
 
     #[test]
     fn undo_before_the_link_exists_asks_for_nothing() {
-        let conf = NetConf::parse(
+        let conf = MacvlanConf::parse(
             br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan","multicast":{"groups":[]},"agentSocket":"/tmp/ros-macvlan-unit/agent.sock"}"#,
         )
         .unwrap();
