@@ -17,7 +17,7 @@ use crate::cni::{Error, Kind, Result};
 use crate::ipam::store::{Record, Store};
 use crate::ipam::Ipam;
 use crate::plugin::config::{log_level_of, MacvlanConf};
-use crate::plugin::macvlan::resolve_master;
+use crate::plugin::master::resolve_master;
 use crate::sys::confine::{self, ConfinedPath, Roots};
 use crate::sys::netlink::Netlink;
 use crate::sys::netns::{self, Presence};

@@ -1,12 +1,16 @@
 //! The macvlan attachment: its config, its verbs (`Macvlan`, the skeleton's `Plugin`), and
 //! what one CNI invocation does to a pod and the node.
 
+pub mod add;
+pub mod attachment;
+pub mod check;
 pub mod config;
 pub mod dad;
+pub mod del;
 pub mod diagnosis;
 pub mod duplicate;
 pub mod lifecycle;
-pub mod macvlan;
+pub mod master;
 pub mod membership;
 pub mod multicast;
 pub mod reaper;
@@ -21,6 +25,7 @@ use crate::cni::skel::{self, Answer, Outcome, Plugin};
 use crate::cni::{Error, Result};
 use crate::ipam::Ipam;
 use crate::node::policy::{AllowedDirs, Policy};
+use attachment::{Attachment, Namespaces};
 use config::MacvlanConf;
 use lifecycle::LogSink;
 use membership::AgentPlace;
@@ -46,6 +51,17 @@ struct Prepared {
     policy: Result<Option<Policy>>,
     ipam: Ipam,
     agent: AgentPlace,
+}
+
+impl Prepared {
+    fn attachment<'a>(&'a self, conf: &'a MacvlanConf, env: &'a CniEnv) -> Attachment<'a> {
+        Attachment {
+            conf,
+            env,
+            ipam: &self.ipam,
+            agent: &self.agent,
+        }
+    }
 }
 
 impl Macvlan {
@@ -75,10 +91,11 @@ impl Plugin for Macvlan {
     }
 
     fn add(&mut self, conf: &MacvlanConf, env: &CniEnv) -> Result<Answer> {
-        let p = self.prepare(conf, env)?;
+        let mut p = self.prepare(conf, env)?;
         p.agent.prepare()?;
-        let ns = macvlan::Namespaces::open(conf, &env.netns)?;
-        macvlan::add(conf, env, &p.ipam, &p.agent, &ns, p.policy).map(|added| Answer {
+        let ns = Namespaces::open(conf, &env.netns)?;
+        let policy = std::mem::replace(&mut p.policy, Ok(None));
+        add::add(&p.attachment(conf, env), &ns, policy).map(|added| Answer {
             result: Some(added.result),
             notes: added.notes,
             ..Answer::default()
@@ -92,7 +109,7 @@ impl Plugin for Macvlan {
             Ipam::HostLocal(hl) => hl.recorded(&conf.name, &env.container_id, &env.ifname),
             _ => Vec::new(),
         };
-        macvlan::del(conf, env, &p.ipam, &p.agent).map(|_| Answer {
+        del::del(&p.attachment(conf, env)).map(|_| Answer {
             released,
             ..Answer::default()
         })
@@ -100,8 +117,8 @@ impl Plugin for Macvlan {
 
     fn check(&mut self, conf: &MacvlanConf, env: &CniEnv) -> Result<Answer> {
         let p = self.prepare(conf, env)?;
-        let ns = macvlan::Namespaces::open(conf, &env.netns)?;
-        macvlan::check(conf, env, &p.ipam, &p.agent, &ns).map(|_| Answer::default())
+        let ns = Namespaces::open(conf, &env.netns)?;
+        check::check(&p.attachment(conf, env), &ns).map(|_| Answer::default())
     }
 
     fn gc(&mut self, conf: &MacvlanConf, env: &CniEnv) -> Result<Answer> {
