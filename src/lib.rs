@@ -10,8 +10,10 @@
 
 pub mod cni;
 pub mod ipam;
+pub mod node;
 pub mod plugin;
 pub mod sys;
 pub mod tools;
 
-pub use cni::skel::{run_cni, Answer, Outcome};
+pub use cni::skel::{Answer, Outcome};
+pub use plugin::run_cni;

@@ -5,11 +5,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use ros_macvlan::cni::config::NetConf;
 use ros_macvlan::cni::env::parse_cni_args;
 use ros_macvlan::cni::result::CniResult;
 use ros_macvlan::ipam::host_local::HostLocalConf;
-use ros_macvlan::plugin::policy::AllowedDirs;
+use ros_macvlan::node::policy::AllowedDirs;
+use ros_macvlan::plugin::config::MacvlanConf;
 use support::*;
 
 /// xorshift64*: reproducible mutations without a fuzzing crate.
@@ -86,7 +86,7 @@ fn mutated_configs_and_results_never_panic() {
     let mut accepted = 0;
     for i in 0..30_000 {
         let input = mutate(&mut rng, SEEDS[i % SEEDS.len()].as_bytes());
-        if let Ok(conf) = NetConf::parse(&input) {
+        if let Ok(conf) = MacvlanConf::parse(&input) {
             accepted += 1;
             let _ = HostLocalConf::parse(&conf.ipam, &allowed.data, &allowed.resolv_conf);
             if let Some(prev) = &conf.prev_result {
@@ -145,7 +145,7 @@ fn megabyte_inputs_are_refused_quickly() {
             input.len()
         );
         let start = Instant::now();
-        if let Ok(conf) = NetConf::parse(input.as_bytes()) {
+        if let Ok(conf) = MacvlanConf::parse(input.as_bytes()) {
             let allowed = AllowedDirs::new(None);
             let _ = HostLocalConf::parse(&conf.ipam, &allowed.data, &allowed.resolv_conf);
         }

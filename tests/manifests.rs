@@ -7,9 +7,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ros_macvlan::cni::config::NetConf;
 use ros_macvlan::ipam::host_local::HostLocalConf;
-use ros_macvlan::plugin::policy::AllowedDirs;
+use ros_macvlan::node::policy::AllowedDirs;
+use ros_macvlan::plugin::config::MacvlanConf;
 use support::*;
 
 fn yaml_files(dir: &str) -> Vec<PathBuf> {
@@ -193,7 +193,7 @@ fn conf_network_attachments_parse_with_the_plugins_own_parser() {
                     let config = doc["spec"]["config"]
                         .as_str()
                         .expect("spec.config is a JSON string");
-                    let conf = NetConf::parse(config.as_bytes()).unwrap_or_else(|e| {
+                    let conf = MacvlanConf::parse(config.as_bytes()).unwrap_or_else(|e| {
                         panic!("{}: the plugin refuses this config: {e}", file.display())
                     });
                     assert_eq!(conf.plugin_type, "ros-macvlan");
@@ -228,5 +228,5 @@ fn policy_example_parses_as_a_policy() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("install/policy-example.yaml");
     let doc: serde_yaml::Value = serde_yaml::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let json = doc["data"]["policy.json"].as_str().unwrap();
-    serde_json::from_str::<ros_macvlan::plugin::policy::Policy>(json).unwrap();
+    serde_json::from_str::<ros_macvlan::node::policy::Policy>(json).unwrap();
 }

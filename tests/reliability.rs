@@ -124,7 +124,7 @@ fn for_each_add_step(fault: &str, pod_n: u8, check: impl Fn(&str, &FaultScene, &
         agent,
         _lan: lan,
     };
-    for step in ros_macvlan::plugin::macvlan::ADD_STEPS {
+    for step in ros_macvlan::plugin::add::ADD_STEPS {
         let pod = s.node.pod(pod_n);
         let netns = pod.ns.path();
         let mut env = cni_env("ADD", &pod, "net1", &netns);

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
 use ros_macvlan::ipam::host_local::HostLocalConf;
-use ros_macvlan::plugin::policy::AllowedDirs;
+use ros_macvlan::node::policy::AllowedDirs;
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,10 +4,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ros_macvlan::cni::config::NetConf;
+use ros_macvlan::plugin::config::MacvlanConf;
 
 fuzz_target!(|data: &[u8]| {
-    match NetConf::parse(data) {
+    match MacvlanConf::parse(data) {
         Ok(conf) => {
             let _ = conf.ipam_type();
         }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use libfuzzer_sys::fuzz_target;
-use ros_macvlan::plugin::policy::Policy;
+use ros_macvlan::node::policy::Policy;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(policy) = Policy::parse(data, PathBuf::from("/etc/cni/ros-macvlan/policy.json")) else {

@@ -1,176 +1,14 @@
-//! The network configuration read from stdin: decoded, defaulted and validated before the
-//! plugin touches anything.
+//! The network configuration's common keys, as the CNI spec defines them for every plugin
+//! (the reference's `types.NetConf`): decoded and validated before a plugin touches
+//! anything. A plugin's own keys live with the plugin, in a config that embeds this one.
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use serde_json::Value;
-use std::net::Ipv4Addr;
 
 use super::error::{Error, Kind, Result};
 use super::result::Dns;
 use super::version::Version;
-use crate::plugin::duplicate::Detection;
-
-/// The macvlan modes the reference plugin accepts (`source` is not one of them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MacvlanMode {
-    Bridge,
-    Private,
-    Vepa,
-    Passthru,
-}
-
-impl MacvlanMode {
-    /// The kernel's value for this mode.
-    pub fn kernel(self) -> netlink_packet_route::link::MacVlanMode {
-        use netlink_packet_route::link::MacVlanMode as K;
-        match self {
-            MacvlanMode::Private => K::Private,
-            MacvlanMode::Vepa => K::Vepa,
-            MacvlanMode::Bridge => K::Bridge,
-            MacvlanMode::Passthru => K::Passthrough,
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<MacvlanMode> {
-        Ok(match s {
-            "" | "bridge" => MacvlanMode::Bridge,
-            "private" => MacvlanMode::Private,
-            "vepa" => MacvlanMode::Vepa,
-            "passthru" => MacvlanMode::Passthru,
-            other => {
-                return Err(Error::new(
-                    Kind::InvalidConfig,
-                    format!("mode {other:?} is unknown: use bridge, private, vepa or passthru"),
-                ))
-            }
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MacvlanMode::Bridge => "bridge",
-            MacvlanMode::Private => "private",
-            MacvlanMode::Vepa => "vepa",
-            MacvlanMode::Passthru => "passthru",
-        }
-    }
-}
-
-/// The ROS-aware part, all on by default; an empty list turns its part off.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MulticastConf {
-    /// Groups joined on the interface with a membership the kernel holds.
-    pub groups: Vec<Ipv4Addr>,
-    /// Destinations routed out the interface (link scope).
-    pub routes: Vec<Ipv4Network>,
-    /// Clear the MULTICAST flag of the pod's other interfaces (the cluster network's eth0)
-    /// so DDS implementations that rank interfaces pick this one.
-    pub mark_other_interfaces: bool,
-    /// Set rp_filter on the interface to loose (2).
-    pub loose_rp_filter: bool,
-    /// Length of the macvlan broadcast/multicast queue (IFLA_MACVLAN_BC_QUEUE_LEN).
-    pub bc_queue_len: Option<u32>,
-}
-
-pub const ROS_DISCOVERY_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
-
-/// Bounds of the `multicast` numbers (README, Security). The kernel gives every macvlan of a
-/// master the largest broadcast queue any of them asked for, so one config's `bcQueueLen` is
-/// every pod's on that master: it is bounded.
-pub const MAX_BC_QUEUE_LEN: u32 = 4096;
-/// Each group is a membership the node agent holds, each route one more on every ADD.
-pub const MAX_GROUPS: usize = 16;
-pub const MAX_MULTICAST_ROUTES: usize = 16;
-
-impl Default for MulticastConf {
-    fn default() -> Self {
-        MulticastConf {
-            groups: vec![ROS_DISCOVERY_GROUP],
-            routes: vec![Ipv4Network::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("valid prefix")],
-            mark_other_interfaces: true,
-            loose_rp_filter: true,
-            bc_queue_len: None,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct RawMulticast {
-    groups: Option<Vec<String>>,
-    routes: Option<Vec<String>>,
-    mark_other_interfaces: Option<bool>,
-    loose_rp_filter: Option<bool>,
-    bc_queue_len: Option<u32>,
-}
-
-impl RawMulticast {
-    fn validate(self) -> Result<MulticastConf> {
-        let d = MulticastConf::default();
-        let too_many = |key: &str, len: usize, max: usize| {
-            Error::new(
-                Kind::InvalidConfig,
-                format!("multicast.{key}: {len} given, at most {max} are allowed"),
-            )
-        };
-        if let Some(g) = self.groups.as_ref().filter(|g| g.len() > MAX_GROUPS) {
-            return Err(too_many("groups", g.len(), MAX_GROUPS));
-        }
-        if let Some(r) = self
-            .routes
-            .as_ref()
-            .filter(|r| r.len() > MAX_MULTICAST_ROUTES)
-        {
-            return Err(too_many("routes", r.len(), MAX_MULTICAST_ROUTES));
-        }
-        if let Some(q) = self.bc_queue_len.filter(|q| *q > MAX_BC_QUEUE_LEN) {
-            return Err(Error::new(Kind::InvalidConfig, format!(
-                "multicast.bcQueueLen {q} is above {MAX_BC_QUEUE_LEN}: the kernel applies the largest queue any macvlan of the master asks for to all of them, so it is bounded; ask for at most {MAX_BC_QUEUE_LEN}"
-            )));
-        }
-        let groups = match self.groups {
-            None => d.groups,
-            Some(list) => list
-                .iter()
-                .map(|g| match g.parse::<Ipv4Addr>() {
-                    Ok(a) if a.is_multicast() => Ok(a),
-                    _ => Err(Error::new(
-                        Kind::InvalidConfig,
-                        format!(
-                            "multicast.groups: {g:?} is not an IPv4 multicast group (224.0.0.0/4)"
-                        ),
-                    )),
-                })
-                .collect::<Result<_>>()?,
-        };
-        let routes = match self.routes {
-            None => d.routes,
-            Some(list) => list
-                .iter()
-                .map(|r| {
-                    r.parse::<Ipv4Network>().map_err(|_| {
-                        Error::new(
-                            Kind::InvalidConfig,
-                            format!(
-                                "multicast.routes: {r:?} is not an IPv4 prefix like 224.0.0.0/4"
-                            ),
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?,
-        };
-        Ok(MulticastConf {
-            groups,
-            routes,
-            mark_other_interfaces: self
-                .mark_other_interfaces
-                .unwrap_or(d.mark_other_interfaces),
-            loose_rp_filter: self.loose_rp_filter.unwrap_or(d.loose_rp_filter),
-            bc_queue_len: self.bc_queue_len,
-        })
-    }
-}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -185,67 +23,51 @@ struct RawNetConf {
     name: Option<String>,
     #[serde(rename = "type")]
     plugin_type: Option<String>,
-    master: Option<String>,
-    mode: Option<String>,
-    mtu: Option<u32>,
-    mac: Option<String>,
-    #[serde(default)]
-    link_in_container: bool,
-    #[serde(default)]
-    wait_for_link_removal: bool,
-    agent_socket: Option<String>,
     ipam: Option<Value>,
-    multicast: Option<RawMulticast>,
     #[serde(default)]
     runtime_config: RawRuntimeConfig,
     prev_result: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Value>,
+    #[serde(rename = "cni.dev/attachments")]
+    attachments: Option<Value>,
 }
 
-/// Runtime-requested addresses (the `ips` capability).
+/// Runtime-requested addresses (the `ips` capability) and MAC (the `mac` capability).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RuntimeConfig {
     pub mac: Option<[u8; 6]>,
     pub ips: Vec<IpNetwork>,
 }
 
-/// A validated network configuration.
+/// An attachment the runtime says is still valid (GC's `cni.dev/valid-attachments`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The validated common keys of a network configuration.
 #[derive(Debug, Clone)]
 pub struct NetConf {
     pub version: Version,
     pub name: String,
     pub plugin_type: String,
-    pub master: Option<String>,
-    pub mode: MacvlanMode,
-    /// 0 or absent: the master's MTU.
-    pub mtu: Option<u32>,
-    pub mac: Option<[u8; 6]>,
-    pub link_in_container: bool,
     /// The config's `dns`: what the result reports, as the reference macvlan does.
     pub dns: Dns,
-    /// DEL returns only once the kernel has removed the link (see `macvlan::del`).
-    pub wait_for_link_removal: bool,
-    /// Where the node agent that holds the group memberships listens (confined to the
-    /// agent's directory when used: `membership::AgentPlace`).
-    pub agent_socket: String,
     /// The `ipam` object as given; the ipam module reads it.
     pub ipam: Value,
-    pub multicast: MulticastConf,
     pub runtime_config: RuntimeConfig,
     pub prev_result: Option<Value>,
-    /// ARP probing of new addresses on the LAN; `None` when turned off.
-    pub duplicate_detection: Option<Detection>,
+    /// GC's `cni.dev/valid-attachments` (or the older `cni.dev/attachments`).
+    pub valid_attachments: Vec<Attachment>,
     /// The whole config as received, for delegated IPAM plugins.
     pub raw: Value,
 }
 
 impl NetConf {
-    /// Decodes and validates the config. Only the version is checked first, so an unknown
-    /// version is reported as such (code 1) whatever else is wrong.
-    pub fn parse(bytes: &[u8]) -> Result<NetConf> {
-        NetConf::from_value(&decode(bytes)?)
-    }
-
-    /// Validates a config already decoded by `decode`.
+    /// Decodes and validates the common keys. Only the version is checked first, so an
+    /// unknown version is reported as such (code 1) whatever else is wrong.
     pub fn from_value(raw_value: &Value) -> Result<NetConf> {
         let version = Version::parse(raw_value.get("cniVersion").and_then(Value::as_str))?;
         let raw = RawNetConf::deserialize(raw_value)
@@ -254,87 +76,51 @@ impl NetConf {
             .name
             .ok_or_else(|| Error::new(Kind::InvalidConfig, "network config has no \"name\""))?;
         validate_network_name(&name)?;
-        let mtu = match raw.mtu {
-            Some(0) | None => None,
-            Some(m) if m < 68 => {
-                return Err(Error::new(
-                    Kind::InvalidConfig,
-                    format!("mtu {m} is below the IPv4 minimum of 68"),
-                ))
-            }
-            Some(m) => Some(m),
-        };
-        if let Some(master) = &raw.master {
-            crate::cni::env::validate_ifname(master).map_err(|_| {
-                Error::new(
-                    Kind::InvalidConfig,
-                    format!("master {master:?} is not a valid interface name"),
-                )
-            })?;
-        }
-        let runtime_config = RuntimeConfig {
-            mac: raw
-                .runtime_config
-                .mac
-                .as_deref()
-                .map(|m| parse_mac(m, "runtimeConfig.mac"))
-                .transpose()?,
-            ips: raw
-                .runtime_config
-                .ips
-                .unwrap_or_default()
-                .iter()
-                .map(|s| parse_requested_ip(s))
-                .collect::<Result<_>>()?,
-        };
         Ok(NetConf {
             version,
             name,
             plugin_type: raw.plugin_type.unwrap_or_default(),
-            master: raw.master.filter(|m| !m.is_empty()),
-            mode: MacvlanMode::parse(raw.mode.as_deref().unwrap_or(""))?,
-            mtu,
-            mac: raw
-                .mac
-                .as_deref()
-                .map(|m| parse_mac(m, "mac"))
-                .transpose()?,
-            link_in_container: raw.link_in_container,
             dns: raw_value.get("dns").map(Dns::from_json).unwrap_or_default(),
-            wait_for_link_removal: raw.wait_for_link_removal,
-            agent_socket: raw
-                .agent_socket
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| crate::plugin::membership::DEFAULT_AGENT_SOCKET.to_owned()),
             ipam: raw.ipam.unwrap_or(Value::Null),
-            multicast: raw.multicast.unwrap_or_default().validate()?,
-            runtime_config,
+            runtime_config: raw.runtime_config.validate()?,
             prev_result: raw.prev_result,
-            duplicate_detection: Detection::from_config(raw_value.get("duplicateDetection"))?,
+            valid_attachments: [raw.valid_attachments, raw.attachments]
+                .iter()
+                .flatten()
+                .filter_map(Value::as_array)
+                .flatten()
+                .filter_map(|a| {
+                    Some(Attachment {
+                        container_id: a.get("containerID")?.as_str()?.to_owned(),
+                        ifname: a.get("ifname")?.as_str()?.to_owned(),
+                    })
+                })
+                .collect(),
             raw: raw_value.clone(),
         })
-    }
-
-    /// DEL's view of the config: the keys that only shape a new link (mode, mac, mtu,
-    /// runtimeConfig mac) are not read, so a config whose ADD was refused for one of them
-    /// can still be deleted (a DEL that fails keeps the runtime retrying it), as with the
-    /// reference.
-    pub fn for_del(raw_value: &Value) -> Result<NetConf> {
-        let mut c = raw_value.clone();
-        if let Some(o) = c.as_object_mut() {
-            for key in ["mode", "mac", "mtu"] {
-                o.remove(key);
-            }
-            if let Some(rc) = o.get_mut("runtimeConfig").and_then(Value::as_object_mut) {
-                rc.remove("mac");
-            }
-        }
-        NetConf::from_value(&c)
     }
 
     /// `ipam.type`, empty when there is no IPAM.
     pub fn ipam_type(&self) -> &str {
         self.ipam.get("type").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+impl RawRuntimeConfig {
+    fn validate(self) -> Result<RuntimeConfig> {
+        Ok(RuntimeConfig {
+            mac: self
+                .mac
+                .as_deref()
+                .map(|m| parse_mac(m, "runtimeConfig.mac"))
+                .transpose()?,
+            ips: self
+                .ips
+                .unwrap_or_default()
+                .iter()
+                .map(|s| parse_requested_ip(s))
+                .collect::<Result<_>>()?,
+        })
     }
 }
 
@@ -396,13 +182,6 @@ pub fn parse_mac(s: &str, what: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
-pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// A runtime-requested address: `198.51.100.7/24` or a bare `198.51.100.7`.
 fn parse_requested_ip(s: &str) -> Result<IpNetwork> {
     s.parse::<IpNetwork>()
@@ -419,87 +198,35 @@ fn parse_requested_ip(s: &str) -> Result<IpNetwork> {
 mod tests {
     use super::*;
 
-    const GUIDE: &str = r#"{
-      "cniVersion": "1.0.0", "name": "ros-net", "type": "ros-macvlan",
-      "master": "eth0", "mode": "bridge", "isDefaultgateway": false,
-      "ipam": { "type": "host-local",
-        "ranges": [[{ "subnet": "198.51.100.0/24", "rangeStart": "198.51.100.160",
-                      "rangeEnd": "198.51.100.180", "gateway": "198.51.100.1" }]] } }"#;
-
     #[test]
-    fn del_reads_past_the_keys_that_only_shape_a_new_link() {
-        let mut v: Value = serde_json::from_str(GUIDE).unwrap();
-        v["mtu"] = serde_json::json!(12);
-        v["mac"] = serde_json::json!("not a mac");
-        v["runtimeConfig"] = serde_json::json!({"mac": "ff:ff:ff:ff:ff:ff"});
-        assert!(NetConf::from_value(&v).is_err());
-        let conf = NetConf::for_del(&v).unwrap();
+    fn mac_parsing() {
         assert_eq!(
-            (conf.mtu, conf.mac, conf.runtime_config.mac),
-            (None, None, None)
+            parse_mac("02:AB:cd:00:00:01", "mac").unwrap(),
+            [0x02, 0xab, 0xcd, 0, 0, 1]
         );
-        v["name"] = serde_json::json!("../x");
-        assert!(NetConf::for_del(&v).is_err(), "the name is still checked");
-    }
-
-    #[test]
-    fn guide_config_parses_with_defaults() {
-        let c = NetConf::parse(GUIDE.as_bytes()).unwrap();
-        assert_eq!(c.name, "ros-net");
-        assert_eq!(c.mode, MacvlanMode::Bridge);
-        assert_eq!(c.master.as_deref(), Some("eth0"));
-        assert_eq!(c.ipam_type(), "host-local");
-        assert_eq!(c.multicast, MulticastConf::default());
-        assert_eq!(c.multicast.groups, vec![Ipv4Addr::new(239, 255, 0, 1)]);
-    }
-
-    #[test]
-    fn multicast_can_be_turned_off_piecewise() {
-        let c = NetConf::parse(
-            br#"{"cniVersion":"1.0.0","name":"n","multicast":{"groups":[],"routes":[],"markOtherInterfaces":false,"bcQueueLen":2000}}"#,
-        )
-        .unwrap();
-        assert!(c.multicast.groups.is_empty() && c.multicast.routes.is_empty());
-        assert!(!c.multicast.mark_other_interfaces);
-        assert_eq!(c.multicast.bc_queue_len, Some(2000));
-    }
-
-    fn code_of(s: &str) -> u32 {
-        NetConf::parse(s.as_bytes()).unwrap_err().code()
-    }
-
-    #[test]
-    fn bad_configs_have_their_codes() {
-        assert_eq!(code_of("{not json"), 6);
-        assert_eq!(code_of("[]"), 6);
-        assert_eq!(code_of(r#"{"cniVersion":"0.9.0","name":"n"}"#), 1);
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"../etc"}"#), 7);
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"a/b"}"#), 7);
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0"}"#), 7);
-        assert_eq!(
-            code_of(r#"{"cniVersion":"1.0.0","name":"n","mode":"source"}"#),
-            7
-        );
-        assert_eq!(
-            code_of(r#"{"cniVersion":"1.0.0","name":"n","mac":"01:00:5e:00:00:01"}"#),
-            7
-        );
-        assert_eq!(
-            code_of(r#"{"cniVersion":"1.0.0","name":"n","master":"a/b"}"#),
-            7
-        );
-        assert_eq!(
-            code_of(r#"{"cniVersion":"1.0.0","name":"n","multicast":{"groups":["10.0.0.1"]}}"#),
-            7
-        );
-        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"n","mtu":"x"}"#), 6);
-    }
-
-    #[test]
-    fn mac_roundtrip() {
-        let m = parse_mac("02:AB:cd:00:00:01", "mac").unwrap();
-        assert_eq!(format_mac(&m), "02:ab:cd:00:00:01");
         assert!(parse_mac("02:ab:cd:00:00", "mac").is_err());
         assert!(parse_mac("02:ab:cd:00:00:0g", "mac").is_err());
+        assert!(parse_mac("01:00:5e:00:00:01", "mac").is_err());
+    }
+
+    #[test]
+    fn valid_attachments_are_read_from_either_key() {
+        let v = serde_json::json!({"cniVersion":"1.1.0","name":"n",
+            "cni.dev/valid-attachments":[{"containerID":"a","ifname":"net1"},{"bad":1}],
+            "cni.dev/attachments":[{"containerID":"b","ifname":"net2"}]});
+        let c = NetConf::from_value(&v).unwrap();
+        assert_eq!(
+            c.valid_attachments,
+            vec![
+                Attachment {
+                    container_id: "a".into(),
+                    ifname: "net1".into()
+                },
+                Attachment {
+                    container_id: "b".into(),
+                    ifname: "net2".into()
+                },
+            ]
+        );
     }
 }

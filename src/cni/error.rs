@@ -219,19 +219,6 @@ impl From<crate::sys::confine::Error> for Error {
     }
 }
 
-/// The store's refusals are its confined path's; anything else it meets is I/O (code 5).
-impl From<crate::ipam::store::Error> for Error {
-    fn from(e: crate::ipam::store::Error) -> Error {
-        use crate::ipam::store::Error as Store;
-        match e {
-            Store::Confine(e) => e.into(),
-            Store::Io { .. } | Store::Lock { .. } | Store::Encode(_) => {
-                Error::new(Kind::Io, e.to_string()).with_source(e)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

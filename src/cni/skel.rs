@@ -1,20 +1,21 @@
-//! The CNI skeleton: the one place that knows the protocol's rules. It reads the
-//! environment each verb needs, decodes and validates the config, gates verbs by version,
-//! answers VERSION, turns every failure (a panic included: code 999) into the error JSON in
-//! the version asked for, writes the one log line, and hands each verb to the plugin.
+//! The CNI skeleton: the one place that knows the protocol's rules, as the reference's
+//! `pkg/skel` with its `CNIFuncs`. It reads the environment each verb needs, has the plugin
+//! decode and validate its config, gates verbs by version, answers VERSION, turns every
+//! failure (a panic included: code 999) into the error JSON in the version asked for, writes
+//! the result in the config's version, and hands each verb to the plugin. It knows no
+//! plugin: a plugin is its verbs (`Plugin`).
 
-use std::time::Instant;
+use std::net::IpAddr;
+use std::ops::Deref;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::config::{self, NetConf};
 use super::env::{CniEnv, Command};
+use super::result::CniResult;
 use super::version::{Version, LATEST, SUPPORTED};
 use super::{Error, Kind, Result};
-use crate::ipam::Ipam;
-use crate::plugin::lifecycle::{self, LogSink};
-use crate::plugin::policy::{AllowedDirs, Policy};
-use crate::plugin::{macvlan, membership};
 
 /// What the process prints on stdout and exits with.
 pub struct Outcome {
@@ -22,24 +23,78 @@ pub struct Outcome {
     pub exit_code: i32,
 }
 
-/// Runs one CNI invocation: environment from `lookup`, config from `stdin`.
-pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+/// What a verb answers, still typed: the skeleton writes `result` out in the config's
+/// version; `notes` and `released` are for the plugin's own record of the call.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// ADD's result.
+    pub result: Option<CniResult>,
+    pub notes: Vec<String>,
+    /// The addresses a DEL released, for its log line.
+    pub released: Vec<IpAddr>,
+}
+
+/// A plugin: its config and its verbs. The skeleton calls `parse` once per invocation
+/// (VERSION aside), gates the verb by the config's version, then calls the verb, then
+/// `finished`.
+pub trait Plugin {
+    /// The plugin's validated config, embedding the common keys.
+    type Conf: Deref<Target = NetConf>;
+    /// Decodes and validates the plugin's config (`command` says which verb it is for:
+    /// DEL may read less of it).
+    fn parse(&mut self, command: Command, raw: &Value) -> Result<Self::Conf>;
+    fn add(&mut self, conf: &Self::Conf, env: &CniEnv) -> Result<Answer>;
+    fn del(&mut self, conf: &Self::Conf, env: &CniEnv) -> Result<Answer>;
+    fn check(&mut self, conf: &Self::Conf, env: &CniEnv) -> Result<Answer>;
+    fn gc(&mut self, conf: &Self::Conf, env: &CniEnv) -> Result<Answer>;
+    fn status(&mut self, conf: &Self::Conf, env: &CniEnv) -> Result<Answer>;
+    /// After every invocation whose environment was valid: `raw` is the decoded config
+    /// (when it decoded), `conf` the validated one (when it validated).
+    fn finished(
+        &mut self,
+        _env: &CniEnv,
+        _raw: Option<&Value>,
+        _conf: Option<&Self::Conf>,
+        _result: std::result::Result<&Answer, &Error>,
+        _took: Duration,
+    ) {
+    }
+}
+
+/// Runs one CNI invocation of `plugin`: environment from `lookup`, config from `stdin`.
+pub fn run<P: Plugin>(
+    plugin: &mut P,
+    lookup: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Outcome {
     let started = Instant::now();
     let input = config::decode(stdin);
     // Errors are reported in the config's version, when it names one we speak.
     let reply_version = requested_version(input.as_ref().ok());
     let result = match CniEnv::from_lookup(&lookup) {
         Ok(env) => {
-            let mut log = LogSink::Stderr;
-            let result = dispatch_guarded(&env, &input, &mut log);
-            lifecycle::log_invocation(&env, input.as_ref().ok(), &result, started.elapsed(), log);
-            result
+            let mut conf = None;
+            let result = dispatch_guarded(plugin, &env, &input, &mut conf);
+            plugin.finished(
+                &env,
+                input.as_ref().ok(),
+                conf.as_ref(),
+                result.as_ref().map(|reply| &reply.answer),
+                started.elapsed(),
+            );
+            // The result is written out here, in the config's version, and nowhere else.
+            result.map(|reply| {
+                reply.stdout.or_else(|| {
+                    let version = &conf.as_ref()?.version;
+                    Some(reply.answer.result?.to_json(version))
+                })
+            })
         }
         Err(e) => Err(e),
     };
     match result {
-        Ok(answer) => Outcome {
-            stdout: answer.stdout,
+        Ok(stdout) => Outcome {
+            stdout,
             exit_code: 0,
         },
         Err(e) => Outcome {
@@ -49,55 +104,49 @@ pub fn run_cni(lookup: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome
     }
 }
 
-/// What a verb answers on stdout, and what the log line should say beside the outcome.
-#[derive(Debug, Default)]
-pub struct Answer {
-    pub stdout: Option<Value>,
-    pub notes: Vec<String>,
-    /// The addresses a DEL released, for its log line.
-    pub released: Vec<std::net::IpAddr>,
-}
-
-impl Answer {
-    fn silent() -> Answer {
-        Answer::default()
-    }
-    fn json(v: Value) -> Answer {
-        Answer {
-            stdout: Some(v),
-            ..Answer::default()
-        }
-    }
+/// A verb's answer, or VERSION's (which the skeleton writes itself).
+struct Reply {
+    answer: Answer,
+    stdout: Option<Value>,
 }
 
 /// A bug must still answer in the protocol: a panic becomes an error JSON (code 999), not a
 /// crash the runtime cannot read; ADD's undo has run on the unwind.
-fn dispatch_guarded(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<Answer> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dispatch(env, input, log)))
-        .unwrap_or_else(|_| {
-            Err(Error::new(Kind::Internal,
-                "internal error in ros-macvlan (a bug: please report it with the config used); what the call had done was undone",
-            ))
-        })
+fn dispatch_guarded<P: Plugin>(
+    plugin: &mut P,
+    env: &CniEnv,
+    input: &Result<Value>,
+    conf: &mut Option<P::Conf>,
+) -> Result<Reply> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        dispatch(plugin, env, input, conf)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::new(Kind::Internal,
+            "internal error in ros-macvlan (a bug: please report it with the config used); what the call had done was undone",
+        ))
+    })
 }
 
-/// Validates the config, then runs the verb. `log` becomes the config's `logFile` only once
-/// the whole config is valid and its paths are confined: a refused config writes nowhere but
-/// stderr.
-fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<Answer> {
+/// Validates the config, gates the verb by its version, then runs the verb.
+fn dispatch<P: Plugin>(
+    plugin: &mut P,
+    env: &CniEnv,
+    input: &Result<Value>,
+    slot: &mut Option<P::Conf>,
+) -> Result<Reply> {
     if env.command == Command::Version {
         // VERSION may come with no config at all.
-        return Ok(Answer::json(version_info(input.as_ref().ok())));
+        return Ok(Reply {
+            answer: Answer::default(),
+            stdout: Some(version_info(input.as_ref().ok())),
+        });
     }
     let raw = match input {
         Ok(v) => v,
         Err(e) => return Err(Error::new(Kind::Decode, e.to_string())),
     };
-    let conf = if env.command == Command::Del {
-        NetConf::for_del(raw)?
-    } else {
-        NetConf::from_value(raw)?
-    };
+    let conf = slot.insert(plugin.parse(env.command, raw)?);
     match env.command {
         Command::Check if !conf.version.supports_check() => {
             return Err(Error::new(
@@ -112,44 +161,19 @@ fn dispatch(env: &CniEnv, input: &Result<Value>, log: &mut LogSink) -> Result<An
         Command::Status => require_1_1(&conf.version, "STATUS")?,
         _ => {}
     }
-    // Read once: it widens the allowed directories here and bounds ADD's master and ranges.
-    // A policy that cannot be read widens nothing (ADD refuses it on its own).
-    let policy = Policy::load();
-    let allowed = AllowedDirs::new(policy.as_ref().ok().and_then(Option::as_ref));
-    let ipam = Ipam::from_conf(&conf, env, &allowed.data, &allowed.resolv_conf)?;
-    let agent = membership::AgentPlace::of_config(&conf, &allowed.agent)?;
-    *log = LogSink::open(raw, &allowed.logs)?;
-    match env.command {
-        Command::Add => {
-            agent.prepare()?;
-            let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
-            macvlan::add(&conf, env, &ipam, &agent, &ns, policy).map(|added| Answer {
-                stdout: Some(added.result.to_json(&conf.version)),
-                notes: added.notes,
-                ..Answer::default()
-            })
-        }
-        Command::Del => {
-            // DEL has no result to read the address from: its log line names what it releases.
-            let released = match &ipam {
-                crate::ipam::Ipam::HostLocal(hl) => {
-                    hl.recorded(&conf.name, &env.container_id, &env.ifname)
-                }
-                _ => Vec::new(),
-            };
-            macvlan::del(&conf, env, &ipam, &agent).map(|_| Answer {
-                released,
-                ..Answer::silent()
-            })
-        }
-        Command::Check => {
-            let ns = macvlan::Namespaces::open(&conf, &env.netns)?;
-            macvlan::check(&conf, env, &ipam, &agent, &ns).map(|_| Answer::silent())
-        }
-        Command::Gc => lifecycle::gc(&conf, env, &ipam).map(|_| Answer::silent()),
-        Command::Status => lifecycle::status(&conf, &ipam).map(|_| Answer::silent()),
+    let conf: &P::Conf = conf;
+    let answer = match env.command {
+        Command::Add => plugin.add(conf, env)?,
+        Command::Del => plugin.del(conf, env)?,
+        Command::Check => plugin.check(conf, env)?,
+        Command::Gc => plugin.gc(conf, env)?,
+        Command::Status => plugin.status(conf, env)?,
         Command::Version => unreachable!("answered above"),
-    }
+    };
+    Ok(Reply {
+        answer,
+        stdout: None,
+    })
 }
 
 fn require_1_1(v: &Version, verb: &str) -> Result<()> {

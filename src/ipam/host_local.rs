@@ -386,12 +386,20 @@ fn parse_resolv_conf(text: &str) -> Dns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::policy::AllowedDirs;
     use serde_json::json;
 
+    /// What a node without a policy allows (`node::policy::AllowedDirs`, a floor above):
+    /// the stores under the default data directories, the node's own resolv.conf.
+    fn no_policy_readable() -> Readable {
+        Readable::new(
+            vec!["/etc/resolv.conf".into()],
+            Roots::new(vec![], 0o755, ""),
+        )
+    }
+
     fn parse(ipam: &Value) -> Result<HostLocalConf> {
-        let allowed = AllowedDirs::new(None);
-        HostLocalConf::parse(ipam, &allowed.data, &allowed.resolv_conf)
+        let data = Roots::new(vec!["/var/lib/cni".into(), "/run/cni".into()], 0o755, "");
+        HostLocalConf::parse(ipam, &data, &no_policy_readable())
     }
 
     #[test]
@@ -465,7 +473,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rmv-hl-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let roots = Roots::new(vec![std::env::temp_dir()], 0o755, "");
-        let conf = HostLocalConf::parse(&json!({"subnet":"198.51.100.0/24","rangeStart":"198.51.100.10","rangeEnd":"198.51.100.11","dataDir": dir}), &roots, &AllowedDirs::new(None).resolv_conf).unwrap();
+        let conf = HostLocalConf::parse(&json!({"subnet":"198.51.100.0/24","rangeStart":"198.51.100.10","rangeEnd":"198.51.100.11","dataDir": dir}), &roots, &no_policy_readable()).unwrap();
         let owner = |id| Owner {
             container_id: id,
             ifname: "net1",

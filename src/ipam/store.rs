@@ -369,6 +369,20 @@ fn last_reserved_name(range_set: usize) -> String {
     format!("{LAST_RESERVED_PREFIX}{range_set}")
 }
 
+/// The store's refusals are its confined path's; anything else it meets is I/O (code 5).
+impl From<Error> for crate::cni::Error {
+    fn from(e: Error) -> crate::cni::Error {
+        use crate::cni::{Error as CniError, Kind};
+        use Error as Store;
+        match e {
+            Store::Confine(e) => e.into(),
+            Store::Io { .. } | Store::Lock { .. } | Store::Encode(_) => {
+                CniError::new(Kind::Io, e.to_string()).with_source(e)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnetwork::IpNetwork;
 use netlink_packet_route::route::RouteType;
 
-use crate::cni::config::MulticastConf;
 use crate::cni::{Error, Kind, Result};
+use crate::plugin::config::MulticastConf;
 use crate::plugin::multicast;
 use crate::sys::netlink::{Link, Rtnl, TABLE_LOCAL, TABLE_MAIN};
 use crate::sys::netns::Netns;
@@ -373,7 +373,7 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::HashMap;
 
-    use crate::cni::config::NetConf;
+    use crate::plugin::config::MacvlanConf;
     use crate::sys::netlink::testing::Fake;
     use crate::sys::netlink::{route_out, LinkChange, Op, RouteEntry, TABLE_LOCAL};
     use netlink_packet_route::link::{InfoKind, LinkFlags};
@@ -451,8 +451,8 @@ mod tests {
     }
 
     /// The config a runtime passes (the guide's: every multicast default).
-    fn config() -> NetConf {
-        NetConf::parse(
+    fn config() -> MacvlanConf {
+        MacvlanConf::parse(
             br#"{"cniVersion":"1.0.0","name":"ros-net","type":"ros-macvlan","master":"lan0",
                  "ipam":{"type":"host-local","ranges":[[{"subnet":"198.51.100.0/24"}]]}}"#,
         )

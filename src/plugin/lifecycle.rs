@@ -9,37 +9,28 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cni::config::NetConf;
 use crate::cni::env::{CniEnv, Command};
+use crate::cni::result::CniResult;
+use crate::cni::skel::Answer;
+use crate::cni::version::{ResultShape, Version};
 use crate::cni::{Error, Kind, Result};
 use crate::ipam::store::{Record, Store};
 use crate::ipam::Ipam;
-use crate::plugin::macvlan::resolve_master;
+use crate::plugin::config::{log_level_of, MacvlanConf};
+use crate::plugin::master::resolve_master;
 use crate::sys::confine::{self, ConfinedPath, Roots};
 use crate::sys::netlink::Netlink;
 use crate::sys::netns::{self, Presence};
 
-/// The attachments the runtime says are still valid: `cni.dev/valid-attachments`, or the
-/// older `cni.dev/attachments`.
-fn valid_attachments(conf: &NetConf) -> HashSet<(String, String)> {
-    ["cni.dev/valid-attachments", "cni.dev/attachments"]
-        .iter()
-        .filter_map(|k| conf.raw.get(*k).and_then(Value::as_array))
-        .flatten()
-        .filter_map(|a| {
-            Some((
-                a.get("containerID")?.as_str()?.to_owned(),
-                a.get("ifname")?.as_str()?.to_owned(),
-            ))
-        })
-        .collect()
-}
-
 /// GC: releases every claim of this network held by no valid attachment. Only claims
 /// inside the config's own ranges are this network's to release: a config is a tenant's,
 /// and its `name` and `dataDir` may name a store that other networks' claims live in.
-pub fn gc(conf: &NetConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
-    let valid = valid_attachments(conf);
+pub fn gc(conf: &MacvlanConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
+    let valid: HashSet<(String, String)> = conf
+        .valid_attachments
+        .iter()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
     match ipam {
         Ipam::HostLocal(hl) => {
             let Some(store) = Store::open_existing(&hl.data_dir, &conf.name)? else {
@@ -94,7 +85,7 @@ pub struct Sweep {
 /// symlink is followed.
 pub fn release_orphans(data_dir: &Path) -> Result<Sweep> {
     let mut sweep = Sweep::default();
-    let data = ConfinedPath::trusted("--data-dir", data_dir, crate::plugin::policy::DATA_DIR_MODE);
+    let data = ConfinedPath::trusted("--data-dir", data_dir, crate::node::policy::DATA_DIR_MODE);
     let Some(dir) = data.open_dir()? else {
         return Ok(sweep);
     };
@@ -133,7 +124,7 @@ pub fn release_orphans(data_dir: &Path) -> Result<Sweep> {
 }
 
 /// STATUS: ready when the master is there and up and an address is left to hand out.
-pub fn status(conf: &NetConf, ipam: &Ipam) -> Result<()> {
+pub fn status(conf: &MacvlanConf, ipam: &Ipam) -> Result<()> {
     let nl = Netlink::here()?;
     let master = resolve_master(&nl, conf, ipam)
         .map(|(link, _)| link)
@@ -178,8 +169,8 @@ impl LogSink {
     /// path the node does not allow refuses the invocation (code 7) before it changes
     /// anything. A file that cannot be opened for another reason (a full or read-only disk)
     /// does not fail the attachment: the line goes to stderr.
-    pub fn open(conf: &Value, roots: &Roots) -> Result<LogSink> {
-        let path = match conf.get("logFile") {
+    pub fn open(conf: &MacvlanConf, roots: &Roots) -> Result<LogSink> {
+        let path = match &conf.log_file {
             None | Some(Value::Null) => return Ok(LogSink::Stderr),
             Some(Value::String(s)) if s.is_empty() => return Ok(LogSink::Stderr),
             Some(Value::String(s)) => s,
@@ -191,7 +182,7 @@ impl LogSink {
             }
         };
         let (dir, name) = roots.confine_file("logFile", path)?;
-        if log_level(conf) == "none" {
+        if conf.log_level == "none" {
             return Ok(LogSink::Stderr);
         }
         match dir.append_file(&name) {
@@ -205,26 +196,24 @@ impl LogSink {
     }
 }
 
-fn log_level(conf: &Value) -> &str {
-    conf.get("logLevel")
-        .and_then(Value::as_str)
-        .unwrap_or("info")
-}
-
 /// One line per ADD, DEL and CHECK: the pod, container, interface, address, duration and
 /// outcome, to `sink`. `logLevel` "error" logs failures only, "none" nothing.
 pub fn log_invocation(
     env: &CniEnv,
-    conf: Option<&Value>,
-    result: &Result<crate::Answer>,
+    raw: Option<&Value>,
+    conf: Option<&MacvlanConf>,
+    result: std::result::Result<&Answer, &Error>,
     took: Duration,
     sink: LogSink,
 ) {
     if !matches!(env.command, Command::Add | Command::Del | Command::Check) {
         return;
     }
-    let conf = conf.unwrap_or(&Value::Null);
-    let level = log_level(conf);
+    // A refused config's line still follows its `logLevel`.
+    let level = match conf {
+        Some(c) => c.log_level.as_str(),
+        None => log_level_of(raw.and_then(|r| r.get("logLevel"))),
+    };
     if level == "none" || (level == "error" && result.is_ok()) {
         return;
     }
@@ -234,19 +223,14 @@ pub fn log_invocation(
         env.arg("K8S_POD_NAME").unwrap_or("-")
     );
     let address = result
-        .as_ref()
         .ok()
-        .and_then(|r| r.stdout.as_ref())
-        .and_then(|r| {
-            r.get("ips")
-                .and_then(|i| i.get(0))
-                .and_then(|i| i.get("address"))
-                .or(r.get("ip4").and_then(|i| i.get("ip")))
+        .and_then(|answer| {
+            let added = answer.result.as_ref()?;
+            written_address(added, &conf?.version)
         })
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+        .map(|a| a.to_string())
         .or_else(|| {
-            let released = result.as_ref().ok()?.released.first()?;
+            let released = result.ok()?.released.first()?;
             Some(released.to_string())
         })
         .unwrap_or_else(|| "-".to_owned());
@@ -267,5 +251,38 @@ pub fn log_invocation(
             let _ = f.write_all(line.as_bytes());
         }
         LogSink::Stderr => eprint!("{line}"),
+    }
+}
+
+/// The address a result names first as it is written in `version`: the first of `ips`, or
+/// the old form's `ip4` (which holds the first IPv4 address only).
+fn written_address(result: &CniResult, version: &Version) -> Option<ipnetwork::IpNetwork> {
+    match version.shape() {
+        ResultShape::Legacy => result.ips.iter().find(|i| i.address.is_ipv4()),
+        _ => result.ips.first(),
+    }
+    .map(|i| i.address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cni::result::IpConfig;
+
+    #[test]
+    fn the_logged_address_is_the_one_the_written_result_names_first() {
+        let ip = |a: &str| IpConfig {
+            address: a.parse().unwrap(),
+            gateway: None,
+            interface: Some(0),
+        };
+        let r = CniResult {
+            ips: vec![ip("2001:db8::5/64"), ip("198.51.100.7/24")],
+            ..CniResult::default()
+        };
+        let at =
+            |v: &str| written_address(&r, &Version::parse(Some(v)).unwrap()).map(|a| a.to_string());
+        assert_eq!(at("1.0.0").as_deref(), Some("2001:db8::5/64"));
+        assert_eq!(at("0.2.0").as_deref(), Some("198.51.100.7/24"));
     }
 }

@@ -31,15 +31,12 @@ use nix::sys::socket::{
 use serde::{Deserialize, Serialize};
 use socket2::{InterfaceIndexOrAddress, SockRef};
 
-use crate::cni::config::NetConf;
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
-use crate::plugin::policy::AGENT_DIR_MODE;
+use crate::node::policy::AGENT_DIR_MODE;
+use crate::plugin::config::MacvlanConf;
 use crate::sys::confine::{ConfinedPath, Dir, Roots};
 use crate::sys::netns::{self, Netns, Presence};
-
-/// Where the node agent listens unless the config's `agentSocket` says otherwise.
-pub const DEFAULT_AGENT_SOCKET: &str = "/run/ros-macvlan/agent.sock";
 
 /// How long ADD and DEL wait for the agent at most: a pod start is never held up longer.
 pub const AGENT_WAIT: Duration = Duration::from_millis(1000);
@@ -179,7 +176,7 @@ pub struct AgentPlace {
 
 impl AgentPlace {
     /// Checks `agentSocket` by its text: below the agent's directory, no `..`.
-    pub fn of_config(conf: &NetConf, allowed: &Roots) -> Result<AgentPlace> {
+    pub fn of_config(conf: &MacvlanConf, allowed: &Roots) -> Result<AgentPlace> {
         let (dir, _socket) = allowed.confine_file("agentSocket", &conf.agent_socket)?;
         Ok(AgentPlace {
             client: AgentClient::new(Path::new(&conf.agent_socket)),
@@ -239,7 +236,7 @@ fn add_membership(sock: &OwnedFd, group: Ipv4Addr, index: u32) -> io::Result<()>
 /// succeeds (DDS processes join the groups themselves) and the returned note says so for
 /// the log line; the record stays, so an agent that starts later holds it.
 pub fn hold(
-    conf: &NetConf,
+    conf: &MacvlanConf,
     env: &CniEnv,
     agent: &AgentPlace,
     ns: &Netns,
@@ -282,7 +279,7 @@ pub fn hold(
 /// DEL (and a failed ADD's undo): the record goes, and the agent lets go of the socket at
 /// once (the IGMP leave goes out). An agent that does not answer finds the record gone
 /// at its next sweep.
-pub fn release(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) {
+pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) {
     if conf.multicast.groups.is_empty() {
         return;
     }
@@ -293,7 +290,7 @@ pub fn release(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) {
 
 /// The interfaces of the pod's other attachments (of any network) that hold memberships of
 /// any of the same groups: the heirs of the multicast routes when this one goes.
-pub fn other_members(conf: &NetConf, env: &CniEnv, agent: &AgentPlace) -> Vec<String> {
+pub fn other_members(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) -> Vec<String> {
     if conf.multicast.groups.is_empty() {
         return Vec::new();
     }

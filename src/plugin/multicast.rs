@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::IpNetwork;
 
-use crate::cni::config::MulticastConf;
 use crate::cni::{Error, Result};
+use crate::plugin::config::MulticastConf;
 use crate::sys::netlink::{route_out, Ipv4Setting, Link, LinkChange, Op, Rtnl};
 use crate::sys::netns::Netns;
 

@@ -20,9 +20,9 @@
 
 use ipnetwork::IpNetwork;
 
-use crate::cni::config::MacvlanMode;
 use crate::cni::{Error, Kind, Result};
-use crate::plugin::policy::{self, Policy};
+use crate::node::policy::{self, Policy};
+use crate::sys::netlink::MacvlanMode;
 use crate::sys::netlink::{Link, Rtnl, TABLE_MAIN};
 
 /// Refuses a master and mode that would hurt the node or another tenant (code 106).

@@ -79,10 +79,10 @@ async fn serve(opts: Options) -> io::Result<()> {
     holder.reconcile();
     let node_config = match &opts.policy {
         Some((_, dir)) => crate::tools::install::mirrored_policy(dir),
-        None => crate::plugin::policy::policy_file(),
+        None => crate::node::policy::policy_file(),
     };
     let agent_dir = opts.socket.parent().unwrap_or(Path::new("/"));
-    let mut host = crate::tools::host_keeper::Keeper::new(node_config, agent_dir);
+    let mut host = crate::node::host_keeper::Keeper::new(node_config, agent_dir);
 
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut policy = opts
@@ -118,7 +118,7 @@ async fn serve(opts: Options) -> io::Result<()> {
             }
             _ = tick(&mut gc) => {
                 if let Some((data_dir, _)) = &opts.gc {
-                    crate::tools::cli::gc_once(data_dir);
+                    crate::tools::gc::once(data_dir);
                 }
             }
             _ = term.recv() => break,
@@ -149,7 +149,7 @@ fn listen(path: &Path) -> io::Result<UnixListener> {
         // Root's only (README, Security): the socket and the plugin's records live here. A
         // hostPath the kubelet created has 0755; a shared sticky directory (/tmp) given by
         // hand is not the agent's to narrow.
-        let mode = crate::plugin::policy::AGENT_DIR_MODE;
+        let mode = crate::node::policy::AGENT_DIR_MODE;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(mode)

@@ -1,13 +1,13 @@
 //! The operator's subcommands (`ros-macvlan <subcommand>`), as opposed to CNI invocations
 //! (no arguments), which never come here.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::ipam::host_local::DEFAULT_DATA_DIR;
-use crate::plugin::membership::DEFAULT_AGENT_SOCKET;
+use crate::plugin::config::DEFAULT_AGENT_SOCKET;
 use crate::tools::rtps::MAX_DOMAIN;
 
 #[derive(Parser)]
@@ -216,7 +216,7 @@ pub fn main(args: &[String]) -> i32 {
             stay: a.stay,
         }),
         Sub::Gc { data_dir, every } => loop {
-            let code = gc_once(&data_dir);
+            let code = crate::tools::gc::once(&data_dir);
             match every {
                 Some(secs) => std::thread::sleep(Duration::from_secs(secs)),
                 None => return code,
@@ -261,7 +261,7 @@ pub fn main(args: &[String]) -> i32 {
                 seconds: pod.seconds.min(60.0),
             },
         )),
-        Sub::Ports { domain } => ports(domain),
+        Sub::Ports { domain } => crate::tools::ports::print(domain),
         Sub::Version => {
             println!("ros-macvlan {}", env!("CARGO_PKG_VERSION"));
             0
@@ -274,16 +274,16 @@ fn host_access(a: HostAccessArgs) -> i32 {
     let done = crate::sys::netlink::Netlink::here()
         .map_err(crate::cni::Error::from)
         .and_then(|nl| match a.address {
-            Some(address) if !a.remove => crate::tools::host_access::ensure(
+            Some(address) if !a.remove => crate::node::host_access::ensure(
                 &nl,
-                &crate::tools::host_access::Spec {
+                &crate::node::host_access::Spec {
                     master: a.master.clone(),
                     address,
                     pod_ranges: a.pod_ranges,
                     exclusive_multicast: a.exclusive_multicast,
                 },
             ),
-            _ => crate::tools::host_access::remove(&nl, &a.master),
+            _ => crate::node::host_access::remove(&nl, &a.master),
         });
     match done {
         Ok(changes) if changes.is_empty() => {
@@ -303,41 +303,6 @@ fn host_access(a: HostAccessArgs) -> i32 {
     }
 }
 
-/// One round of gc: releases the claims of pods that are gone, naming each.
-pub(crate) fn gc_once(data_dir: &Path) -> i32 {
-    match crate::plugin::lifecycle::release_orphans(data_dir) {
-        Ok(sweep) => {
-            for why in &sweep.kept {
-                println!("gc: {why}");
-            }
-            let released = sweep.released;
-            for o in &released {
-                let r = &o.record;
-                println!(
-                    "released {:?} of network {} (pod {}/{}, container {}, {}): netns {} is gone",
-                    r.ips,
-                    o.network,
-                    r.pod_namespace.as_deref().unwrap_or("-"),
-                    r.pod_name.as_deref().unwrap_or("-"),
-                    r.container_id,
-                    r.ifname,
-                    r.netns
-                );
-            }
-            println!(
-                "gc: {} attachment(s) released under {}",
-                released.len(),
-                data_dir.display()
-            );
-            0
-        }
-        Err(e) => {
-            eprintln!("gc: {e}");
-            1
-        }
-    }
-}
-
 fn probe(opts: crate::tools::probe::Options) -> i32 {
     match crate::tools::probe::run(&opts) {
         Ok(report) => {
@@ -349,77 +314,4 @@ fn probe(opts: crate::tools::probe::Options) -> i32 {
             1
         }
     }
-}
-
-/// The RTPS port mapping, for firewall rules.
-fn ports(domain: u16) -> i32 {
-    use crate::tools::rtps::*;
-    println!("RTPS ports for ROS_DOMAIN_ID={domain} (UDP; PB=7400, DG=250, PG=2, d0=0, d1=10, d2=1, d3=11)");
-    println!(
-        "  discovery multicast  {SPDP_GROUP}:{}",
-        discovery_multicast_port(domain)
-    );
-    println!(
-        "  user multicast       {SPDP_GROUP}:{}",
-        user_multicast_port(domain)
-    );
-    println!("  participant  discovery unicast  user unicast");
-    let mut p = 0u16;
-    while p < 120 && user_unicast_port(domain, p) <= 65535 {
-        if p < 10 || p.is_multiple_of(10) {
-            println!(
-                "  {p:>11}  {:>17}  {:>12}",
-                discovery_unicast_port(domain, p),
-                user_unicast_port(domain, p)
-            );
-        }
-        p += 1;
-    }
-    println!("  (participant N: discovery {} + 2N, user {} + 2N; open them for as many participants as a host runs)", discovery_unicast_port(domain, 0), user_unicast_port(domain, 0));
-    if let Some((low, high)) = ephemeral_port_range() {
-        let ports = domain_ports(domain);
-        if *ports.start() <= high && low <= *ports.end() {
-            let safe: Vec<u16> = (0..=MAX_DOMAIN)
-                .filter(|d| {
-                    let p = domain_ports(*d);
-                    *p.end() < low || high < *p.start()
-                })
-                .collect();
-            println!(
-                "warning: ports {}-{} of domain {domain} fall in this node's ephemeral port range {low}-{high} (net.ipv4.ip_local_port_range): the kernel may give one of them to any process's outgoing connection, and a DDS participant then cannot bind it. Choose a ROS_DOMAIN_ID in {}, or reserve the ports: sysctl -w net.ipv4.ip_local_reserved_ports={}-{}",
-                ports.start(),
-                ports.end(),
-                spans(&safe),
-                ports.start(),
-                ports.end()
-            );
-        }
-    }
-    0
-}
-
-/// The kernel's ephemeral port range in this network namespace.
-fn ephemeral_port_range() -> Option<(u32, u32)> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let mut it = text.split_whitespace().map(|n| n.parse::<u32>().ok());
-    Some((it.next()??, it.next()??))
-}
-
-/// `[0, 1, 2, 5, 6]` as "0-2, 5-6".
-fn spans(values: &[u16]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < values.len() {
-        let start = values[i];
-        while i + 1 < values.len() && values[i + 1] == values[i] + 1 {
-            i += 1;
-        }
-        out.push(if start == values[i] {
-            start.to_string()
-        } else {
-            format!("{start}-{}", values[i])
-        });
-        i += 1;
-    }
-    out.join(", ")
 }

@@ -9,12 +9,12 @@ use etherparse::Ipv4HeaderSlice;
 use ipnetwork::IpNetwork;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::cni::config::MulticastConf;
+use crate::node::host_access;
+use crate::plugin::config::MulticastConf;
 use crate::plugin::diagnosis::{self, Expected, Finding, Verdict};
 use crate::plugin::membership::{self, AgentClient};
 use crate::sys::netlink::{Netlink, Rtnl};
 use crate::sys::netns::Netns;
-use crate::tools::host_access;
 use crate::tools::probe;
 
 pub struct Options {
@@ -275,7 +275,7 @@ pub fn host(domain: u16, seconds: f64) -> Vec<Finding> {
 fn host_static_checks() -> crate::cni::Result<(Vec<Finding>, Option<host_access::ShimState>)> {
     let nl = Netlink::here()?;
     let mut out = Vec::new();
-    let configured = match crate::plugin::policy::Policy::load() {
+    let configured = match crate::node::policy::Policy::load() {
         Ok(p) => p.map(|p| p.host_access().to_vec()).unwrap_or_default(),
         Err(e) => {
             out.push(Finding::fail(

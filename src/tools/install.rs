@@ -60,7 +60,7 @@ fn is_placed(bytes: &[u8], target: &Path, mode: u32) -> bool {
 }
 
 fn policy_file_name() -> &'static str {
-    Path::new(crate::plugin::policy::DEFAULT_POLICY_FILE)
+    Path::new(crate::node::policy::DEFAULT_POLICY_FILE)
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("policy.json")

@@ -1,4 +1,4 @@
-//! The operator's side: the CLI and what it runs (the node agent, host access, gc,
+//! The operator's side: the CLI and what it runs (the node agent, gc,
 //! install, probe and doctor with their RTPS and Zenoh scouting decoders, ports, and the demo
 //! with its namespace scenes, which the benchmark and the integration tests build on).
 
@@ -6,9 +6,9 @@ pub mod agent;
 pub mod cli;
 pub mod demo;
 pub mod doctor;
-pub mod host_access;
-pub mod host_keeper;
+pub mod gc;
 pub mod install;
+pub mod ports;
 pub mod probe;
 pub mod rtps;
 pub mod zenoh;

@@ -77,7 +77,7 @@ impl NsExt for Ns {
             let names = self.link_names();
             if !names
                 .iter()
-                .any(|n| n.starts_with(ros_macvlan::plugin::macvlan::RETIRED_PREFIX))
+                .any(|n| n.starts_with(ros_macvlan::plugin::del::RETIRED_PREFIX))
             {
                 return names;
             }

@@ -134,6 +134,61 @@ pub struct NewMacvlan<'a> {
     pub target_netns: Option<std::os::fd::RawFd>,
 }
 
+/// The macvlan modes the reference plugin accepts (`source` is not one of them), by the
+/// names configs and the node policy use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacvlanMode {
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+/// A mode name that is none of `MacvlanMode`'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mode {0:?} is unknown: use bridge, private, vepa or passthru")]
+pub struct UnknownMode(pub String);
+
+impl MacvlanMode {
+    /// The kernel's value for this mode.
+    pub fn kernel(self) -> MacVlanMode {
+        match self {
+            MacvlanMode::Private => MacVlanMode::Private,
+            MacvlanMode::Vepa => MacVlanMode::Vepa,
+            MacvlanMode::Bridge => MacVlanMode::Bridge,
+            MacvlanMode::Passthru => MacVlanMode::Passthrough,
+        }
+    }
+
+    /// A mode by name; "" is the default, bridge.
+    pub fn parse(s: &str) -> std::result::Result<MacvlanMode, UnknownMode> {
+        Ok(match s {
+            "" | "bridge" => MacvlanMode::Bridge,
+            "private" => MacvlanMode::Private,
+            "vepa" => MacvlanMode::Vepa,
+            "passthru" => MacvlanMode::Passthru,
+            other => return Err(UnknownMode(other.to_owned())),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacvlanMode::Bridge => "bridge",
+            MacvlanMode::Private => "private",
+            MacvlanMode::Vepa => "vepa",
+            MacvlanMode::Passthru => "passthru",
+        }
+    }
+}
+
+/// A MAC in `aa:bb:cc:dd:ee:ff` form, as results, records and messages write it.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// A macvlan mode by name, for messages.
 pub fn mode_name(mode: Option<MacVlanMode>) -> String {
     mode.map_or_else(|| "unknown".to_owned(), |m| m.to_string())

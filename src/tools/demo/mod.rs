@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cni::config::ROS_DISCOVERY_GROUP;
+use crate::plugin::config::ROS_DISCOVERY_GROUP;
 use scene::{
     group_receiver, run_in, send_to_group, Agent, Lan, Node, Pod, Reply, DDSPERF_LISTENER,
     DDSPERF_TALKER,

@@ -14,9 +14,9 @@ use std::path::{Component, PathBuf};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
-use crate::cni::config::MacvlanMode;
 use crate::cni::{Error, Kind, Result};
 use crate::sys::confine::{Readable, Roots};
+use crate::sys::netlink::MacvlanMode;
 
 pub const DEFAULT_POLICY_FILE: &str = "/etc/cni/ros-macvlan/policy.json";
 
@@ -62,7 +62,7 @@ pub struct Policy {
     data_dirs: Option<Vec<PathBuf>>,
     /// Host access the node agent keeps in place (`ros-macvlan host-access`, one per master).
     #[serde(default)]
-    host_access: Vec<crate::tools::host_access::Spec>,
+    host_access: Vec<crate::node::host_access::Spec>,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -137,7 +137,7 @@ impl Policy {
         &self.path
     }
 
-    pub fn host_access(&self) -> &[crate::tools::host_access::Spec] {
+    pub fn host_access(&self) -> &[crate::node::host_access::Spec] {
         &self.host_access
     }
 

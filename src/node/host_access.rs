@@ -13,10 +13,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 
-use crate::cni::config::MacvlanMode;
 use crate::cni::{Error, Kind, Result};
+use crate::sys::netlink::MacvlanMode;
 use crate::sys::netlink::{
-    Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, RouteEntry, Rtnl, TABLE_MAIN,
+    format_mac, Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, RouteEntry, Rtnl,
+    TABLE_MAIN,
 };
 
 /// Host access on one master, as `ros-macvlan host-access` takes it and as the node
@@ -148,11 +149,6 @@ pub fn node_identity() -> Vec<u8> {
             .map(|h| h.trim().as_bytes().to_vec())
             .unwrap_or_default(),
     }
-}
-
-fn mac_text(mac: &[u8]) -> String {
-    let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    parts.join(":")
 }
 
 /// Makes the node match `spec`; returns what was changed, one line each (none: it was so).
@@ -331,7 +327,7 @@ fn create_shim(
     changes.push(format!(
         "created {name}: macvlan (bridge) on {} with MAC {}, arp_notify and arp_ignore on",
         spec.master,
-        mac_text(&mac)
+        format_mac(&mac)
     ));
     changes.push(format!("added {} to {name}", spec.host_address()));
     // Read back with its alias and address, still down: `ensure` brings it up.

@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::plugin::policy::Policy;
+use crate::node::host_access::{self, Spec};
+use crate::node::policy::Policy;
 use crate::sys::netlink::Netlink;
-use crate::tools::host_access::{self, Spec};
 
 pub struct Keeper {
     /// The node configuration to follow.

@@ -1,0 +1,486 @@
+//! ADD, with explicit rollback: everything checkable is checked before the first change,
+//! and a failed ADD (an error or a panic) leaves the node and the pod as they were.
+
+use std::net::IpAddr;
+
+use nix::errno::Errno;
+
+use crate::cni::config::parse_mac;
+use crate::cni::env::CniEnv;
+use crate::cni::result::{CniResult, Interface, IpConfig, Route};
+use crate::cni::{Error, Kind, Result};
+use crate::ipam::{Hints, Ipam};
+use crate::node::policy::Policy;
+use crate::plugin::attachment::{Attachment, Namespaces};
+use crate::plugin::config::MacvlanConf;
+use crate::plugin::master::resolve_master;
+use crate::plugin::{dad, duplicate, membership, multicast};
+use crate::sys::netlink::{format_mac, Ipv4Setting, Link, LinkChange, MacvlanMode, NewMacvlan, Op};
+use crate::sys::stable_hash::stable_hash;
+
+/// MAC precedence: runtimeConfig `mac`, then CNI_ARGS `MAC`, then config `mac`.
+fn chosen_mac(conf: &MacvlanConf, env: &CniEnv) -> Result<Option<[u8; 6]>> {
+    if let Some(m) = conf.runtime_config.mac {
+        return Ok(Some(m));
+    }
+    if let Some(m) = env.arg("MAC") {
+        return parse_mac(m, "CNI_ARGS MAC").map(Some);
+    }
+    Ok(conf.mac)
+}
+
+/// A test-only fault (`CniEnv::test_fault`): at the named step ADD kills itself with
+/// SIGKILL (`kill@<step>`: the runtime's next DEL must clean up) or panics (`panic@<step>`:
+/// ADD's own undo must). Unset, always outside tests, it does nothing.
+fn fault_point(env: &CniEnv, step: &str) {
+    match env.test_fault.as_deref().and_then(|f| f.split_once('@')) {
+        Some(("kill", at)) if at == step => {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        Some(("panic", at)) if at == step => panic!("test fault: panic at ADD step {step}"),
+        _ => {}
+    }
+}
+
+/// The steps of ADD a crash test can stop at, in order.
+pub const ADD_STEPS: &[&str] = &["created", "claimed", "configured", "joined", "marked"];
+
+/// What the checks before the first change decided.
+struct Plan {
+    master: Link,
+    /// Which master an omitted `master` became, and why, for the log line.
+    master_why: Option<String>,
+    mac: Option<[u8; 6]>,
+    policy: Option<Policy>,
+}
+
+/// What ADD made, and what the log line should say beside it.
+pub struct Added {
+    pub result: CniResult,
+    pub notes: Vec<String>,
+}
+
+/// What ADD has done so far, for rollback.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Progress {
+    link: Option<u32>,
+    ipam: bool,
+    joined: bool,
+    marked: bool,
+}
+
+pub fn add(at: &Attachment<'_>, ns: &Namespaces, policy: Result<Option<Policy>>) -> Result<Added> {
+    let Attachment {
+        conf, env, ipam, ..
+    } = *at;
+    // Everything checkable is checked before the first change.
+    let (master, master_why) = resolve_master(&*ns.master_nl, conf, ipam)?;
+    let policy = policy?;
+    crate::plugin::tenancy::check_master(
+        policy.as_ref(),
+        &*ns.master_nl,
+        &master,
+        conf.mode,
+        ns.master_in_pod,
+    )?;
+    if let Some(mtu) = conf.mtu {
+        if mtu > master.mtu {
+            return Err(Error::new(
+                Kind::InvalidConfig,
+                format!(
+                    "mtu {mtu} exceeds master {}'s MTU {}; lower \"mtu\" or omit it",
+                    master.name, master.mtu
+                ),
+            ));
+        }
+    }
+    let mac = chosen_mac(conf, env)?;
+    // An interface of that name in the pod already is refused by the creation itself,
+    // which changes nothing then.
+
+    let mut adding = Adding {
+        at,
+        ns,
+        plan: Plan {
+            master,
+            master_why,
+            mac,
+            policy,
+        },
+        progress: Progress::default(),
+        armed: true,
+    };
+    let added = adding.steps()?;
+    adding.armed = false;
+    Ok(added)
+}
+
+/// One ADD under way: what it works on, what it decided, and what it has done so far. It
+/// undoes a failed ADD when dropped armed: on an error return and on a panic's unwind
+/// alike, so a failed ADD leaves no link and no claim whatever the cause.
+struct Adding<'a> {
+    at: &'a Attachment<'a>,
+    ns: &'a Namespaces,
+    plan: Plan,
+    progress: Progress,
+    armed: bool,
+}
+
+impl Drop for Adding<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            for e in undo(self.at, &*self.ns.pod_nl, &self.progress) {
+                eprintln!("ros-macvlan: rollback: {e}");
+            }
+        }
+    }
+}
+
+impl Adding<'_> {
+    fn steps(&mut self) -> Result<Added> {
+        let master = &self.plan.master.clone();
+        // Created in the pod's namespace under its final name, so there is no move and no
+        // rename; a DEL after an ADD killed at any point finds it by that name.
+        let spec = NewMacvlan {
+            name: &self.at.env.ifname,
+            master_index: master.index,
+            mode: self.at.conf.mode.kernel(),
+            mtu: self.at.conf.mtu,
+            mac: self.plan.mac,
+            bc_queue_len: self.at.conf.multicast.bc_queue_len,
+            target_netns: (!self.ns.master_in_pod).then(|| self.ns.pod_ns.raw_fd()),
+        };
+        self.ns
+            .master_nl
+            .add_macvlan(&spec)
+            .map_err(|e| creation_error(e, &spec).context(&format!("on master {}", master.name)))?;
+        let link = self
+            .ns
+            .pod_nl
+            .link_by_name(&self.at.env.ifname)?
+            .ok_or_else(|| {
+                Error::new(
+                    Kind::Netlink,
+                    format!(
+                        "macvlan {} vanished right after creation",
+                        self.at.env.ifname
+                    ),
+                )
+            })?;
+        self.progress.link = Some(link.index);
+        fault_point(self.at.env, "created");
+
+        let mut result = self.claim_unused_addresses(&link)?;
+        if let Some(p) = &self.plan.policy {
+            for ip in &result.ips {
+                p.check_address(ip.address.ip())?;
+            }
+        }
+
+        // The rest of the pod side in one exchange with the kernel, in the order it needs:
+        // up first (routes need a running link), addresses, the routes IPAM asked for, then
+        // the multicast routes.
+        let mut settings = vec![
+            // Peers update their ARP caches at once when an address moves to a new pod.
+            Ipv4Setting::ArpNotify(1),
+        ];
+        settings.extend(multicast::interface_settings(&self.at.conf.multicast));
+        let mut ops = vec![LinkChange::of(link.index).up().ipv4_conf(&settings).op()];
+        for ip in result.ips.iter_mut() {
+            ops.push(Op::add_address(link.index, ip.address));
+            ip.interface = Some(0);
+        }
+        ops.extend(
+            result
+                .routes
+                .iter()
+                .map(|r| Op::prepend_route(link.index, r.dst, route_gateway(r, &result.ips))),
+        );
+        ops.extend(multicast::route_ops(link.index, &self.at.conf.multicast));
+        self.ns.pod_nl.apply(ops)?;
+        // As the reference: IPv6 addresses are usable (not tentative) when ADD returns.
+        if result.ips.iter().any(|ip| ip.address.is_ipv6()) {
+            dad::settle(&*self.ns.pod_nl, link.index, &self.at.env.ifname)?;
+        }
+        // As the reference macvlan: the result's DNS is the config's `dns`, not IPAM's.
+        result.dns = self.at.conf.dns.clone();
+        fault_point(self.at.env, "configured");
+
+        // Joined once the link is up and addressed, so the IGMP report carries net1's address.
+        self.progress.joined = true;
+        let note = membership::hold(
+            self.at.conf,
+            self.at.env,
+            self.at.agent,
+            &self.ns.pod_ns,
+            link.index,
+        )?;
+        fault_point(self.at.env, "joined");
+
+        self.progress.marked = self.at.conf.multicast.mark_other_interfaces;
+        if self.progress.marked {
+            multicast::mark_other_interfaces(
+                &*self.ns.pod_nl,
+                &self.at.env.ifname,
+                self.ns.master_in_pod(master),
+            )?;
+        }
+        fault_point(self.at.env, "marked");
+
+        result.interfaces = vec![Interface {
+            name: self.at.env.ifname.clone(),
+            mac: format_mac(&link.mac),
+            sandbox: Some(self.at.env.netns.clone()),
+            mtu: Some(link.mtu),
+        }];
+        // A master the plugin chose itself is named in the result too, as a host interface (no
+        // sandbox), after the pod's: the runtime's record says which LAN the pod joined.
+        if self.plan.master_why.is_some() {
+            result.interfaces.push(Interface {
+                name: master.name.clone(),
+                mac: format_mac(&master.mac),
+                sandbox: None,
+                mtu: Some(master.mtu),
+            });
+        }
+        Ok(Added {
+            result,
+            notes: self.plan.master_why.iter().cloned().chain(note).collect(),
+        })
+    }
+
+    /// Gets the addresses from IPAM and, with duplicate detection on (host-local),
+    /// ARP-probes each on the LAN first; an address someone answers for is released and
+    /// passed over.
+    fn claim_unused_addresses(&mut self, link: &Link) -> Result<CniResult> {
+        let detection = match self.at.ipam {
+            Ipam::HostLocal(_) => self.at.conf.duplicate_detection,
+            _ => None,
+        };
+        if detection.is_some() {
+            // Probing needs the link up; it has no address yet, as RFC 5227 wants.
+            self.ns
+                .pod_nl
+                .apply(vec![LinkChange::of(link.index).up().op()])?;
+        }
+        let mut avoid: Vec<IpAddr> = Vec::new();
+        loop {
+            let hints = Hints {
+                avoid: &avoid,
+                // The master's MAC tells this node from the others on the LAN: a fresh store
+                // starts at a pick of its own (see RangeSet::spread_resume_point).
+                node_seed: Some(stable_hash(&self.plan.master.mac)),
+            };
+            let result = self.at.ipam.add(self.at.conf, self.at.env, hints)?;
+            self.progress.ipam = true;
+            fault_point(self.at.env, "claimed");
+            let Some(d) = detection else {
+                return Ok(result);
+            };
+            let mac: [u8; 6] = link.mac.as_slice().try_into().unwrap_or_default();
+            let mut conflicts = Vec::new();
+            for ip in &result.ips {
+                if let IpAddr::V4(v4) = ip.address.ip() {
+                    if duplicate::in_use(&self.ns.pod_ns, link.index, mac, v4, &d)? {
+                        conflicts.push(ip.address.ip());
+                    }
+                }
+            }
+            if conflicts.is_empty() {
+                return Ok(result);
+            }
+            eprintln!(
+                "ros-macvlan: {conflicts:?} in use on the LAN (ARP answered); trying another address"
+            );
+            self.at.ipam.del(self.at.conf, self.at.env)?;
+            self.progress.ipam = false;
+            avoid.extend(conflicts);
+            if avoid.len() >= d.max_conflicts as usize {
+                return Err(Error::new(Kind::RangeExhausted, format!(
+                    "addresses {avoid:?} are already in use on the LAN (other hosts answered ARP probes): the range overlaps addresses of other nodes or hosts; give each node a range of its own"
+                )));
+            }
+        }
+    }
+}
+
+/// The gateway a route is installed through: its own `gw`, else (as the reference's
+/// ipam.ConfigureIface, and the CNI spec's "if omitted, a default gateway is assumed") the
+/// gateway of the first address of the route's family that has one.
+fn route_gateway(route: &Route, ips: &[IpConfig]) -> Option<IpAddr> {
+    route.gw.or_else(|| {
+        ips.iter()
+            .filter_map(|ip| ip.gateway)
+            .find(|gw| gw.is_ipv4() == route.dst.is_ipv4())
+    })
+}
+
+/// What a refused creation means for the operator: some refusals point at the config or
+/// the environment rather than at the kernel.
+fn creation_error(e: crate::sys::netlink::Error, spec: &NewMacvlan<'_>) -> Error {
+    match (e.errno(), spec.mtu) {
+        (Some(Errno::EBUSY), _) if spec.mode == MacvlanMode::Passthru.kernel() => Error::new(
+            Kind::Netlink,
+            "create macvlan: the master already has a passthru macvlan (only one is allowed)",
+        )
+        .with_source(e),
+        (Some(Errno::EEXIST), _) => Error::new(
+            Kind::InvalidEnvironment,
+            format!(
+                "interface {} already exists in the pod; choose another CNI_IFNAME",
+                spec.name
+            ),
+        )
+        .with_source(e),
+        (Some(Errno::EINVAL), Some(mtu)) => Error::new(
+            Kind::InvalidConfig,
+            format!(
+                "create macvlan: the kernel refused mtu {mtu}; it must not exceed the master's MTU ({e})"
+            ),
+        )
+        .with_source(e),
+        _ => e.into(),
+    }
+}
+
+/// Undoes a failed ADD, most recent step first, and returns every failure it met (the
+/// original error is what the runtime must see; these are logged beside it).
+fn undo(
+    at: &Attachment<'_>,
+    pod_nl: &dyn crate::sys::netlink::Rtnl,
+    progress: &Progress,
+) -> Vec<Error> {
+    let Attachment {
+        conf,
+        env,
+        ipam,
+        agent,
+    } = *at;
+    let mut failures = Vec::new();
+    if progress.marked {
+        let restored = match pod_nl.links() {
+            Ok(links) => pod_nl.apply(multicast::restore_ops(&links, &env.ifname)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = restored {
+            failures.push(Error::from(e).context("restoring multicast flags failed"));
+        }
+    }
+    if progress.joined {
+        membership::release(conf, env, agent);
+    }
+    if progress.ipam {
+        if let Err(e) = ipam.del(conf, env) {
+            failures.push(e.context("releasing the address failed"));
+        }
+    }
+    if let Some(index) = progress.link {
+        if let Err(e) = pod_nl.apply(vec![Op::del_link(index)]) {
+            failures.push(Error::from(e).context("removing the interface failed"));
+        }
+    }
+    failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::attachment::test_support::{agent, env, names};
+    use crate::sys::netlink::testing::{Fake, Request};
+    use crate::sys::netlink::Rtnl;
+    use netlink_packet_route::link::{InfoKind, LinkFlags};
+
+    /// A pod as ADD leaves it after `step`, and the progress ADD recorded up to there.
+    fn pod_after(step: &str) -> (Fake, u32, u32, Progress) {
+        let nl = Fake::new();
+        let eth0 = nl.with_link(
+            "eth0",
+            Some(InfoKind::Veth),
+            LinkFlags::Up | LinkFlags::Multicast,
+        );
+        nl.set_alias(eth0, "uplink");
+        let net1 = nl.with_link("net1", Some(InfoKind::MacVlan), LinkFlags::Multicast);
+        let at = ADD_STEPS.iter().position(|s| *s == step).unwrap();
+        let reached = |s: &str| ADD_STEPS.iter().position(|x| *x == s).unwrap() <= at;
+        if reached("configured") {
+            let mut ops = vec![LinkChange::of(net1).up().op()];
+            ops.push(Op::add_address(net1, "198.51.100.9/24".parse().unwrap()));
+            ops.extend(multicast::route_ops(net1, &MulticastConf::default()));
+            nl.apply(ops).unwrap();
+        }
+        if reached("marked") {
+            multicast::mark_other_interfaces(&nl, "net1", None).unwrap();
+        }
+        nl.clear_requests();
+        let progress = Progress {
+            link: Some(net1),
+            ipam: reached("claimed"),
+            joined: reached("joined"),
+            marked: reached("marked"),
+        };
+        (nl, eth0, net1, progress)
+    }
+
+    use crate::plugin::config::MulticastConf;
+
+    #[test]
+    fn undo_after_each_step_of_add_leaves_the_pod_as_it_was() {
+        // No groups: the membership part talks to no agent from a unit test.
+        let conf = MacvlanConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan","master":"lan0","multicast":{"groups":[]},"agentSocket":"/tmp/ros-macvlan-unit/agent.sock"}"#,
+        )
+        .unwrap();
+        let env = env("ctr-undo", "net1");
+        for step in ADD_STEPS {
+            let (nl, eth0, net1, progress) = pod_after(step);
+            let agent = agent(&conf);
+            let at = Attachment {
+                conf: &conf,
+                env: &env,
+                ipam: &Ipam::None,
+                agent: &agent,
+            };
+            assert!(undo(&at, &nl, &progress).is_empty(), "after {step}");
+
+            let mut expected = Vec::new();
+            if progress.marked {
+                expected.push(Request::Op(
+                    LinkChange::of(eth0).multicast(true).alias("uplink").op(),
+                ));
+            }
+            expected.push(Request::Op(Op::del_link(net1)));
+            assert_eq!(nl.requests(), expected, "undo after {step}");
+
+            let links = nl.links().unwrap();
+            assert_eq!(names(&links), vec!["eth0"], "after {step}");
+            assert!(links[0].is_multicast(), "after {step}");
+            assert_eq!(links[0].alias.as_deref(), Some("uplink"), "after {step}");
+            assert_eq!(nl.addresses(None).unwrap(), vec![], "after {step}");
+            assert_eq!(nl.all_routes(), vec![], "after {step}");
+        }
+    }
+
+    #[test]
+    fn undo_before_the_link_exists_asks_for_nothing() {
+        let conf = MacvlanConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan","multicast":{"groups":[]},"agentSocket":"/tmp/ros-macvlan-unit/agent.sock"}"#,
+        )
+        .unwrap();
+        let nl = Fake::new();
+        nl.with_link(
+            "eth0",
+            Some(InfoKind::Veth),
+            LinkFlags::Up | LinkFlags::Multicast,
+        );
+        let env = env("ctr-undo", "net1");
+        let agent = agent(&conf);
+        let at = Attachment {
+            conf: &conf,
+            env: &env,
+            ipam: &Ipam::None,
+            agent: &agent,
+        };
+        assert!(undo(&at, &nl, &Progress::default()).is_empty());
+        assert_eq!(nl.requests(), vec![]);
+    }
+}

@@ -1,0 +1,344 @@
+//! The macvlan attachment's config: the common keys (`cni::config::NetConf`, embedded as
+//! the reference macvlan embeds `types.NetConf`) and the plugin's own (master, mode, mtu,
+//! mac, linkInContainer, multicast, duplicateDetection, agentSocket, waitForLinkRemoval,
+//! logFile, logLevel), decoded, defaulted and validated before the plugin touches anything.
+
+use ipnetwork::Ipv4Network;
+use serde::Deserialize;
+use serde_json::Value;
+use std::net::Ipv4Addr;
+
+use crate::cni::config::{decode, parse_mac, NetConf};
+use crate::cni::{Error, Kind, Result};
+use crate::plugin::duplicate::Detection;
+use crate::sys::netlink::MacvlanMode;
+
+/// The ROS-aware part, all on by default; an empty list turns its part off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MulticastConf {
+    /// Groups joined on the interface with a membership the kernel holds.
+    pub groups: Vec<Ipv4Addr>,
+    /// Destinations routed out the interface (link scope).
+    pub routes: Vec<Ipv4Network>,
+    /// Clear the MULTICAST flag of the pod's other interfaces (the cluster network's eth0)
+    /// so DDS implementations that rank interfaces pick this one.
+    pub mark_other_interfaces: bool,
+    /// Set rp_filter on the interface to loose (2).
+    pub loose_rp_filter: bool,
+    /// Length of the macvlan broadcast/multicast queue (IFLA_MACVLAN_BC_QUEUE_LEN).
+    pub bc_queue_len: Option<u32>,
+}
+
+pub const ROS_DISCOVERY_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
+
+/// Bounds of the `multicast` numbers (README, Security). The kernel gives every macvlan of a
+/// master the largest broadcast queue any of them asked for, so one config's `bcQueueLen` is
+/// every pod's on that master: it is bounded.
+pub const MAX_BC_QUEUE_LEN: u32 = 4096;
+/// Each group is a membership the node agent holds, each route one more on every ADD.
+pub const MAX_GROUPS: usize = 16;
+pub const MAX_MULTICAST_ROUTES: usize = 16;
+
+impl Default for MulticastConf {
+    fn default() -> Self {
+        MulticastConf {
+            groups: vec![ROS_DISCOVERY_GROUP],
+            routes: vec![Ipv4Network::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("valid prefix")],
+            mark_other_interfaces: true,
+            loose_rp_filter: true,
+            bc_queue_len: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawMulticast {
+    groups: Option<Vec<String>>,
+    routes: Option<Vec<String>>,
+    mark_other_interfaces: Option<bool>,
+    loose_rp_filter: Option<bool>,
+    bc_queue_len: Option<u32>,
+}
+
+impl RawMulticast {
+    fn validate(self) -> Result<MulticastConf> {
+        let d = MulticastConf::default();
+        let too_many = |key: &str, len: usize, max: usize| {
+            Error::new(
+                Kind::InvalidConfig,
+                format!("multicast.{key}: {len} given, at most {max} are allowed"),
+            )
+        };
+        if let Some(g) = self.groups.as_ref().filter(|g| g.len() > MAX_GROUPS) {
+            return Err(too_many("groups", g.len(), MAX_GROUPS));
+        }
+        if let Some(r) = self
+            .routes
+            .as_ref()
+            .filter(|r| r.len() > MAX_MULTICAST_ROUTES)
+        {
+            return Err(too_many("routes", r.len(), MAX_MULTICAST_ROUTES));
+        }
+        if let Some(q) = self.bc_queue_len.filter(|q| *q > MAX_BC_QUEUE_LEN) {
+            return Err(Error::new(Kind::InvalidConfig, format!(
+                "multicast.bcQueueLen {q} is above {MAX_BC_QUEUE_LEN}: the kernel applies the largest queue any macvlan of the master asks for to all of them, so it is bounded; ask for at most {MAX_BC_QUEUE_LEN}"
+            )));
+        }
+        let groups = match self.groups {
+            None => d.groups,
+            Some(list) => list
+                .iter()
+                .map(|g| match g.parse::<Ipv4Addr>() {
+                    Ok(a) if a.is_multicast() => Ok(a),
+                    _ => Err(Error::new(
+                        Kind::InvalidConfig,
+                        format!(
+                            "multicast.groups: {g:?} is not an IPv4 multicast group (224.0.0.0/4)"
+                        ),
+                    )),
+                })
+                .collect::<Result<_>>()?,
+        };
+        let routes = match self.routes {
+            None => d.routes,
+            Some(list) => list
+                .iter()
+                .map(|r| {
+                    r.parse::<Ipv4Network>().map_err(|_| {
+                        Error::new(
+                            Kind::InvalidConfig,
+                            format!(
+                                "multicast.routes: {r:?} is not an IPv4 prefix like 224.0.0.0/4"
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        Ok(MulticastConf {
+            groups,
+            routes,
+            mark_other_interfaces: self
+                .mark_other_interfaces
+                .unwrap_or(d.mark_other_interfaces),
+            loose_rp_filter: self.loose_rp_filter.unwrap_or(d.loose_rp_filter),
+            bc_queue_len: self.bc_queue_len,
+        })
+    }
+}
+
+/// Where the node agent listens unless the config's `agentSocket` says otherwise.
+pub const DEFAULT_AGENT_SOCKET: &str = "/run/ros-macvlan/agent.sock";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMacvlanConf {
+    master: Option<String>,
+    mode: Option<String>,
+    mtu: Option<u32>,
+    mac: Option<String>,
+    #[serde(default)]
+    link_in_container: bool,
+    #[serde(default)]
+    wait_for_link_removal: bool,
+    agent_socket: Option<String>,
+    multicast: Option<RawMulticast>,
+    log_file: Option<Value>,
+    log_level: Option<Value>,
+}
+
+/// A validated macvlan network configuration.
+#[derive(Debug, Clone)]
+pub struct MacvlanConf {
+    /// The common keys; `conf.name`, `conf.ipam` and the others read through (`Deref`), as
+    /// Go's embedding reads them.
+    pub net: NetConf,
+    pub master: Option<String>,
+    pub mode: MacvlanMode,
+    /// 0 or absent: the master's MTU.
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub link_in_container: bool,
+    /// DEL returns only once the kernel has removed the link (see `plugin::del`).
+    pub wait_for_link_removal: bool,
+    /// Where the node agent that holds the group memberships listens (confined to the
+    /// agent's directory when used: `membership::AgentPlace`).
+    pub agent_socket: String,
+    pub multicast: MulticastConf,
+    /// ARP probing of new addresses on the LAN; `None` when turned off.
+    pub duplicate_detection: Option<Detection>,
+    /// `logFile` as given (checked and confined when the call opens it: `lifecycle::LogSink`).
+    pub log_file: Option<Value>,
+    /// `logLevel`: "info" (the default), "error" or "none".
+    pub log_level: String,
+}
+
+impl std::ops::Deref for MacvlanConf {
+    type Target = NetConf;
+    fn deref(&self) -> &NetConf {
+        &self.net
+    }
+}
+
+/// `logLevel` as the log line reads it: a string, else "info" (also for a config that was
+/// refused, whose line still follows its `logLevel`).
+pub fn log_level_of(v: Option<&Value>) -> &str {
+    v.and_then(Value::as_str).unwrap_or("info")
+}
+
+impl MacvlanConf {
+    /// Decodes and validates the config. Only the version is checked first, so an unknown
+    /// version is reported as such (code 1) whatever else is wrong.
+    pub fn parse(bytes: &[u8]) -> Result<MacvlanConf> {
+        MacvlanConf::from_value(&decode(bytes)?)
+    }
+
+    /// Validates a config already decoded by `cni::config::decode`.
+    pub fn from_value(raw_value: &Value) -> Result<MacvlanConf> {
+        let net = NetConf::from_value(raw_value)?;
+        let raw = RawMacvlanConf::deserialize(raw_value)
+            .map_err(|e| Error::new(Kind::Decode, format!("network config: {e}")))?;
+        let mtu = match raw.mtu {
+            Some(0) | None => None,
+            Some(m) if m < 68 => {
+                return Err(Error::new(
+                    Kind::InvalidConfig,
+                    format!("mtu {m} is below the IPv4 minimum of 68"),
+                ))
+            }
+            Some(m) => Some(m),
+        };
+        if let Some(master) = &raw.master {
+            crate::cni::env::validate_ifname(master).map_err(|_| {
+                Error::new(
+                    Kind::InvalidConfig,
+                    format!("master {master:?} is not a valid interface name"),
+                )
+            })?;
+        }
+        Ok(MacvlanConf {
+            master: raw.master.filter(|m| !m.is_empty()),
+            mode: MacvlanMode::parse(raw.mode.as_deref().unwrap_or(""))
+                .map_err(|e| Error::new(Kind::InvalidConfig, e.to_string()))?,
+            mtu,
+            mac: raw
+                .mac
+                .as_deref()
+                .map(|m| parse_mac(m, "mac"))
+                .transpose()?,
+            link_in_container: raw.link_in_container,
+            wait_for_link_removal: raw.wait_for_link_removal,
+            agent_socket: raw
+                .agent_socket
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| DEFAULT_AGENT_SOCKET.to_owned()),
+            multicast: raw.multicast.unwrap_or_default().validate()?,
+            duplicate_detection: Detection::from_config(raw_value.get("duplicateDetection"))?,
+            log_file: raw.log_file,
+            log_level: log_level_of(raw.log_level.as_ref()).to_owned(),
+            net,
+        })
+    }
+
+    /// DEL's view of the config: the keys that only shape a new link (mode, mac, mtu,
+    /// runtimeConfig mac) are not read, so a config whose ADD was refused for one of them
+    /// can still be deleted (a DEL that fails keeps the runtime retrying it), as with the
+    /// reference.
+    pub fn for_del(raw_value: &Value) -> Result<MacvlanConf> {
+        let mut c = raw_value.clone();
+        if let Some(o) = c.as_object_mut() {
+            for key in ["mode", "mac", "mtu"] {
+                o.remove(key);
+            }
+            if let Some(rc) = o.get_mut("runtimeConfig").and_then(Value::as_object_mut) {
+                rc.remove("mac");
+            }
+        }
+        MacvlanConf::from_value(&c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUIDE: &str = r#"{
+      "cniVersion": "1.0.0", "name": "ros-net", "type": "ros-macvlan",
+      "master": "eth0", "mode": "bridge", "isDefaultgateway": false,
+      "ipam": { "type": "host-local",
+        "ranges": [[{ "subnet": "198.51.100.0/24", "rangeStart": "198.51.100.160",
+                      "rangeEnd": "198.51.100.180", "gateway": "198.51.100.1" }]] } }"#;
+
+    #[test]
+    fn del_reads_past_the_keys_that_only_shape_a_new_link() {
+        let mut v: Value = serde_json::from_str(GUIDE).unwrap();
+        v["mtu"] = serde_json::json!(12);
+        v["mac"] = serde_json::json!("not a mac");
+        v["runtimeConfig"] = serde_json::json!({"mac": "ff:ff:ff:ff:ff:ff"});
+        assert!(MacvlanConf::from_value(&v).is_err());
+        let conf = MacvlanConf::for_del(&v).unwrap();
+        assert_eq!(
+            (conf.mtu, conf.mac, conf.runtime_config.mac),
+            (None, None, None)
+        );
+        v["name"] = serde_json::json!("../x");
+        assert!(
+            MacvlanConf::for_del(&v).is_err(),
+            "the name is still checked"
+        );
+    }
+
+    #[test]
+    fn guide_config_parses_with_defaults() {
+        let c = MacvlanConf::parse(GUIDE.as_bytes()).unwrap();
+        assert_eq!(c.name, "ros-net");
+        assert_eq!(c.mode, MacvlanMode::Bridge);
+        assert_eq!(c.master.as_deref(), Some("eth0"));
+        assert_eq!(c.ipam_type(), "host-local");
+        assert_eq!(c.multicast, MulticastConf::default());
+        assert_eq!(c.multicast.groups, vec![Ipv4Addr::new(239, 255, 0, 1)]);
+    }
+
+    #[test]
+    fn multicast_can_be_turned_off_piecewise() {
+        let c = MacvlanConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","multicast":{"groups":[],"routes":[],"markOtherInterfaces":false,"bcQueueLen":2000}}"#,
+        )
+        .unwrap();
+        assert!(c.multicast.groups.is_empty() && c.multicast.routes.is_empty());
+        assert!(!c.multicast.mark_other_interfaces);
+        assert_eq!(c.multicast.bc_queue_len, Some(2000));
+    }
+
+    fn code_of(s: &str) -> u32 {
+        MacvlanConf::parse(s.as_bytes()).unwrap_err().code()
+    }
+
+    #[test]
+    fn bad_configs_have_their_codes() {
+        assert_eq!(code_of("{not json"), 6);
+        assert_eq!(code_of("[]"), 6);
+        assert_eq!(code_of(r#"{"cniVersion":"0.9.0","name":"n"}"#), 1);
+        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"../etc"}"#), 7);
+        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"a/b"}"#), 7);
+        assert_eq!(code_of(r#"{"cniVersion":"1.0.0"}"#), 7);
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","mode":"source"}"#),
+            7
+        );
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","mac":"01:00:5e:00:00:01"}"#),
+            7
+        );
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","master":"a/b"}"#),
+            7
+        );
+        assert_eq!(
+            code_of(r#"{"cniVersion":"1.0.0","name":"n","multicast":{"groups":["10.0.0.1"]}}"#),
+            7
+        );
+        assert_eq!(code_of(r#"{"cniVersion":"1.0.0","name":"n","mtu":"x"}"#), 6);
+    }
+}

@@ -1,0 +1,233 @@
+//! DEL: the attachment's links made inert at once and removed after, the membership let
+//! go, the multicast routes handed over, the address released. Nothing left to do is success.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::cni::env::CniEnv;
+use crate::cni::{Kind, Result};
+use crate::plugin::attachment::{open_pod_netns, Attachment};
+use crate::plugin::{membership, multicast};
+use crate::sys::netlink::{Link, LinkChange, Netlink, Op, Rtnl};
+use crate::sys::stable_hash::stable_hash;
+
+/// The name a deleted attachment's link takes while the kernel finishes removing it (see
+/// `del`): a prefix fixed per attachment (so a later DEL of the same attachment finds a link
+/// whose removal never finished) and a random tail (so two such links never collide).
+fn retired_name(env: &CniEnv) -> String {
+    let tail = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ std::process::id())
+        .unwrap_or_default();
+    format!("{}{:04x}", retired_prefix(env), tail & 0xffff)
+}
+
+/// How every retired link's name starts.
+pub const RETIRED_PREFIX: &str = "rmv";
+
+fn retired_prefix(env: &CniEnv) -> String {
+    let id = format!("{}/{}", env.container_id, env.ifname);
+    format!("{RETIRED_PREFIX}{:08x}", stable_hash(id.as_bytes()) as u32)
+}
+
+/// DEL. The kernel's removal of a link waits for RCU grace periods (about 20 ms, most of
+/// a DEL), and so does taking a link down; so DEL makes the link inert at once and leaves
+/// the removal to a detached process (`reaper`): the agent lets go of its memberships (the
+/// IGMP leave goes out), the link loses its addresses and routes (it answers for no address and carries no
+/// traffic of the pod's), and takes a name of its own, so `CNI_IFNAME` is free for the
+/// next ADD. Only then is the address released, so no other pod can get it while this link
+/// could still use it. Nothing left to do is success; a namespace that is gone has taken
+/// its links with it.
+pub fn del(at: &Attachment<'_>) -> Result<()> {
+    let Attachment {
+        conf,
+        env,
+        ipam,
+        agent,
+    } = *at;
+    let pod_ns = match open_pod_netns(&env.netns) {
+        Ok(ns) => Some(ns),
+        // Gone (or never given): its links went with it; the address is still released.
+        Err(e) if e.kind() == Kind::ContainerUnknown => None,
+        Err(e) => return Err(e),
+    };
+    // The heirs of the multicast routes are read from the records before ours goes; with no
+    // routes to hand over, or no namespace left, there is nothing to read them for.
+    let heirs = if pod_ns.is_some() && !conf.multicast.routes.is_empty() {
+        membership::other_members(conf, env, agent)
+    } else {
+        Vec::new()
+    };
+    membership::release(conf, env, agent);
+    let Some(pod_ns) = pod_ns else {
+        return ipam.del(conf, env);
+    };
+    let nl = Netlink::connect(&pod_ns)?;
+    let doomed = retire(at, &nl, &heirs)?;
+    crate::plugin::reaper::delete_links(nl, &doomed, conf.wait_for_link_removal)
+}
+
+/// DEL in the pod's namespace, up to the links' removal: every link of the attachment
+/// made inert and renamed out of the way, eth0's mark given back, the multicast routes
+/// handed to `heirs` (the attachments left in the pod), the address released. Returns the
+/// links to delete.
+fn retire(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<Vec<u32>> {
+    let Attachment {
+        conf, env, ipam, ..
+    } = *at;
+    let prefix = retired_prefix(env);
+    let (ours, others) = links_of_attachment(nl.links()?, &env.ifname, &prefix);
+    let addresses = if ours.is_empty() {
+        Vec::new()
+    } else {
+        nl.addresses(None)?
+    };
+    let mut ops = Vec::new();
+    for link in &ours {
+        // Routes first: the kernel flushes a link's routes itself when its last IPv4
+        // address goes, but not on a link that had none.
+        ops.extend(multicast::route_removal_ops(link.index, &conf.multicast));
+        // Every address, also a group joined as an address by an earlier version, whose
+        // membership the kernel would otherwise keep after the link is gone.
+        ops.extend(
+            addresses
+                .iter()
+                .filter(|(index, _)| *index == link.index)
+                .map(|(_, addr)| Op::del_address(link.index, *addr)),
+        );
+        if !link.name.starts_with(&prefix) {
+            ops.push(LinkChange::of(link.index).name(&retired_name(env)).op());
+        }
+    }
+    // eth0's mark in the same exchange.
+    ops.extend(multicast::restore_ops(&others, &env.ifname));
+    nl.apply(ops)?;
+    multicast::hand_over_routes(nl, &others, heirs, &conf.multicast)?;
+    ipam.del(conf, env)?;
+    Ok(ours.iter().map(|l| l.index).collect())
+}
+/// DEL's choice: the attachment's macvlan (named `ifname`) and the retired ones an earlier
+/// DEL of the same attachment left (named `retired_prefix`...) whose removal did not
+/// finish; then every other link. Never another attachment's macvlan, nor a link that is
+/// not a macvlan.
+fn links_of_attachment(
+    links: Vec<Link>,
+    ifname: &str,
+    retired_prefix: &str,
+) -> (Vec<Link>, Vec<Link>) {
+    links
+        .into_iter()
+        .partition(|l| l.is_macvlan() && (l.name == ifname || l.name.starts_with(retired_prefix)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::Ipam;
+    use crate::plugin::attachment::test_support::{agent, env, names};
+    use crate::plugin::config::{MacvlanConf, MulticastConf};
+    use crate::sys::netlink::testing::Fake;
+    use netlink_packet_route::link::{InfoKind, LinkFlags};
+
+    #[test]
+    fn del_picks_the_attachment_and_its_retired_links_only() {
+        let ours = env("ctr-a", "net1");
+        let prefix = retired_prefix(&ours);
+        let theirs = retired_prefix(&env("ctr-a", "net2"));
+        assert_ne!(
+            prefix, theirs,
+            "each attachment retires under a name of its own"
+        );
+        assert_eq!(prefix, retired_prefix(&env("ctr-a", "net1")), "stable");
+        assert!(retired_name(&ours).starts_with(&prefix));
+
+        let nl = Fake::new();
+        let up = LinkFlags::Up | LinkFlags::Multicast;
+        nl.with_link("lo", None, LinkFlags::Up | LinkFlags::Loopback);
+        nl.with_link("eth0", Some(InfoKind::Veth), up);
+        nl.with_link("net1", Some(InfoKind::MacVlan), up);
+        nl.with_link(&format!("{prefix}0a0b"), Some(InfoKind::MacVlan), up);
+        nl.with_link(&format!("{theirs}0c0d"), Some(InfoKind::MacVlan), up);
+        nl.with_link("net2", Some(InfoKind::MacVlan), up);
+        // Our prefix on something that is not a macvlan is not ours to delete.
+        nl.with_link(&format!("{prefix}veth"), Some(InfoKind::Veth), up);
+
+        let (chosen, rest) = links_of_attachment(nl.links().unwrap(), "net1", &prefix);
+        assert_eq!(names(&chosen), vec!["net1", &format!("{prefix}0a0b")]);
+        assert_eq!(
+            names(&rest),
+            vec![
+                "lo",
+                "eth0",
+                &format!("{theirs}0c0d"),
+                "net2",
+                &format!("{prefix}veth")
+            ]
+        );
+    }
+
+    #[test]
+    fn del_of_a_link_already_gone_chooses_nothing() {
+        let nl = Fake::new();
+        nl.with_link("eth0", Some(InfoKind::Veth), LinkFlags::Up);
+        nl.with_link("net2", Some(InfoKind::MacVlan), LinkFlags::Up);
+        let (chosen, rest) = links_of_attachment(nl.links().unwrap(), "net1", "rmv00000000");
+        assert!(chosen.is_empty());
+        assert_eq!(names(&rest), vec!["eth0", "net2"]);
+    }
+
+    #[test]
+    fn retire_makes_the_attachment_inert_and_hands_the_multicast_route_over() {
+        let conf = MacvlanConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"del","type":"ros-macvlan","multicast":{"groups":[]},"agentSocket":"/tmp/ros-macvlan-unit/agent.sock"}"#,
+        )
+        .unwrap();
+        let env = env("ctr-del", "net1");
+        let nl = Fake::new();
+        let up = LinkFlags::Up | LinkFlags::Multicast;
+        let eth0 = nl.with_link("eth0", Some(InfoKind::Veth), up);
+        let net1 = nl.with_link("net1", Some(InfoKind::MacVlan), up);
+        let net2 = nl.with_link("net2", Some(InfoKind::MacVlan), up);
+        let mut ops = vec![Op::add_address(net1, "198.51.100.9/24".parse().unwrap())];
+        ops.extend(multicast::route_ops(net1, &MulticastConf::default()));
+        nl.apply(ops).unwrap();
+        multicast::mark_other_interfaces(&nl, "net1", None).unwrap();
+        nl.clear_requests();
+
+        let at = Attachment {
+            conf: &conf,
+            env: &env,
+            ipam: &Ipam::None,
+            agent: &agent(&conf),
+        };
+        let doomed = retire(&at, &nl, &["net2".to_owned()]).unwrap();
+        assert_eq!(doomed, vec![net1], "only our link is left to delete");
+        let ours = nl.link(net1).unwrap();
+        assert!(
+            ours.name.starts_with(&retired_prefix(&env)),
+            "{}",
+            ours.name
+        );
+        assert_eq!(nl.addresses(Some(net1)).unwrap(), vec![]);
+        let routes = nl.all_routes();
+        assert!(routes.iter().all(|r| r.oif != Some(net1)), "{routes:?}");
+        assert!(
+            routes
+                .iter()
+                .any(|r| r.oif == Some(net2) && r.dst.to_string() == "224.0.0.0/4"),
+            "the multicast route moved to the heir: {routes:?}"
+        );
+        assert!(
+            nl.link(eth0).unwrap().is_multicast(),
+            "eth0's mark given back"
+        );
+
+        // Without an heir the route goes with the link and nobody gets it.
+        let nl2 = Fake::new();
+        let a = nl2.with_link("net1", Some(InfoKind::MacVlan), up);
+        let b = nl2.with_link("net2", Some(InfoKind::MacVlan), up);
+        nl2.apply(multicast::route_ops(a, &MulticastConf::default()))
+            .unwrap();
+        assert_eq!(retire(&at, &nl2, &[]).unwrap(), vec![a]);
+        assert!(nl2.all_routes().iter().all(|r| r.oif != Some(b)));
+    }
+}
