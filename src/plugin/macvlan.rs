@@ -319,7 +319,7 @@ fn add_steps(
     progress.link = Some(link.index);
     fault_point(env, "created");
 
-    let mut result = claim_unused_addresses(conf, env, ipam, ns, &link, master, progress)?;
+    let mut result = claim_unused_addresses(conf, env, ipam, agent, ns, &link, master, progress)?;
     if let Some(p) = &plan.policy {
         for ip in &result.ips {
             p.check_address(ip.address.ip())?;
@@ -347,6 +347,14 @@ fn add_steps(
     );
     ops.extend(multicast::route_ops(link.index, &conf.multicast));
     ns.pod_nl.apply(ops)?;
+    let lan = watched(conf, env, ipam, ns, &link, master, &result);
+    if detection_of(conf, ipam).is_some() {
+        // RFC 5227's announcement: the other nodes' agents hear it and pass the address
+        // over in their probes ahead; neighbours' caches learn the new MAC.
+        for ip in &lan.addresses {
+            duplicate::announce(&ns.pod_ns, link.index, mac_of(&link), *ip)?;
+        }
+    }
     // As the reference: IPv6 addresses are usable (not tentative) when ADD returns.
     if result.ips.iter().any(|ip| ip.address.is_ipv6()) {
         dad::settle(&ns.pod_nl, link.index, &env.ifname)?;
@@ -357,7 +365,7 @@ fn add_steps(
 
     // Joined once the link is up and addressed, so the IGMP report carries net1's address.
     progress.joined = true;
-    let note = membership::hold(conf, env, agent, &ns.pod_ns, link.index)?;
+    let note = membership::hold(conf, env, agent, &ns.pod_ns, link.index, lan)?;
     fault_point(env, "joined");
 
     progress.marked = conf.multicast.mark_other_interfaces;
@@ -433,20 +441,80 @@ fn creation_error(e: crate::sys::netlink::Error, spec: &NewMacvlan<'_>) -> Error
     }
 }
 
-/// Gets the addresses from IPAM and, with duplicate detection on (host-local), ARP-probes
-/// each on the LAN first; an address someone answers for is released and passed over.
-fn claim_unused_addresses(
+/// Duplicate detection's settings where it applies: host-local addresses only (a delegated
+/// IPAM answers for its own).
+fn detection_of(conf: &NetConf, ipam: &Ipam) -> Option<duplicate::Detection> {
+    match ipam {
+        Ipam::HostLocal(_) => conf.duplicate_detection,
+        _ => None,
+    }
+}
+
+fn mac_of(link: &Link) -> [u8; 6] {
+    link.mac.as_slice().try_into().unwrap_or_default()
+}
+
+/// What the node agent is to watch for this attachment on the LAN (its addresses, claimed
+/// by nobody else), and the network it probes ahead for (host-local with detection on, on
+/// a master in the node's namespace, where the agent runs).
+fn watched(
     conf: &NetConf,
     env: &CniEnv,
     ipam: &Ipam,
     ns: &Namespaces,
     link: &Link,
     master: &Link,
+    result: &CniResult,
+) -> membership::Watched {
+    let addresses = result
+        .ips
+        .iter()
+        .filter_map(|ip| match ip.address.ip() {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let probe_ahead = detection_of(conf, ipam)
+        .filter(|_| !ns.master_in_pod)
+        .map(|detection| membership::ProbeAhead {
+            ipam: conf.ipam.clone(),
+            master: master.name.clone(),
+            master_mac: mac_of(master),
+            detection,
+        });
+    let pod = env
+        .arg("K8S_POD_NAME")
+        .map(|name| format!("{}/{name}", env.arg("K8S_POD_NAMESPACE").unwrap_or("-")));
+    membership::Watched {
+        addresses,
+        mac: Some(mac_of(link)),
+        pod,
+        probe_ahead,
+    }
+}
+
+/// Gets the addresses from IPAM and, with duplicate detection on (host-local), makes sure
+/// nobody else on the LAN has them: an address the node agent probed ahead of time with no
+/// answer, and heard nobody claim since (`lan_state::FRESH`), is taken as it is; one it
+/// heard claimed is passed over; any other is ARP-probed here. An address someone answers
+/// for is released and passed over.
+#[allow(clippy::too_many_arguments)]
+fn claim_unused_addresses(
+    conf: &NetConf,
+    env: &CniEnv,
+    ipam: &Ipam,
+    agent: &AgentPlace,
+    ns: &Namespaces,
+    link: &Link,
+    master: &Link,
     progress: &mut Progress,
 ) -> Result<CniResult> {
-    let detection = match ipam {
-        Ipam::HostLocal(_) => conf.duplicate_detection,
-        _ => None,
+    use crate::plugin::lan_state::{now_ms, Verdict};
+    let detection = detection_of(conf, ipam);
+    // The agent's probes are of the master in the node's namespace.
+    let probes = match detection {
+        Some(_) if !ns.master_in_pod => agent.lan().probes(&conf.name),
+        _ => Default::default(),
     };
     if detection.is_some() {
         // Probing needs the link up; it has no address yet, as RFC 5227 wants.
@@ -467,21 +535,36 @@ fn claim_unused_addresses(
         let Some(d) = detection else {
             return Ok(result);
         };
-        let mac: [u8; 6] = link.mac.as_slice().try_into().unwrap_or_default();
+        let mac = mac_of(link);
         let mut conflicts = Vec::new();
         for ip in &result.ips {
-            if let IpAddr::V4(v4) = ip.address.ip() {
-                if duplicate::in_use(&ns.pod_ns, link.index, mac, v4, &d)? {
-                    conflicts.push(ip.address.ip());
+            let IpAddr::V4(v4) = ip.address.ip() else {
+                continue;
+            };
+            let in_use = match probes.verdict(mac_of(master), v4, now_ms()) {
+                Verdict::Free => false,
+                Verdict::Claimed(by) => {
+                    eprintln!(
+                        "ros-macvlan: {v4} in use on the LAN (the node agent heard {} claim it); trying another address",
+                        format_mac(&by)
+                    );
+                    true
                 }
+                Verdict::Unknown => {
+                    let answered = duplicate::in_use(&ns.pod_ns, link.index, mac, v4, &d)?;
+                    if answered {
+                        eprintln!("ros-macvlan: {v4} in use on the LAN (ARP answered); trying another address");
+                    }
+                    answered
+                }
+            };
+            if in_use {
+                conflicts.push(ip.address.ip());
             }
         }
         if conflicts.is_empty() {
             return Ok(result);
         }
-        eprintln!(
-            "ros-macvlan: {conflicts:?} in use on the LAN (ARP answered); trying another address"
-        );
         ipam.del(conf, env)?;
         progress.ipam = false;
         avoid.extend(conflicts);
@@ -687,6 +770,14 @@ pub fn check(
                 format!("route {} out {} is missing", r.dst, env.ifname),
             ));
         }
+    }
+    // Someone else on the LAN claims the pod's address (the node agent's watch).
+    let key = membership::key_of(&conf.name, &env.container_id, &env.ifname);
+    if let Some(conflict) = agent.lan().conflict(&key) {
+        return Err(Error::new(
+            Kind::CheckFailed,
+            conflict.describe(&env.ifname),
+        ));
     }
     let master = if ns.master_in_pod {
         Some(resolve_master(&ns.master_nl, conf, ipam)?.0)

@@ -3,6 +3,7 @@
 pub mod dad;
 pub mod diagnosis;
 pub mod duplicate;
+pub mod lan_state;
 pub mod lifecycle;
 pub mod macvlan;
 pub mod membership;

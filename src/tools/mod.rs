@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod host_access;
 pub mod host_keeper;
 pub mod install;
+pub mod lan_watch;
 pub mod probe;
 pub mod rtps;
 pub mod zenoh;
