@@ -516,11 +516,9 @@ fn claim_unused_addresses(
         Some(_) if !ns.master_in_pod => agent.lan().probes(&conf.name),
         _ => Default::default(),
     };
-    if detection.is_some() {
-        // Probing needs the link up; it has no address yet, as RFC 5227 wants.
-        ns.pod_nl
-            .apply(vec![LinkChange::of(link.index).up().op()])?;
-    }
+    // Probing needs the link up (it has no address yet, as RFC 5227 wants): brought up
+    // before the first probe ADD makes itself, not when the agent's probes answer.
+    let mut up = false;
     let mut avoid: Vec<IpAddr> = Vec::new();
     loop {
         let hints = Hints {
@@ -551,6 +549,11 @@ fn claim_unused_addresses(
                     true
                 }
                 Verdict::Unknown => {
+                    if !up {
+                        ns.pod_nl
+                            .apply(vec![LinkChange::of(link.index).up().op()])?;
+                        up = true;
+                    }
                     let answered = duplicate::in_use(&ns.pod_ns, link.index, mac, v4, &d)?;
                     if answered {
                         eprintln!("ros-macvlan: {v4} in use on the LAN (ARP answered); trying another address");

@@ -34,6 +34,8 @@ use crate::sys::stable_hash::stable_hash;
 /// How many upcoming addresses of each range set are kept probed: a burst of ADDs beyond
 /// them probes for itself.
 pub const AHEAD: usize = 8;
+/// How long a network is probed ahead after its last attachment went.
+pub const REMEMBER: Duration = Duration::from_secs(600);
 /// How often the records are read again.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
@@ -59,6 +61,8 @@ struct Ahead {
     sends_left: u32,
     next_send: Instant,
     last_round: Option<Instant>,
+    /// When an attachment of the network was last held.
+    last_held: Instant,
 }
 
 /// One attachment watched in its pod.
@@ -128,8 +132,13 @@ impl Watch {
                 self.watch_pod(r);
             }
         }
-        self.ahead
-            .retain(|network, a| networks.get(network) == Some(&a.spec));
+        // A network is probed ahead while attachments of it are held, and for a while after
+        // the last one goes: a pod that restarts finds its next address fresh.
+        let now = Instant::now();
+        self.ahead.retain(|network, a| match networks.get(network) {
+            Some(spec) => *spec == a.spec,
+            None => now.duration_since(a.last_held) < REMEMBER,
+        });
         for (network, p) in networks {
             if !self.ahead.contains_key(&network) {
                 if let Some(a) = self.open_ahead(&network, &p) {
@@ -137,8 +146,11 @@ impl Watch {
                 }
             }
             if let Some(a) = self.ahead.get_mut(&network) {
-                a.refresh_upcoming(&network);
+                a.last_held = now;
             }
+        }
+        for (network, a) in self.ahead.iter_mut() {
+            a.refresh_upcoming(network);
         }
     }
 
@@ -208,6 +220,7 @@ impl Watch {
             sends_left: 0,
             next_send: Instant::now(),
             last_round: None,
+            last_held: Instant::now(),
         })
     }
 
@@ -358,7 +371,15 @@ impl Ahead {
     /// Starts a round when the last one is `REPROBE` old (or none ran), and sends its
     /// probes, `detection.probes` of them `intervalMs` apart, to every upcoming address.
     fn send_due(&mut self, now: Instant) {
-        if self.round.is_none() && self.last_round.is_none_or(|t| now - t >= REPROBE) {
+        // An address that became upcoming since the last round (the store moved on) is
+        // probed at once, not at the next round.
+        let unprobed = self
+            .probes
+            .addresses
+            .values()
+            .any(|p| p.free_at_ms == 0 && p.claimed_by.is_none());
+        if self.round.is_none() && (unprobed || self.last_round.is_none_or(|t| now - t >= REPROBE))
+        {
             let d = Duration::from_millis(self.detection.interval_ms);
             self.round = Some((now_ms(), now + d * self.detection.probes));
             self.sends_left = self.detection.probes;
