@@ -21,17 +21,6 @@ fn detach(node: &Node, pod: &Pod, conf: &Value) {
     del(node, pod, conf).ok();
 }
 
-fn net1_addr(result: &Value) -> Ipv4Addr {
-    result["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn flags(pod: &Pod, dev: &str) -> Vec<String> {
     pod.ns.ip_json(&["link", "show", dev])[0]["flags"]
         .as_array()

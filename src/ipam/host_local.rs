@@ -263,6 +263,30 @@ impl HostLocalConf {
     }
 }
 
+impl HostLocalConf {
+    /// The addresses the next ADDs would take, in order, at most `n` of each range set: the
+    /// same walk `allocate` makes, reading the store without claiming anything. The node
+    /// agent probes these ahead of time.
+    pub fn upcoming(&self, network: &str, node_seed: Option<u64>, n: usize) -> Result<Vec<IpAddr>> {
+        let store = Store::open_existing(&self.data_dir, network)?;
+        let hints = Hints {
+            avoid: &[],
+            node_seed,
+        };
+        let mut out = Vec::new();
+        for (idx, set) in self.range_sets.iter().enumerate() {
+            let resume = resume_point(store.as_ref(), set, idx, hints);
+            out.extend(
+                set.candidates(resume)
+                    .map(|(ip, _)| ip)
+                    .filter(|ip| !store.as_ref().is_some_and(|s| s.is_claimed(*ip)))
+                    .take(n),
+            );
+        }
+        Ok(out)
+    }
+}
+
 /// Refuses a list of a config longer than its bound (code 7).
 fn bound(key: &str, len: usize, max: usize, what: &str) -> Result<()> {
     if len > max {
@@ -279,7 +303,7 @@ fn bound(key: &str, len: usize, max: usize, what: &str) -> Result<()> {
 /// addresses were found in use on the LAN (`avoid`), at a new pick derived from the node and
 /// those addresses: the next address in line most likely belongs to the same other node, so
 /// walking on would collide again and again.
-fn resume_point(store: &Store, set: &RangeSet, idx: usize, hints: Hints) -> Option<IpAddr> {
+fn resume_point(store: Option<&Store>, set: &RangeSet, idx: usize, hints: Hints) -> Option<IpAddr> {
     match hints.node_seed {
         Some(seed) if !hints.avoid.is_empty() => {
             let mut input = seed.to_le_bytes().to_vec();
@@ -289,7 +313,7 @@ fn resume_point(store: &Store, set: &RangeSet, idx: usize, hints: Hints) -> Opti
             set.spread_resume_point(stable_hash(&input))
         }
         seed => store
-            .last_reserved(idx)
+            .and_then(|s| s.last_reserved(idx))
             .or_else(|| seed.and_then(|s| set.spread_resume_point(s))),
     }
 }
@@ -322,7 +346,7 @@ fn claim_in_set<'a>(
         }
         return Ok((ip, range));
     }
-    let resume = resume_point(store, set, idx, hints);
+    let resume = resume_point(Some(store), set, idx, hints);
     for (ip, range) in set.candidates(resume) {
         if !avoid.contains(&ip) && store.reserve(ip, id, ifname, idx)? {
             return Ok((ip, range));

@@ -208,6 +208,14 @@ impl Store {
     }
 
     /// The holder of one address; `None` when unclaimed or the claim file is empty.
+    /// Whether a claim file for `ip` exists (whatever it holds: a half-written one is a
+    /// claim too).
+    pub fn is_claimed(&self, ip: IpAddr) -> bool {
+        self.dir
+            .open(OsStr::new(&ip.to_string()), nix::fcntl::OFlag::O_RDONLY)
+            .is_ok()
+    }
+
     pub fn holder_of(&self, ip: IpAddr) -> Option<Holder> {
         let bytes = self.dir.read(OsStr::new(&ip.to_string())).ok()?;
         Holder::parse(&String::from_utf8(bytes).ok()?)

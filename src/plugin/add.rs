@@ -198,6 +198,14 @@ impl Adding<'_> {
         );
         ops.extend(multicast::route_ops(link.index, &self.at.conf.multicast));
         self.ns.pod_nl.apply(ops)?;
+        let lan = self.watched(&link, &result);
+        if self.detection().is_some() {
+            // RFC 5227's announcement: the other nodes' agents hear it and pass the address
+            // over in their probes ahead; neighbours' caches learn the new MAC.
+            for ip in &lan.addresses {
+                duplicate::announce(&self.ns.pod_ns, link.index, mac_of(&link), *ip)?;
+            }
+        }
         // As the reference: IPv6 addresses are usable (not tentative) when ADD returns.
         if result.ips.iter().any(|ip| ip.address.is_ipv6()) {
             dad::settle(&*self.ns.pod_nl, link.index, &self.at.env.ifname)?;
@@ -214,6 +222,7 @@ impl Adding<'_> {
             self.at.agent,
             &self.ns.pod_ns,
             link.index,
+            lan,
         )?;
         fault_point(self.at.env, "joined");
 
@@ -249,20 +258,65 @@ impl Adding<'_> {
         })
     }
 
-    /// Gets the addresses from IPAM and, with duplicate detection on (host-local),
-    /// ARP-probes each on the LAN first; an address someone answers for is released and
-    /// passed over.
-    fn claim_unused_addresses(&mut self, link: &Link) -> Result<CniResult> {
-        let detection = match self.at.ipam {
+    /// Duplicate detection's settings where it applies: host-local addresses only (a
+    /// delegated IPAM answers for its own).
+    fn detection(&self) -> Option<duplicate::Detection> {
+        match self.at.ipam {
             Ipam::HostLocal(_) => self.at.conf.duplicate_detection,
             _ => None,
-        };
-        if detection.is_some() {
-            // Probing needs the link up; it has no address yet, as RFC 5227 wants.
-            self.ns
-                .pod_nl
-                .apply(vec![LinkChange::of(link.index).up().op()])?;
         }
+    }
+
+    /// What the node agent is to watch for this attachment on the LAN (its addresses,
+    /// claimed by nobody else), and the network it probes ahead for (host-local with
+    /// detection on, on a master in the node's namespace, where the agent runs).
+    fn watched(&self, link: &Link, result: &CniResult) -> membership::Watched {
+        let (conf, env) = (self.at.conf, self.at.env);
+        let addresses = result
+            .ips
+            .iter()
+            .filter_map(|ip| match ip.address.ip() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let master = &self.plan.master;
+        let probe_ahead = self
+            .detection()
+            .filter(|_| !self.ns.master_in_pod)
+            .map(|detection| membership::ProbeAhead {
+                ipam: conf.ipam.clone(),
+                master: master.name.clone(),
+                master_mac: mac_of(master),
+                detection,
+            });
+        let pod = env
+            .arg("K8S_POD_NAME")
+            .map(|name| format!("{}/{name}", env.arg("K8S_POD_NAMESPACE").unwrap_or("-")));
+        membership::Watched {
+            addresses,
+            mac: Some(mac_of(link)),
+            pod,
+            probe_ahead,
+        }
+    }
+
+    /// Gets the addresses from IPAM and, with duplicate detection on (host-local), makes
+    /// sure nobody else on the LAN has them: an address the node agent probed ahead of time
+    /// with no answer, and heard nobody claim since (`lan_state::FRESH`), is taken as it is;
+    /// one it heard claimed is passed over; any other is ARP-probed here. An address
+    /// someone answers for is released and passed over.
+    fn claim_unused_addresses(&mut self, link: &Link) -> Result<CniResult> {
+        use crate::plugin::lan_state::{now_ms, Verdict};
+        let detection = self.detection();
+        // The agent's probes are of the master in the node's namespace.
+        let probes = match detection {
+            Some(_) if !self.ns.master_in_pod => self.at.agent.lan().probes(&self.at.conf.name),
+            _ => Default::default(),
+        };
+        // Probing needs the link up (it has no address yet, as RFC 5227 wants): brought up
+        // before the first probe ADD makes itself, not when the agent's probes answer.
+        let mut up = false;
         let mut avoid: Vec<IpAddr> = Vec::new();
         loop {
             let hints = Hints {
@@ -277,21 +331,42 @@ impl Adding<'_> {
             let Some(d) = detection else {
                 return Ok(result);
             };
-            let mac: [u8; 6] = link.mac.as_slice().try_into().unwrap_or_default();
+            let mac = mac_of(link);
             let mut conflicts = Vec::new();
             for ip in &result.ips {
-                if let IpAddr::V4(v4) = ip.address.ip() {
-                    if duplicate::in_use(&self.ns.pod_ns, link.index, mac, v4, &d)? {
-                        conflicts.push(ip.address.ip());
+                let IpAddr::V4(v4) = ip.address.ip() else {
+                    continue;
+                };
+                let in_use = match probes.verdict(mac_of(&self.plan.master), v4, now_ms()) {
+                    Verdict::Free => false,
+                    Verdict::Claimed(by) => {
+                        eprintln!(
+                            "ros-macvlan: {v4} in use on the LAN (the node agent heard {} claim it); trying another address",
+                            format_mac(&by)
+                        );
+                        true
                     }
+                    Verdict::Unknown => {
+                        if !up {
+                            self.ns
+                                .pod_nl
+                                .apply(vec![LinkChange::of(link.index).up().op()])?;
+                            up = true;
+                        }
+                        let answered = duplicate::in_use(&self.ns.pod_ns, link.index, mac, v4, &d)?;
+                        if answered {
+                            eprintln!("ros-macvlan: {v4} in use on the LAN (ARP answered); trying another address");
+                        }
+                        answered
+                    }
+                };
+                if in_use {
+                    conflicts.push(ip.address.ip());
                 }
             }
             if conflicts.is_empty() {
                 return Ok(result);
             }
-            eprintln!(
-                "ros-macvlan: {conflicts:?} in use on the LAN (ARP answered); trying another address"
-            );
             self.at.ipam.del(self.at.conf, self.at.env)?;
             self.progress.ipam = false;
             avoid.extend(conflicts);
@@ -302,6 +377,10 @@ impl Adding<'_> {
             }
         }
     }
+}
+
+fn mac_of(link: &Link) -> [u8; 6] {
+    link.mac.as_slice().try_into().unwrap_or_default()
 }
 
 /// The gateway a route is installed through: its own `gw`, else (as the reference's

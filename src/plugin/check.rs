@@ -97,6 +97,14 @@ pub fn check(at: &Attachment<'_>, ns: &Namespaces) -> Result<()> {
             ));
         }
     }
+    // Someone else on the LAN claims the pod's address (the node agent's watch).
+    let key = membership::key_of(&conf.name, &env.container_id, &env.ifname);
+    if let Some(conflict) = agent.lan().conflict(&key) {
+        return Err(Error::new(
+            Kind::CheckFailed,
+            conflict.describe(&env.ifname),
+        ));
+    }
     let master = if ns.master_in_pod {
         Some(resolve_master(&*ns.master_nl, conf, ipam)?.0)
     } else {

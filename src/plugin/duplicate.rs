@@ -15,14 +15,14 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     bind, recv, sendto, socket, AddressFamily, LinkAddr, MsgFlags, SockFlag, SockType, SockaddrLike,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cni::{Error, Kind, Result};
 use crate::sys::netns::Netns;
 
 /// How hard to look. `duplicateDetection: false` turns it off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Detection {
     /// Probes sent for each address.
@@ -129,25 +129,114 @@ pub fn in_use(ns: &Netns, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detectio
 }
 
 fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> io::Result<bool> {
-    // The protocol comes with the bind below (packet(7)): the socket hears ARP on this
-    // interface only.
-    let sock = socket(
-        AddressFamily::Packet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    bind(sock.as_raw_fd(), &link_addr(ifindex, [0; 6], 0))?;
-    let broadcast = link_addr(ifindex, [0xff; 6], 6);
-    let request = arp_probe(mac, ip).to_bytes();
+    let sock = ArpSocket::open(ifindex)?;
     let interval = Duration::from_millis(d.interval_ms);
     for _ in 0..d.probes {
-        sendto(sock.as_raw_fd(), &request, &broadcast, MsgFlags::empty())?;
-        if heard_claim(&sock, mac, ip, Instant::now() + interval)? {
+        sock.send(&arp_probe(mac, ip))?;
+        if heard_claim(&sock.fd, mac, ip, Instant::now() + interval)? {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Announces `ip` on the interface (RFC 5227 announcement: a gratuitous ARP request whose
+/// sender and target are the address), so neighbours' caches and the other nodes' agents,
+/// which listen to every ARP on the LAN, learn at once that it is taken.
+pub fn announce(ns: &Netns, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
+    ns.run(move || ArpSocket::open(ifindex).and_then(|s| s.send(&arp_announcement(mac, ip))))?
+        .map_err(|e| Error::io(format!("ARP announcement of {ip}"), e))
+}
+
+/// Someone's ARP packet saying it has an address: the address and the sender's MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// A probe (sender 0.0.0.0): someone asking whether the address is free, about to take
+    /// it, not yet holding it.
+    pub probe: bool,
+}
+
+/// A packet socket for ARP on one interface of the namespace it was opened in (it stays
+/// there): sends probes and announcements, and hears every ARP packet the interface
+/// receives. Non-blocking, so one thread can watch many.
+pub struct ArpSocket {
+    fd: OwnedFd,
+    ifindex: u32,
+}
+
+impl ArpSocket {
+    /// Opens it on interface `ifindex` of the calling thread's namespace.
+    pub fn open(ifindex: u32) -> io::Result<ArpSocket> {
+        // The protocol comes with the bind below (packet(7)): the socket hears ARP on this
+        // interface only.
+        let fd = socket(
+            AddressFamily::Packet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        bind(fd.as_raw_fd(), &link_addr(ifindex, [0; 6], 0))?;
+        Ok(ArpSocket { fd, ifindex })
+    }
+
+    /// Broadcasts an RFC 5227 probe for `ip` from `mac`.
+    pub fn probe(&self, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+        self.send(&arp_probe(mac, ip))
+    }
+
+    fn send(&self, packet: &ArpEthIpv4Packet) -> io::Result<()> {
+        let broadcast = link_addr(self.ifindex, [0xff; 6], 6);
+        sendto(
+            self.fd.as_raw_fd(),
+            &packet.to_bytes(),
+            &broadcast,
+            MsgFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    /// The claims among the ARP packets received since the last call (not those this host
+    /// sent): each sender with an address, and each prober of an address (RFC 5227 2.1.1).
+    pub fn claims(&self) -> Vec<Claim> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) =
+            nix::sys::socket::recvfrom::<LinkAddr>(self.fd.as_raw_fd(), &mut buf)
+        {
+            if from.is_some_and(|a| a.pkttype() == libc::PACKET_OUTGOING) {
+                continue;
+            }
+            if let Some(claim) = claim_of(&buf[..n]) {
+                out.push(claim);
+            }
+        }
+        out
+    }
+}
+
+impl AsFd for ArpSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// The address an ARP packet claims and who claims it: its sender's address, or for a
+/// probe (sender 0.0.0.0) its target.
+fn claim_of(pkt: &[u8]) -> Option<Claim> {
+    let arp = ArpPacket::from_slice(pkt).ok()?.try_eth_ipv4().ok()?;
+    let probe = arp.sender_ipv4 == [0; 4];
+    let ip = if probe {
+        arp.target_ipv4
+    } else {
+        arp.sender_ipv4
+    };
+    Some(Claim {
+        ip: Ipv4Addr::from(ip),
+        mac: arp.sender_mac,
+        probe,
+    })
 }
 
 /// An AF_PACKET address for ARP on interface `ifindex`, to hardware address `to` (`halen` of
@@ -182,20 +271,21 @@ fn arp_probe(mac: [u8; 6], ip: Ipv4Addr) -> ArpEthIpv4Packet {
     }
 }
 
+/// An ARP request announcing `ip` as `mac`'s (sender and target both the address).
+fn arp_announcement(mac: [u8; 6], ip: Ipv4Addr) -> ArpEthIpv4Packet {
+    ArpEthIpv4Packet {
+        operation: ArpOperation::REQUEST,
+        sender_mac: mac,
+        sender_ipv4: ip.octets(),
+        target_mac: [0; 6],
+        target_ipv4: ip.octets(),
+    }
+}
+
 /// Whether an ARP packet says someone else has `ip`: it is the sender, or it probes for the
 /// same address at the same time (RFC 5227 2.1.1).
 fn claims(pkt: &[u8], mac: [u8; 6], ip: Ipv4Addr) -> bool {
-    let Some(arp) = ArpPacket::from_slice(pkt)
-        .ok()
-        .and_then(|a| a.try_eth_ipv4().ok())
-    else {
-        return false;
-    };
-    if arp.sender_mac == mac {
-        return false;
-    }
-    let ip = ip.octets();
-    arp.sender_ipv4 == ip || (arp.sender_ipv4 == [0; 4] && arp.target_ipv4 == ip)
+    claim_of(pkt).is_some_and(|c| c.mac != mac && c.ip == ip)
 }
 
 fn heard_claim(sock: &OwnedFd, mac: [u8; 6], ip: Ipv4Addr, deadline: Instant) -> io::Result<bool> {

@@ -14,7 +14,7 @@
 //! protocol both sides speak; `agent` is the holder.
 
 use std::cell::OnceCell;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -57,6 +57,38 @@ pub struct Record {
     pub netns: String,
     pub netns_inode: u64,
     pub groups: Vec<Ipv4Addr>,
+    /// What the node agent watches on the LAN for this attachment (`lan_watch`): absent in
+    /// records of earlier versions.
+    #[serde(default, flatten)]
+    pub lan: Watched,
+}
+
+/// What the agent needs to watch an attachment's addresses on the LAN, and to probe ahead
+/// the addresses its network hands out next.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Watched {
+    /// The interface's IPv4 addresses and MAC.
+    #[serde(default)]
+    pub addresses: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
+    /// `namespace/name` of the pod, for the agent's log.
+    #[serde(default)]
+    pub pod: Option<String>,
+    #[serde(default)]
+    pub probe_ahead: Option<ProbeAhead>,
+}
+
+/// A network whose next addresses the agent probes: its host-local `ipam` object (as ADD
+/// validated it), the master it hangs off and that master's MAC, and how hard to probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeAhead {
+    pub ipam: serde_json::Value,
+    pub master: String,
+    pub master_mac: [u8; 6],
+    pub detection: crate::plugin::duplicate::Detection,
 }
 
 impl Record {
@@ -121,16 +153,8 @@ impl RecordDir {
     /// `write`, in the records' directory already open.
     fn write_in(dir: &Dir, record: &Record) -> Result<()> {
         let key = record.key();
-        let temp = OsString::from(format!(".{key}.tmp-{}", std::process::id()));
-        let bytes = serde_json::to_vec(record).map_err(|e| Error::new(Kind::Io, e.to_string()))?;
-        let written = dir
-            .open(&temp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)
-            .and_then(|mut f| f.write_all(&bytes))
-            .and_then(|_| dir.rename(&temp, &RecordDir::file(&key)));
-        if written.is_err() {
-            let _ = dir.remove(&temp);
-        }
-        written.map_err(|e| Error::io(format!("membership record {key}"), e))
+        write_json_in(dir, &RecordDir::file(&key), record)
+            .map_err(|e| Error::io(format!("membership record {key}"), e))
     }
 
     pub fn remove(&self, key: &str) {
@@ -162,6 +186,25 @@ impl RecordDir {
     }
 }
 
+/// Writes `value` as the JSON file `name` in `dir`, whole: written beside it, then renamed
+/// into place, so a reader never sees half of it.
+pub fn write_json_in<T: Serialize>(dir: &Dir, name: &OsStr, value: &T) -> io::Result<()> {
+    let temp = OsString::from(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let written = dir
+        .open(&temp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)
+        .and_then(|mut f| f.write_all(&bytes))
+        .and_then(|_| dir.rename(&temp, name));
+    if written.is_err() {
+        let _ = dir.remove(&temp);
+    }
+    written
+}
+
 /// The directory of the records, beside the agent's socket.
 const RECORDS: &str = "memberships";
 
@@ -170,6 +213,7 @@ const RECORDS: &str = "memberships";
 pub struct AgentPlace {
     client: AgentClient,
     records: RecordDir,
+    lan: crate::plugin::lan_state::LanState,
     /// The records' directory as `prepare` opened it, so ADD walks its path once.
     prepared: OnceCell<Dir>,
 }
@@ -180,6 +224,7 @@ impl AgentPlace {
         let (dir, _socket) = allowed.confine_file("agentSocket", &conf.agent_socket)?;
         Ok(AgentPlace {
             client: AgentClient::new(Path::new(&conf.agent_socket)),
+            lan: crate::plugin::lan_state::LanState::in_dir(dir.clone()),
             records: RecordDir::in_dir(dir),
             prepared: OnceCell::new(),
         })
@@ -187,6 +232,11 @@ impl AgentPlace {
 
     pub fn client(&self) -> &AgentClient {
         &self.client
+    }
+
+    /// What the node agent knows of the LAN (`lan_state`).
+    pub fn lan(&self) -> &crate::plugin::lan_state::LanState {
+        &self.lan
     }
 
     /// Opens (creating what is missing) the records' directory before ADD changes anything,
@@ -241,6 +291,7 @@ pub fn hold(
     agent: &AgentPlace,
     ns: &Netns,
     index: u32,
+    lan: Watched,
 ) -> Result<Option<String>> {
     let groups = &conf.multicast.groups;
     if groups.is_empty() {
@@ -261,6 +312,7 @@ pub fn hold(
             .inode()
             .map_err(|e| Error::io(format!("stat network namespace {}", env.netns), e))?,
         groups: groups.clone(),
+        lan,
     };
     if let Err(e) = agent
         .records_dir()
@@ -285,6 +337,7 @@ pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) {
     }
     let key = key_of(&conf.name, &env.container_id, &env.ifname);
     agent.records.remove(&key);
+    agent.lan.remove_conflict(&key);
     let _ = agent.client.drop_key(&key);
 }
 
@@ -325,7 +378,7 @@ pub fn held_by_agent(client: &AgentClient, ns: &Netns, ifname: &str) -> bool {
 #[serde(rename_all = "camelCase")]
 pub enum Request {
     /// Hold the socket passed with this message (SCM_RIGHTS) for this attachment.
-    Hold(Record),
+    Hold(Box<Record>),
     /// Let go of the attachment's socket: its memberships end (the IGMP leave goes out).
     Drop { key: String },
     /// The attachments held now.
@@ -360,8 +413,11 @@ impl AgentClient {
 
     /// Hands `fd` to the agent for `record`'s attachment.
     pub fn hold(&self, record: &Record, fd: &OwnedFd) -> io::Result<()> {
-        self.call(&Request::Hold(record.clone()), Some(fd.as_raw_fd()))
-            .map(drop)
+        self.call(
+            &Request::Hold(Box::new(record.clone())),
+            Some(fd.as_raw_fd()),
+        )
+        .map(drop)
     }
 
     pub fn drop_key(&self, key: &str) -> io::Result<()> {
@@ -451,6 +507,7 @@ mod tests {
             netns: "/var/run/netns/x".into(),
             netns_inode: 4026532000,
             groups: vec![Ipv4Addr::new(239, 255, 0, 1)],
+            lan: Watched::default(),
         }
     }
 
@@ -467,10 +524,10 @@ mod tests {
 
     #[test]
     fn requests_are_one_json_line_each() {
-        let line = serde_json::to_string(&Request::Hold(record())).unwrap();
+        let line = serde_json::to_string(&Request::Hold(Box::new(record()))).unwrap();
         assert!(!line.contains('\n'));
         assert!(
-            matches!(parse_request(line.as_bytes()).unwrap(), Request::Hold(r) if r == record())
+            matches!(parse_request(line.as_bytes()).unwrap(), Request::Hold(r) if *r == record())
         );
         assert!(matches!(
             parse_request(br#"{"drop":{"key":"a:b:c"}}"#).unwrap(),

@@ -77,6 +77,10 @@ async fn serve(opts: Options) -> io::Result<()> {
     println!("agent: listening on {}", opts.socket.display());
     let mut holder = Holder::new(RecordDir::beside(&opts.socket));
     holder.reconcile();
+    crate::tools::lan_watch::spawn(
+        RecordDir::beside(&opts.socket),
+        crate::plugin::lan_state::LanState::beside(&opts.socket),
+    )?;
     let node_config = match &opts.policy {
         Some((_, dir)) => crate::tools::install::mirrored_policy(dir),
         None => crate::node::policy::policy_file(),
@@ -276,7 +280,7 @@ impl Holder {
         match request {
             Request::Hold(record) => match fds.pop() {
                 Some(socket) if self.has_room_for(&record.key()) => {
-                    self.hold(record, socket, "handed over by ADD");
+                    self.hold(*record, socket, "handed over by ADD");
                     accept()
                 }
                 Some(_) => refuse(format!(

@@ -51,6 +51,7 @@ pub fn run(opts: &Options) -> Vec<Finding> {
             "run doctor as root".into(),
         )],
     };
+    checks.extend(address_conflict(&ns, opts));
     if checks
         .iter()
         .any(|c| c.check == diagnosis::INTERFACE && c.verdict == Verdict::Fail)
@@ -84,6 +85,32 @@ fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Finding>>
             ),
         },
     )
+}
+
+/// What the node agent's watch says of the pod's addresses on the LAN: found claimed by
+/// another MAC is a failure (`lan_watch`); nothing is said where the agent holds no record
+/// of this interface of this pod.
+fn address_conflict(ns: &Netns, opts: &Options) -> Option<Finding> {
+    let inode = ns.inode().ok()?;
+    let record = membership::RecordDir::beside(&opts.agent_socket)
+        .list()
+        .into_iter()
+        .find(|r| r.netns_inode == inode && r.ifname == opts.iface)?;
+    let lan = crate::plugin::lan_state::LanState::beside(&opts.agent_socket);
+    Some(match lan.conflict(&record.key()) {
+        Some(c) => Finding::fail(
+            "address conflict",
+            c.describe(&opts.iface),
+            "remove the address from the other host (or keep the range clear of it), then delete and re-create the pod".into(),
+        ),
+        None => Finding::pass(
+            "address conflict",
+            format!(
+                "the node agent hears nobody else claim {:?} on the LAN",
+                record.lan.addresses
+            ),
+        ),
+    })
 }
 
 fn live_checks(ns: &Netns, opts: &Options) -> Vec<Finding> {

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod doctor;
 pub mod gc;
 pub mod install;
+pub mod lan_watch;
 pub mod ports;
 pub mod probe;
 pub mod rtps;

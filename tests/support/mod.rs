@@ -304,6 +304,18 @@ pub fn guide(data: &DataDir) -> Value {
     )
 }
 
+/// The first address of an ADD result (net1's IPv4 address in the guide's configs).
+pub fn net1_addr(result: &Value) -> std::net::Ipv4Addr {
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Runs the plugin for `verb` on the pod's net1, as a runtime does.
 pub fn cni(verb: &str, node: &Node, pod: &Pod, conf: &Value) -> Reply {
     let netns = pod.ns.path();

@@ -1,0 +1,221 @@
+//! What the node agent knows of the LAN, as files in its directory that ADD, CHECK and
+//! doctor read without asking it (nothing waits on the agent):
+//!
+//! - `probes/<network>.json`: the addresses each network will hand out next, ARP-probed
+//!   ahead of time by the agent on the master, and whether anyone claimed one since. ADD
+//!   takes an address whose probe is fresh (`FRESH`) without probing it itself, so duplicate
+//!   detection costs a pod start nothing.
+//! - `conflicts/<attachment key>.json`: someone else on the LAN claims a pod's address
+//!   (answers ARP for it, announces it, probes for it), seen by the agent's watch after ADD.
+//!
+//! Both are written whole and renamed into place by the agent (`tools::lan_watch`).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sys::confine::ConfinedPath;
+use crate::sys::netlink::format_mac;
+
+/// How old a probe may be for ADD to rely on it. The agent probes each upcoming address
+/// every `REPROBE`, and hears every ARP packet on the master in between: a claim made since
+/// the probe is in the file within milliseconds.
+pub const FRESH: Duration = Duration::from_secs(5);
+/// How often the agent probes an upcoming address again.
+pub const REPROBE: Duration = Duration::from_secs(2);
+
+const PROBES: &str = "probes";
+const CONFLICTS: &str = "conflicts";
+
+/// Milliseconds since the epoch: the files' clock (wall time, as two processes share it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the agent found of one upcoming address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probed {
+    /// When it was last probed with no answer (0: never).
+    pub free_at_ms: u64,
+    /// Who claimed it, when someone did (an answer to a probe, or any ARP packet since).
+    pub claimed_by: Option<[u8; 6]>,
+    pub claimed_at_ms: u64,
+}
+
+/// One network's upcoming addresses, probed on the master whose MAC it names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probes {
+    pub master_mac: [u8; 6],
+    pub addresses: BTreeMap<Ipv4Addr, Probed>,
+}
+
+/// What ADD may conclude from the agent's probes of an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Probed with no answer within `FRESH`, and claimed by nobody since.
+    Free,
+    /// Someone claimed it within `FRESH`.
+    Claimed([u8; 6]),
+    /// Nothing fresh is known: ADD probes itself.
+    Unknown,
+}
+
+impl Probes {
+    /// The verdict on `ip` for a link on the master with `master_mac`, at `now_ms`.
+    pub fn verdict(&self, master_mac: [u8; 6], ip: Ipv4Addr, now_ms: u64) -> Verdict {
+        if self.master_mac != master_mac {
+            return Verdict::Unknown;
+        }
+        let Some(p) = self.addresses.get(&ip) else {
+            return Verdict::Unknown;
+        };
+        let fresh = |at: u64| at > 0 && now_ms.saturating_sub(at) <= FRESH.as_millis() as u64;
+        match p.claimed_by {
+            Some(mac) if fresh(p.claimed_at_ms) => Verdict::Claimed(mac),
+            _ if fresh(p.free_at_ms) && p.free_at_ms >= p.claimed_at_ms => Verdict::Free,
+            _ => Verdict::Unknown,
+        }
+    }
+}
+
+/// Someone else claims a pod's address on the LAN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conflict {
+    pub address: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub at_ms: u64,
+}
+
+impl Conflict {
+    /// What CHECK and doctor say of it.
+    pub fn describe(&self, ifname: &str) -> String {
+        format!(
+            "address {} of {ifname} is also claimed on the LAN by MAC {} (the node agent saw it {} s ago): another host uses it. Remove it from that host, or keep the range clear of static and DHCP addresses; then delete and re-create the pod",
+            self.address,
+            format_mac(&self.mac),
+            now_ms().saturating_sub(self.at_ms) / 1000
+        )
+    }
+}
+
+/// The agent's directory (where its socket lives), as ADD and the agent both name it.
+#[derive(Debug, Clone)]
+pub struct LanState(ConfinedPath);
+
+impl LanState {
+    pub fn in_dir(agent_dir: ConfinedPath) -> LanState {
+        LanState(agent_dir)
+    }
+
+    /// Beside a socket the operator named (the agent's `--socket`, doctor's).
+    pub fn beside(agent_socket: &std::path::Path) -> LanState {
+        let dir = agent_socket.parent().unwrap_or(std::path::Path::new("/"));
+        LanState(ConfinedPath::trusted(
+            "agent socket",
+            dir,
+            crate::node::policy::AGENT_DIR_MODE,
+        ))
+    }
+
+    /// The probes of `network`; empty when there are none (or they cannot be read).
+    pub fn probes(&self, network: &str) -> Probes {
+        self.read(PROBES, network).unwrap_or_default()
+    }
+
+    pub fn write_probes(&self, network: &str, probes: &Probes) -> std::io::Result<()> {
+        self.write(PROBES, network, probes)
+    }
+
+    /// The conflict reported for an attachment, if any.
+    pub fn conflict(&self, key: &str) -> Option<Conflict> {
+        self.read(CONFLICTS, key)
+    }
+
+    pub fn write_conflict(&self, key: &str, c: &Conflict) -> std::io::Result<()> {
+        self.write(CONFLICTS, key, c)
+    }
+
+    pub fn remove_conflict(&self, key: &str) {
+        if let Ok(Some(dir)) = self.0.join(CONFLICTS).open_dir() {
+            let _ = dir.remove(&file(key));
+        }
+    }
+
+    /// The attachments with a conflict on file.
+    pub fn conflicted(&self) -> Vec<String> {
+        let Ok(Some(dir)) = self.0.join(CONFLICTS).open_dir() else {
+            return Vec::new();
+        };
+        dir.entries()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(n, _)| n.to_str()?.strip_suffix(".json").map(str::to_owned))
+            .collect()
+    }
+
+    fn read<T: for<'de> Deserialize<'de>>(&self, kind: &str, name: &str) -> Option<T> {
+        let dir = self.0.join(kind).open_dir().ok()??;
+        serde_json::from_slice(&dir.read(&file(name)).ok()?).ok()
+    }
+
+    fn write<T: Serialize>(&self, kind: &str, name: &str, value: &T) -> std::io::Result<()> {
+        let dir = self
+            .0
+            .join(kind)
+            .create_dir()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        crate::plugin::membership::write_json_in(&dir, &file(name), value)
+    }
+}
+
+fn file(name: &str) -> OsString {
+    OsString::from(format!("{name}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_fresh_probe_on_the_same_master_is_relied_on() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let ip = Ipv4Addr::new(198, 51, 100, 161);
+        let now = 1_000_000;
+        let mut p = Probes {
+            master_mac: mac,
+            ..Probes::default()
+        };
+        assert_eq!(p.verdict(mac, ip, now), Verdict::Unknown, "never probed");
+        p.addresses.insert(
+            ip,
+            Probed {
+                free_at_ms: now - 1000,
+                claimed_by: None,
+                claimed_at_ms: 0,
+            },
+        );
+        assert_eq!(p.verdict(mac, ip, now), Verdict::Free);
+        assert_eq!(
+            p.verdict([2, 0, 0, 0, 0, 2], ip, now),
+            Verdict::Unknown,
+            "another master's probes say nothing of this one's LAN"
+        );
+        assert_eq!(
+            p.verdict(mac, ip, now + FRESH.as_millis() as u64),
+            Verdict::Unknown,
+            "stale"
+        );
+        let other = [2, 0, 0, 0, 0, 9];
+        p.addresses.get_mut(&ip).unwrap().claimed_by = Some(other);
+        p.addresses.get_mut(&ip).unwrap().claimed_at_ms = now - 10;
+        assert_eq!(p.verdict(mac, ip, now), Verdict::Claimed(other));
+    }
+}
