@@ -293,13 +293,8 @@ impl Store {
         let name = Store::record_name(&record.container_id, &record.ifname);
         let path = self.dir.path().join(RECORD_DIR).join(&name);
         let body = serde_json::to_vec(record).map_err(Error::Encode)?;
-        let temp = OsStr::new(".staging");
         self.record_dir(true)
-            .and_then(|dir| {
-                let mut f = dir.open(temp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)?;
-                f.write_all(&body)?;
-                dir.rename(temp, OsStr::new(&name))
-            })
+            .and_then(|dir| dir.write_whole(OsStr::new(&name), &body))
             .map_err(|e| Error::io(format!("write {}", path.display()), e))
     }
 

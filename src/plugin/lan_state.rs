@@ -172,7 +172,8 @@ impl LanState {
             .join(kind)
             .create_dir()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        crate::plugin::membership::write_json_in(&dir, &file(name), value)
+        let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+        dir.write_whole(&file(name), &bytes)
     }
 }
 

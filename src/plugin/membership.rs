@@ -14,7 +14,7 @@
 //! protocol both sides speak; `agent` is the holder.
 
 use std::cell::OnceCell;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -23,7 +23,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::fcntl::OFlag;
 use nix::sys::socket::{
     recvmsg, sendmsg, socket, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
@@ -153,7 +152,8 @@ impl RecordDir {
     /// `write`, in the records' directory already open.
     fn write_in(dir: &Dir, record: &Record) -> Result<()> {
         let key = record.key();
-        write_json_in(dir, &RecordDir::file(&key), record)
+        let bytes = serde_json::to_vec(record).map_err(|e| Error::new(Kind::Io, e.to_string()))?;
+        dir.write_whole(&RecordDir::file(&key), &bytes)
             .map_err(|e| Error::io(format!("membership record {key}"), e))
     }
 
@@ -184,25 +184,6 @@ impl RecordDir {
             .filter_map(|b| serde_json::from_slice(&b).ok())
             .collect()
     }
-}
-
-/// Writes `value` as the JSON file `name` in `dir`, whole: written beside it, then renamed
-/// into place, so a reader never sees half of it.
-pub fn write_json_in<T: Serialize>(dir: &Dir, name: &OsStr, value: &T) -> io::Result<()> {
-    let temp = OsString::from(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-    let written = dir
-        .open(&temp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)
-        .and_then(|mut f| f.write_all(&bytes))
-        .and_then(|_| dir.rename(&temp, name));
-    if written.is_err() {
-        let _ = dir.remove(&temp);
-    }
-    written
 }
 
 /// The directory of the records, beside the agent's socket.

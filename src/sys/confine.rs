@@ -359,6 +359,26 @@ impl Dir {
         Ok(File::from(fd))
     }
 
+    /// Writes the file `name` whole or not at all: the bytes go to a temporary file beside
+    /// it (named for this process), which is then renamed into place, so a reader never sees
+    /// half of it. The one writer of the plugin's records (the store's, the memberships',
+    /// the agent's LAN state).
+    pub fn write_whole(&self, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
+        let temp = OsString::from(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let written = self
+            .open(&temp, OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+            .and_then(|_| self.rename(&temp, name));
+        if written.is_err() {
+            let _ = self.remove(&temp);
+        }
+        written
+    }
+
     pub fn read(&self, name: &OsStr) -> io::Result<Vec<u8>> {
         let mut v = Vec::new();
         self.open(name, OFlag::O_RDONLY)?.read_to_end(&mut v)?;
