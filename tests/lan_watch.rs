@@ -168,11 +168,9 @@ fn an_address_a_lan_host_answers_for_is_passed_over_from_the_agents_probes() {
     del(&s.node, &second, &s.conf).ok();
 }
 
-#[test]
-fn two_nodes_sharing_one_range_get_distinct_addresses_with_their_agents() {
-    if !require_root() {
-        return;
-    }
+/// Two nodes, one config, each with its agent: the pods' addresses, four per node, ADDs
+/// interleaved.
+fn two_nodes_with_agents(lockstep: bool) -> Vec<Ipv4Addr> {
     let lan = Lan::create();
     let nodes = [Node::new(&lan), Node::new(&lan)];
     let agents = [
@@ -182,10 +180,12 @@ fn two_nodes_sharing_one_range_get_distinct_addresses_with_their_agents() {
     let data = [DataDir::create(), DataDir::create()];
     let mut confs = Vec::new();
     for n in 0..2 {
-        // Both stores resume from one point: the nodes walk the range in lockstep.
-        let dir = data[n].0.join("ros-net");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("last_reserved_ip.0"), "198.51.100.159").unwrap();
+        if lockstep {
+            // Both stores resume from one point: the nodes walk the range in lockstep.
+            let dir = data[n].0.join("ros-net");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("last_reserved_ip.0"), "198.51.100.159").unwrap();
+        }
         let mut c = with_agent(guide(&data[n]), &agents[n]);
         c.as_object_mut().unwrap().remove("duplicateDetection");
         confs.push(c);
@@ -201,10 +201,26 @@ fn two_nodes_sharing_one_range_get_distinct_addresses_with_their_agents() {
         // Time for the agents to probe ahead between rounds, as between pod starts.
         std::thread::sleep(Duration::from_millis(700));
     }
-    let distinct: HashSet<_> = addrs.iter().collect();
-    assert_eq!(distinct.len(), addrs.len(), "duplicates: {addrs:?}");
     for (n, pod) in &attached {
         del(&nodes[*n], pod, &confs[*n]).ok();
+    }
+    addrs
+}
+
+#[test]
+fn two_nodes_sharing_one_range_get_distinct_addresses_with_their_agents() {
+    if !require_root() {
+        return;
+    }
+    // Store-less starts (each node's first pick its own), and stores in lockstep.
+    for lockstep in [false, true] {
+        let addrs = two_nodes_with_agents(lockstep);
+        let distinct: HashSet<_> = addrs.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            addrs.len(),
+            "duplicates (stores in lockstep: {lockstep}): {addrs:?}"
+        );
     }
 }
 
