@@ -152,7 +152,7 @@ fn kustomize_renders_base_and_microk8s_overlay() {
             .iter()
             .filter_map(|a| a.as_str())
             .collect();
-        assert_eq!(added, ["SYS_ADMIN", "NET_ADMIN"], "{dir}");
+        assert_eq!(added, ["SYS_ADMIN", "NET_ADMIN", "NET_RAW"], "{dir}");
         assert!(c["readinessProbe"]["exec"]["command"]
             .as_sequence()
             .unwrap()

@@ -239,6 +239,29 @@ fn example4_listener_hears_both_talkers_with_no_dds_configuration() {
         .list()
         .unwrap();
     assert_eq!(held.len(), 3, "the agent holds {held:?}");
+    // Duplicate detection in the agent's container (its packet sockets need the manifest's
+    // NET_RAW): it probes the network's next addresses ahead on the node's master.
+    let probes = node.agent_socket().parent().unwrap().join("probes");
+    let probed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::read_dir(&probes)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| std::fs::read(f.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .any(|p| {
+                p["addresses"].as_object().is_some_and(|a| {
+                    a.values()
+                        .any(|e| e["freeAtMs"].as_u64().is_some_and(|t| t > 0))
+                })
+            })
+    });
+    assert!(
+        probed,
+        "the agent in its container probed nothing ahead in {}",
+        probes.display()
+    );
     example4_listener_hears_both_fastdds_talkers(&mut node, &pods);
     let (ok, log) = ddsperf_scene(&mut node, &pods);
     assert!(ok, "ddsperf sub did not match both publishers:\n{log}");
