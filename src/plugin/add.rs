@@ -314,9 +314,12 @@ impl Adding<'_> {
             Some(_) if !self.ns.master_in_pod => self.at.agent.lan().probes(&self.at.conf.name),
             _ => Default::default(),
         };
-        // Probing needs the link up (it has no address yet, as RFC 5227 wants): brought up
-        // before the first probe ADD makes itself, not when the agent's probes answer.
-        let mut up = false;
+        if detection.is_some() {
+            // Probing needs the link up; it has no address yet, as RFC 5227 wants.
+            self.ns
+                .pod_nl
+                .apply(vec![LinkChange::of(link.index).up().op()])?;
+        }
         let mut avoid: Vec<IpAddr> = Vec::new();
         loop {
             let hints = Hints {
@@ -347,12 +350,6 @@ impl Adding<'_> {
                         true
                     }
                     Verdict::Unknown => {
-                        if !up {
-                            self.ns
-                                .pod_nl
-                                .apply(vec![LinkChange::of(link.index).up().op()])?;
-                            up = true;
-                        }
                         let answered = duplicate::in_use(&self.ns.pod_ns, link.index, mac, v4, &d)?;
                         if answered {
                             eprintln!("ros-macvlan: {v4} in use on the LAN (ARP answered); trying another address");
