@@ -318,13 +318,15 @@ pub fn net1_addr(result: &Value) -> std::net::Ipv4Addr {
 
 /// Runs the plugin for `verb` on the pod's net1, as a runtime does.
 pub fn cni(verb: &str, node: &Node, pod: &Pod, conf: &Value) -> Reply {
+    cni_with(verb, node, pod, conf, &[])
+}
+
+/// `cni`, with more environment variables than a runtime sets.
+pub fn cni_with(verb: &str, node: &Node, pod: &Pod, conf: &Value, extra: &[(&str, &str)]) -> Reply {
     let netns = pod.ns.path();
-    run_in(
-        &node.ns.name,
-        &plugin_bin(),
-        &cni_env(verb, pod, "net1", &netns),
-        &conf.to_string(),
-    )
+    let mut env = cni_env(verb, pod, "net1", &netns);
+    env.extend_from_slice(extra);
+    run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string())
 }
 
 pub fn add(node: &Node, pod: &Pod, conf: &Value) -> Reply {
@@ -358,11 +360,13 @@ impl NodePolicy {
     }
     /// `verb` for the pod's net1 with `conf`, as a runtime runs it, under this policy.
     pub fn cni(&self, verb: &str, node: &Node, pod: &Pod, conf: &Value) -> Reply {
-        let netns = pod.ns.path();
-        let file = self.file();
-        let mut env = cni_env(verb, pod, "net1", &netns);
-        env.push(("ROS_MACVLAN_POLICY_FILE", &file));
-        run_in(&node.ns.name, &plugin_bin(), &env, &conf.to_string())
+        cni_with(
+            verb,
+            node,
+            pod,
+            conf,
+            &[("ROS_MACVLAN_POLICY_FILE", &self.file())],
+        )
     }
 }
 
