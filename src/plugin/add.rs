@@ -130,7 +130,7 @@ impl Drop for Adding<'_> {
     fn drop(&mut self) {
         if self.armed {
             for e in undo(self.at, &*self.ns.pod_nl, &self.progress) {
-                eprintln!("ros-macvlan: rollback: {e}");
+                log::warn!("ros-macvlan: rollback: {e}");
             }
         }
     }
@@ -343,7 +343,7 @@ impl Adding<'_> {
                 let in_use = match probes.verdict(mac_of(&self.plan.master), v4, now_ms()) {
                     Verdict::Free => false,
                     Verdict::Claimed(by) => {
-                        eprintln!(
+                        log::warn!(
                             "ros-macvlan: {v4} in use on the LAN (the node agent heard {} claim it); trying another address",
                             format_mac(&by)
                         );
@@ -352,7 +352,7 @@ impl Adding<'_> {
                     Verdict::Unknown => {
                         let answered = duplicate::in_use(&self.ns.pod_ns, link.index, mac, v4, &d)?;
                         if answered {
-                            eprintln!("ros-macvlan: {v4} in use on the LAN (ARP answered); trying another address");
+                            log::warn!("ros-macvlan: {v4} in use on the LAN (ARP answered); trying another address");
                         }
                         answered
                     }

@@ -188,7 +188,7 @@ impl LogSink {
         match dir.append_file(&name) {
             Ok(f) => Ok(LogSink::File(f)),
             Err(e @ confine::Error::Io { .. }) => {
-                eprintln!("ros-macvlan: cannot open logFile ({e}); logging to stderr");
+                log::warn!("ros-macvlan: cannot open logFile ({e}); logging to stderr");
                 Ok(LogSink::Stderr)
             }
             Err(refused) => Err(refused.into()),

@@ -2,6 +2,7 @@
 //! directories. Nothing here knows CNI.
 
 pub mod confine;
+pub mod logging;
 pub mod netlink;
 pub mod netns;
 pub mod stable_hash;

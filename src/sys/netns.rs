@@ -183,7 +183,7 @@ impl Drop for GoBack {
     fn drop(&mut self) {
         if setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
             // Carrying on in the wrong namespace would change the wrong network.
-            eprintln!("ros-macvlan: cannot return to the original network namespace; aborting");
+            log::error!("ros-macvlan: cannot return to the original network namespace; aborting");
             std::process::abort();
         }
     }

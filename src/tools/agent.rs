@@ -56,14 +56,14 @@ pub fn run(opts: Options) -> i32 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("agent: cannot start: {e}");
+            log::error!("agent: cannot start: {e}");
             return 1;
         }
     };
     match runtime.block_on(serve(opts)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("agent: {e}");
+            log::error!("agent: {e}");
             1
         }
     }
@@ -74,7 +74,7 @@ async fn serve(opts: Options) -> io::Result<()> {
         install_plugin(dir)?;
     }
     let listener = listen(&opts.socket)?;
-    println!("agent: listening on {}", opts.socket.display());
+    log::info!("agent: listening on {}", opts.socket.display());
     let mut holder = Holder::new(RecordDir::beside(&opts.socket));
     holder.reconcile();
     crate::tools::lan_watch::spawn(
@@ -105,10 +105,10 @@ async fn serve(opts: Options) -> io::Result<()> {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     if tokio::time::timeout(AGENT_WAIT, answer(stream, &mut holder)).await.is_err() {
-                        eprintln!("agent: a client sent no complete request in time");
+                        log::warn!("agent: a client sent no complete request in time");
                     }
                 }
-                Err(e) => eprintln!("agent: accept: {e}"),
+                Err(e) => log::warn!("agent: accept: {e}"),
             },
             _ = sweep.tick() => {
                 holder.reconcile();
@@ -122,7 +122,10 @@ async fn serve(opts: Options) -> io::Result<()> {
             }
             _ = tick(&mut gc) => {
                 if let Some((data_dir, _)) = &opts.gc {
-                    crate::tools::gc::once(data_dir);
+                    match crate::tools::gc::once(data_dir) {
+                        Ok(report) => report.iter().for_each(|l| log::info!("{l}")),
+                        Err(e) => log::warn!("{e}"),
+                    }
                 }
             }
             _ = term.recv() => break,
@@ -132,7 +135,7 @@ async fn serve(opts: Options) -> io::Result<()> {
     // The memberships end with this process; the records stay, so the next agent re-creates
     // them. The socket file goes, so plugins see at once that no agent listens.
     let _ = std::fs::remove_file(&opts.socket);
-    println!("agent: stopping");
+    log::info!("agent: stopping");
     Ok(())
 }
 
@@ -198,7 +201,7 @@ async fn answer(stream: UnixStream, holder: &mut Holder) {
             Ok(0) => break,
             Ok(n) => line.extend_from_slice(&buf[..n]),
             Err(e) => {
-                eprintln!("agent: reading a request: {e}");
+                log::warn!("agent: reading a request: {e}");
                 return;
             }
         }
@@ -206,7 +209,7 @@ async fn answer(stream: UnixStream, holder: &mut Holder) {
     match peer {
         Ok(cred) if cred.uid() == 0 => {}
         Ok(cred) => {
-            eprintln!(
+            log::warn!(
                 "agent: refused a client with uid {} (pid {}): only root may talk to the agent",
                 cred.uid(),
                 cred.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
@@ -217,7 +220,7 @@ async fn answer(stream: UnixStream, holder: &mut Holder) {
             return;
         }
         Err(e) => {
-            eprintln!("agent: cannot read a client's credentials ({e}); refused");
+            log::warn!("agent: cannot read a client's credentials ({e}); refused");
             return;
         }
     }
@@ -306,9 +309,11 @@ impl Holder {
 
     fn hold(&mut self, record: Record, socket: OwnedFd, why: &str) {
         let key = record.key();
-        println!(
+        log::info!(
             "agent: holding {key}: {:?} on {} in {} ({why})",
-            record.groups, record.ifname, record.netns
+            record.groups,
+            record.ifname,
+            record.netns
         );
         self.failing.remove(&key);
         // A socket already held for the key (a repeated ADD) closes only after the new one
@@ -324,7 +329,7 @@ impl Holder {
 
     fn let_go(&mut self, key: &str, why: &str) {
         if self.held.remove(key).is_some() {
-            println!("agent: let go of {key} ({why})");
+            log::info!("agent: let go of {key} ({why})");
         }
     }
 
@@ -353,7 +358,7 @@ impl Holder {
                 Presence::Here => {}
                 Presence::Gone(why) => {
                     self.let_go(&key, &why);
-                    println!("agent: forgetting {key}: {why}");
+                    log::info!("agent: forgetting {key}: {why}");
                     self.records.remove(&key);
                     self.failing.remove(&key);
                     self.unsure.remove(&key);
@@ -361,7 +366,7 @@ impl Holder {
                 }
                 Presence::Unknown(why) => {
                     if self.unsure.insert(key.clone()) {
-                        eprintln!("agent: keeping {key}: {why}");
+                        log::warn!("agent: keeping {key}: {why}");
                     }
                     continue;
                 }
@@ -372,7 +377,7 @@ impl Holder {
             }
             if !self.has_room_for(&key) {
                 if self.failing.insert(key.clone()) {
-                    eprintln!(
+                    log::warn!(
                         "agent: not re-creating {key}: {MAX_HELD} memberships held, the bound"
                     );
                 }
@@ -382,7 +387,7 @@ impl Holder {
                 Ok(socket) => self.hold(record, socket, "re-created from its record"),
                 Err(e) => {
                     if self.failing.insert(key.clone()) {
-                        eprintln!("agent: cannot re-create {key}: {e} (retrying)");
+                        log::warn!("agent: cannot re-create {key}: {e} (retrying)");
                     }
                 }
             }
@@ -412,7 +417,7 @@ fn install_plugin(dir: &Path) -> io::Result<()> {
         crate::tools::install::Installed::Written => "installed",
         crate::tools::install::Installed::UpToDate => "already current",
     };
-    println!(
+    log::info!(
         "agent: plugin {what} in {} (version {})",
         dir.display(),
         env!("CARGO_PKG_VERSION")
@@ -425,12 +430,12 @@ fn mirror_policy(source: &Path, dir: &Path, said: Option<&'static str>) -> Optio
     match crate::tools::install::sync_policy(source, dir) {
         Ok(what) => {
             if said != Some(what) {
-                println!("agent: {what} ({})", dir.display());
+                log::info!("agent: {what} ({})", dir.display());
             }
             Some(what)
         }
         Err(e) => {
-            eprintln!(
+            log::error!(
                 "agent: cannot mirror the node policy into {}: {e}",
                 dir.display()
             );

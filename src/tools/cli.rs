@@ -184,6 +184,7 @@ fn seconds(s: &str) -> Result<f64, String> {
 }
 
 pub fn main(args: &[String]) -> i32 {
+    crate::sys::logging::init(log::LevelFilter::Info);
     // Like other Unix tools, end quietly when the reader goes away (`probe | head`).
     // SAFETY: restoring the default disposition of SIGPIPE installs no handler.
     let _ = unsafe {
@@ -216,7 +217,16 @@ pub fn main(args: &[String]) -> i32 {
             stay: a.stay,
         }),
         Sub::Gc { data_dir, every } => loop {
-            let code = crate::tools::gc::once(&data_dir);
+            let code = match crate::tools::gc::once(&data_dir) {
+                Ok(report) => {
+                    report.iter().for_each(|l| println!("{l}"));
+                    0
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    1
+                }
+            };
             match every {
                 Some(secs) => std::thread::sleep(Duration::from_secs(secs)),
                 None => return code,
@@ -297,7 +307,7 @@ fn host_access(a: HostAccessArgs) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("host-access: {e}");
+            log::error!("host-access: {e}");
             1
         }
     }
@@ -310,7 +320,7 @@ fn probe(opts: crate::tools::probe::Options) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("probe: {e}");
+            log::error!("probe: {e}");
             1
         }
     }
