@@ -5,4 +5,5 @@ pub mod confine;
 pub mod logging;
 pub mod netlink;
 pub mod netns;
+pub mod runtime;
 pub mod stable_hash;

@@ -10,8 +10,9 @@
 //! - host access (`host_keeper`): the shims in the node configuration's `hostAccess` list,
 //!   put back on every sweep when a shim, its address or a route is gone.
 //!
-//! One task on a current-thread runtime owns all state, so nothing is shared or locked;
-//! every request is small and answered within the plugin's bounded wait.
+//! One task on the process's current-thread runtime (sys::runtime) owns all state, so
+//! nothing is shared or locked; every request is small and answered within the plugin's
+//! bounded wait. Host access, the one netlink work, runs on the runtime's blocking pool.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -50,10 +51,7 @@ pub struct Options {
 }
 
 pub fn run(opts: Options) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::sys::runtime::process() {
         Ok(r) => r,
         Err(e) => {
             log::error!("agent: cannot start: {e}");
@@ -112,12 +110,12 @@ async fn serve(opts: Options) -> io::Result<()> {
             },
             _ = sweep.tick() => {
                 holder.reconcile();
-                host.reconcile();
+                host = reconcile_host(host).await;
             }
             _ = tick(&mut policy) => {
                 if let Some((source, dir)) = &opts.policy {
                     policy_said = mirror_policy(source, dir, policy_said);
-                    host.reconcile();
+                    host = reconcile_host(host).await;
                 }
             }
             _ = tick(&mut gc) => {
@@ -137,6 +135,20 @@ async fn serve(opts: Options) -> io::Result<()> {
     let _ = std::fs::remove_file(&opts.socket);
     log::info!("agent: stopping");
     Ok(())
+}
+
+/// One round of host access, on the runtime's blocking pool: its netlink exchanges are
+/// futures of this runtime, which the loop (waiting here) drives; no second runtime starts.
+async fn reconcile_host(
+    mut host: crate::node::host_keeper::Keeper,
+) -> crate::node::host_keeper::Keeper {
+    let round = tokio::task::spawn_blocking(move || {
+        host.reconcile();
+        host
+    });
+    round
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// The next tick of an optional duty; never, when the duty is off.
