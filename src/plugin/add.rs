@@ -15,7 +15,9 @@ use crate::plugin::attachment::{Attachment, Namespaces};
 use crate::plugin::config::MacvlanConf;
 use crate::plugin::master::resolve_master;
 use crate::plugin::{dad, duplicate, membership, multicast};
-use crate::sys::netlink::{format_mac, Ipv4Setting, Link, LinkChange, MacvlanMode, NewMacvlan, Op};
+use crate::sys::netlink::{
+    format_mac, read_back, Ipv4Setting, Link, LinkChange, MacvlanMode, NewMacvlan, Op,
+};
 use crate::sys::stable_hash::stable_hash;
 
 /// MAC precedence: runtimeConfig `mac`, then CNI_ARGS `MAC`, then config `mac`.
@@ -154,19 +156,8 @@ impl Adding<'_> {
             .master_nl
             .add_macvlan(&spec)
             .map_err(|e| creation_error(e, &spec).context(&format!("on master {}", master.name)))?;
-        let link = self
-            .ns
-            .pod_nl
-            .link_by_name(&self.at.env.ifname)?
-            .ok_or_else(|| {
-                Error::new(
-                    Kind::Netlink,
-                    format!(
-                        "macvlan {} vanished right after creation",
-                        self.at.env.ifname
-                    ),
-                )
-            })?;
+        let ifname = &self.at.env.ifname;
+        let link = read_back(self.ns.pod_nl.link_by_name(ifname)?, ifname)?;
         self.progress.link = Some(link.index);
         fault_point(self.at.env, "created");
 

@@ -209,13 +209,14 @@ impl MacvlanConf {
             }
             Some(m) => Some(m),
         };
-        if let Some(master) = &raw.master {
-            crate::cni::env::validate_ifname(master).map_err(|_| {
-                Error::new(
+        // An empty master is no master, as in the reference: the default route's interface.
+        if let Some(master) = raw.master.as_deref().filter(|m| !m.is_empty()) {
+            if let Some(problem) = crate::sys::netlink::ifname_problem(master) {
+                return Err(Error::new(
                     Kind::InvalidConfig,
-                    format!("master {master:?} is not a valid interface name"),
-                )
-            })?;
+                    format!("master {master:?} is not a valid interface name: {problem}"),
+                ));
+            }
         }
         Ok(MacvlanConf {
             master: raw.master.filter(|m| !m.is_empty()),
@@ -287,6 +288,19 @@ mod tests {
             MacvlanConf::for_del(&v).is_err(),
             "the name is still checked"
         );
+    }
+
+    /// As the reference: an empty master is the default route's interface; a name the
+    /// kernel would refuse is refused with the reason.
+    #[test]
+    fn empty_master_is_no_master_and_bad_names_say_why() {
+        let mut v: Value = serde_json::from_str(GUIDE).unwrap();
+        v["master"] = serde_json::json!("");
+        assert_eq!(MacvlanConf::from_value(&v).unwrap().master, None);
+        v["master"] = serde_json::json!("a-name-too-long-1");
+        let e = MacvlanConf::from_value(&v).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("longer than 15"), "{e}");
     }
 
     #[test]

@@ -18,7 +18,6 @@ use std::ffi::OsString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,11 +111,6 @@ pub fn key_of(network: &str, container_id: &str, ifname: &str) -> String {
 /// are found by their names alone.
 fn pod_prefix(container_id: &str) -> String {
     format!("{container_id}:")
-}
-
-/// The inode of the namespace a path names (netns files are nsfs inodes).
-pub fn inode_of(path: &Path) -> io::Result<u64> {
-    std::fs::metadata(path).map(|m| m.ino())
 }
 
 /// The records live beside the agent's socket, in a directory both sides know. Every file
@@ -521,7 +515,7 @@ mod tests {
     fn only_a_positively_gone_netns_is_gone() {
         let mut r = record();
         r.netns = "/proc/self/ns/net".into();
-        r.netns_inode = inode_of(Path::new("/proc/self/ns/net")).unwrap();
+        r.netns_inode = crate::sys::netns::inode_of(Path::new("/proc/self/ns/net")).unwrap();
         assert_eq!(r.presence(), Presence::Here);
         r.netns_inode += 1;
         assert!(
