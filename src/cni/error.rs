@@ -161,6 +161,24 @@ impl Error {
         })
     }
 
+    /// Every failure a teardown met, as one error: the first's kind and code (what the
+    /// runtime is told, and why it retries), every message in the order met.
+    pub fn all(mut failures: Vec<Error>) -> Result<()> {
+        if failures.len() <= 1 {
+            return failures.pop().map_or(Ok(()), Err);
+        }
+        let msg = failures
+            .iter()
+            .map(|e| e.msg.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let first = failures.remove(0);
+        Err(Error {
+            msg: format!("{} failures: {msg}", failures.len() + 1),
+            ..first
+        })
+    }
+
     /// Prefixes the message with where it happened, keeping the kind (and so the code). A
     /// delegated plugin's words reach the runtime unchanged.
     pub fn context(mut self, what: &str) -> Error {
@@ -263,6 +281,23 @@ mod tests {
         let mut ours: Vec<u32> = Kind::ALL.iter().map(|k| k.code()).collect();
         ours.sort();
         assert_eq!(listed, ours);
+    }
+
+    #[test]
+    fn a_teardown_reports_every_failure_with_the_first_ones_code() {
+        assert!(Error::all(Vec::new()).is_ok());
+        let one = Error::all(vec![Error::new(Kind::Netlink, "a")]).unwrap_err();
+        assert_eq!((one.code(), one.to_string().as_str()), (101, "a"));
+        let all = Error::all(vec![
+            Error::new(Kind::Netlink, "retire: busy"),
+            Error::new(Kind::Io, "release: disk full"),
+        ])
+        .unwrap_err();
+        assert_eq!(all.code(), 101);
+        assert_eq!(
+            all.to_string(),
+            "2 failures: retire: busy; release: disk full"
+        );
     }
 
     #[test]

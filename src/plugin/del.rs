@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cni::env::CniEnv;
-use crate::cni::{Kind, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::plugin::attachment::{open_pod_netns, Attachment};
 use crate::plugin::{membership, multicast};
 use crate::sys::netlink::{Link, LinkChange, Netlink, Op, Rtnl};
@@ -36,7 +36,8 @@ fn retired_prefix(env: &CniEnv) -> String {
 /// traffic of the pod's), and takes a name of its own, so `CNI_IFNAME` is free for the
 /// next ADD. Only then is the address released, so no other pod can get it while this link
 /// could still use it. Nothing left to do is success; a namespace that is gone has taken
-/// its links with it.
+/// its links with it. A failing step does not stop the others: DEL does all it can and
+/// reports every failure at once, so the runtime's retry has only those left.
 pub fn del(at: &Attachment<'_>) -> Result<()> {
     let Attachment {
         conf,
@@ -62,15 +63,31 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
         return ipam.del(conf, env);
     };
     let nl = Netlink::connect(&pod_ns)?;
-    let doomed = retire(at, &nl, &heirs)?;
-    crate::plugin::reaper::delete_links(nl, &doomed, conf.wait_for_link_removal)
+    let Retired {
+        doomed,
+        mut failures,
+    } = retire(at, &nl, &heirs)?;
+    // A link that could not be made inert is removed here and now, not left to a child.
+    let wait = conf.wait_for_link_removal || !failures.is_empty();
+    if let Err(e) = crate::plugin::reaper::delete_links(nl, &doomed, wait) {
+        failures.push(e);
+    }
+    Error::all(failures)
+}
+
+/// What DEL did in the pod's namespace: the links left to delete, and every failure met.
+#[derive(Debug)]
+struct Retired {
+    doomed: Vec<u32>,
+    failures: Vec<Error>,
 }
 
 /// DEL in the pod's namespace, up to the links' removal: every link of the attachment
 /// made inert and renamed out of the way, eth0's mark given back, the multicast routes
 /// handed to `heirs` (the attachments left in the pod), the address released. Returns the
-/// links to delete.
-fn retire(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<Vec<u32>> {
+/// links to delete and what failed; only a namespace whose links cannot be listed fails
+/// the whole.
+fn retire(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<Retired> {
     let Attachment {
         conf, env, ipam, ..
     } = *at;
@@ -100,10 +117,24 @@ fn retire(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<Vec<u3
     }
     // eth0's mark in the same exchange.
     ops.extend(multicast::restore_ops(&others, &env.ifname));
-    nl.apply(ops)?;
-    multicast::hand_over_routes(nl, &others, heirs, &conf.multicast)?;
-    ipam.del(conf, env)?;
-    Ok(ours.iter().map(|l| l.index).collect())
+    let mut failures = Vec::new();
+    let inert = nl
+        .apply(ops)
+        .map_err(|e| failures.push(Error::from(e).context("retire")));
+    if let Err(e) = multicast::hand_over_routes(nl, &others, heirs, &conf.multicast) {
+        failures.push(e.context("hand over the multicast routes"));
+    }
+    // The address stays claimed while a link that may still answer for it is not inert;
+    // the runtime's retry releases it.
+    if inert.is_ok() {
+        if let Err(e) = ipam.del(conf, env) {
+            failures.push(e);
+        }
+    }
+    Ok(Retired {
+        doomed: ours.iter().map(|l| l.index).collect(),
+        failures,
+    })
 }
 /// DEL's choice: the attachment's macvlan (named `ifname`) and the retired ones an earlier
 /// DEL of the same attachment left (named `retired_prefix`...) whose removal did not
@@ -199,8 +230,13 @@ mod tests {
             ipam: &Ipam::None,
             agent: &agent(&conf),
         };
-        let doomed = retire(&at, &nl, &["net2".to_owned()]).unwrap();
-        assert_eq!(doomed, vec![net1], "only our link is left to delete");
+        let retired = retire(&at, &nl, &["net2".to_owned()]).unwrap();
+        assert!(retired.failures.is_empty(), "{:?}", retired.failures);
+        assert_eq!(
+            retired.doomed,
+            vec![net1],
+            "only our link is left to delete"
+        );
         let ours = nl.link(net1).unwrap();
         assert!(
             ours.name.starts_with(&retired_prefix(&env)),
@@ -227,7 +263,7 @@ mod tests {
         let b = nl2.with_link("net2", Some(InfoKind::MacVlan), up);
         nl2.apply(multicast::route_ops(a, &MulticastConf::default()))
             .unwrap();
-        assert_eq!(retire(&at, &nl2, &[]).unwrap(), vec![a]);
+        assert_eq!(retire(&at, &nl2, &[]).unwrap().doomed, vec![a]);
         assert!(nl2.all_routes().iter().all(|r| r.oif != Some(b)));
     }
 }
