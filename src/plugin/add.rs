@@ -14,7 +14,7 @@ use crate::node::policy::Policy;
 use crate::plugin::attachment::{Attachment, Namespaces};
 use crate::plugin::config::MacvlanConf;
 use crate::plugin::master::resolve_master;
-use crate::plugin::{dad, duplicate, membership, multicast};
+use crate::plugin::{dad, duplicate, membership, multicast, zenoh_relay};
 use crate::sys::netlink::{
     format_mac, read_back, Ipv4Setting, Link, LinkChange, MacvlanMode, NewMacvlan, Op,
 };
@@ -69,6 +69,8 @@ struct Progress {
     ipam: bool,
     joined: bool,
     marked: bool,
+    /// Zenoh relay (issue 24): its listeners were opened (and maybe handed over).
+    relayed: bool,
 }
 
 pub fn add(at: &Attachment<'_>, ns: &Namespaces, policy: Result<Option<Policy>>) -> Result<Added> {
@@ -217,6 +219,11 @@ impl Adding<'_> {
         )?;
         fault_point(self.at.env, "joined");
 
+        // Zenoh relay (issue 24): a router at the pod's localhost, when the network opts in.
+        self.progress.relayed = self.at.conf.zenoh.is_some();
+        let relay_note =
+            zenoh_relay::hold(self.at.conf, self.at.env, self.at.agent, &self.ns.pod_ns)?;
+
         self.progress.marked = self.at.conf.multicast.mark_other_interfaces;
         if self.progress.marked {
             multicast::mark_other_interfaces(
@@ -245,7 +252,14 @@ impl Adding<'_> {
         }
         Ok(Added {
             result,
-            notes: self.plan.master_why.iter().cloned().chain(note).collect(),
+            notes: self
+                .plan
+                .master_why
+                .iter()
+                .cloned()
+                .chain(note)
+                .chain(relay_note)
+                .collect(),
         })
     }
 
@@ -433,6 +447,9 @@ fn undo(
             failures.push(Error::from(e).context("restoring multicast flags failed"));
         }
     }
+    if progress.relayed {
+        zenoh_relay::release(conf, env, agent);
+    }
     if progress.joined {
         membership::release(conf, env, agent);
     }
@@ -484,6 +501,7 @@ mod tests {
             ipam: reached("claimed"),
             joined: reached("joined"),
             marked: reached("marked"),
+            relayed: false,
         };
         (nl, eth0, net1, progress)
     }

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
 use crate::plugin::attachment::{open_pod_netns, Attachment};
-use crate::plugin::{membership, multicast};
+use crate::plugin::{membership, multicast, zenoh_relay};
 use crate::sys::netlink::{Link, LinkChange, Netlink, Op, Rtnl};
 use crate::sys::stable_hash::stable_hash;
 
@@ -59,6 +59,8 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
         Vec::new()
     };
     membership::release(conf, env, agent);
+    // Zenoh relay (issue 24): the pod's listeners close, the agent holds nothing for it.
+    zenoh_relay::release(conf, env, agent);
     let Some(pod_ns) = pod_ns else {
         return ipam.del(conf, env);
     };
