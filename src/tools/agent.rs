@@ -48,6 +48,8 @@ pub struct Options {
     pub policy: Option<(PathBuf, PathBuf)>,
     /// Release orphaned host-local claims under this data dir, this often.
     pub gc: Option<(PathBuf, Duration)>,
+    /// Zenoh relay (issue 24): the node's Zenoh router, where pods' relays forward to.
+    pub zenoh_router: std::net::SocketAddr,
 }
 
 pub fn run(opts: Options) -> i32 {
@@ -79,6 +81,9 @@ async fn serve(opts: Options) -> io::Result<()> {
         RecordDir::beside(&opts.socket),
         crate::plugin::lan_state::LanState::beside(&opts.socket),
     )?;
+    // Zenoh relay (issue 24): the relays follow their records like the memberships.
+    let mut relays = crate::tools::relay::Relays::new(&opts.socket, opts.zenoh_router);
+    relays.reconcile();
     let node_config = match &opts.policy {
         Some((_, dir)) => crate::tools::install::mirrored_policy(dir),
         None => crate::node::policy::policy_file(),
@@ -102,7 +107,7 @@ async fn serve(opts: Options) -> io::Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if tokio::time::timeout(AGENT_WAIT, answer(stream, &mut holder)).await.is_err() {
+                    if tokio::time::timeout(AGENT_WAIT, answer(stream, &mut holder, &mut relays)).await.is_err() {
                         log::warn!("agent: a client sent no complete request in time");
                     }
                 }
@@ -110,6 +115,7 @@ async fn serve(opts: Options) -> io::Result<()> {
             },
             _ = sweep.tick() => {
                 holder.reconcile();
+                relays.reconcile();
                 host = reconcile_host(host).await;
             }
             _ = tick(&mut policy) => {
@@ -196,7 +202,7 @@ fn listen(path: &Path) -> io::Result<UnixListener> {
 /// only the socket file's mode, so a socket reachable by mistake (a hostPath mounted into
 /// another container, a directory mode widened) still lets no one else hand sockets in,
 /// drop a pod's membership or list the pods.
-async fn answer(stream: UnixStream, holder: &mut Holder) {
+async fn answer(stream: UnixStream, holder: &mut Holder, relays: &mut crate::tools::relay::Relays) {
     // The peer's credentials are taken at connect; the request is read in any case, so a
     // refused client reads its refusal instead of a closed socket.
     let peer = stream.peer_cred();
@@ -236,14 +242,18 @@ async fn answer(stream: UnixStream, holder: &mut Holder) {
             return;
         }
     }
-    let reply = match membership::parse_request(line.split(|b| *b == b'\n').next().unwrap_or(&[])) {
-        Ok(request) => holder.handle(request, fds),
-        Err(e) => refuse(format!("not a request: {e}")),
-    };
-    self::reply(stream, &reply).await;
+    let first = line.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    match membership::parse_request(first) {
+        Ok(request) => self::reply(stream, &holder.handle(request, fds)).await,
+        // Zenoh relay (issue 24): its requests ride the same socket.
+        Err(e) => match crate::plugin::zenoh_relay::parse_request(first) {
+            Ok(request) => self::reply(stream, &relays.handle(request, fds)).await,
+            Err(_) => self::reply(stream, &refuse(format!("not a request: {e}"))).await,
+        },
+    }
 }
 
-async fn reply(mut stream: UnixStream, reply: &Reply) {
+async fn reply(mut stream: UnixStream, reply: &impl serde::Serialize) {
     let mut out = serde_json::to_vec(reply).unwrap_or_default();
     out.push(b'\n');
     let _ = stream.write_all(&out).await;

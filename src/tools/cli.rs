@@ -116,6 +116,10 @@ struct AgentArgs {
     /// How often gc runs, in seconds
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     gc_every: u64,
+    /// The node's Zenoh router (HOST:PORT, in the agent's network namespace): where the
+    /// relays of networks with "zenoh" forward the pods' localhost:7447 to
+    #[arg(long, default_value = crate::tools::relay::DEFAULT_ROUTER)]
+    zenoh_router: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -209,6 +213,7 @@ pub fn main(args: &[String]) -> i32 {
             cni_bin_dir: a.cni_bin_dir,
             policy: a.policy.pair(),
             gc: a.gc_data_dir.map(|d| (d, Duration::from_secs(a.gc_every))),
+            zenoh_router: a.zenoh_router,
         }),
         Sub::Install(a) => crate::tools::install::main(&crate::tools::install::Options {
             cni_bin_dir: a.cni_bin_dir,
