@@ -596,6 +596,45 @@ mod tests {
     }
 
     #[test]
+    fn a_sweep_sorts_the_records_against_what_is_held() {
+        let dir = std::env::temp_dir().join(format!("rm-due-{}", std::process::id()));
+        let records = RecordDir::beside(&dir.join("agent.sock"));
+        let here = |id: &str| Record {
+            container_id: id.into(),
+            netns: "/proc/self/ns/net".into(),
+            netns_inode: inode_of(Path::new("/proc/self/ns/net")).unwrap(),
+            ..record()
+        };
+        let gone = Record {
+            container_id: "gone".into(),
+            netns: "/proc/self/ns/no-such-ns".into(),
+            ..record()
+        };
+        let unsure = Record {
+            container_id: "unsure".into(),
+            netns: "/nonexistent/netns".into(),
+            ..record()
+        };
+        for r in [here("held"), here("missing"), gone.clone(), unsure.clone()] {
+            records.write(&r).unwrap();
+        }
+        let held: HashSet<String> = [here("held").key(), "lost:ros-net:net1".to_owned()].into();
+        let due = records.due(&held);
+        assert_eq!(due.unrecorded, vec!["lost:ros-net:net1".to_owned()]);
+        assert_eq!(due.missing, vec![here("missing")]);
+        assert_eq!(due.gone.len(), 1);
+        assert_eq!(due.gone[0].0, gone.key());
+        assert_eq!(due.unsure.len(), 1);
+        assert_eq!(due.unsure[0].0, unsure.key());
+        assert_eq!(
+            records.list().len(),
+            3,
+            "the gone record is removed, no other"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn requests_are_one_json_line_each() {
         let line = serde_json::to_string(&Request::Hold(Box::new(record()))).unwrap();
         assert!(!line.contains('\n'));

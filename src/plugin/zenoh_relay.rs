@@ -297,6 +297,29 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_record_is_a_membership_record_with_addresses() {
+        let r = RelayRecord {
+            attachment: Record {
+                network: "ros-net".into(),
+                container_id: "abc".into(),
+                ifname: "net1".into(),
+                netns: "/var/run/netns/x".into(),
+                netns_inode: 1,
+                groups: Vec::new(),
+            },
+            listen: vec![
+                "127.0.0.1:7447".parse().unwrap(),
+                "[::1]:7447".parse().unwrap(),
+            ],
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["containerID"], "abc");
+        assert_eq!(json["listen"][1], "[::1]:7447");
+        assert_eq!(serde_json::from_value::<RelayRecord>(json).unwrap(), r);
+        assert_eq!(r.key(), "abc:ros-net:net1");
+    }
+
+    #[test]
     fn requests_are_told_apart_from_membership_requests() {
         let line = serde_json::to_string(&RelayRequest::DropRelay {
             key: "a:b:c".into(),
