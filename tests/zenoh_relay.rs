@@ -18,7 +18,7 @@ const SAMPLES: &str = "10";
 
 /// The routers' ZENOH_CONFIG_OVERRIDE on rmw_zenohd's defaults, as the DaemonSet gives it:
 /// routers find each other by multicast scouting on the node's LAN and connect.
-const ROUTER_OVERRIDE: &str = r#"scouting/multicast/enabled=true;scouting/multicast/autoconnect={router:["router"],peer:["router","peer"]};routing/router/peers_failover_brokering=true"#;
+const ROUTER_OVERRIDE: &str = r#"scouting/multicast/enabled=true;scouting/multicast/autoconnect={router:["router"],peer:["router","peer"]}"#;
 /// Routers outlive every exchange of a scene; the scene stops them.
 const ROUTER_SECONDS: &str = "50";
 
@@ -192,11 +192,23 @@ fn rmw_zenoh_defaults_through_the_relay_two_nodes() {
 /// Measured, not wanted: sessions of three pods on ONE node reach the same router, and
 /// Zenoh 1.10's router does not route between peers of its own south region (it expects
 /// them to connect to each other, which they cannot: each listens on its own pod's
-/// localhost; `peers_failover_brokering` is gone). The relay itself works (each session
+/// localhost; Zenoh 1.10 says `peers_failover_brokering` "has no effect"). The relay itself works (each session
 /// has the router), the samples do not cross. README: the limitation and what to do.
 #[test]
 fn rmw_zenoh_defaults_in_three_pods_of_one_node_reach_the_router_but_not_each_other() {
     relay_scene(&[3], false);
+}
+
+/// The router DaemonSet runs the routers as these scenes do.
+#[test]
+fn the_router_daemonset_has_the_scenes_settings() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/conf/zenoh-router-daemonset.yaml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(&format!("'{ROUTER_OVERRIDE}'")), "{text}");
+    assert!(text.contains("hostNetwork: true") && text.contains("rmw_zenohd"));
 }
 
 /// Without the opt-in (the guide's config), ADD opens nothing on 7447 and the agent relays
