@@ -3,12 +3,13 @@
 //!
 //! rmw_zenoh's session connects to a router at `tcp/localhost:7447`, listens on localhost
 //! only and scouts nothing: without a router at the pod's own localhost it finds nobody.
-//! One Zenoh router runs per node (conf/zenoh-router-daemonset.yaml, host network), and at
-//! ADD the plugin opens listening TCP sockets on 127.0.0.1:7447 (and [::1]:7447 where the pod
-//! has IPv6) inside the pod and hands them to the node agent with SCM_RIGHTS, exactly as it
-//! hands over membership sockets (`membership`). The agent accepts on them and forwards each
-//! connection to the node's router (`tools::relay`); routers on different nodes reach each
-//! other over the LAN. Nothing runs in the pod.
+//! The node runs Zenoh routers for its pods (conf/zenoh-router-daemonset.yaml, host
+//! network), and at ADD the plugin opens listening TCP sockets on 127.0.0.1:7447 (and
+//! [::1]:7447 where the pod has IPv6) inside the pod and hands them to the node agent with
+//! SCM_RIGHTS, exactly as it hands over membership sockets (`membership`). The agent
+//! accepts on them and forwards each connection to a router of the node's given to this pod
+//! alone (`tools::relay` says why one each); the routers reach each other through the
+//! node's hub router, and the hubs of the nodes over the LAN. Nothing runs in the pod.
 //!
 //! Beside the handed sockets the plugin writes a record (which addresses, in which netns),
 //! so an agent that restarts (or starts after the ADD) binds the same listeners again; DEL
@@ -42,7 +43,7 @@ pub struct ZenohConf {
 
 impl ZenohConf {
     /// `true` or `{}` (rmw_zenoh's default port) or `{"port": N}`: the relay; absent, null or
-    /// `false`: none. The router is the node's (the agent's `--zenoh-router`): a NAD is a
+    /// `false`: none. The routers are the node's (the agent's `--zenoh-routers`): a NAD is a
     /// tenant's and must not point the node's agent at an address of its choosing.
     pub fn from_config(value: Option<&Value>) -> Result<Option<ZenohConf>> {
         let invalid = |msg: String| Err(Error::new(Kind::InvalidConfig, msg));
@@ -58,7 +59,7 @@ impl ZenohConf {
         };
         if let Some(key) = object.keys().find(|k| *k != "port") {
             let why = if key == "router" {
-                "the router is the node's: the node agent's --zenoh-router names it (README: rmw_zenoh with no configuration)"
+                "the routers are the node's: the node agent's --zenoh-routers names them (README: rmw_zenoh with no configuration)"
             } else {
                 "the only key of zenoh is \"port\""
             };
@@ -96,6 +97,10 @@ pub struct RelayRecord {
     pub attachment: Record,
     /// What ADD bound in the pod (127.0.0.1:PORT, and [::1]:PORT where the pod has IPv6).
     pub listen: Vec<SocketAddr>,
+    /// The node's router the agent gave the relay (in the agent's answers; ADD's record
+    /// has none: the agent chooses, again after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<SocketAddr>,
 }
 
 impl Stored for RelayRecord {
@@ -114,7 +119,7 @@ impl Stored for RelayRecord {
 #[serde(rename_all = "camelCase")]
 pub enum RelayRequest {
     /// Relay the listening sockets passed with this message (SCM_RIGHTS, in `listen`'s order).
-    Relay(RelayRecord),
+    Relay(Box<RelayRecord>),
     /// Close the attachment's listeners and its connections.
     DropRelay { key: String },
     /// The relays held now.
@@ -201,6 +206,8 @@ fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
 /// ADD: opens the relay's listeners in the pod and hands them to the node agent. A port
 /// already taken in the pod skips the relay (the note says so); without a reachable agent
 /// ADD still succeeds with a note, and the agent opens them from the record once it runs.
+/// An agent that refuses the relay (every router of the node serves a pod already) fails
+/// the ADD with code 11, and its undo removes the record.
 pub fn hold(
     conf: &MacvlanConf,
     env: &CniEnv,
@@ -227,17 +234,26 @@ pub fn hold(
     let record = RelayRecord {
         attachment: Record::of_attachment(conf, env, ns, Vec::new(), Default::default())?,
         listen: bound.iter().map(|(a, _)| *a).collect(),
+        router: None,
     };
     // The record first: an agent restarting between the two still finds it.
     agent.records::<RelayRecord>().write(&record)?;
     let fds: Vec<RawFd> = bound.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-    let handed = call(agent.client(), &RelayRequest::Relay(record), &fds);
-    Ok(handed.err().map(|e| {
-        format!(
+    let request = RelayRequest::Relay(Box::new(record));
+    match agent.client().exchange::<_, RelayReply>(&request, &fds) {
+        Ok(reply) if reply.ok => Ok(None),
+        Ok(reply) => Err(Error::new(
+            Kind::TryAgainLater,
+            format!(
+                "the node agent refused the Zenoh relay: {}",
+                reply.error.unwrap_or_else(|| "refused".into())
+            ),
+        )),
+        Err(e) => Ok(Some(format!(
             "Zenoh relay not held: no node agent at {} ({e}); the agent opens it from its record once it runs",
             agent.client().socket().display()
-        )
-    }))
+        ))),
+    }
 }
 
 /// DEL (and a failed ADD's undo): the record goes and the agent closes the listeners and
@@ -293,7 +309,7 @@ mod tests {
             assert_eq!(e.code(), 7, "{bad}: {e}");
         }
         let e = parse(r#"{"router": "tcp/10.0.0.1:2379"}"#).unwrap_err();
-        assert!(e.to_string().contains("--zenoh-router"), "{e}");
+        assert!(e.to_string().contains("--zenoh-routers"), "{e}");
     }
 
     #[test]
@@ -306,17 +322,27 @@ mod tests {
                 netns: "/var/run/netns/x".into(),
                 netns_inode: 1,
                 groups: Vec::new(),
+                lan: Default::default(),
             },
             listen: vec![
                 "127.0.0.1:7447".parse().unwrap(),
                 "[::1]:7447".parse().unwrap(),
             ],
+            router: None,
         };
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["containerID"], "abc");
         assert_eq!(json["listen"][1], "[::1]:7447");
+        assert!(json.get("router").is_none(), "ADD's record names no router");
         assert_eq!(serde_json::from_value::<RelayRecord>(json).unwrap(), r);
         assert_eq!(r.key(), "abc:ros-net:net1");
+        let given = RelayRecord {
+            router: Some("127.0.0.1:7449".parse().unwrap()),
+            ..r
+        };
+        let json = serde_json::to_value(&given).unwrap();
+        assert_eq!(json["router"], "127.0.0.1:7449");
+        assert_eq!(serde_json::from_value::<RelayRecord>(json).unwrap(), given);
     }
 
     #[test]

@@ -48,8 +48,8 @@ pub struct Options {
     pub policy: Option<(PathBuf, PathBuf)>,
     /// Release orphaned host-local claims under this data dir, this often.
     pub gc: Option<(PathBuf, Duration)>,
-    /// Zenoh relay (issue 24): the node's Zenoh router, where pods' relays forward to.
-    pub zenoh_router: std::net::SocketAddr,
+    /// Zenoh relay (issue 24): the node's Zenoh routers for pods, one per relay.
+    pub zenoh_routers: crate::tools::relay::RouterPool,
 }
 
 pub fn run(opts: Options) -> i32 {
@@ -82,7 +82,7 @@ async fn serve(opts: Options) -> io::Result<()> {
         crate::plugin::lan_state::LanState::beside(&opts.socket),
     )?;
     // Zenoh relay (issue 24): the relays follow their records like the memberships.
-    let mut relays = crate::tools::relay::Relays::new(&opts.socket, opts.zenoh_router);
+    let mut relays = crate::tools::relay::Relays::new(&opts.socket, opts.zenoh_routers);
     relays.reconcile();
     let node_config = match &opts.policy {
         Some((_, dir)) => crate::tools::install::mirrored_policy(dir),

@@ -116,10 +116,11 @@ struct AgentArgs {
     /// How often gc runs, in seconds
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     gc_every: u64,
-    /// The node's Zenoh router (HOST:PORT, in the agent's network namespace): where the
-    /// relays of networks with "zenoh" forward the pods' localhost:7447 to
-    #[arg(long, default_value = crate::tools::relay::DEFAULT_ROUTER)]
-    zenoh_router: std::net::SocketAddr,
+    /// The node's Zenoh routers for pods (HOST:FIRST-LAST, or HOST:PORT for one, in the
+    /// agent's network namespace): the relay of each pod of a network with "zenoh" forwards
+    /// its localhost:7447 to one of them, a router of its own
+    #[arg(long, default_value = crate::tools::relay::DEFAULT_ROUTERS)]
+    zenoh_routers: crate::tools::relay::RouterPool,
 }
 
 #[derive(Args)]
@@ -213,7 +214,7 @@ pub fn main(args: &[String]) -> i32 {
             cni_bin_dir: a.cni_bin_dir,
             policy: a.policy.pair(),
             gc: a.gc_data_dir.map(|d| (d, Duration::from_secs(a.gc_every))),
-            zenoh_router: a.zenoh_router,
+            zenoh_routers: a.zenoh_routers,
         }),
         Sub::Install(a) => crate::tools::install::main(&crate::tools::install::Options {
             cni_bin_dir: a.cni_bin_dir,

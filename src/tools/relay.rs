@@ -1,14 +1,26 @@
 //! The node agent's Zenoh relays (`plugin::zenoh_relay` is the plugin's side): for each pod
 //! of a network that opts in, the agent holds the listening sockets ADD opened on the pod's
 //! localhost:7447, accepts the pod's rmw_zenoh sessions on them and forwards each
-//! connection, a bidirectional byte copy, to the node's Zenoh router (`--zenoh-router`).
+//! connection, a bidirectional byte copy, to a Zenoh router of the node's own: one of the
+//! pool `--zenoh-routers` names, each given to one pod at a time.
+//!
+//! Why a router per pod: rmw_zenoh's sessions are peers, and a Zenoh 1.10 router puts all
+//! its peers in one south region that it takes for a full mesh: it routes no sample from
+//! one of its peers to another (`hat/peer/pubsub.rs`, `compute_data_route`: only faces of
+//! another region get them; `routing.router.peers_failover_brokering`, which used to
+//! broker between peers that cannot reach each other, is deprecated and does nothing).
+//! Peers of different pods cannot mesh (each listens on its own pod's localhost), so two
+//! pods sharing a router never meet. Each on a router of its own, the routers route
+//! between themselves (router to router, linkstate) through the node's hub router, which
+//! also meets the other nodes' hubs on the LAN (conf/zenoh-router-daemonset.yaml).
+//!
 //! The relays follow their records as the memberships do: re-opened after the agent's
 //! restart, closed with their connections when the record goes (DEL) or the pod's netns is
 //! positively gone.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,12 +34,66 @@ use crate::plugin::membership::{AgentClient, RecordDir, Stored};
 use crate::plugin::zenoh_relay::{self, RelayRecord, RelayReply, RelayRequest, Unbound};
 use crate::sys::netns::Netns;
 
-/// Where the node's router listens unless `--zenoh-router` says otherwise: the router
-/// DaemonSet's (host network) on the node's loopback.
-pub const DEFAULT_ROUTER: &str = "127.0.0.1:7447";
+/// The node's routers for pods unless `--zenoh-routers` says otherwise: the router
+/// DaemonSet's (host network) on the node's loopback, ports 7448 to 7463 (its hub, which
+/// the pods' routers connect to, listens on 7447).
+pub const DEFAULT_ROUTERS: &str = "127.0.0.1:7448-7463";
+/// The most routers a pool may name (one per pod of the node at a time).
+pub const MAX_ROUTERS: usize = 1024;
 
-/// The most relays one agent holds (one or two listeners each), as for memberships.
-pub const MAX_RELAYS: usize = 4096;
+/// The node's routers for pods (`--zenoh-routers HOST:FIRST-LAST`, or `HOST:PORT` for
+/// one): one address, consecutive ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterPool {
+    pub host: IpAddr,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl std::str::FromStr for RouterPool {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<RouterPool, String> {
+        let usage =
+            || format!("{s:?} is not HOST:PORT or HOST:FIRST-LAST (like {DEFAULT_ROUTERS})");
+        let (host, ports) = s.rsplit_once(':').ok_or_else(usage)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host: IpAddr = host.parse().map_err(|_| usage())?;
+        let (first, last) = ports.split_once('-').unwrap_or((ports, ports));
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(usage);
+        let (first, last) = (port(first)?, port(last)?);
+        if last < first || usize::from(last - first) >= MAX_ROUTERS {
+            return Err(format!(
+                "{s:?}: the ports must rise, and at most {MAX_ROUTERS} routers are allowed"
+            ));
+        }
+        Ok(RouterPool { host, first, last })
+    }
+}
+
+impl std::fmt::Display for RouterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = SocketAddr::new(self.host, self.first);
+        if self.first == self.last {
+            write!(f, "{host}")
+        } else {
+            write!(f, "{host}-{}", self.last)
+        }
+    }
+}
+
+impl RouterPool {
+    fn size(&self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+
+    /// The first router no relay in `taken` forwards to.
+    fn free(&self, taken: &HashSet<SocketAddr>) -> Option<SocketAddr> {
+        (self.first..=self.last)
+            .map(|port| SocketAddr::new(self.host, port))
+            .find(|a| !taken.contains(a))
+    }
+}
+
 /// The most connections one pod may have relayed at once (rmw_zenoh opens one per
 /// process), and the most for the whole node: each costs two descriptors and two buffers.
 pub const MAX_CONNECTIONS_PER_POD: usize = 64;
@@ -37,8 +103,9 @@ const ROUTER_WAIT: Duration = Duration::from_secs(2);
 /// Copy buffers per direction of a relayed connection.
 const BUFFER: usize = 32 * 1024;
 
-/// One attachment's relay: its record and the tasks accepting on its listeners; dropping
-/// it closes the listeners and every connection relayed through them.
+/// One attachment's relay: its record (with the router it was given), and the tasks
+/// accepting on its listeners; dropping it closes the listeners and every connection
+/// relayed through them, and frees its router.
 struct Relay {
     record: RelayRecord,
     acceptors: Vec<JoinHandle<()>>,
@@ -55,22 +122,20 @@ impl Drop for Relay {
 /// The relays the agent holds, and the records that say which it should.
 pub struct Relays {
     records: RecordDir<RelayRecord>,
-    router: SocketAddr,
+    routers: RouterPool,
     held: HashMap<String, Relay>,
     connections: Arc<AtomicUsize>,
-    router_down: Arc<AtomicBool>,
     /// Keys whose re-creation failed, or whose netns could not be told gone: said once.
     said: HashSet<String>,
 }
 
 impl Relays {
-    pub fn new(agent_socket: &std::path::Path, router: SocketAddr) -> Relays {
+    pub fn new(agent_socket: &std::path::Path, routers: RouterPool) -> Relays {
         Relays {
             records: RecordDir::kept_beside(agent_socket),
-            router,
+            routers,
             held: HashMap::new(),
             connections: Arc::new(AtomicUsize::new(0)),
-            router_down: Arc::new(AtomicBool::new(false)),
             said: HashSet::new(),
         }
     }
@@ -92,12 +157,7 @@ impl Relays {
                 if fds.is_empty() || fds.len() != record.listen.len() {
                     return refuse("relay needs one listening socket per address in listen".into());
                 }
-                if self.held.len() >= MAX_RELAYS && !self.held.contains_key(&record.key()) {
-                    return refuse(format!(
-                        "the agent holds {MAX_RELAYS} Zenoh relays already, its bound; not held"
-                    ));
-                }
-                match self.hold(record, fds, "handed over by ADD") {
+                match self.hold(*record, fds, "handed over by ADD") {
                     Ok(()) => ok,
                     Err(e) => refuse(format!("cannot relay: {e}")),
                 }
@@ -113,7 +173,30 @@ impl Relays {
         }
     }
 
-    fn hold(&mut self, record: RelayRecord, fds: Vec<OwnedFd>, why: &str) -> io::Result<()> {
+    /// The router for `key`'s relay: the one it has (a repeated ADD), else a free one.
+    fn router_for(&self, key: &str) -> io::Result<SocketAddr> {
+        if let Some(router) = self.held.get(key).and_then(|r| r.record.router) {
+            return Ok(router);
+        }
+        let taken: HashSet<SocketAddr> =
+            self.held.values().filter_map(|r| r.record.router).collect();
+        self.routers.free(&taken).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "all {} Zenoh routers of the node ({}, the agent's --zenoh-routers) serve a pod already, and two pods on one router never meet; run more routers (conf/zenoh-router-daemonset.yaml) or let a pod go",
+                    self.routers.size(),
+                    self.routers
+                ),
+            )
+        })
+    }
+
+    fn hold(&mut self, mut record: RelayRecord, fds: Vec<OwnedFd>, why: &str) -> io::Result<()> {
+        let key = record.key();
+        let router = self.router_for(&key)?;
+        record.router = Some(router);
+        let router_down = Arc::new(AtomicBool::new(false));
         let mut acceptors = Vec::new();
         for fd in fds {
             let std_listener = std::net::TcpListener::from(fd);
@@ -121,15 +204,14 @@ impl Relays {
             let listener = TcpListener::from_std(std_listener)?;
             acceptors.push(tokio::spawn(accept(
                 listener,
-                self.router,
+                router,
                 Arc::clone(&self.connections),
-                Arc::clone(&self.router_down),
+                Arc::clone(&router_down),
             )));
         }
-        let key = record.key();
         println!(
-            "agent: relaying {key}: {:?} in {} to the Zenoh router at {} ({why})",
-            record.listen, record.attachment.netns, self.router
+            "agent: relaying {key}: {:?} in {} to the Zenoh router at {router} ({why})",
+            record.listen, record.attachment.netns
         );
         self.said.remove(&key);
         // A relay held already for the key (a repeated ADD) closes when replaced.
@@ -162,15 +244,6 @@ impl Relays {
         }
         for record in due.missing {
             let key = record.key();
-            if self.held.len() >= MAX_RELAYS {
-                self.say_once(
-                    &key,
-                    format!(
-                        "not re-opening the Zenoh relay of {key}: {MAX_RELAYS} held, the bound"
-                    ),
-                );
-                continue;
-            }
             let reopened =
                 reopen(&record).and_then(|fds| self.hold(record, fds, "re-opened from its record"));
             if let Err(e) = reopened {
@@ -309,8 +382,11 @@ pub fn doctor_check(ns: &Netns, agent_socket: &std::path::Path) -> Option<Findin
         Finding::pass(
             "zenoh router",
             format!(
-                "{} answers (the node agent relays it to the node's Zenoh router; network {})",
+                "{} answers (the node agent relays it to the pod's Zenoh router {}; network {})",
                 addrs.join(" and "),
+                record
+                    .router
+                    .map_or_else(|| "?".to_owned(), |r| r.to_string()),
                 record.attachment.network
             ),
         )
@@ -318,7 +394,10 @@ pub fn doctor_check(ns: &Netns, agent_socket: &std::path::Path) -> Option<Findin
         Finding::fail(
             "zenoh router",
             problems.join("; "),
-            "check that the node's Zenoh router runs (conf/zenoh-router-daemonset.yaml) where the agent's --zenoh-router points, and the agent's log".into(),
+            format!(
+                "check that the node's Zenoh routers run (conf/zenoh-router-daemonset.yaml), this pod's at {} (the agent's --zenoh-routers), and the agent's log",
+                record.router.map_or_else(|| "?".to_owned(), |r| r.to_string())
+            ),
         )
     })
 }
@@ -340,5 +419,47 @@ fn stays_open(stream: &std::net::TcpStream) -> io::Result<bool> {
         }
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_is_one_host_and_rising_ports() {
+        let pool: RouterPool = DEFAULT_ROUTERS.parse().unwrap();
+        assert_eq!((pool.first, pool.last, pool.size()), (7448, 7463, 16));
+        assert_eq!(pool.to_string(), DEFAULT_ROUTERS);
+        let one: RouterPool = "[::1]:7447".parse().unwrap();
+        assert_eq!(
+            (one.host, one.size()),
+            (IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 1)
+        );
+        assert_eq!(one.to_string(), "[::1]:7447");
+        for bad in [
+            "7448",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:7449-7448",
+            "h:7448",
+            "127.0.0.1:1-2000",
+        ] {
+            assert!(bad.parse::<RouterPool>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_relay_gets_a_router_no_other_has() {
+        let pool: RouterPool = "127.0.0.1:7448-7450".parse().unwrap();
+        let mut taken = HashSet::new();
+        for port in [7448, 7449, 7450] {
+            let free = pool.free(&taken).unwrap();
+            assert_eq!(free.port(), port);
+            taken.insert(free);
+        }
+        assert_eq!(pool.free(&taken), None);
+        taken.remove(&SocketAddr::new(pool.host, 7449));
+        assert_eq!(pool.free(&taken).map(|a| a.port()), Some(7449));
     }
 }
