@@ -209,9 +209,10 @@ impl Relays {
                 Arc::clone(&router_down),
             )));
         }
-        println!(
+        log::info!(
             "agent: relaying {key}: {:?} in {} to the Zenoh router at {router} ({why})",
-            record.listen, record.attachment.netns
+            record.listen,
+            record.attachment.netns
         );
         self.said.remove(&key);
         // A relay held already for the key (a repeated ADD) closes when replaced.
@@ -221,7 +222,7 @@ impl Relays {
 
     fn let_go(&mut self, key: &str, why: &str) {
         if self.held.remove(key).is_some() {
-            println!("agent: closed the Zenoh relay of {key} ({why})");
+            log::info!("agent: closed the Zenoh relay of {key} ({why})");
         }
     }
 
@@ -236,7 +237,7 @@ impl Relays {
         }
         for (key, why) in due.gone {
             self.let_go(&key, &why);
-            println!("agent: forgetting the Zenoh relay of {key}: {why}");
+            log::info!("agent: forgetting the Zenoh relay of {key}: {why}");
             self.said.remove(&key);
         }
         for (key, why) in due.unsure {
@@ -257,7 +258,7 @@ impl Relays {
 
     fn say_once(&mut self, key: &str, line: String) {
         if self.said.insert(key.to_owned()) {
-            eprintln!("agent: {line}");
+            log::warn!("agent: {line}");
         }
     }
 }
@@ -296,7 +297,7 @@ async fn accept(
         let pod = match accepted {
             Ok((pod, _)) => pod,
             Err(e) => {
-                eprintln!("agent: Zenoh relay accept: {e}");
+                log::warn!("agent: Zenoh relay accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -340,7 +341,7 @@ async fn forward(mut pod: TcpStream, router: SocketAddr, router_down: &AtomicBoo
     let mut upstream = match connected {
         Ok(Ok(s)) => {
             if router_down.swap(false, Ordering::SeqCst) {
-                println!("agent: the Zenoh router at {router} answers again");
+                log::info!("agent: the Zenoh router at {router} answers again");
             }
             s
         }
@@ -354,7 +355,7 @@ async fn forward(mut pod: TcpStream, router: SocketAddr, router_down: &AtomicBoo
 
 fn said_down(router: SocketAddr, router_down: &AtomicBool, why: &str) {
     if !router_down.swap(true, Ordering::SeqCst) {
-        eprintln!("agent: the Zenoh router at {router} does not answer ({why}); relayed connections are closed until it does");
+        log::warn!("agent: the Zenoh router at {router} does not answer ({why}); relayed connections are closed until it does");
     }
 }
 
