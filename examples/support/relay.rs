@@ -1,7 +1,7 @@
 //! The Zenoh relay's cost (issue 24): round-trip latency and throughput of a TCP connection
-//! to a node's router at 127.0.0.1:7447, made from a pod through the agent's relay (the
-//! pod's own localhost:7447, `"zenoh": true`) against the same connection made directly in
-//! the node. The router is stood in for by an echo server, so the figures are the relay's
+//! to the pod's router on the node (127.0.0.1:7448, the first of the agent's default
+//! --zenoh-routers), made from a pod through the agent's relay (the pod's own
+//! localhost:7447, `"zenoh": true`) against the same connection made directly in the node. The router is stood in for by an echo server, so the figures are the relay's
 //! alone, not Zenoh's.
 
 use std::io::{Read, Write};
@@ -16,6 +16,9 @@ use serde_json::json;
 const ROUND_TRIPS: usize = 2000;
 const MESSAGE: usize = 64;
 const VOLUME: usize = 256 * 1024 * 1024;
+/// Where the pod's sessions connect (the relay), and the router the agent gives the pod.
+const IN_POD: &str = "127.0.0.1:7447";
+const ROUTER: &str = "127.0.0.1:7448";
 
 /// (figure, through the relay, direct) rows.
 pub fn measure(lan: &Lan, bin: &Path, work: &Path) -> Vec<(String, f64, f64)> {
@@ -28,7 +31,7 @@ pub fn measure(lan: &Lan, bin: &Path, work: &Path) -> Vec<(String, f64, f64)> {
     let listener = node
         .ns
         .handle()
-        .run(|| TcpListener::bind("127.0.0.1:7447"))
+        .run(|| TcpListener::bind(ROUTER))
         .expect("enter the node")
         .expect("bind the router's stand-in");
     std::thread::spawn(move || {
@@ -44,8 +47,8 @@ pub fn measure(lan: &Lan, bin: &Path, work: &Path) -> Vec<(String, f64, f64)> {
     });
     let added = super::invoke(&node, bin, "ADD", &pod, &conf);
     assert!(added.ok, "ADD with zenoh failed: {}", added.stdout);
-    let (relay_rtt, direct_rtt) = (round_trip(&pod.ns), round_trip(&node.ns));
-    let (relay_mb, direct_mb) = (throughput(&pod.ns), throughput(&node.ns));
+    let (relay_rtt, direct_rtt) = (round_trip(&pod.ns, IN_POD), round_trip(&node.ns, ROUTER));
+    let (relay_mb, direct_mb) = (throughput(&pod.ns, IN_POD), throughput(&node.ns, ROUTER));
     assert!(super::invoke(&node, bin, "DEL", &pod, &conf).ok);
     vec![
         (
@@ -75,15 +78,14 @@ fn echo(mut stream: TcpStream) {
     let _ = std::io::copy(&mut stream, &mut back);
 }
 
-/// A connection to 127.0.0.1:7447 made in `ns` (the pod's: through the relay).
-fn connect(ns: &Ns) -> TcpStream {
+/// A connection to `addr` made in `ns` (the pod's 7447: through the relay).
+fn connect(ns: &Ns, addr: &str) -> TcpStream {
+    let addr: std::net::SocketAddr = addr.parse().expect("an address");
     let stream = ns
         .handle()
-        .run(|| {
-            TcpStream::connect_timeout(&"127.0.0.1:7447".parse().unwrap(), Duration::from_secs(2))
-        })
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
         .expect("enter the namespace")
-        .expect("connect to 127.0.0.1:7447");
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     stream.set_nodelay(true).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -92,8 +94,8 @@ fn connect(ns: &Ns) -> TcpStream {
 }
 
 /// Median and p95 of ROUND_TRIPS echoes of MESSAGE bytes, in microseconds.
-fn round_trip(ns: &Ns) -> (f64, f64) {
-    let mut s = connect(ns);
+fn round_trip(ns: &Ns, addr: &str) -> (f64, f64) {
+    let mut s = connect(ns, addr);
     let out = [7u8; MESSAGE];
     let mut back = [0u8; MESSAGE];
     let mut times: Vec<Duration> = (0..ROUND_TRIPS)
@@ -113,8 +115,8 @@ fn round_trip(ns: &Ns) -> (f64, f64) {
 }
 
 /// VOLUME bytes sent and echoed back, in MB/s of payload each way.
-fn throughput(ns: &Ns) -> f64 {
-    let s = connect(ns);
+fn throughput(ns: &Ns, addr: &str) -> f64 {
+    let s = connect(ns, addr);
     let mut reader = s.try_clone().unwrap();
     let start = Instant::now();
     let got = std::thread::spawn(move || {
