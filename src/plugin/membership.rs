@@ -602,7 +602,7 @@ mod tests {
         let here = |id: &str| Record {
             container_id: id.into(),
             netns: "/proc/self/ns/net".into(),
-            netns_inode: inode_of(Path::new("/proc/self/ns/net")).unwrap(),
+            netns_inode: crate::sys::netns::inode_of(Path::new("/proc/self/ns/net")).unwrap(),
             ..record()
         };
         let gone = Record {
