@@ -18,75 +18,17 @@
 //! the relay with a note in its log line).
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
-use crate::plugin::config::MacvlanConf;
+use crate::plugin::config::{MacvlanConf, ZENOH_DEFAULT_PORT};
 use crate::plugin::membership::{self, AgentClient, AgentPlace, Record, RecordDir, Stored};
 use crate::sys::netns::{Netns, Presence};
-
-/// rmw_zenoh's default router port: where its sessions connect (`tcp/localhost:7447`).
-pub const DEFAULT_PORT: u16 = 7447;
-
-/// The `zenoh` key of a network config, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ZenohConf {
-    /// The port the pod's sessions find the router at, on their localhost.
-    pub port: u16,
-}
-
-impl ZenohConf {
-    /// `true` or `{}` (rmw_zenoh's default port) or `{"port": N}`: the relay; absent, null or
-    /// `false`: none. The routers are the node's (the agent's `--zenoh-routers`): a NAD is a
-    /// tenant's and must not point the node's agent at an address of its choosing.
-    pub fn from_config(value: Option<&Value>) -> Result<Option<ZenohConf>> {
-        let invalid = |msg: String| Err(Error::new(Kind::InvalidConfig, msg));
-        let object = match value {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
-            Some(Value::Bool(true)) => return Ok(Some(ZenohConf { port: DEFAULT_PORT })),
-            Some(Value::Object(o)) => o,
-            Some(other) => {
-                return invalid(format!(
-                    "zenoh must be true, false or an object like {{\"port\": 7447}}, not {other}"
-                ))
-            }
-        };
-        if let Some(key) = object.keys().find(|k| *k != "port") {
-            let why = if key == "router" {
-                "the routers are the node's: the node agent's --zenoh-routers names them (README: rmw_zenoh with no configuration)"
-            } else {
-                "the only key of zenoh is \"port\""
-            };
-            return invalid(format!("zenoh.{key} is not accepted: {why}"));
-        }
-        let port = match object.get("port") {
-            None => DEFAULT_PORT,
-            Some(p) => match p.as_u64().and_then(|p| u16::try_from(p).ok()) {
-                Some(p) if p > 0 => p,
-                _ => {
-                    return invalid(format!(
-                        "zenoh.port {p} is not a TCP port (1 to 65535); rmw_zenoh's default is {DEFAULT_PORT}"
-                    ))
-                }
-            },
-        };
-        Ok(Some(ZenohConf { port }))
-    }
-
-    /// The addresses a relay listens on in the pod: its IPv4 and IPv6 localhost.
-    fn addresses(&self) -> [SocketAddr; 2] {
-        [
-            SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)),
-            SocketAddr::from((Ipv6Addr::LOCALHOST, self.port)),
-        ]
-    }
-}
 
 /// One attachment's relay: the attachment (as a membership record names it, with no
 /// groups) and the addresses it listens on in the pod's netns.
@@ -168,7 +110,7 @@ pub fn bind(
 ) -> std::result::Result<Vec<(SocketAddr, OwnedFd)>, Unbound> {
     let first = addrs.first().copied().ok_or_else(|| {
         Unbound::Failed(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_PORT)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, ZENOH_DEFAULT_PORT)),
             io::Error::other("no address to listen on"),
         )
     })?;
@@ -280,37 +222,6 @@ pub fn held_in(client: &AgentClient, ns: &Netns) -> Option<RelayRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(v: &str) -> Result<Option<ZenohConf>> {
-        ZenohConf::from_config(Some(&serde_json::from_str(v).unwrap()))
-    }
-
-    #[test]
-    fn the_key_opts_in_and_is_bounded() {
-        assert_eq!(ZenohConf::from_config(None).unwrap(), None);
-        assert_eq!(parse("false").unwrap(), None);
-        assert_eq!(parse("null").unwrap(), None);
-        assert_eq!(parse("true").unwrap(), Some(ZenohConf { port: 7447 }));
-        assert_eq!(parse("{}").unwrap(), Some(ZenohConf { port: 7447 }));
-        assert_eq!(
-            parse(r#"{"port": 7448}"#).unwrap(),
-            Some(ZenohConf { port: 7448 })
-        );
-        for bad in [
-            r#"{"port": 0}"#,
-            r#"{"port": 70000}"#,
-            r#"{"port": "7447"}"#,
-            r#"{"router": "tcp/10.0.0.1:2379"}"#,
-            r#"{"ports": 1}"#,
-            r#""yes""#,
-            "1",
-        ] {
-            let e = parse(bad).unwrap_err();
-            assert_eq!(e.code(), 7, "{bad}: {e}");
-        }
-        let e = parse(r#"{"router": "tcp/10.0.0.1:2379"}"#).unwrap_err();
-        assert!(e.to_string().contains("--zenoh-routers"), "{e}");
-    }
 
     #[test]
     fn a_relay_record_is_a_membership_record_with_addresses() {
