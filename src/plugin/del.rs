@@ -63,7 +63,7 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
     };
     let nl = Netlink::connect(&pod_ns)?;
     let doomed = retire(at, &nl, &heirs)?;
-    crate::plugin::reaper::delete_links(nl, &doomed, conf.wait_for_link_removal)
+    crate::plugin::reaper::delete_links(&nl, &doomed, conf.wait_for_link_removal)
 }
 
 /// DEL in the pod's namespace, up to the links' removal: every link of the attachment

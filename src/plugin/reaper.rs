@@ -7,9 +7,10 @@
 use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid, ForkResult};
 
 use crate::cni::Result;
-use crate::sys::netlink::{Netlink, Op, Rtnl};
+use crate::sys::netlink::{Op, Rtnl};
 
-pub fn delete_links(nl: Netlink, links: &[u32], wait: bool) -> Result<()> {
+/// Deletes `links` (of `nl`'s namespace): here when `wait`, else in a detached child.
+pub fn delete_links(nl: &dyn Rtnl, links: &[u32], wait: bool) -> Result<()> {
     if links.is_empty() {
         return Ok(());
     }
@@ -23,7 +24,7 @@ pub fn delete_links(nl: Netlink, links: &[u32], wait: bool) -> Result<()> {
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             detach();
-            let deleted = nl.for_child().and_then(|child| child.apply(ops));
+            let deleted = nl.child_connection().and_then(|child| child.apply(ops));
             let code = i32::from(deleted.is_err());
             // SAFETY: _exit(2) has no preconditions; it is unsafe only as a foreign function,
             // and nix has no wrapper for it. It (unlike std::process::exit) skips the parent's

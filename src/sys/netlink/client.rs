@@ -421,6 +421,10 @@ impl Rtnl for Netlink {
         .map(drop)
     }
 
+    fn child_connection(&self) -> Result<Box<dyn Rtnl>> {
+        Ok(Box::new(self.for_child()?))
+    }
+
     /// Sends every op before reading any answer (the kernel handles them in order, so a
     /// step costs one round trip), then reads all the answers.
     fn apply(&self, ops: Vec<Op>) -> Result<()> {
