@@ -500,27 +500,11 @@ mod tests {
     use crate::plugin::config::MulticastConf;
 
     use crate::ipam::host_local::HostLocalConf;
-    use crate::plugin::attachment::test_support::{data_dir, env_with, Call, Scene};
-    use crate::sys::netlink::RouteEntry;
+    use crate::plugin::attachment::test_support::{
+        conf_with, data_dir, env_with, Call, Scene, Snapshot,
+    };
     use ipnetwork::IpNetwork;
     use netlink_packet_route::link::MacVlanMode;
-
-    /// An attachment on `lan0` with host-local addresses from `range` (first-last), a
-    /// route of its own, the default multicast part but for the membership (no groups: a
-    /// unit test has no agent and no root to join in a namespace) and no duplicate
-    /// detection (its probes need the pod's namespace).
-    fn conf_with(dir: &std::path::Path, range: (&str, &str)) -> MacvlanConf {
-        let raw = serde_json::json!({
-            "cniVersion": "1.0.0", "name": "seam", "type": "ros-macvlan", "master": "lan0",
-            "multicast": {"groups": []}, "duplicateDetection": false,
-            "agentSocket": "/tmp/ros-macvlan-unit/agent.sock",
-            "ipam": {"type": "host-local", "dataDir": dir,
-                     "ranges": [[{"subnet": "198.51.100.0/24", "rangeStart": range.0,
-                                  "rangeEnd": range.1, "gateway": "198.51.100.1"}]],
-                     "routes": [{"dst": "203.0.113.0/24"}]}
-        });
-        MacvlanConf::parse(raw.to_string().as_bytes()).unwrap()
-    }
 
     fn host_local(ipam: &Ipam) -> &HostLocalConf {
         match ipam {
@@ -614,37 +598,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// What a failure of ADD must leave: the node's and the pod's links, addresses and
-    /// routes as they were, and no claim of the attachment's.
-    struct Before {
-        node: Vec<Link>,
-        pod: Vec<Link>,
-        addresses: Vec<(u32, IpNetwork)>,
-        routes: Vec<RouteEntry>,
-    }
-
-    impl Before {
-        fn of(s: &Scene) -> Before {
-            Before {
-                node: s.node.links().unwrap(),
-                pod: s.pod.links().unwrap(),
-                addresses: s.pod.all_addresses(),
-                routes: s.pod.all_routes(),
-            }
-        }
-
-        fn still(&self, s: &Scene, case: &str) {
-            assert_eq!(
-                s.node.links().unwrap(),
-                self.node,
-                "{case}: the node's links"
-            );
-            assert_eq!(s.pod.links().unwrap(), self.pod, "{case}: the pod's links");
-            assert_eq!(s.pod.all_addresses(), self.addresses, "{case}: addresses");
-            assert_eq!(s.pod.all_routes(), self.routes, "{case}: routes");
-        }
-    }
-
     fn refused_op(matches: impl Fn(&Op) -> bool + 'static) -> impl Fn(&Request) -> bool {
         move |r| r.op().is_some_and(&matches)
     }
@@ -729,7 +682,7 @@ mod tests {
             }
             let s = Scene::new();
             setup(&s);
-            let before = Before::of(&s);
+            let before = Snapshot::of(&s);
             let ns = s.namespaces();
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 add(&call.at(), &ns, Ok(None))
@@ -765,7 +718,7 @@ mod tests {
         // Someone else's net1, already in the pod.
         s.pod
             .with_link("net1", Some(InfoKind::MacVlan), LinkFlags::Up);
-        let before = Before::of(&s);
+        let before = Snapshot::of(&s);
         let e = add(&call.at(), &s.namespaces(), Ok(None))
             .err()
             .expect("refused");

@@ -80,8 +80,9 @@ pub(crate) mod test_support {
     use crate::plugin::membership::AgentPlace;
     use crate::sys::confine::{Readable, Roots};
     use crate::sys::netlink::testing::Fake;
-    use crate::sys::netlink::Link;
+    use crate::sys::netlink::{Link, RouteEntry, Rtnl};
     use crate::sys::netns::Netns;
+    use ipnetwork::IpNetwork;
 
     pub fn env(container: &str, ifname: &str) -> CniEnv {
         env_with(container, ifname, &[])
@@ -174,6 +175,55 @@ pub(crate) mod test_support {
                 ipam: &self.ipam,
                 agent: &self.agent,
             }
+        }
+    }
+
+    /// An attachment on `lan0` with host-local addresses from `range` (first-last), a
+    /// route of its own, the default multicast part but for the membership (no groups: a
+    /// unit test has no agent and no root to join in a namespace), no duplicate detection
+    /// (its probes need the pod's namespace), and DEL waiting for the links' removal (no
+    /// forked reaper in a test).
+    pub fn conf_with(dir: &std::path::Path, range: (&str, &str)) -> MacvlanConf {
+        let raw = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "seam", "type": "ros-macvlan", "master": "lan0",
+            "multicast": {"groups": []}, "duplicateDetection": false, "waitForLinkRemoval": true,
+            "agentSocket": "/tmp/ros-macvlan-unit/agent.sock",
+            "ipam": {"type": "host-local", "dataDir": dir,
+                     "ranges": [[{"subnet": "198.51.100.0/24", "rangeStart": range.0,
+                                  "rangeEnd": range.1, "gateway": "198.51.100.1"}]],
+                     "routes": [{"dst": "203.0.113.0/24"}]}
+        });
+        MacvlanConf::parse(raw.to_string().as_bytes()).unwrap()
+    }
+
+    /// The node's and the pod's links and the pod's addresses and routes: what a failed ADD
+    /// and a DEL must give back.
+    pub struct Snapshot {
+        node: Vec<Link>,
+        pod: Vec<Link>,
+        addresses: Vec<(u32, IpNetwork)>,
+        routes: Vec<RouteEntry>,
+    }
+
+    impl Snapshot {
+        pub fn of(s: &Scene) -> Snapshot {
+            Snapshot {
+                node: s.node.links().unwrap(),
+                pod: s.pod.links().unwrap(),
+                addresses: s.pod.all_addresses(),
+                routes: s.pod.all_routes(),
+            }
+        }
+
+        pub fn still(&self, s: &Scene, case: &str) {
+            assert_eq!(
+                s.node.links().unwrap(),
+                self.node,
+                "{case}: the node's links"
+            );
+            assert_eq!(s.pod.links().unwrap(), self.pod, "{case}: the pod's links");
+            assert_eq!(s.pod.all_addresses(), self.addresses, "{case}: addresses");
+            assert_eq!(s.pod.all_routes(), self.routes, "{case}: routes");
         }
     }
 
