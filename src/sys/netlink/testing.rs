@@ -131,14 +131,15 @@ impl Fake {
 
     /// Sets a link's alias as someone else (not a request) would.
     pub fn set_alias(&self, index: u32, alias: &str) {
-        if let Some(l) = self
-            .state
-            .borrow_mut()
-            .links
-            .iter_mut()
-            .find(|l| l.index == index)
-        {
+        if let Some(l) = self.state.borrow_mut().link_mut(index) {
             l.alias = Some(alias.to_owned());
+        }
+    }
+
+    /// Sets a link's flags as someone else (not a request) would: takes it down, say.
+    pub fn set_flags(&self, index: u32, flags: LinkFlags) {
+        if let Some(l) = self.state.borrow_mut().link_mut(index) {
+            l.flags = flags;
         }
     }
 
