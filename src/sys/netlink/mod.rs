@@ -7,6 +7,7 @@
 //! errno and extended-ack message; the plugin maps it to a CNI error code (cni::error).
 
 mod client;
+mod codec;
 #[cfg(any(test, feature = "fake-netlink"))]
 pub mod testing;
 
