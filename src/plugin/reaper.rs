@@ -51,3 +51,38 @@ fn detach() {
         let _ = dup2_stderr(&null);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::netlink::testing::{Fake, Request};
+    use netlink_packet_route::link::{InfoKind, LinkFlags};
+
+    #[test]
+    fn waiting_deletes_every_link_in_one_exchange_and_nothing_asks_nothing() {
+        let nl = Fake::new();
+        let a = nl.with_link(
+            "rmv00000000aaaa",
+            Some(InfoKind::MacVlan),
+            LinkFlags::empty(),
+        );
+        let b = nl.with_link(
+            "rmv00000000bbbb",
+            Some(InfoKind::MacVlan),
+            LinkFlags::empty(),
+        );
+        let kept = nl.with_link("eth0", Some(InfoKind::Veth), LinkFlags::Up);
+        delete_links(&nl, &[], false).unwrap();
+        assert_eq!(nl.requests(), vec![], "no links: no child, no request");
+
+        delete_links(&nl, &[a, b], true).unwrap();
+        assert_eq!(
+            nl.requests(),
+            vec![Request::Op(Op::del_link(a)), Request::Op(Op::del_link(b))]
+        );
+        let left: Vec<u32> = nl.links().unwrap().iter().map(|l| l.index).collect();
+        assert_eq!(left, vec![kept]);
+        // A link gone already (an earlier DEL's reaper finished) is no failure.
+        delete_links(&nl, &[a], true).unwrap();
+    }
+}
