@@ -14,6 +14,10 @@ use ros_macvlan::sys::netlink::{Netlink, Rtnl};
 use ros_macvlan::tools::demo::scene::{Agent, Lan, Node, Pod};
 use serde_json::{json, Value};
 
+// Zenoh relay (issue 24): its cost against a direct connection.
+#[path = "support/relay.rs"]
+mod relay;
+
 const CYCLES: usize = 50;
 const REFERENCE: &str = "/usr/lib/cni";
 
@@ -433,6 +437,8 @@ fn main() {
 
     // The floor: the same kernel operations by ip -batch.
     let (floor, del_floor, removal_floor) = ip_batch_floor(&node, &pods[0]);
+    // Zenoh relay (issue 24).
+    let relayed = relay::measure(&lan, &ours.bin, &work);
     let _ = std::fs::remove_dir_all(&work);
 
     println!(
@@ -457,6 +463,13 @@ fn main() {
             "{name:<40} {value:>12.2} {:>12} {:>8.2}  ros-macvlan / floor",
             "-",
             ours / value
+        );
+    }
+    println!("{:<40} {:>12} {:>12} {:>8}", "", "relay", "direct", "ratio");
+    for (name, through, direct) in &relayed {
+        println!(
+            "{name:<40} {through:>12.2} {direct:>12.2} {:>8.2}  relay / direct",
+            through / direct
         );
     }
 }

@@ -7,6 +7,7 @@ fn main() {
     if !args.is_empty() {
         std::process::exit(ros_macvlan::tools::cli::main(&args));
     }
+    ros_macvlan::sys::logging::init(log::LevelFilter::Warn);
     let mut stdin = Vec::new();
     // VERSION may come with no stdin at all; an unreadable stdin is judged as empty config.
     let _ = std::io::stdin().read_to_end(&mut stdin);

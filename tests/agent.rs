@@ -215,6 +215,7 @@ fn the_agent_installs_mirrors_the_policy_and_runs_gc() {
         .arg("--gc-data-dir")
         .arg(dir.0.join("networks"))
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let ready = within(Duration::from_secs(3), || {
@@ -230,7 +231,7 @@ fn the_agent_installs_mirrors_the_policy_and_runs_gc() {
     )
     .unwrap();
     let out = agent.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(ready.is_some(), "the agent did not answer:\n{log}");
     assert_eq!(installed, std::fs::read(plugin_bin()).unwrap(), "{log}");
     assert!(mirrored.is_some(), "the policy was not mirrored:\n{log}");

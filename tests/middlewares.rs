@@ -9,7 +9,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -147,30 +146,7 @@ fn zenoh(
 
 /// A router with rmw_zenohd's defaults and `override_` on top, in `pod`, as its sidecar.
 fn rmw_router(j: &PyJudges, pod: &Pod, override_: &str) -> Spawned {
-    let args = [
-        "router",
-        "--seconds",
-        WRITER_SECONDS,
-        "--base",
-        "rmw-router",
-    ];
-    let mut args = args.to_vec();
-    args.extend(["--override", override_]);
-    j.start(&pod.ns, "zenoh_peer.py", &args)
-}
-
-/// Waits (10 s at most) until something listens on TCP `port` in `ns`.
-fn wait_listening(ns: &Ns, port: u16) {
-    let start = Instant::now();
-    let filter = format!("sport = :{port}");
-    while start.elapsed() < Duration::from_secs(10) {
-        let out = sh(&["ip", "netns", "exec", &ns.name, "ss", "-Hltn", &filter]);
-        if !out.trim().is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("nothing listens on {port} in {} after 10 s", ns.name);
+    j.rmw_router(&pod.ns, WRITER_SECONDS, override_)
 }
 
 /// The ZENOH_CONFIG_OVERRIDE that conf/FILE gives the container NAME of its first pod: the

@@ -172,23 +172,9 @@ pub fn validate_container_id(id: &str) -> Result<()> {
     }
 }
 
-/// Linux interface names: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace.
+/// `CNI_IFNAME` must be a Linux interface name (sys::netlink::ifname_problem).
 pub fn validate_ifname(name: &str) -> Result<()> {
-    let problem = if name.is_empty() {
-        Some("it is empty")
-    } else if name.len() > 15 {
-        Some("it is longer than 15 characters")
-    } else if name == "." || name == ".." {
-        Some("it cannot be '.' or '..'")
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        Some("it cannot contain '/', ':' or whitespace")
-    } else {
-        None
-    };
-    match problem {
+    match crate::sys::netlink::ifname_problem(name) {
         None => Ok(()),
         Some(p) => Err(Error::new(
             Kind::InvalidEnvironment,

@@ -31,60 +31,62 @@ pub enum Kind {
     Internal,
 }
 
-/// The one table: each kind's CNI code and the short `details` line of its error JSON.
-/// Spec codes below 100, ours from 100; README's error table lists the same codes (a test
-/// holds them equal).
-pub const TABLE: &[(Kind, u32, &str)] = &[
-    (Kind::IncompatibleVersion, 1, "incompatible CNI version"),
-    (
-        Kind::UnsupportedField,
-        2,
-        "unsupported field in network configuration",
-    ),
-    (
-        Kind::ContainerUnknown,
-        3,
-        "container unknown or does not exist",
-    ),
-    (
-        Kind::InvalidEnvironment,
-        4,
-        "invalid necessary environment variables",
-    ),
-    (Kind::Io, 5, "I/O failure"),
-    (Kind::Decode, 6, "failed to decode content"),
-    (Kind::InvalidConfig, 7, "invalid network config"),
-    (Kind::TryAgainLater, 11, "try again later"),
-    (Kind::NotAvailable, 50, "plugin not available"),
-    (
-        Kind::NoAddressesLeft,
-        51,
-        "plugin not available: no addresses left",
-    ),
-    (Kind::MasterNotFound, 100, "master interface not usable"),
-    (Kind::Netlink, 101, "kernel refused a netlink request"),
-    (Kind::RangeExhausted, 102, "address range exhausted"),
-    (Kind::IpamPlugin, 103, "delegated IPAM plugin failed"),
-    (Kind::CheckFailed, 104, "attachment differs from its result"),
-    (Kind::Netns, 105, "network namespace unusable"),
-    (Kind::PolicyRefused, 106, "refused by node policy"),
-    (Kind::Internal, 999, "internal error"),
-];
-
 impl Kind {
-    fn entry(self) -> &'static (Kind, u32, &'static str) {
-        TABLE
-            .iter()
-            .find(|(k, _, _)| *k == self)
-            .expect("every kind is in the table (a unit test checks it)")
+    /// Every kind, for the tables that list them (README's error table is held equal to
+    /// it by a test); `code_and_details` below is the one place a kind gets its code.
+    pub const ALL: [Kind; 18] = [
+        Kind::IncompatibleVersion,
+        Kind::UnsupportedField,
+        Kind::ContainerUnknown,
+        Kind::InvalidEnvironment,
+        Kind::Io,
+        Kind::Decode,
+        Kind::InvalidConfig,
+        Kind::TryAgainLater,
+        Kind::NotAvailable,
+        Kind::NoAddressesLeft,
+        Kind::MasterNotFound,
+        Kind::Netlink,
+        Kind::RangeExhausted,
+        Kind::IpamPlugin,
+        Kind::CheckFailed,
+        Kind::Netns,
+        Kind::PolicyRefused,
+        Kind::Internal,
+    ];
+
+    /// The one table: each kind's CNI code and the short `details` line of its error JSON.
+    /// Spec codes below 100, ours from 100. A `match`, so a new kind without a row does
+    /// not compile.
+    fn code_and_details(self) -> (u32, &'static str) {
+        match self {
+            Kind::IncompatibleVersion => (1, "incompatible CNI version"),
+            Kind::UnsupportedField => (2, "unsupported field in network configuration"),
+            Kind::ContainerUnknown => (3, "container unknown or does not exist"),
+            Kind::InvalidEnvironment => (4, "invalid necessary environment variables"),
+            Kind::Io => (5, "I/O failure"),
+            Kind::Decode => (6, "failed to decode content"),
+            Kind::InvalidConfig => (7, "invalid network config"),
+            Kind::TryAgainLater => (11, "try again later"),
+            Kind::NotAvailable => (50, "plugin not available"),
+            Kind::NoAddressesLeft => (51, "plugin not available: no addresses left"),
+            Kind::MasterNotFound => (100, "master interface not usable"),
+            Kind::Netlink => (101, "kernel refused a netlink request"),
+            Kind::RangeExhausted => (102, "address range exhausted"),
+            Kind::IpamPlugin => (103, "delegated IPAM plugin failed"),
+            Kind::CheckFailed => (104, "attachment differs from its result"),
+            Kind::Netns => (105, "network namespace unusable"),
+            Kind::PolicyRefused => (106, "refused by node policy"),
+            Kind::Internal => (999, "internal error"),
+        }
     }
 
     pub fn code(self) -> u32 {
-        self.entry().1
+        self.code_and_details().0
     }
 
     pub fn details(self) -> &'static str {
-        self.entry().2
+        self.code_and_details().1
     }
 }
 
@@ -159,6 +161,24 @@ impl Error {
         })
     }
 
+    /// Every failure a teardown met, as one error: the first's kind and code (what the
+    /// runtime is told, and why it retries), every message in the order met.
+    pub fn all(mut failures: Vec<Error>) -> Result<()> {
+        if failures.len() <= 1 {
+            return failures.pop().map_or(Ok(()), Err);
+        }
+        let msg = failures
+            .iter()
+            .map(|e| e.msg.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let first = failures.remove(0);
+        Err(Error {
+            msg: format!("{} failures: {msg}", failures.len() + 1),
+            ..first
+        })
+    }
+
     /// Prefixes the message with where it happened, keeping the kind (and so the code). A
     /// delegated plugin's words reach the runtime unchanged.
     pub fn context(mut self, what: &str) -> Error {
@@ -224,13 +244,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_kind_has_one_entry_and_codes_are_distinct() {
-        for (kind, code, _) in TABLE {
-            assert_eq!(TABLE.iter().filter(|(k, _, _)| k == kind).count(), 1);
-            assert_eq!(TABLE.iter().filter(|(_, c, _)| c == code).count(), 1);
-            assert_eq!(kind.code(), *code);
+    fn every_kind_is_listed_once_and_codes_are_distinct() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::ALL.iter().filter(|k| **k == kind).count(), 1);
+            let same_code = Kind::ALL.iter().filter(|k| k.code() == kind.code());
+            assert_eq!(same_code.count(), 1, "{kind:?} shares its code");
         }
-        assert_eq!(TABLE.len(), 18, "a kind was added: give it a row");
     }
 
     #[test]
@@ -243,7 +262,7 @@ mod tests {
         assert_eq!(Kind::Internal.code(), 999);
     }
 
-    /// README's error table lists exactly the codes of `TABLE`.
+    /// README's error table lists exactly the kinds' codes.
     #[test]
     fn readme_lists_the_same_codes() {
         let readme = include_str!("../../README.md");
@@ -259,9 +278,26 @@ mod tests {
             .filter_map(|c| c.trim().parse().ok())
             .collect();
         listed.sort();
-        let mut ours: Vec<u32> = TABLE.iter().map(|(_, c, _)| *c).collect();
+        let mut ours: Vec<u32> = Kind::ALL.iter().map(|k| k.code()).collect();
         ours.sort();
         assert_eq!(listed, ours);
+    }
+
+    #[test]
+    fn a_teardown_reports_every_failure_with_the_first_ones_code() {
+        assert!(Error::all(Vec::new()).is_ok());
+        let one = Error::all(vec![Error::new(Kind::Netlink, "a")]).unwrap_err();
+        assert_eq!((one.code(), one.to_string().as_str()), (101, "a"));
+        let all = Error::all(vec![
+            Error::new(Kind::Netlink, "retire: busy"),
+            Error::new(Kind::Io, "release: disk full"),
+        ])
+        .unwrap_err();
+        assert_eq!(all.code(), 101);
+        assert_eq!(
+            all.to_string(),
+            "2 failures: retire: busy; release: disk full"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::range::{Range, RangeSet, RawRange};
-use super::store::{Record, Store};
+use super::store::{ClaimRecord, Store};
 use crate::cni::result::{Dns, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
 use crate::sys::confine::{ConfinedPath, Readable, Roots};
@@ -191,7 +191,7 @@ impl HostLocalConf {
             })
             .collect::<Result<Vec<_>>>()
             .and_then(|ips| {
-                store.write_record(&Record {
+                store.write_record(&ClaimRecord {
                     container_id: id.to_owned(),
                     ifname: ifname.to_owned(),
                     ips: ips.iter().map(|i| i.address.ip()).collect(),

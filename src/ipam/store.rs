@@ -65,7 +65,7 @@ const RECORD_DIR_MODE: u32 = 0o750;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Record {
+pub struct ClaimRecord {
     #[serde(rename = "containerID")]
     pub container_id: String,
     pub ifname: String,
@@ -80,20 +80,20 @@ pub struct Record {
 
 /// Who holds a claim, as the claim file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
+pub struct ClaimHolder {
     pub container_id: String,
     /// Empty for claims in the reference's old format (ID only).
     pub ifname: String,
 }
 
-impl Holder {
-    fn parse(content: &str) -> Option<Holder> {
+impl ClaimHolder {
+    fn parse(content: &str) -> Option<ClaimHolder> {
         let t = content.trim();
         if t.is_empty() {
             return None;
         }
         let (id, ifname) = t.split_once(LINE_BREAK).unwrap_or((t, ""));
-        Some(Holder {
+        Some(ClaimHolder {
             container_id: id.trim().to_owned(),
             ifname: ifname.trim().to_owned(),
         })
@@ -216,13 +216,13 @@ impl Store {
             .is_ok()
     }
 
-    pub fn holder_of(&self, ip: IpAddr) -> Option<Holder> {
+    pub fn holder_of(&self, ip: IpAddr) -> Option<ClaimHolder> {
         let bytes = self.dir.read(OsStr::new(&ip.to_string())).ok()?;
-        Holder::parse(&String::from_utf8(bytes).ok()?)
+        ClaimHolder::parse(&String::from_utf8(bytes).ok()?)
     }
 
     /// Every claim in the store (files named by an address).
-    pub fn claims(&self) -> Result<Vec<(IpAddr, Option<Holder>)>> {
+    pub fn claims(&self) -> Result<Vec<(IpAddr, Option<ClaimHolder>)>> {
         let entries = self
             .dir
             .entries()
@@ -289,7 +289,7 @@ impl Store {
     }
 
     /// Writes the record whole (temporary file, then rename) or not at all.
-    pub fn write_record(&self, record: &Record) -> Result<()> {
+    pub fn write_record(&self, record: &ClaimRecord) -> Result<()> {
         let name = Store::record_name(&record.container_id, &record.ifname);
         let path = self.dir.path().join(RECORD_DIR).join(&name);
         let body = serde_json::to_vec(record).map_err(Error::Encode)?;
@@ -298,7 +298,7 @@ impl Store {
             .map_err(|e| Error::io(format!("write {}", path.display()), e))
     }
 
-    pub fn read_record(&self, id: &str, ifname: &str) -> Option<Record> {
+    pub fn read_record(&self, id: &str, ifname: &str) -> Option<ClaimRecord> {
         let bytes = self
             .record_dir(false)
             .ok()?
@@ -314,7 +314,7 @@ impl Store {
     }
 
     /// Every readable record of this network.
-    pub fn records(&self) -> Vec<Record> {
+    pub fn records(&self) -> Vec<ClaimRecord> {
         let Ok(dir) = self.record_dir(false) else {
             return Vec::new();
         };

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::cni::{Error, Kind, Result};
 use crate::sys::netlink::MacvlanMode;
 use crate::sys::netlink::{
-    format_mac, Ipv4Setting, Link, LinkChange, NewMacvlan, Op, RouteEntry, Rtnl, TABLE_MAIN,
+    format_mac, read_back, Ipv4Setting, Link, LinkChange, NewMacvlan, Op, RouteEntry, Rtnl,
+    TABLE_MAIN,
 };
 
 /// Host access on one master, as `ros-macvlan host-access` takes it and as the node
@@ -82,10 +83,10 @@ impl Spec {
                 format!("{ip} cannot be the shim's address: give it a unicast LAN address"),
             ));
         }
-        if self.master.is_empty() || self.master.len() > 15 || self.master.contains('/') {
+        if let Some(problem) = crate::sys::netlink::ifname_problem(&self.master) {
             return Err(Error::new(
                 Kind::InvalidConfig,
-                format!("{:?} is not an interface name", self.master),
+                format!("{:?} is not an interface name: {problem}", self.master),
             ));
         }
         Ok(())
@@ -306,12 +307,7 @@ fn create_shim(
         bc_queue_len: None,
         target_netns: None,
     })?;
-    let link = nl.link_by_name(&name)?.ok_or_else(|| {
-        Error::new(
-            Kind::Netlink,
-            format!("{name} vanished right after its creation"),
-        )
-    })?;
+    let link = read_back(nl.link_by_name(&name)?, &name)?;
     let configured = nl.apply(vec![
         LinkChange::of(link.index)
             .ipv4_conf(&SHIM_IPV4_CONF)
@@ -330,12 +326,7 @@ fn create_shim(
     ));
     changes.push(format!("added {} to {name}", spec.host_address()));
     // Read back with its alias and address, still down: `ensure` brings it up.
-    nl.link_by_index(link.index)?.ok_or_else(|| {
-        Error::new(
-            Kind::Netlink,
-            format!("{name} vanished right after its creation"),
-        )
-    })
+    Ok(read_back(nl.link_by_index(link.index)?, &name)?)
 }
 
 /// Clears (`on`) or gives back the master's MULTICAST flag; only a flag host access cleared

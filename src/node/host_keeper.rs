@@ -66,10 +66,10 @@ impl Keeper {
             match host_access::remove(&nl, &gone.master) {
                 Ok(changes) => {
                     for c in changes {
-                        println!("agent: host access on {}: {c} (left the list)", gone.master);
+                        log::info!("agent: host access on {}: {c} (left the list)", gone.master);
                     }
                 }
-                Err(e) => eprintln!("agent: host access on {}: {e}", gone.master),
+                Err(e) => log::warn!("agent: host access on {}: {e}", gone.master),
             }
         }
         for spec in &wanted {
@@ -79,7 +79,7 @@ impl Keeper {
                 }
                 Ok(changes) => {
                     for c in &changes {
-                        println!("agent: host access on {}: {c}", spec.master);
+                        log::info!("agent: host access on {}: {c}", spec.master);
                     }
                     self.said.insert(spec.master.clone(), "in place".into());
                 }
@@ -92,7 +92,7 @@ impl Keeper {
                 .map_err(std::io::Error::other)
                 .and_then(|b| std::fs::write(&self.state, b))
             {
-                eprintln!(
+                log::warn!(
                     "agent: cannot remember host access in {}: {e}",
                     self.state.display()
                 );
@@ -105,9 +105,9 @@ impl Keeper {
             return;
         }
         if error {
-            eprintln!("agent: {what}");
+            log::warn!("agent: {what}");
         } else if key != "config" {
-            println!("agent: host access on {key}: {what}");
+            log::info!("agent: host access on {key}: {what}");
         }
         self.said.insert(key.to_owned(), what);
     }

@@ -14,8 +14,10 @@ use crate::node::policy::Policy;
 use crate::plugin::attachment::{Attachment, Namespaces};
 use crate::plugin::config::MacvlanConf;
 use crate::plugin::master::resolve_master;
-use crate::plugin::{dad, duplicate, membership, multicast};
-use crate::sys::netlink::{format_mac, Ipv4Setting, Link, LinkChange, MacvlanMode, NewMacvlan, Op};
+use crate::plugin::{dad, duplicate, membership, multicast, zenoh_relay};
+use crate::sys::netlink::{
+    format_mac, read_back, Ipv4Setting, Link, LinkChange, MacvlanMode, NewMacvlan, Op,
+};
 use crate::sys::stable_hash::stable_hash;
 
 /// MAC precedence: runtimeConfig `mac`, then CNI_ARGS `MAC`, then config `mac`.
@@ -67,6 +69,8 @@ struct Progress {
     ipam: bool,
     joined: bool,
     marked: bool,
+    /// Zenoh relay (issue 24): its listeners were opened (and maybe handed over).
+    relayed: bool,
 }
 
 pub fn add(at: &Attachment<'_>, ns: &Namespaces, policy: Result<Option<Policy>>) -> Result<Added> {
@@ -130,7 +134,7 @@ impl Drop for Adding<'_> {
     fn drop(&mut self) {
         if self.armed {
             for e in undo(self.at, &*self.ns.pod_nl, &self.progress) {
-                eprintln!("ros-macvlan: rollback: {e}");
+                log::warn!("ros-macvlan: rollback: {e}");
             }
         }
     }
@@ -154,19 +158,8 @@ impl Adding<'_> {
             .master_nl
             .add_macvlan(&spec)
             .map_err(|e| creation_error(e, &spec).context(&format!("on master {}", master.name)))?;
-        let link = self
-            .ns
-            .pod_nl
-            .link_by_name(&self.at.env.ifname)?
-            .ok_or_else(|| {
-                Error::new(
-                    Kind::Netlink,
-                    format!(
-                        "macvlan {} vanished right after creation",
-                        self.at.env.ifname
-                    ),
-                )
-            })?;
+        let ifname = &self.at.env.ifname;
+        let link = read_back(self.ns.pod_nl.link_by_name(ifname)?, ifname)?;
         self.progress.link = Some(link.index);
         fault_point(self.at.env, "created");
 
@@ -226,6 +219,11 @@ impl Adding<'_> {
         )?;
         fault_point(self.at.env, "joined");
 
+        // Zenoh relay (issue 24): a router at the pod's localhost, when the network opts in.
+        self.progress.relayed = self.at.conf.zenoh.is_some();
+        let relay_note =
+            zenoh_relay::hold(self.at.conf, self.at.env, self.at.agent, &self.ns.pod_ns)?;
+
         self.progress.marked = self.at.conf.multicast.mark_other_interfaces;
         if self.progress.marked {
             multicast::mark_other_interfaces(
@@ -254,7 +252,14 @@ impl Adding<'_> {
         }
         Ok(Added {
             result,
-            notes: self.plan.master_why.iter().cloned().chain(note).collect(),
+            notes: self
+                .plan
+                .master_why
+                .iter()
+                .cloned()
+                .chain(note)
+                .chain(relay_note)
+                .collect(),
         })
     }
 
@@ -343,7 +348,7 @@ impl Adding<'_> {
                 let in_use = match probes.verdict(mac_of(&self.plan.master), v4, now_ms()) {
                     Verdict::Free => false,
                     Verdict::Claimed(by) => {
-                        eprintln!(
+                        log::warn!(
                             "ros-macvlan: {v4} in use on the LAN (the node agent heard {} claim it); trying another address",
                             format_mac(&by)
                         );
@@ -352,7 +357,7 @@ impl Adding<'_> {
                     Verdict::Unknown => {
                         let answered = duplicate::in_use(&self.ns.pod_ns, link.index, mac, v4, &d)?;
                         if answered {
-                            eprintln!("ros-macvlan: {v4} in use on the LAN (ARP answered); trying another address");
+                            log::warn!("ros-macvlan: {v4} in use on the LAN (ARP answered); trying another address");
                         }
                         answered
                     }
@@ -442,6 +447,9 @@ fn undo(
             failures.push(Error::from(e).context("restoring multicast flags failed"));
         }
     }
+    if progress.relayed {
+        zenoh_relay::release(conf, env, agent);
+    }
     if progress.joined {
         membership::release(conf, env, agent);
     }
@@ -493,6 +501,7 @@ mod tests {
             ipam: reached("claimed"),
             joined: reached("joined"),
             marked: reached("marked"),
+            relayed: false,
         };
         (nl, eth0, net1, progress)
     }

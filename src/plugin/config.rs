@@ -1,6 +1,6 @@
 //! The macvlan attachment's config: the common keys (`cni::config::NetConf`, embedded as
 //! the reference macvlan embeds `types.NetConf`) and the plugin's own (master, mode, mtu,
-//! mac, linkInContainer, multicast, duplicateDetection, agentSocket, waitForLinkRemoval,
+//! mac, linkInContainer, multicast, zenoh, duplicateDetection, agentSocket, waitForLinkRemoval,
 //! logFile, logLevel), decoded, defaulted and validated before the plugin touches anything.
 
 use ipnetwork::Ipv4Network;
@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 use crate::cni::config::{decode, parse_mac, NetConf};
 use crate::cni::{Error, Kind, Result};
 use crate::plugin::duplicate::Detection;
+use crate::plugin::zenoh_relay::ZenohConf;
 use crate::sys::netlink::MacvlanMode;
 
 /// The ROS-aware part, all on by default; an empty list turns its part off.
@@ -144,6 +145,8 @@ struct RawMacvlanConf {
     wait_for_link_removal: bool,
     agent_socket: Option<String>,
     multicast: Option<RawMulticast>,
+    // Zenoh relay (issue 24): `zenoh_relay::ZenohConf` reads it.
+    zenoh: Option<Value>,
     log_file: Option<Value>,
     log_level: Option<Value>,
 }
@@ -166,6 +169,8 @@ pub struct MacvlanConf {
     /// agent's directory when used: `membership::AgentPlace`).
     pub agent_socket: String,
     pub multicast: MulticastConf,
+    /// Zenoh relay (issue 24): a router at the pod's localhost, when the network opts in.
+    pub zenoh: Option<ZenohConf>,
     /// ARP probing of new addresses on the LAN; `None` when turned off.
     pub duplicate_detection: Option<Detection>,
     /// `logFile` as given (checked and confined when the call opens it: `lifecycle::LogSink`).
@@ -209,13 +214,14 @@ impl MacvlanConf {
             }
             Some(m) => Some(m),
         };
-        if let Some(master) = &raw.master {
-            crate::cni::env::validate_ifname(master).map_err(|_| {
-                Error::new(
+        // An empty master is no master, as in the reference: the default route's interface.
+        if let Some(master) = raw.master.as_deref().filter(|m| !m.is_empty()) {
+            if let Some(problem) = crate::sys::netlink::ifname_problem(master) {
+                return Err(Error::new(
                     Kind::InvalidConfig,
-                    format!("master {master:?} is not a valid interface name"),
-                )
-            })?;
+                    format!("master {master:?} is not a valid interface name: {problem}"),
+                ));
+            }
         }
         Ok(MacvlanConf {
             master: raw.master.filter(|m| !m.is_empty()),
@@ -234,6 +240,7 @@ impl MacvlanConf {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| DEFAULT_AGENT_SOCKET.to_owned()),
             multicast: raw.multicast.unwrap_or_default().validate()?,
+            zenoh: ZenohConf::from_config(raw.zenoh.as_ref())?,
             duplicate_detection: Detection::from_config(raw_value.get("duplicateDetection"))?,
             log_file: raw.log_file,
             log_level: log_level_of(raw.log_level.as_ref()).to_owned(),
@@ -244,11 +251,12 @@ impl MacvlanConf {
     /// DEL's view of the config: the keys that only shape a new link (mode, mac, mtu,
     /// runtimeConfig mac) are not read, so a config whose ADD was refused for one of them
     /// can still be deleted (a DEL that fails keeps the runtime retrying it), as with the
-    /// reference.
+    /// reference. `zenoh` is not read either: DEL finds a relay by its record
+    /// (`zenoh_relay::release`), whatever the config says now.
     pub fn for_del(raw_value: &Value) -> Result<MacvlanConf> {
         let mut c = raw_value.clone();
         if let Some(o) = c.as_object_mut() {
-            for key in ["mode", "mac", "mtu"] {
+            for key in ["mode", "mac", "mtu", "zenoh"] {
                 o.remove(key);
             }
             if let Some(rc) = o.get_mut("runtimeConfig").and_then(Value::as_object_mut) {
@@ -287,6 +295,19 @@ mod tests {
             MacvlanConf::for_del(&v).is_err(),
             "the name is still checked"
         );
+    }
+
+    /// As the reference: an empty master is the default route's interface; a name the
+    /// kernel would refuse is refused with the reason.
+    #[test]
+    fn empty_master_is_no_master_and_bad_names_say_why() {
+        let mut v: Value = serde_json::from_str(GUIDE).unwrap();
+        v["master"] = serde_json::json!("");
+        assert_eq!(MacvlanConf::from_value(&v).unwrap().master, None);
+        v["master"] = serde_json::json!("a-name-too-long-1");
+        let e = MacvlanConf::from_value(&v).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("longer than 15"), "{e}");
     }
 
     #[test]

@@ -4,9 +4,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cni::env::CniEnv;
-use crate::cni::{Kind, Result};
+use crate::cni::{Error, Kind, Result};
 use crate::plugin::attachment::{open_pod_netns, Attachment};
-use crate::plugin::{membership, multicast};
+use crate::plugin::{membership, multicast, zenoh_relay};
 use crate::sys::netlink::{Link, LinkChange, Netlink, Op, Rtnl};
 use crate::sys::stable_hash::stable_hash;
 
@@ -36,7 +36,8 @@ fn retired_prefix(env: &CniEnv) -> String {
 /// traffic of the pod's), and takes a name of its own, so `CNI_IFNAME` is free for the
 /// next ADD. Only then is the address released, so no other pod can get it while this link
 /// could still use it. Nothing left to do is success; a namespace that is gone has taken
-/// its links with it.
+/// its links with it. A failing step does not stop the others: DEL does all it can and
+/// reports every failure at once, so the runtime's retry has only those left.
 pub fn del(at: &Attachment<'_>) -> Result<()> {
     let Attachment {
         conf,
@@ -58,6 +59,8 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
         Vec::new()
     };
     membership::release(conf, env, agent);
+    // Zenoh relay (issue 24): the pod's listeners close, the agent holds nothing for it.
+    zenoh_relay::release(conf, env, agent);
     let Some(pod_ns) = pod_ns else {
         return ipam.del(conf, env);
     };
@@ -65,17 +68,34 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
 }
 
 /// DEL's part in the pod's namespace once its heirs are known: the links retired, the
-/// address released, the links removed (by the reaper, or here with `waitForLinkRemoval`).
+/// address released, the links removed (by the reaper, or here with `waitForLinkRemoval`
+/// or when a link could not be made inert); every failure met, at once.
 fn del_in_pod(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<()> {
-    let doomed = retire(at, nl, heirs)?;
-    crate::plugin::reaper::delete_links(nl, &doomed, at.conf.wait_for_link_removal)
+    let Retired {
+        doomed,
+        mut failures,
+    } = retire(at, nl, heirs)?;
+    // A link that could not be made inert is removed here and now, not left to a child.
+    let wait = at.conf.wait_for_link_removal || !failures.is_empty();
+    if let Err(e) = crate::plugin::reaper::delete_links(nl, &doomed, wait) {
+        failures.push(e);
+    }
+    Error::all(failures)
+}
+
+/// What DEL did in the pod's namespace: the links left to delete, and every failure met.
+#[derive(Debug)]
+struct Retired {
+    doomed: Vec<u32>,
+    failures: Vec<Error>,
 }
 
 /// DEL in the pod's namespace, up to the links' removal: every link of the attachment
 /// made inert and renamed out of the way, eth0's mark given back, the multicast routes
 /// handed to `heirs` (the attachments left in the pod), the address released. Returns the
-/// links to delete.
-fn retire(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<Vec<u32>> {
+/// links to delete and what failed; only a namespace whose links cannot be listed fails
+/// the whole.
+fn retire(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<Retired> {
     let Attachment {
         conf, env, ipam, ..
     } = *at;
@@ -105,10 +125,24 @@ fn retire(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<Vec<u3
     }
     // eth0's mark in the same exchange.
     ops.extend(multicast::restore_ops(&others, &env.ifname));
-    nl.apply(ops)?;
-    multicast::hand_over_routes(nl, &others, heirs, &conf.multicast)?;
-    ipam.del(conf, env)?;
-    Ok(ours.iter().map(|l| l.index).collect())
+    let mut failures = Vec::new();
+    let inert = nl
+        .apply(ops)
+        .map_err(|e| failures.push(Error::from(e).context("retire")));
+    if let Err(e) = multicast::hand_over_routes(nl, &others, heirs, &conf.multicast) {
+        failures.push(e.context("hand over the multicast routes"));
+    }
+    // The address stays claimed while a link that may still answer for it is not inert;
+    // the runtime's retry releases it.
+    if inert.is_ok() {
+        if let Err(e) = ipam.del(conf, env) {
+            failures.push(e);
+        }
+    }
+    Ok(Retired {
+        doomed: ours.iter().map(|l| l.index).collect(),
+        failures,
+    })
 }
 /// DEL's choice: the attachment's macvlan (named `ifname`) and the retired ones an earlier
 /// DEL of the same attachment left (named `retired_prefix`...) whose removal did not
@@ -282,8 +316,13 @@ mod tests {
             ipam: &Ipam::None,
             agent: &agent(&conf),
         };
-        let doomed = retire(&at, &nl, &["net2".to_owned()]).unwrap();
-        assert_eq!(doomed, vec![net1], "only our link is left to delete");
+        let retired = retire(&at, &nl, &["net2".to_owned()]).unwrap();
+        assert!(retired.failures.is_empty(), "{:?}", retired.failures);
+        assert_eq!(
+            retired.doomed,
+            vec![net1],
+            "only our link is left to delete"
+        );
         let ours = nl.link(net1).unwrap();
         assert!(
             ours.name.starts_with(&retired_prefix(&env)),
@@ -310,7 +349,7 @@ mod tests {
         let b = nl2.with_link("net2", Some(InfoKind::MacVlan), up);
         nl2.apply(multicast::route_ops(a, &MulticastConf::default()))
             .unwrap();
-        assert_eq!(retire(&at, &nl2, &[]).unwrap(), vec![a]);
+        assert_eq!(retire(&at, &nl2, &[]).unwrap().doomed, vec![a]);
         assert!(nl2.all_routes().iter().all(|r| r.oif != Some(b)));
     }
 }

@@ -14,7 +14,7 @@ use crate::cni::result::CniResult;
 use crate::cni::skel::Answer;
 use crate::cni::version::{ResultShape, Version};
 use crate::cni::{Error, Kind, Result};
-use crate::ipam::store::{Record, Store};
+use crate::ipam::store::{ClaimRecord, Store};
 use crate::ipam::Ipam;
 use crate::plugin::config::{log_level_of, MacvlanConf};
 use crate::plugin::master::resolve_master;
@@ -67,7 +67,7 @@ pub fn gc(conf: &MacvlanConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
 #[derive(Debug)]
 pub struct Orphan {
     pub network: String,
-    pub record: Record,
+    pub record: ClaimRecord,
 }
 
 /// What one round of `release_orphans` did: what it released, and what it kept because it
@@ -188,7 +188,7 @@ impl LogSink {
         match dir.append_file(&name) {
             Ok(f) => Ok(LogSink::File(f)),
             Err(e @ confine::Error::Io { .. }) => {
-                eprintln!("ros-macvlan: cannot open logFile ({e}); logging to stderr");
+                log::warn!("ros-macvlan: cannot open logFile ({e}); logging to stderr");
                 Ok(LogSink::Stderr)
             }
             Err(refused) => Err(refused.into()),

@@ -14,11 +14,11 @@
 //! protocol both sides speak; `agent` is the holder.
 
 use std::cell::OnceCell;
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +27,7 @@ use nix::sys::socket::{
     recvmsg, sendmsg, socket, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
 };
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use socket2::{InterfaceIndexOrAddress, SockRef};
 
@@ -90,7 +91,62 @@ pub struct ProbeAhead {
     pub detection: crate::plugin::duplicate::Detection,
 }
 
+/// What the agent keeps a record of beside its socket, one JSON file a key: memberships
+/// here, the Zenoh relays (`zenoh_relay`) in a directory of their own.
+pub trait Stored: Serialize + DeserializeOwned {
+    /// The directory of these records, beside the agent's socket.
+    const DIR: &'static str;
+    fn key(&self) -> String;
+    /// Whether the record's namespace is still there.
+    fn presence(&self) -> Presence;
+}
+
+impl Stored for Record {
+    const DIR: &'static str = RECORDS;
+    fn key(&self) -> String {
+        Record::key(self)
+    }
+    fn presence(&self) -> Presence {
+        Record::presence(self)
+    }
+}
+
+/// What a sweep of the records finds against what an agent holds (`RecordDir::due`).
+#[derive(Debug)]
+pub struct Due<R> {
+    /// Held, but with no record left (the DEL's message was lost): to let go of.
+    pub unrecorded: Vec<String>,
+    /// Records whose namespace is positively gone, with why: removed by the sweep already.
+    pub gone: Vec<(String, String)>,
+    /// Records whose namespace cannot be told there or gone, with why: kept, not touched.
+    pub unsure: Vec<(String, String)>,
+    /// Records whose namespace is there and that are not held: to re-create.
+    pub missing: Vec<R>,
+}
+
 impl Record {
+    /// The record of the attachment ADD is making in `ns`, holding `groups`, watched on the
+    /// LAN as `lan` says.
+    pub fn of_attachment(
+        conf: &MacvlanConf,
+        env: &CniEnv,
+        ns: &Netns,
+        groups: Vec<Ipv4Addr>,
+        lan: Watched,
+    ) -> Result<Record> {
+        Ok(Record {
+            network: conf.name.clone(),
+            container_id: env.container_id.clone(),
+            ifname: env.ifname.clone(),
+            netns: env.netns.clone(),
+            netns_inode: ns
+                .inode()
+                .map_err(|e| Error::io(format!("stat network namespace {}", env.netns), e))?,
+            groups,
+            lan,
+        })
+    }
+
     /// The attachment's identity. Network names, container IDs and interface names never
     /// hold ':' (the CNI spec's and the kernel's rules), so keys never collide.
     pub fn key(&self) -> String {
@@ -110,30 +166,32 @@ pub fn key_of(network: &str, container_id: &str, ifname: &str) -> String {
 
 /// How the keys of one pod's attachments start: the container first, so a pod's records
 /// are found by their names alone.
-fn pod_prefix(container_id: &str) -> String {
+pub(crate) fn pod_prefix(container_id: &str) -> String {
     format!("{container_id}:")
-}
-
-/// The inode of the namespace a path names (netns files are nsfs inodes).
-pub fn inode_of(path: &Path) -> io::Result<u64> {
-    std::fs::metadata(path).map(|m| m.ino())
 }
 
 /// The records live beside the agent's socket, in a directory both sides know. Every file
 /// in it is opened relative to it, never through a symlink (`confine`).
 #[derive(Debug, Clone)]
-pub struct RecordDir(ConfinedPath);
+pub struct RecordDir<R = Record>(ConfinedPath, std::marker::PhantomData<R>);
 
 impl RecordDir {
-    /// The records beside a socket the operator named (the agent's `--socket`).
+    /// The membership records beside a socket the operator named (the agent's `--socket`).
     pub fn beside(agent_socket: &Path) -> RecordDir {
+        RecordDir::kept_beside(agent_socket)
+    }
+}
+
+impl<R: Stored> RecordDir<R> {
+    /// The records of kind `R` beside a socket the operator named (the agent's `--socket`).
+    pub fn kept_beside(agent_socket: &Path) -> RecordDir<R> {
         let dir = agent_socket.parent().unwrap_or(Path::new("/"));
-        RecordDir(ConfinedPath::trusted("agent socket", dir, AGENT_DIR_MODE).join(RECORDS))
+        RecordDir::in_dir(ConfinedPath::trusted("agent socket", dir, AGENT_DIR_MODE))
     }
 
     /// The records beside a socket in a directory that passed `Roots::confine`.
-    fn in_dir(socket_dir: ConfinedPath) -> RecordDir {
-        RecordDir(socket_dir.join(RECORDS))
+    pub(crate) fn in_dir(socket_dir: ConfinedPath) -> RecordDir<R> {
+        RecordDir(socket_dir.join(R::DIR), std::marker::PhantomData)
     }
 
     pub fn path(&self) -> PathBuf {
@@ -145,31 +203,57 @@ impl RecordDir {
     }
 
     /// Written whole and renamed into place: a reader never sees half a record.
-    pub fn write(&self, record: &Record) -> Result<()> {
+    pub fn write(&self, record: &R) -> Result<()> {
         RecordDir::write_in(&self.0.create_dir()?, record)
     }
 
     /// `write`, in the records' directory already open.
-    fn write_in(dir: &Dir, record: &Record) -> Result<()> {
+    pub(crate) fn write_in(dir: &Dir, record: &R) -> Result<()> {
         let key = record.key();
         let bytes = serde_json::to_vec(record).map_err(|e| Error::new(Kind::Io, e.to_string()))?;
-        dir.write_whole(&RecordDir::file(&key), &bytes)
-            .map_err(|e| Error::io(format!("membership record {key}"), e))
+        dir.write_whole(&RecordDir::<R>::file(&key), &bytes)
+            .map_err(|e| Error::io(format!("{} record {key}", R::DIR), e))
     }
 
     pub fn remove(&self, key: &str) {
         if let Ok(Some(dir)) = self.0.open_dir() {
-            let _ = dir.remove(&RecordDir::file(key));
+            let _ = dir.remove(&RecordDir::<R>::file(key));
         }
     }
 
+    /// Compares the records with the keys an agent holds: a record whose namespace is
+    /// positively gone is removed here; the rest is for the caller to act on.
+    pub fn due(&self, held: &HashSet<String>) -> Due<R> {
+        let records: Vec<R> = self.list();
+        let recorded: HashSet<String> = records.iter().map(Stored::key).collect();
+        let mut due = Due {
+            unrecorded: held.difference(&recorded).cloned().collect(),
+            gone: Vec::new(),
+            unsure: Vec::new(),
+            missing: Vec::new(),
+        };
+        for record in records {
+            let key = record.key();
+            match record.presence() {
+                Presence::Here if held.contains(&key) => {}
+                Presence::Here => due.missing.push(record),
+                Presence::Gone(why) => {
+                    self.remove(&key);
+                    due.gone.push((key, why));
+                }
+                Presence::Unknown(why) => due.unsure.push((key, why)),
+            }
+        }
+        due
+    }
+
     /// Every readable record; unreadable files are skipped (and left for an operator).
-    pub fn list(&self) -> Vec<Record> {
+    pub fn list(&self) -> Vec<R> {
         self.list_starting("")
     }
 
     /// The readable records whose key starts with `prefix`; only those files are read.
-    fn list_starting(&self, prefix: &str) -> Vec<Record> {
+    pub(crate) fn list_starting(&self, prefix: &str) -> Vec<R> {
         let Ok(Some(dir)) = self.0.open_dir() else {
             return Vec::new();
         };
@@ -195,6 +279,8 @@ pub struct AgentPlace {
     client: AgentClient,
     records: RecordDir,
     lan: crate::plugin::lan_state::LanState,
+    /// The agent's directory as confined, where other kinds of records live too.
+    socket_dir: ConfinedPath,
     /// The records' directory as `prepare` opened it, so ADD walks its path once.
     prepared: OnceCell<Dir>,
 }
@@ -206,7 +292,8 @@ impl AgentPlace {
         Ok(AgentPlace {
             client: AgentClient::new(Path::new(&conf.agent_socket)),
             lan: crate::plugin::lan_state::LanState::in_dir(dir.clone()),
-            records: RecordDir::in_dir(dir),
+            records: RecordDir::in_dir(dir.clone()),
+            socket_dir: dir,
             prepared: OnceCell::new(),
         })
     }
@@ -218,6 +305,11 @@ impl AgentPlace {
     /// What the node agent knows of the LAN (`lan_state`).
     pub fn lan(&self) -> &crate::plugin::lan_state::LanState {
         &self.lan
+    }
+
+    /// The records of another kind kept beside the same agent (the Zenoh relays').
+    pub fn records<R: Stored>(&self) -> RecordDir<R> {
+        RecordDir::in_dir(self.socket_dir.clone())
     }
 
     /// Opens (creating what is missing) the records' directory before ADD changes anything,
@@ -284,17 +376,7 @@ pub fn hold(
             format!("cannot join the multicast groups on {}: {e}", env.ifname),
         )
     })?;
-    let record = Record {
-        network: conf.name.clone(),
-        container_id: env.container_id.clone(),
-        ifname: env.ifname.clone(),
-        netns: env.netns.clone(),
-        netns_inode: ns
-            .inode()
-            .map_err(|e| Error::io(format!("stat network namespace {}", env.netns), e))?,
-        groups: groups.clone(),
-        lan,
-    };
+    let record = Record::of_attachment(conf, env, ns, groups.clone(), lan)?;
     if let Err(e) = agent
         .records_dir()
         .and_then(|dir| RecordDir::write_in(dir, &record))
@@ -366,14 +448,15 @@ pub enum Request {
     List,
 }
 
+/// The agent's answer: what it holds, of the kind asked (memberships, or relays).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Reply {
+pub struct Reply<T = Record> {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub held: Vec<Record>,
+    #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<T>,
 }
 
 /// The agent's client end: one request per connection, bounded in time.
@@ -416,16 +499,33 @@ impl AgentClient {
     }
 
     fn call(&self, request: &Request, fd: Option<RawFd>) -> io::Result<Reply> {
+        let fds: Vec<RawFd> = fd.into_iter().collect();
+        let reply: Reply = self.exchange(request, &fds)?;
+        if reply.ok {
+            Ok(reply)
+        } else {
+            Err(io::Error::other(
+                reply.error.unwrap_or_else(|| "refused".into()),
+            ))
+        }
+    }
+
+    /// One request line (with `fds` passed along) and its reply line, bounded in time: the
+    /// transport every kind of request rides on.
+    pub fn exchange<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        request: &Q,
+        fds: &[RawFd],
+    ) -> io::Result<A> {
         let stream = UnixStream::connect(&self.socket)?;
         stream.set_read_timeout(Some(AGENT_WAIT))?;
         stream.set_write_timeout(Some(AGENT_WAIT))?;
         let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
         line.push(b'\n');
-        let fds: Vec<RawFd> = fd.into_iter().collect();
         let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
             Vec::new()
         } else {
-            vec![ControlMessage::ScmRights(&fds)]
+            vec![ControlMessage::ScmRights(fds)]
         };
         // The descriptor rides on the first bytes; the rest of the line follows if needed.
         let sent = sendmsg::<()>(
@@ -439,15 +539,7 @@ impl AgentClient {
         (&stream).write_all(&line[sent..])?;
         let mut reply = Vec::new();
         (&stream).take(MAX_MESSAGE as u64).read_to_end(&mut reply)?;
-        let reply: Reply = serde_json::from_slice(&reply)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if reply.ok {
-            Ok(reply)
-        } else {
-            Err(io::Error::other(
-                reply.error.unwrap_or_else(|| "refused".into()),
-            ))
-        }
+        serde_json::from_slice(&reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 }
 
@@ -504,6 +596,45 @@ mod tests {
     }
 
     #[test]
+    fn a_sweep_sorts_the_records_against_what_is_held() {
+        let dir = std::env::temp_dir().join(format!("rm-due-{}", std::process::id()));
+        let records = RecordDir::beside(&dir.join("agent.sock"));
+        let here = |id: &str| Record {
+            container_id: id.into(),
+            netns: "/proc/self/ns/net".into(),
+            netns_inode: crate::sys::netns::inode_of(Path::new("/proc/self/ns/net")).unwrap(),
+            ..record()
+        };
+        let gone = Record {
+            container_id: "gone".into(),
+            netns: "/proc/self/ns/no-such-ns".into(),
+            ..record()
+        };
+        let unsure = Record {
+            container_id: "unsure".into(),
+            netns: "/nonexistent/netns".into(),
+            ..record()
+        };
+        for r in [here("held"), here("missing"), gone.clone(), unsure.clone()] {
+            records.write(&r).unwrap();
+        }
+        let held: HashSet<String> = [here("held").key(), "lost:ros-net:net1".to_owned()].into();
+        let due = records.due(&held);
+        assert_eq!(due.unrecorded, vec!["lost:ros-net:net1".to_owned()]);
+        assert_eq!(due.missing, vec![here("missing")]);
+        assert_eq!(due.gone.len(), 1);
+        assert_eq!(due.gone[0].0, gone.key());
+        assert_eq!(due.unsure.len(), 1);
+        assert_eq!(due.unsure[0].0, unsure.key());
+        assert_eq!(
+            records.list().len(),
+            3,
+            "the gone record is removed, no other"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn requests_are_one_json_line_each() {
         let line = serde_json::to_string(&Request::Hold(Box::new(record()))).unwrap();
         assert!(!line.contains('\n'));
@@ -521,7 +652,7 @@ mod tests {
     fn only_a_positively_gone_netns_is_gone() {
         let mut r = record();
         r.netns = "/proc/self/ns/net".into();
-        r.netns_inode = inode_of(Path::new("/proc/self/ns/net")).unwrap();
+        r.netns_inode = crate::sys::netns::inode_of(Path::new("/proc/self/ns/net")).unwrap();
         assert_eq!(r.presence(), Presence::Here);
         r.netns_inode += 1;
         assert!(

@@ -16,6 +16,8 @@ pub mod membership;
 pub mod multicast;
 pub mod reaper;
 pub mod tenancy;
+// Zenoh relay (issue 24): rmw_zenoh with no configuration.
+pub mod zenoh_relay;
 
 use std::time::Duration;
 

@@ -138,12 +138,18 @@ pub enum Presence {
     Unknown(String),
 }
 
+/// The inode of the namespace a path names (netns files are nsfs inodes): two paths with
+/// the same inode name the same namespace.
+pub fn inode_of(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map(|m| m.ino())
+}
+
 /// Judges `path`; `inode` is the namespace's inode as recorded, when it was.
 pub fn presence(path: &str, inode: Option<u64>) -> Presence {
-    use std::os::unix::fs::MetadataExt;
     let p = std::path::Path::new(path);
-    match std::fs::metadata(p) {
-        Ok(m) if inode.is_some_and(|i| i != m.ino()) => {
+    match inode_of(p) {
+        Ok(now) if inode.is_some_and(|i| i != now) => {
             Presence::Gone(format!("netns {path} names another namespace now"))
         }
         Ok(_) => Presence::Here,
@@ -183,7 +189,7 @@ impl Drop for GoBack {
     fn drop(&mut self) {
         if setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
             // Carrying on in the wrong namespace would change the wrong network.
-            eprintln!("ros-macvlan: cannot return to the original network namespace; aborting");
+            log::error!("ros-macvlan: cannot return to the original network namespace; aborting");
             std::process::abort();
         }
     }

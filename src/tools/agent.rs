@@ -10,8 +10,9 @@
 //! - host access (`host_keeper`): the shims in the node configuration's `hostAccess` list,
 //!   put back on every sweep when a shim, its address or a route is gone.
 //!
-//! One task on a current-thread runtime owns all state, so nothing is shared or locked;
-//! every request is small and answered within the plugin's bounded wait.
+//! One task on the process's current-thread runtime (sys::runtime) owns all state, so
+//! nothing is shared or locked; every request is small and answered within the plugin's
+//! bounded wait. Host access, the one netlink work, runs on the runtime's blocking pool.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -47,23 +48,22 @@ pub struct Options {
     pub policy: Option<(PathBuf, PathBuf)>,
     /// Release orphaned host-local claims under this data dir, this often.
     pub gc: Option<(PathBuf, Duration)>,
+    /// Zenoh relay (issue 24): the node's Zenoh routers for pods, one per relay.
+    pub zenoh_routers: crate::tools::relay::RouterPool,
 }
 
 pub fn run(opts: Options) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::sys::runtime::process() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("agent: cannot start: {e}");
+            log::error!("agent: cannot start: {e}");
             return 1;
         }
     };
     match runtime.block_on(serve(opts)) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("agent: {e}");
+            log::error!("agent: {e}");
             1
         }
     }
@@ -74,13 +74,16 @@ async fn serve(opts: Options) -> io::Result<()> {
         install_plugin(dir)?;
     }
     let listener = listen(&opts.socket)?;
-    println!("agent: listening on {}", opts.socket.display());
+    log::info!("agent: listening on {}", opts.socket.display());
     let mut holder = Holder::new(RecordDir::beside(&opts.socket));
     holder.reconcile();
     crate::tools::lan_watch::spawn(
         RecordDir::beside(&opts.socket),
         crate::plugin::lan_state::LanState::beside(&opts.socket),
     )?;
+    // Zenoh relay (issue 24): the relays follow their records like the memberships.
+    let mut relays = crate::tools::relay::Relays::new(&opts.socket, opts.zenoh_routers);
+    relays.reconcile();
     let node_config = match &opts.policy {
         Some((_, dir)) => crate::tools::install::mirrored_policy(dir),
         None => crate::node::policy::policy_file(),
@@ -104,25 +107,29 @@ async fn serve(opts: Options) -> io::Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if tokio::time::timeout(AGENT_WAIT, answer(stream, &mut holder)).await.is_err() {
-                        eprintln!("agent: a client sent no complete request in time");
+                    if tokio::time::timeout(AGENT_WAIT, answer(stream, &mut holder, &mut relays)).await.is_err() {
+                        log::warn!("agent: a client sent no complete request in time");
                     }
                 }
-                Err(e) => eprintln!("agent: accept: {e}"),
+                Err(e) => log::warn!("agent: accept: {e}"),
             },
             _ = sweep.tick() => {
                 holder.reconcile();
-                host.reconcile();
+                relays.reconcile();
+                host = reconcile_host(host).await;
             }
             _ = tick(&mut policy) => {
                 if let Some((source, dir)) = &opts.policy {
                     policy_said = mirror_policy(source, dir, policy_said);
-                    host.reconcile();
+                    host = reconcile_host(host).await;
                 }
             }
             _ = tick(&mut gc) => {
                 if let Some((data_dir, _)) = &opts.gc {
-                    crate::tools::gc::once(data_dir);
+                    match crate::tools::gc::once(data_dir) {
+                        Ok(report) => report.iter().for_each(|l| log::info!("{l}")),
+                        Err(e) => log::warn!("{e}"),
+                    }
                 }
             }
             _ = term.recv() => break,
@@ -132,8 +139,22 @@ async fn serve(opts: Options) -> io::Result<()> {
     // The memberships end with this process; the records stay, so the next agent re-creates
     // them. The socket file goes, so plugins see at once that no agent listens.
     let _ = std::fs::remove_file(&opts.socket);
-    println!("agent: stopping");
+    log::info!("agent: stopping");
     Ok(())
+}
+
+/// One round of host access, on the runtime's blocking pool: its netlink exchanges are
+/// futures of this runtime, which the loop (waiting here) drives; no second runtime starts.
+async fn reconcile_host(
+    mut host: crate::node::host_keeper::Keeper,
+) -> crate::node::host_keeper::Keeper {
+    let round = tokio::task::spawn_blocking(move || {
+        host.reconcile();
+        host
+    });
+    round
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// The next tick of an optional duty; never, when the duty is off.
@@ -181,7 +202,7 @@ fn listen(path: &Path) -> io::Result<UnixListener> {
 /// only the socket file's mode, so a socket reachable by mistake (a hostPath mounted into
 /// another container, a directory mode widened) still lets no one else hand sockets in,
 /// drop a pod's membership or list the pods.
-async fn answer(stream: UnixStream, holder: &mut Holder) {
+async fn answer(stream: UnixStream, holder: &mut Holder, relays: &mut crate::tools::relay::Relays) {
     // The peer's credentials are taken at connect; the request is read in any case, so a
     // refused client reads its refusal instead of a closed socket.
     let peer = stream.peer_cred();
@@ -198,7 +219,7 @@ async fn answer(stream: UnixStream, holder: &mut Holder) {
             Ok(0) => break,
             Ok(n) => line.extend_from_slice(&buf[..n]),
             Err(e) => {
-                eprintln!("agent: reading a request: {e}");
+                log::warn!("agent: reading a request: {e}");
                 return;
             }
         }
@@ -206,7 +227,7 @@ async fn answer(stream: UnixStream, holder: &mut Holder) {
     match peer {
         Ok(cred) if cred.uid() == 0 => {}
         Ok(cred) => {
-            eprintln!(
+            log::warn!(
                 "agent: refused a client with uid {} (pid {}): only root may talk to the agent",
                 cred.uid(),
                 cred.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
@@ -217,18 +238,22 @@ async fn answer(stream: UnixStream, holder: &mut Holder) {
             return;
         }
         Err(e) => {
-            eprintln!("agent: cannot read a client's credentials ({e}); refused");
+            log::warn!("agent: cannot read a client's credentials ({e}); refused");
             return;
         }
     }
-    let reply = match membership::parse_request(line.split(|b| *b == b'\n').next().unwrap_or(&[])) {
-        Ok(request) => holder.handle(request, fds),
-        Err(e) => refuse(format!("not a request: {e}")),
-    };
-    self::reply(stream, &reply).await;
+    let first = line.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    match membership::parse_request(first) {
+        Ok(request) => self::reply(stream, &holder.handle(request, fds)).await,
+        // Zenoh relay (issue 24): its requests ride the same socket.
+        Err(e) => match crate::plugin::zenoh_relay::parse_request(first) {
+            Ok(request) => self::reply(stream, &relays.handle(request, fds)).await,
+            Err(_) => self::reply(stream, &refuse(format!("not a request: {e}"))).await,
+        },
+    }
 }
 
-async fn reply(mut stream: UnixStream, reply: &Reply) {
+async fn reply(mut stream: UnixStream, reply: &impl serde::Serialize) {
     let mut out = serde_json::to_vec(reply).unwrap_or_default();
     out.push(b'\n');
     let _ = stream.write_all(&out).await;
@@ -306,9 +331,11 @@ impl Holder {
 
     fn hold(&mut self, record: Record, socket: OwnedFd, why: &str) {
         let key = record.key();
-        println!(
+        log::info!(
             "agent: holding {key}: {:?} on {} in {} ({why})",
-            record.groups, record.ifname, record.netns
+            record.groups,
+            record.ifname,
+            record.netns
         );
         self.failing.remove(&key);
         // A socket already held for the key (a repeated ADD) closes only after the new one
@@ -324,7 +351,7 @@ impl Holder {
 
     fn let_go(&mut self, key: &str, why: &str) {
         if self.held.remove(key).is_some() {
-            println!("agent: let go of {key} ({why})");
+            log::info!("agent: let go of {key} ({why})");
         }
     }
 
@@ -353,7 +380,7 @@ impl Holder {
                 Presence::Here => {}
                 Presence::Gone(why) => {
                     self.let_go(&key, &why);
-                    println!("agent: forgetting {key}: {why}");
+                    log::info!("agent: forgetting {key}: {why}");
                     self.records.remove(&key);
                     self.failing.remove(&key);
                     self.unsure.remove(&key);
@@ -361,7 +388,7 @@ impl Holder {
                 }
                 Presence::Unknown(why) => {
                     if self.unsure.insert(key.clone()) {
-                        eprintln!("agent: keeping {key}: {why}");
+                        log::warn!("agent: keeping {key}: {why}");
                     }
                     continue;
                 }
@@ -372,7 +399,7 @@ impl Holder {
             }
             if !self.has_room_for(&key) {
                 if self.failing.insert(key.clone()) {
-                    eprintln!(
+                    log::warn!(
                         "agent: not re-creating {key}: {MAX_HELD} memberships held, the bound"
                     );
                 }
@@ -382,7 +409,7 @@ impl Holder {
                 Ok(socket) => self.hold(record, socket, "re-created from its record"),
                 Err(e) => {
                     if self.failing.insert(key.clone()) {
-                        eprintln!("agent: cannot re-create {key}: {e} (retrying)");
+                        log::warn!("agent: cannot re-create {key}: {e} (retrying)");
                     }
                 }
             }
@@ -412,7 +439,7 @@ fn install_plugin(dir: &Path) -> io::Result<()> {
         crate::tools::install::Installed::Written => "installed",
         crate::tools::install::Installed::UpToDate => "already current",
     };
-    println!(
+    log::info!(
         "agent: plugin {what} in {} (version {})",
         dir.display(),
         env!("CARGO_PKG_VERSION")
@@ -425,12 +452,12 @@ fn mirror_policy(source: &Path, dir: &Path, said: Option<&'static str>) -> Optio
     match crate::tools::install::sync_policy(source, dir) {
         Ok(what) => {
             if said != Some(what) {
-                println!("agent: {what} ({})", dir.display());
+                log::info!("agent: {what} ({})", dir.display());
             }
             Some(what)
         }
         Err(e) => {
-            eprintln!(
+            log::error!(
                 "agent: cannot mirror the node policy into {}: {e}",
                 dir.display()
             );

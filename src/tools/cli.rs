@@ -116,6 +116,11 @@ struct AgentArgs {
     /// How often gc runs, in seconds
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     gc_every: u64,
+    /// The node's Zenoh routers for pods (HOST:FIRST-LAST, or HOST:PORT for one, in the
+    /// agent's network namespace): the relay of each pod of a network with "zenoh" forwards
+    /// its localhost:7447 to one of them, a router of its own
+    #[arg(long, default_value = crate::tools::relay::DEFAULT_ROUTERS)]
+    zenoh_routers: crate::tools::relay::RouterPool,
 }
 
 #[derive(Args)]
@@ -184,6 +189,7 @@ fn seconds(s: &str) -> Result<f64, String> {
 }
 
 pub fn main(args: &[String]) -> i32 {
+    crate::sys::logging::init(log::LevelFilter::Info);
     // Like other Unix tools, end quietly when the reader goes away (`probe | head`).
     // SAFETY: restoring the default disposition of SIGPIPE installs no handler.
     let _ = unsafe {
@@ -208,6 +214,7 @@ pub fn main(args: &[String]) -> i32 {
             cni_bin_dir: a.cni_bin_dir,
             policy: a.policy.pair(),
             gc: a.gc_data_dir.map(|d| (d, Duration::from_secs(a.gc_every))),
+            zenoh_routers: a.zenoh_routers,
         }),
         Sub::Install(a) => crate::tools::install::main(&crate::tools::install::Options {
             cni_bin_dir: a.cni_bin_dir,
@@ -216,7 +223,16 @@ pub fn main(args: &[String]) -> i32 {
             stay: a.stay,
         }),
         Sub::Gc { data_dir, every } => loop {
-            let code = crate::tools::gc::once(&data_dir);
+            let code = match crate::tools::gc::once(&data_dir) {
+                Ok(report) => {
+                    report.iter().for_each(|l| println!("{l}"));
+                    0
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    1
+                }
+            };
             match every {
                 Some(secs) => std::thread::sleep(Duration::from_secs(secs)),
                 None => return code,
@@ -297,7 +313,7 @@ fn host_access(a: HostAccessArgs) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("host-access: {e}");
+            log::error!("host-access: {e}");
             1
         }
     }
@@ -310,7 +326,7 @@ fn probe(opts: crate::tools::probe::Options) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("probe: {e}");
+            log::error!("probe: {e}");
             1
         }
     }

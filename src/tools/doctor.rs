@@ -59,6 +59,8 @@ pub fn run(opts: &Options) -> Vec<Finding> {
         return checks;
     }
     checks.extend(live_checks(&ns, opts));
+    // Zenoh relay (issue 24): on a pod of a `zenoh` network, its localhost:7447 answers.
+    checks.extend(crate::tools::relay::doctor_check(&ns, &opts.agent_socket));
     checks
 }
 

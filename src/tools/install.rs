@@ -108,14 +108,14 @@ pub fn main(opts: &Options) -> i32 {
     let stop_signals = termination_signals();
     if opts.stay {
         if let Err(e) = stop_signals.thread_block() {
-            eprintln!("install: cannot wait for signals: {e}");
+            log::error!("install: cannot wait for signals: {e}");
             return 1;
         }
     }
     let source = match std::env::current_exe() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("install: cannot find my own binary: {e}");
+            log::error!("install: cannot find my own binary: {e}");
             return 1;
         }
     };
@@ -145,7 +145,7 @@ pub fn main(opts: &Options) -> i32 {
             env!("CARGO_PKG_VERSION")
         ),
         Err(e) => {
-            eprintln!("install: cannot install into {}: {e}", dir.display());
+            log::error!("install: cannot install into {}: {e}", dir.display());
             return 1;
         }
     }
@@ -153,7 +153,7 @@ pub fn main(opts: &Options) -> i32 {
         match sync_policy(src, pdir) {
             Ok(what) => println!("{what} ({})", pdir.display()),
             Err(e) => {
-                eprintln!(
+                log::error!(
                     "install: cannot install the node policy into {}: {e}",
                     pdir.display()
                 );
@@ -185,7 +185,7 @@ fn wait_for_termination(set: &nix::sys::signal::SigSet) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("install: waiting for signals failed: {e}");
+            log::error!("install: waiting for signals failed: {e}");
             1
         }
     }

@@ -156,7 +156,7 @@ impl Watch {
 
     fn say_once(&mut self, what: String) {
         if self.said.insert(what.clone()) {
-            eprintln!("{what}");
+            log::warn!("{what}");
         }
     }
 
@@ -202,7 +202,7 @@ impl Watch {
                 return None;
             }
         };
-        println!(
+        log::info!(
             "agent: lan watch: probing network {network} ahead on {} (up to {AHEAD} addresses of each range set)",
             p.master
         );
@@ -314,7 +314,7 @@ impl Watch {
             }
         }
         for (key, pod, c) in found {
-            eprintln!(
+            log::error!(
                 "agent: lan watch: address {} of pod {pod} ({key}) is claimed on the LAN by {}: another host uses it",
                 c.ip,
                 format_mac(&c.mac)
@@ -325,7 +325,7 @@ impl Watch {
                 at_ms: now_ms(),
             };
             if let Err(e) = self.lan.write_conflict(&key, &conflict) {
-                eprintln!("agent: lan watch: cannot record the conflict of {key}: {e}");
+                log::warn!("agent: lan watch: cannot record the conflict of {key}: {e}");
             }
         }
     }

@@ -11,5 +11,7 @@ pub mod install;
 pub mod lan_watch;
 pub mod ports;
 pub mod probe;
+// Zenoh relay (issue 24): the agent's side.
+pub mod relay;
 pub mod rtps;
 pub mod zenoh;

@@ -91,7 +91,8 @@ pub struct ClusterNode {
     pub node: Node,
     pub conf: Value,
     _data: DataDir,
-    _agent: TestAgent,
+    /// Its agent, to restart while the pods stay attached.
+    pub agent: std::cell::RefCell<TestAgent>,
 }
 
 /// Nodes on one LAN (through its IGMP-snooping switch), pods on them, one plugin for all,
@@ -108,6 +109,17 @@ impl Cluster {
     /// `pods_per_node[i]` pods on node i; pods are numbered 11, 12, ... across the cluster
     /// (eth0 203.0.113.11, ...), node i hands out 198.51.100.(160 + 10 i) to (169 + 10 i).
     pub fn new(plugin: Plugin, pods_per_node: &[u8]) -> Cluster {
+        Cluster::with(plugin, pods_per_node, |_| plugin.agent(), |_| {})
+    }
+
+    /// `new`, with each node's agent started by `agent` and each node's config changed by
+    /// `patch`.
+    pub fn with(
+        plugin: Plugin,
+        pods_per_node: &[u8],
+        agent: impl Fn(&Node) -> TestAgent,
+        patch: impl Fn(&mut Value),
+    ) -> Cluster {
         let lan = Lan::create();
         let mut nodes = Vec::new();
         let mut pods = Vec::new();
@@ -117,19 +129,20 @@ impl Cluster {
                 pods.push((i, node.pod(11 + pods.len() as u8)));
             }
             let data = DataDir::create();
-            let agent = plugin.agent();
+            let agent = agent(&node);
             let base = 160 + 10 * i;
-            let conf = plugin.config(
+            let mut conf = plugin.config(
                 &data,
                 &agent,
                 &format!("198.51.100.{base}"),
                 &format!("198.51.100.{}", base + 9),
             );
+            patch(&mut conf);
             nodes.push(ClusterNode {
                 node,
                 conf,
                 _data: data,
-                _agent: agent,
+                agent: std::cell::RefCell::new(agent),
             });
         }
         Cluster {

@@ -108,6 +108,24 @@ impl NsExt for Ns {
     }
 }
 
+/// What listens on TCP `port` in `ns` (`ss -Hltn` lines; empty when nothing does).
+pub fn tcp_listeners(ns: &Ns, port: u16) -> String {
+    let filter = format!("sport = :{port}");
+    sh(&["ip", "netns", "exec", &ns.name, "ss", "-Hltn", &filter])
+}
+
+/// Waits (10 s at most) until something listens on TCP `port` in `ns`.
+pub fn wait_listening(ns: &Ns, port: u16) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        if !tcp_listeners(ns, port).trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("nothing listens on {port} in {} after 10 s", ns.name);
+}
+
 /// Whether `rx` receives `payload` within about a second.
 pub fn hears(rx: &std::net::UdpSocket, payload: &[u8]) -> bool {
     let mut buf = [0u8; 2048];
@@ -535,6 +553,15 @@ impl PyJudges {
             scripts: root.join("tests/judges"),
             workdir: DataDir::create(),
         })
+    }
+
+    /// A Zenoh router with rmw_zenohd's defaults and `override_` (ZENOH_CONFIG_OVERRIDE's
+    /// syntax) on top, in `ns`, for `seconds`.
+    pub fn rmw_router(&self, ns: &Ns, seconds: &str, override_: &str) -> Spawned {
+        let args = ["router", "--seconds", seconds, "--base", "rmw-router"];
+        let mut args = args.to_vec();
+        args.extend(["--override", override_]);
+        self.start(ns, "zenoh_peer.py", &args)
     }
 
     /// Runs the judge `script` (tests/judges/SCRIPT) with `args` in `ns`, killed after

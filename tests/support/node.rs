@@ -649,13 +649,13 @@ state = "{d}/state"
     /// killed and its netns removed; no DEL is run.
     pub fn destroy_sandbox_behind_the_runtime(&mut self, pod: &PodSandbox) {
         assert!(self.containerd.is_none(), "kill the runtime first");
-        let inode = ros_macvlan::plugin::membership::inode_of(Path::new(&pod.netns)).unwrap();
+        let inode = ros_macvlan::sys::netns::inode_of(Path::new(&pod.netns)).unwrap();
         for pid in std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         {
             let path = format!("/proc/{pid}/ns/net");
-            if ros_macvlan::plugin::membership::inode_of(Path::new(&path)).ok() == Some(inode) {
+            if ros_macvlan::sys::netns::inode_of(Path::new(&path)).ok() == Some(inode) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,

@@ -1,13 +1,10 @@
 //! `Rtnl` over rtnetlink: netlink-packet-route messages on a connection opened inside the
 //! target namespace (the socket keeps working there from anywhere, as netavark does), driven
-//! by one current-thread tokio runtime per thread, shared by every connection of the
-//! invocation. Requests ask for strict checking, so gets are filtered by the kernel; every
+//! by the process's one runtime (sys::runtime), shared by every connection. Requests ask for strict checking, so gets are filtered by the kernel; every
 //! exchange has a deadline; refusals keep errno and extended-ack message.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::rc::Rc;
 use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedReceiver;
@@ -35,30 +32,30 @@ use crate::sys::netns::Netns;
 /// How long the kernel may take to answer one exchange before it counts as failed.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-thread_local! {
-    static RUNTIME: RefCell<Option<Rc<Runtime>>> = const { RefCell::new(None) };
+/// The runtime a connection's exchanges run on.
+enum Driver {
+    /// The process's one runtime.
+    Process(&'static Runtime),
+    /// A forked child's own (`Netlink::for_child`).
+    Child(Box<Runtime>),
 }
 
-/// The thread's runtime, built on first use.
-fn runtime() -> Result<Rc<Runtime>> {
-    RUNTIME.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if let Some(rt) = slot.as_ref() {
-            return Ok(rt.clone());
+impl std::ops::Deref for Driver {
+    type Target = Runtime;
+    fn deref(&self) -> &Runtime {
+        match self {
+            Driver::Process(rt) => rt,
+            Driver::Child(rt) => rt,
         }
-        let rt = Rc::new(new_runtime()?);
-        *slot = Some(rt.clone());
-        Ok(rt)
-    })
+    }
 }
 
-fn new_runtime() -> Result<Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Connection {
+fn process_runtime() -> Result<Driver> {
+    crate::sys::runtime::process()
+        .map(Driver::Process)
+        .map_err(|detail| Error::Connection {
             what: "start the netlink runtime".into(),
-            detail: e.to_string(),
+            detail,
         })
 }
 
@@ -66,7 +63,7 @@ type Unsolicited = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, Socke
 
 /// A netlink connection into one namespace.
 pub struct Netlink {
-    rt: Rc<Runtime>,
+    rt: Driver,
     handle: Handle,
     /// The socket, for a forked child to talk on (`for_child`).
     fd: RawFd,
@@ -77,7 +74,7 @@ pub struct Netlink {
 impl Netlink {
     /// Opens a connection inside `ns`; it keeps working in that namespace from anywhere.
     pub fn connect(ns: &Netns) -> Result<Netlink> {
-        let rt = runtime()?;
+        let rt = process_runtime()?;
         let opened = ns
             .run(|| {
                 let _context = rt.enter();
@@ -89,7 +86,7 @@ impl Netlink {
 
     /// Opens a connection in the namespace the plugin runs in.
     pub fn here() -> Result<Netlink> {
-        let rt = runtime()?;
+        let rt = process_runtime()?;
         let opened = {
             let _context = rt.enter();
             open()
@@ -97,7 +94,7 @@ impl Netlink {
         Netlink::start(rt, opened, "the plugin's namespace")
     }
 
-    fn start(rt: Rc<Runtime>, opened: std::io::Result<Opened>, ns: &str) -> Result<Netlink> {
+    fn start(rt: Driver, opened: std::io::Result<Opened>, ns: &str) -> Result<Netlink> {
         let (connection, handle, unsolicited, fd) = opened.map_err(|source| Error::Socket {
             ns: ns.to_owned(),
             source,
@@ -115,7 +112,11 @@ impl Netlink {
     /// parent's runtime shares its epoll instance with the child, and the parent tears it
     /// down when it exits.
     pub fn for_child(&self) -> Result<Netlink> {
-        let rt = Rc::new(new_runtime()?);
+        let rt = crate::sys::runtime::build().map_err(|e| Error::Connection {
+            what: "start the forked child's netlink runtime".into(),
+            detail: e.to_string(),
+        })?;
+        let rt = Driver::Child(Box::new(rt));
         let opened = {
             let _context = rt.enter();
             nix::unistd::dup(unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) })
@@ -134,23 +135,12 @@ impl Netlink {
     }
 
     /// Runs one exchange to its end or to the deadline.
-    fn run<T: Send>(
-        &self,
-        what: &str,
-        exchange: impl Future<Output = Result<T>> + Send,
-    ) -> Result<T> {
+    fn run<T>(&self, what: &str, exchange: impl Future<Output = Result<T>>) -> Result<T> {
         let deadline = async { tokio::time::timeout(TIMEOUT, exchange).await };
-        let rt: &Runtime = &self.rt;
-        let outcome = if tokio::runtime::Handle::try_current().is_ok() {
-            // Called from async code (the node agent's loop): no runtime can be entered
-            // from within another, so the exchange runs on a thread of its own. The plugin
-            // never takes this path.
-            std::thread::scope(|s| s.spawn(|| rt.block_on(deadline)).join())
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        } else {
-            rt.block_on(deadline)
-        };
-        outcome.unwrap_or_else(|_| {
+        // Never from a task of the runtime itself: the agent runs its netlink work on the
+        // runtime's blocking pool (tokio would panic here rather than deadlock). On another
+        // thread than the one driving the runtime, block_on waits for that one to drive it.
+        self.rt.block_on(deadline).unwrap_or_else(|_| {
             Err(Error::Timeout {
                 what: what.to_owned(),
             })

@@ -21,6 +21,34 @@ use nix::errno::Errno;
 pub use client::Netlink;
 pub use netlink_packet_route::address::AddressFlags;
 
+/// Why `name` cannot be a Linux interface name, or None when it can: 1 to 15 bytes
+/// (IFNAMSIZ less the NUL), not `.` or `..`, no `/`, `:` or whitespace (dev_valid_name).
+pub fn ifname_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 15 {
+        Some("it is longer than 15 characters")
+    } else if name == "." || name == ".." {
+        Some("it cannot be '.' or '..'")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        Some("it cannot contain '/', ':' or whitespace")
+    } else {
+        None
+    }
+}
+
+/// A link just created (or changed), read back: it must be there. A link gone between the
+/// request and the lookup means someone else removed it.
+pub fn read_back(found: Option<Link>, name: &str) -> Result<Link> {
+    found.ok_or_else(|| Error::Connection {
+        what: format!("read back {name}"),
+        detail: "it vanished right after its creation".into(),
+    })
+}
+
 /// Routing tables by number, as the kernel's headers name them.
 pub const TABLE_MAIN: u32 = nix::libc::RT_TABLE_MAIN as u32;
 pub const TABLE_LOCAL: u32 = nix::libc::RT_TABLE_LOCAL as u32;

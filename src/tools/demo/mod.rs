@@ -35,13 +35,13 @@ fn cni(verb: &str, node: &Node, pod: &Pod, conf: &Value, bin: &Path) -> Reply {
 
 pub fn run() -> i32 {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("ros-macvlan demo builds network namespaces: run it as root (sudo)");
+        log::error!("ros-macvlan demo builds network namespaces: run it as root (sudo)");
         return 1;
     }
     let bin = match std::env::current_exe() {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("cannot find my own binary: {e}");
+            log::error!("cannot find my own binary: {e}");
             return 1;
         }
     };
@@ -59,7 +59,7 @@ pub fn run() -> i32 {
             1
         }
         Err(_) => {
-            eprintln!("the demo could not build its namespaces (is iproute2 installed?)");
+            log::error!("the demo could not build its namespaces (is iproute2 installed?)");
             1
         }
     }

@@ -1,0 +1,466 @@
+//! The node agent's Zenoh relays (`plugin::zenoh_relay` is the plugin's side): for each pod
+//! of a network that opts in, the agent holds the listening sockets ADD opened on the pod's
+//! localhost:7447, accepts the pod's rmw_zenoh sessions on them and forwards each
+//! connection, a bidirectional byte copy, to a Zenoh router of the node's own: one of the
+//! pool `--zenoh-routers` names, each given to one pod at a time.
+//!
+//! Why a router per pod: rmw_zenoh's sessions are peers, and a Zenoh 1.10 router puts all
+//! its peers in one south region that it takes for a full mesh: it routes no sample from
+//! one of its peers to another (`hat/peer/pubsub.rs`, `compute_data_route`: only faces of
+//! another region get them; `routing.router.peers_failover_brokering`, which used to
+//! broker between peers that cannot reach each other, is deprecated and does nothing).
+//! Peers of different pods cannot mesh (each listens on its own pod's localhost), so two
+//! pods sharing a router never meet. Each on a router of its own, the routers route
+//! between themselves (router to router, linkstate) through the node's hub router, which
+//! also meets the other nodes' hubs on the LAN (conf/zenoh-router-daemonset.yaml).
+//!
+//! The relays follow their records as the memberships do: re-opened after the agent's
+//! restart, closed with their connections when the record goes (DEL) or the pod's netns is
+//! positively gone.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::plugin::diagnosis::Finding;
+use crate::plugin::membership::{AgentClient, RecordDir, Stored};
+use crate::plugin::zenoh_relay::{self, RelayRecord, RelayReply, RelayRequest, Unbound};
+use crate::sys::netns::Netns;
+
+/// The node's routers for pods unless `--zenoh-routers` says otherwise: the router
+/// DaemonSet's (host network) on the node's loopback, ports 7448 to 7463 (its hub, which
+/// the pods' routers connect to, listens on 7447).
+pub const DEFAULT_ROUTERS: &str = "127.0.0.1:7448-7463";
+/// The most routers a pool may name (one per pod of the node at a time).
+pub const MAX_ROUTERS: usize = 1024;
+
+/// The node's routers for pods (`--zenoh-routers HOST:FIRST-LAST`, or `HOST:PORT` for
+/// one): one address, consecutive ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterPool {
+    pub host: IpAddr,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl std::str::FromStr for RouterPool {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<RouterPool, String> {
+        let usage =
+            || format!("{s:?} is not HOST:PORT or HOST:FIRST-LAST (like {DEFAULT_ROUTERS})");
+        let (host, ports) = s.rsplit_once(':').ok_or_else(usage)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host: IpAddr = host.parse().map_err(|_| usage())?;
+        let (first, last) = ports.split_once('-').unwrap_or((ports, ports));
+        let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(usage);
+        let (first, last) = (port(first)?, port(last)?);
+        if last < first || usize::from(last - first) >= MAX_ROUTERS {
+            return Err(format!(
+                "{s:?}: the ports must rise, and at most {MAX_ROUTERS} routers are allowed"
+            ));
+        }
+        Ok(RouterPool { host, first, last })
+    }
+}
+
+impl std::fmt::Display for RouterPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = SocketAddr::new(self.host, self.first);
+        if self.first == self.last {
+            write!(f, "{host}")
+        } else {
+            write!(f, "{host}-{}", self.last)
+        }
+    }
+}
+
+impl RouterPool {
+    fn size(&self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+
+    /// The first router no relay in `taken` forwards to.
+    fn free(&self, taken: &HashSet<SocketAddr>) -> Option<SocketAddr> {
+        (self.first..=self.last)
+            .map(|port| SocketAddr::new(self.host, port))
+            .find(|a| !taken.contains(a))
+    }
+}
+
+/// The most connections one pod may have relayed at once (rmw_zenoh opens one per
+/// process), and the most for the whole node: each costs two descriptors and two buffers.
+pub const MAX_CONNECTIONS_PER_POD: usize = 64;
+pub const MAX_CONNECTIONS: usize = 2048;
+/// How long a relayed connection waits for the node's router to accept.
+const ROUTER_WAIT: Duration = Duration::from_secs(2);
+/// Copy buffers per direction of a relayed connection.
+const BUFFER: usize = 32 * 1024;
+
+/// One attachment's relay: its record (with the router it was given), and the tasks
+/// accepting on its listeners; dropping it closes the listeners and every connection
+/// relayed through them, and frees its router.
+struct Relay {
+    record: RelayRecord,
+    acceptors: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for task in &self.acceptors {
+            task.abort();
+        }
+    }
+}
+
+/// The relays the agent holds, and the records that say which it should.
+pub struct Relays {
+    records: RecordDir<RelayRecord>,
+    routers: RouterPool,
+    held: HashMap<String, Relay>,
+    connections: Arc<AtomicUsize>,
+    /// Keys whose re-creation failed, or whose netns could not be told gone: said once.
+    said: HashSet<String>,
+}
+
+impl Relays {
+    pub fn new(agent_socket: &std::path::Path, routers: RouterPool) -> Relays {
+        Relays {
+            records: RecordDir::kept_beside(agent_socket),
+            routers,
+            held: HashMap::new(),
+            connections: Arc::new(AtomicUsize::new(0)),
+            said: HashSet::new(),
+        }
+    }
+
+    /// Answers a relay request (called from within the agent's runtime).
+    pub fn handle(&mut self, request: RelayRequest, fds: Vec<OwnedFd>) -> RelayReply {
+        let ok = RelayReply {
+            ok: true,
+            error: None,
+            held: Vec::new(),
+        };
+        let refuse = |error: String| RelayReply {
+            ok: false,
+            error: Some(error),
+            held: Vec::new(),
+        };
+        match request {
+            RelayRequest::Relay(record) => {
+                if fds.is_empty() || fds.len() != record.listen.len() {
+                    return refuse("relay needs one listening socket per address in listen".into());
+                }
+                match self.hold(*record, fds, "handed over by ADD") {
+                    Ok(()) => ok,
+                    Err(e) => refuse(format!("cannot relay: {e}")),
+                }
+            }
+            RelayRequest::DropRelay { key } => {
+                self.let_go(&key, "DEL");
+                ok
+            }
+            RelayRequest::Relays => RelayReply {
+                held: self.held.values().map(|r| r.record.clone()).collect(),
+                ..ok
+            },
+        }
+    }
+
+    /// The router for `key`'s relay: the one it has (a repeated ADD), else a free one.
+    fn router_for(&self, key: &str) -> io::Result<SocketAddr> {
+        if let Some(router) = self.held.get(key).and_then(|r| r.record.router) {
+            return Ok(router);
+        }
+        let taken: HashSet<SocketAddr> =
+            self.held.values().filter_map(|r| r.record.router).collect();
+        self.routers.free(&taken).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "all {} Zenoh routers of the node ({}, the agent's --zenoh-routers) serve a pod already, and two pods on one router never meet; run more routers (conf/zenoh-router-daemonset.yaml) or let a pod go",
+                    self.routers.size(),
+                    self.routers
+                ),
+            )
+        })
+    }
+
+    fn hold(&mut self, mut record: RelayRecord, fds: Vec<OwnedFd>, why: &str) -> io::Result<()> {
+        let key = record.key();
+        let router = self.router_for(&key)?;
+        record.router = Some(router);
+        let router_down = Arc::new(AtomicBool::new(false));
+        let mut acceptors = Vec::new();
+        for fd in fds {
+            let std_listener = std::net::TcpListener::from(fd);
+            std_listener.set_nonblocking(true)?;
+            let listener = TcpListener::from_std(std_listener)?;
+            acceptors.push(tokio::spawn(accept(
+                listener,
+                router,
+                Arc::clone(&self.connections),
+                Arc::clone(&router_down),
+            )));
+        }
+        log::info!(
+            "agent: relaying {key}: {:?} in {} to the Zenoh router at {router} ({why})",
+            record.listen,
+            record.attachment.netns
+        );
+        self.said.remove(&key);
+        // A relay held already for the key (a repeated ADD) closes when replaced.
+        self.held.insert(key, Relay { record, acceptors });
+        Ok(())
+    }
+
+    fn let_go(&mut self, key: &str, why: &str) {
+        if self.held.remove(key).is_some() {
+            log::info!("agent: closed the Zenoh relay of {key} ({why})");
+        }
+    }
+
+    /// Makes the relays match the records, as `Holder::reconcile` does for memberships:
+    /// a relay without a record closes, a record whose netns is gone goes with its relay,
+    /// a record not relayed is re-opened (retried every sweep, said once).
+    pub fn reconcile(&mut self) {
+        let held: HashSet<String> = self.held.keys().cloned().collect();
+        let due = self.records.due(&held);
+        for key in due.unrecorded {
+            self.let_go(&key, "its record is gone");
+        }
+        for (key, why) in due.gone {
+            self.let_go(&key, &why);
+            log::info!("agent: forgetting the Zenoh relay of {key}: {why}");
+            self.said.remove(&key);
+        }
+        for (key, why) in due.unsure {
+            self.say_once(&key, format!("keeping the Zenoh relay of {key}: {why}"));
+        }
+        for record in due.missing {
+            let key = record.key();
+            let reopened =
+                reopen(&record).and_then(|fds| self.hold(record, fds, "re-opened from its record"));
+            if let Err(e) = reopened {
+                self.say_once(
+                    &key,
+                    format!("cannot re-open the Zenoh relay of {key}: {e} (retrying)"),
+                );
+            }
+        }
+    }
+
+    fn say_once(&mut self, key: &str, line: String) {
+        if self.said.insert(key.to_owned()) {
+            log::warn!("agent: {line}");
+        }
+    }
+}
+
+/// Binds a record's listeners again, in its namespace.
+fn reopen(record: &RelayRecord) -> io::Result<Vec<OwnedFd>> {
+    let at = &record.attachment;
+    let ns = Netns::open(&at.netns).map_err(|e| io::Error::other(e.to_string()))?;
+    if ns.inode()? != at.netns_inode {
+        return Err(io::Error::other(
+            "the netns path names another namespace now",
+        ));
+    }
+    match zenoh_relay::bind(&ns, &record.listen, false) {
+        Ok(bound) => Ok(bound.into_iter().map(|(_, fd)| fd).collect()),
+        Err(Unbound::Taken(addr)) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{addr} is taken in the pod now"),
+        )),
+        Err(Unbound::Failed(addr, e)) => Err(io::Error::new(e.kind(), format!("{addr}: {e}"))),
+    }
+}
+
+/// Accepts the pod's connections and relays each; the connections are this task's, so
+/// aborting it (the relay dropped) closes them all.
+async fn accept(
+    listener: TcpListener,
+    router: SocketAddr,
+    total: Arc<AtomicUsize>,
+    router_down: Arc<AtomicBool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = listener.accept().await;
+        while connections.try_join_next().is_some() {}
+        let pod = match accepted {
+            Ok((pod, _)) => pod,
+            Err(e) => {
+                log::warn!("agent: Zenoh relay accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if connections.len() >= MAX_CONNECTIONS_PER_POD {
+            continue; // dropped: closed at once
+        }
+        let Some(slot) = Slot::take(&total) else {
+            continue;
+        };
+        let router_down = Arc::clone(&router_down);
+        connections.spawn(async move {
+            let _slot = slot;
+            forward(pod, router, &router_down).await;
+        });
+    }
+}
+
+/// One of the node's MAX_CONNECTIONS, given back on drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(total: &Arc<AtomicUsize>) -> Option<Slot> {
+        let taken = total.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(Arc::clone(total));
+        (taken < MAX_CONNECTIONS).then_some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Connects to the router and copies bytes both ways until either side closes. A router
+/// that does not answer closes the pod's connection (rmw_zenoh retries); said once per
+/// outage.
+async fn forward(mut pod: TcpStream, router: SocketAddr, router_down: &AtomicBool) {
+    let connected = tokio::time::timeout(ROUTER_WAIT, TcpStream::connect(router)).await;
+    let mut upstream = match connected {
+        Ok(Ok(s)) => {
+            if router_down.swap(false, Ordering::SeqCst) {
+                log::info!("agent: the Zenoh router at {router} answers again");
+            }
+            s
+        }
+        Ok(Err(e)) => return said_down(router, router_down, &e.to_string()),
+        Err(_) => return said_down(router, router_down, "no answer in 2 s"),
+    };
+    let _ = pod.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut pod, &mut upstream, BUFFER, BUFFER).await;
+}
+
+fn said_down(router: SocketAddr, router_down: &AtomicBool, why: &str) {
+    if !router_down.swap(true, Ordering::SeqCst) {
+        log::warn!("agent: the Zenoh router at {router} does not answer ({why}); relayed connections are closed until it does");
+    }
+}
+
+/// doctor: on a pod the agent relays for, whether its localhost answers: a connection to
+/// each relayed address is accepted and stays open (the router waits for the session's
+/// handshake), rather than being closed (no router behind the relay).
+pub fn doctor_check(ns: &Netns, agent_socket: &std::path::Path) -> Option<Finding> {
+    let record = zenoh_relay::held_in(&AgentClient::new(agent_socket), ns)?;
+    let mut problems = Vec::new();
+    for addr in &record.listen {
+        let answered = ns
+            .run(|| std::net::TcpStream::connect_timeout(addr, ROUTER_WAIT))
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        match answered.and_then(|s| stays_open(&s)) {
+            Ok(true) => {}
+            Ok(false) => problems.push(format!(
+                "{addr} accepted, then closed: no router answers the relay"
+            )),
+            Err(e) => problems.push(format!("{addr}: {e}")),
+        }
+    }
+    let addrs: Vec<String> = record.listen.iter().map(|a| a.to_string()).collect();
+    Some(if problems.is_empty() {
+        Finding::pass(
+            "zenoh router",
+            format!(
+                "{} answers (the node agent relays it to the pod's Zenoh router {}; network {})",
+                addrs.join(" and "),
+                record
+                    .router
+                    .map_or_else(|| "?".to_owned(), |r| r.to_string()),
+                record.attachment.network
+            ),
+        )
+    } else {
+        Finding::fail(
+            "zenoh router",
+            problems.join("; "),
+            format!(
+                "check that the node's Zenoh routers run (conf/zenoh-router-daemonset.yaml), this pod's at {} (the agent's --zenoh-routers), and the agent's log",
+                record.router.map_or_else(|| "?".to_owned(), |r| r.to_string())
+            ),
+        )
+    })
+}
+
+/// Whether the peer keeps a fresh connection open for a moment.
+fn stays_open(stream: &std::net::TcpStream) -> io::Result<bool> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+    match (&*stream).read(&mut [0u8; 1]) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_is_one_host_and_rising_ports() {
+        let pool: RouterPool = DEFAULT_ROUTERS.parse().unwrap();
+        assert_eq!((pool.first, pool.last, pool.size()), (7448, 7463, 16));
+        assert_eq!(pool.to_string(), DEFAULT_ROUTERS);
+        let one: RouterPool = "[::1]:7447".parse().unwrap();
+        assert_eq!(
+            (one.host, one.size()),
+            (IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 1)
+        );
+        assert_eq!(one.to_string(), "[::1]:7447");
+        for bad in [
+            "7448",
+            "127.0.0.1",
+            "127.0.0.1:0",
+            "127.0.0.1:7449-7448",
+            "h:7448",
+            "127.0.0.1:1-2000",
+        ] {
+            assert!(bad.parse::<RouterPool>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_relay_gets_a_router_no_other_has() {
+        let pool: RouterPool = "127.0.0.1:7448-7450".parse().unwrap();
+        let mut taken = HashSet::new();
+        for port in [7448, 7449, 7450] {
+            let free = pool.free(&taken).unwrap();
+            assert_eq!(free.port(), port);
+            taken.insert(free);
+        }
+        assert_eq!(pool.free(&taken), None);
+        taken.remove(&SocketAddr::new(pool.host, 7449));
+        assert_eq!(pool.free(&taken).map(|a| a.port()), Some(7449));
+    }
+}
