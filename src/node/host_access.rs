@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::cni::{Error, Kind, Result};
 use crate::sys::netlink::MacvlanMode;
 use crate::sys::netlink::{
-    format_mac, read_back, Ipv4Setting, Link, LinkChange, Netlink, NewMacvlan, Op, RouteEntry,
-    Rtnl, TABLE_MAIN,
+    format_mac, read_back, Ipv4Setting, Link, LinkChange, NewMacvlan, Op, RouteEntry, Rtnl,
+    TABLE_MAIN,
 };
 
 /// Host access on one master, as `ros-macvlan host-access` takes it and as the node
@@ -152,7 +152,7 @@ pub fn node_identity() -> Vec<u8> {
 }
 
 /// Makes the node match `spec`; returns what was changed, one line each (none: it was so).
-pub fn ensure(nl: &Netlink, spec: &Spec) -> Result<Vec<String>> {
+pub fn ensure(nl: &dyn Rtnl, spec: &Spec) -> Result<Vec<String>> {
     spec.validate()?;
     let name = spec.shim_name();
     let master = nl.link_by_name(&spec.master)?.ok_or_else(|| {
@@ -291,7 +291,7 @@ fn is_current_shim(link: &Link, mac: &[u8; 6]) -> bool {
 /// Creates the shim down, with its ARP settings, alias and address, then brings it up, so
 /// its first announcement already carries the address.
 fn create_shim(
-    nl: &Netlink,
+    nl: &dyn Rtnl,
     spec: &Spec,
     master: &Link,
     mac: [u8; 6],
@@ -331,7 +331,7 @@ fn create_shim(
 
 /// Clears (`on`) or gives back the master's MULTICAST flag; only a flag host access cleared
 /// itself is given back.
-fn set_exclusive_multicast(nl: &Netlink, master: &Link, on: bool) -> Result<Vec<String>> {
+fn set_exclusive_multicast(nl: &dyn Rtnl, master: &Link, on: bool) -> Result<Vec<String>> {
     let alias = master.alias.clone().unwrap_or_default();
     let previous = alias.strip_prefix(MASTER_MARK);
     let mut changes = Vec::new();
@@ -364,7 +364,7 @@ fn set_exclusive_multicast(nl: &Netlink, master: &Link, on: bool) -> Result<Vec<
 
 /// Takes host access off `master`: the shim (its address and routes go with it) and the
 /// MULTICAST flag host access cleared. Returns what was changed.
-pub fn remove(nl: &Netlink, master: &str) -> Result<Vec<String>> {
+pub fn remove(nl: &dyn Rtnl, master: &str) -> Result<Vec<String>> {
     let name = shim_name(master);
     let mut changes = Vec::new();
     if let Some(link) = nl.link_by_name(&name)? {
@@ -394,7 +394,7 @@ pub struct ShimState {
 }
 
 /// Every shim of ours on this node.
-pub fn shims(nl: &Netlink) -> Result<Vec<ShimState>> {
+pub fn shims(nl: &dyn Rtnl) -> Result<Vec<ShimState>> {
     let routes: Vec<RouteEntry> = nl.routes_v4(TABLE_MAIN)?;
     let mut out = Vec::new();
     for link in nl.links()? {

@@ -508,6 +508,250 @@ mod tests {
 
     use crate::plugin::config::MulticastConf;
 
+    use crate::ipam::host_local::HostLocalConf;
+    use crate::plugin::attachment::test_support::{
+        conf_with, data_dir, env_with, Call, Scene, Snapshot,
+    };
+    use ipnetwork::IpNetwork;
+    use netlink_packet_route::link::MacVlanMode;
+
+    fn host_local(ipam: &Ipam) -> &HostLocalConf {
+        match ipam {
+            Ipam::HostLocal(hl) => hl,
+            _ => panic!("host-local"),
+        }
+    }
+
+    /// Container `ctr`'s call, with a store of the test's own and two addresses to hand out.
+    fn two_addresses(test: &str, ctr: &str) -> (std::path::PathBuf, Call) {
+        let dir = data_dir(test);
+        let conf = conf_with(&dir, ("198.51.100.10", "198.51.100.11"));
+        (dir, Call::new(conf, env(ctr, "net1")))
+    }
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn add_creates_the_macvlan_into_the_pod_and_configures_it_in_order() {
+        let (dir, call) = two_addresses("add-order", "ctr-add");
+        let s = Scene::new();
+        let added = add(&call.at(), &s.namespaces(), Ok(None)).unwrap();
+
+        assert_eq!(
+            s.node.requests(),
+            vec![Request::AddMacvlan {
+                name: "net1".into(),
+                master_index: s.lan0,
+                mode: MacVlanMode::Bridge,
+                mtu: None,
+                mac: None,
+                bc_queue_len: None,
+                into_other_netns: true,
+            }],
+            "the node is asked for the macvlan only, created straight into the pod"
+        );
+        assert_eq!(names(&s.node.links().unwrap()), vec!["lan0"]);
+        let net1 = s
+            .pod
+            .link_by_name("net1")
+            .unwrap()
+            .expect("net1 in the pod");
+        let address = net("198.51.100.10/24");
+        assert_eq!(
+            s.pod.ops(),
+            vec![
+                LinkChange::of(net1.index)
+                    .up()
+                    .ipv4_conf(&[Ipv4Setting::ArpNotify(1), Ipv4Setting::RpFilter(2)])
+                    .op(),
+                Op::add_address(net1.index, address),
+                Op::prepend_route(
+                    net1.index,
+                    net("203.0.113.0/24"),
+                    Some("198.51.100.1".parse().unwrap())
+                ),
+                Op::add_route(net1.index, net("224.0.0.0/4"), None),
+                LinkChange::of(s.eth0)
+                    .alias("ros-macvlan:multicast-off-for:net1;uplink")
+                    .multicast(false)
+                    .op(),
+            ],
+            "up first, then addresses, IPAM's routes, multicast routes, eth0's mark"
+        );
+        assert!(!s.pod.link(s.eth0).unwrap().is_multicast());
+        assert_eq!(s.pod.all_addresses(), vec![(net1.index, address)]);
+
+        let result = &added.result;
+        assert_eq!(result.ips.len(), 1);
+        assert_eq!(result.ips[0].address, address);
+        assert_eq!(result.ips[0].interface, Some(0));
+        assert_eq!(
+            result.interfaces.len(),
+            1,
+            "a configured master is not named"
+        );
+        assert_eq!(result.interfaces[0].name, "net1");
+        assert_eq!(result.interfaces[0].mac, format_mac(&net1.mac));
+        assert_eq!(
+            result.interfaces[0].sandbox.as_deref(),
+            Some("/var/run/netns/pod")
+        );
+        assert_eq!(
+            host_local(&call.ipam)
+                .held("seam", "ctr-add", "net1")
+                .unwrap(),
+            vec![address.ip()]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn refused_op(matches: impl Fn(&Op) -> bool + 'static) -> impl Fn(&Request) -> bool {
+        move |r| r.op().is_some_and(&matches)
+    }
+
+    #[test]
+    fn add_failing_at_each_step_leaves_node_and_pod_as_they_were() {
+        // Each case: the step that fails, how the scene makes it fail, the code ADD answers.
+        type Setup = fn(&Scene);
+        let cases: [(&str, Setup, u32); 6] = [
+            (
+                "created",
+                |s| {
+                    s.node
+                        .refuse(Errno::ENOMEM, |r| matches!(r, Request::AddMacvlan { .. }))
+                },
+                101,
+            ),
+            (
+                "claimed: range exhausted",
+                // The range's one address belongs to another pod (claimed in the test).
+                |_| {},
+                102,
+            ),
+            (
+                "configured: address refused",
+                |s| {
+                    s.pod.refuse(
+                        Errno::EACCES,
+                        refused_op(|op| matches!(op, Op::AddAddress { .. })),
+                    )
+                },
+                101,
+            ),
+            (
+                "configured: multicast route refused",
+                |s| {
+                    s.pod.refuse(
+                        Errno::ENETUNREACH,
+                        refused_op(|op| matches!(op, Op::AddRoute { .. })),
+                    )
+                },
+                101,
+            ),
+            (
+                "marked: the second of two interfaces refused",
+                |s| {
+                    let eth1 = s.pod.with_link(
+                        "eth1",
+                        Some(InfoKind::Veth),
+                        LinkFlags::Up | LinkFlags::Multicast,
+                    );
+                    s.pod.refuse(
+                        Errno::EPERM,
+                        refused_op(move |op| {
+                            matches!(op, Op::SetLink(c) if c.index == eth1 && c.multicast == Some(false))
+                        }),
+                    )
+                },
+                101,
+            ),
+            ("panic after marking", |_| {}, 999),
+        ];
+        for (i, (case, setup, code)) in cases.into_iter().enumerate() {
+            let dir = data_dir(&format!("add-fails-{i}"));
+            let exhausted = case.starts_with("claimed");
+            let last = if exhausted {
+                "198.51.100.10"
+            } else {
+                "198.51.100.11"
+            };
+            let conf = conf_with(&dir, ("198.51.100.10", last));
+            let fault = if case.starts_with("panic") {
+                vec![("ROS_MACVLAN_TEST_FAULT", "panic@marked")]
+            } else {
+                vec![]
+            };
+            let env = env_with("ctr-fails", "net1", &fault);
+            let call = Call::new(conf, env);
+            if exhausted {
+                let other = env_with("ctr-other", "net1", &[]);
+                call.ipam.add(&call.conf, &other, Hints::default()).unwrap();
+            }
+            let s = Scene::new();
+            setup(&s);
+            let before = Snapshot::of(&s);
+            let ns = s.namespaces();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                add(&call.at(), &ns, Ok(None))
+            }));
+            let got = match outcome {
+                Ok(Ok(_)) => panic!("{case}: ADD succeeded"),
+                Ok(Err(e)) => e.code(),
+                Err(_) => 999,
+            };
+            assert_eq!(got, code, "{case}");
+            before.still(&s, case);
+            let hl = host_local(&call.ipam);
+            assert_eq!(
+                hl.held("seam", "ctr-fails", "net1").unwrap(),
+                Vec::<IpAddr>::new(),
+                "{case}: claim released"
+            );
+            if exhausted {
+                assert_eq!(
+                    hl.held("seam", "ctr-other", "net1").unwrap().len(),
+                    1,
+                    "the other pod's claim stays"
+                );
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn add_into_an_interface_name_the_pod_has_takes_nothing_and_removes_nothing() {
+        let (dir, call) = two_addresses("add-exists", "ctr-exists");
+        let s = Scene::new();
+        // Someone else's net1, already in the pod.
+        s.pod
+            .with_link("net1", Some(InfoKind::MacVlan), LinkFlags::Up);
+        let before = Snapshot::of(&s);
+        let e = add(&call.at(), &s.namespaces(), Ok(None))
+            .err()
+            .expect("refused");
+        assert_eq!(e.code(), 4, "{e}");
+        assert!(
+            e.to_string()
+                .contains("interface net1 already exists in the pod"),
+            "{e}"
+        );
+        before.still(&s, "exists");
+        assert_eq!(
+            s.pod.requests(),
+            vec![],
+            "nothing asked of the pod: its net1 stays"
+        );
+        assert_eq!(
+            host_local(&call.ipam)
+                .held("seam", "ctr-exists", "net1")
+                .unwrap(),
+            Vec::<IpAddr>::new()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn undo_after_each_step_of_add_leaves_the_pod_as_it_was() {
         // No groups: the membership part talks to no agent from a unit test.

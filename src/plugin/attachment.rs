@@ -69,12 +69,27 @@ impl Namespaces {
 /// What the unit tests of ADD, DEL and CHECK build their attachments from.
 #[cfg(test)]
 pub(crate) mod test_support {
+    use std::path::PathBuf;
+
+    use netlink_packet_route::link::{InfoKind, LinkFlags};
+
+    use super::Namespaces;
     use crate::cni::env::CniEnv;
+    use crate::ipam::Ipam;
     use crate::plugin::config::MacvlanConf;
     use crate::plugin::membership::AgentPlace;
-    use crate::sys::netlink::Link;
+    use crate::sys::confine::{Readable, Roots};
+    use crate::sys::netlink::testing::Fake;
+    use crate::sys::netlink::{Link, RouteEntry, Rtnl};
+    use crate::sys::netns::Netns;
+    use ipnetwork::IpNetwork;
 
     pub fn env(container: &str, ifname: &str) -> CniEnv {
+        env_with(container, ifname, &[])
+    }
+
+    /// The environment with more variables (`ROS_MACVLAN_TEST_FAULT`, CNI_ARGS).
+    pub fn env_with(container: &str, ifname: &str, more: &[(&str, &str)]) -> CniEnv {
         let vars = [
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", container),
@@ -84,10 +99,147 @@ pub(crate) mod test_support {
         ];
         CniEnv::from_lookup(|k| {
             vars.iter()
+                .chain(more)
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         })
         .unwrap()
+    }
+
+    /// A node and a pod in memory: the node's LAN interface `lan0`; the pod's `lo` and a
+    /// Calico-like `eth0` (up, multicast, with an alias of its own). A macvlan the node
+    /// creates into another namespace lands in the pod.
+    pub struct Scene {
+        pub node: Fake,
+        pub pod: Fake,
+        pub lan0: u32,
+        pub eth0: u32,
+    }
+
+    impl Scene {
+        pub fn new() -> Scene {
+            let (node, pod) = (Fake::new(), Fake::new());
+            let up = LinkFlags::Up | LinkFlags::Multicast;
+            let lan0 = node.with_link("lan0", None, up);
+            pod.with_link("lo", None, LinkFlags::Up | LinkFlags::Loopback);
+            let eth0 = pod.with_link("eth0", Some(InfoKind::Veth), up);
+            pod.set_alias(eth0, "uplink");
+            node.creates_into(&pod);
+            Scene {
+                node,
+                pod,
+                lan0,
+                eth0,
+            }
+        }
+
+        /// The namespaces as the verbs get them, on the fakes. The pod's namespace handle
+        /// is the test's own namespace: opening it needs no root, and the verbs hand it
+        /// only to the fakes (which ignore it) and to the membership part (which touches it
+        /// only with groups configured).
+        pub fn namespaces(&self) -> Namespaces {
+            Namespaces {
+                master_nl: Box::new(self.node.clone()),
+                pod_ns: Netns::current().unwrap(),
+                pod_nl: Box::new(self.pod.clone()),
+                master_in_pod: false,
+            }
+        }
+    }
+
+    /// One invocation's attachment, owned: the config, the environment, the config's IPAM
+    /// and the agent's place.
+    pub struct Call {
+        pub conf: MacvlanConf,
+        pub env: CniEnv,
+        pub ipam: Ipam,
+        pub agent: AgentPlace,
+    }
+
+    impl Call {
+        pub fn new(conf: MacvlanConf, env: CniEnv) -> Call {
+            let ipam = ipam(&conf, &env);
+            let agent = agent(&conf);
+            Call {
+                conf,
+                env,
+                ipam,
+                agent,
+            }
+        }
+
+        pub fn at(&self) -> super::Attachment<'_> {
+            super::Attachment {
+                conf: &self.conf,
+                env: &self.env,
+                ipam: &self.ipam,
+                agent: &self.agent,
+            }
+        }
+    }
+
+    /// An attachment on `lan0` with host-local addresses from `range` (first-last), a
+    /// route of its own, the default multicast part but for the membership (no groups: a
+    /// unit test has no agent and no root to join in a namespace), no duplicate detection
+    /// (its probes need the pod's namespace), and DEL waiting for the links' removal (no
+    /// forked reaper in a test).
+    pub fn conf_with(dir: &std::path::Path, range: (&str, &str)) -> MacvlanConf {
+        let raw = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "seam", "type": "ros-macvlan", "master": "lan0",
+            "multicast": {"groups": []}, "duplicateDetection": false, "waitForLinkRemoval": true,
+            "agentSocket": "/tmp/ros-macvlan-unit/agent.sock",
+            "ipam": {"type": "host-local", "dataDir": dir,
+                     "ranges": [[{"subnet": "198.51.100.0/24", "rangeStart": range.0,
+                                  "rangeEnd": range.1, "gateway": "198.51.100.1"}]],
+                     "routes": [{"dst": "203.0.113.0/24"}]}
+        });
+        MacvlanConf::parse(raw.to_string().as_bytes()).unwrap()
+    }
+
+    /// The node's and the pod's links and the pod's addresses and routes: what a failed ADD
+    /// and a DEL must give back.
+    pub struct Snapshot {
+        node: Vec<Link>,
+        pod: Vec<Link>,
+        addresses: Vec<(u32, IpNetwork)>,
+        routes: Vec<RouteEntry>,
+    }
+
+    impl Snapshot {
+        pub fn of(s: &Scene) -> Snapshot {
+            Snapshot {
+                node: s.node.links().unwrap(),
+                pod: s.pod.links().unwrap(),
+                addresses: s.pod.all_addresses(),
+                routes: s.pod.all_routes(),
+            }
+        }
+
+        pub fn still(&self, s: &Scene, case: &str) {
+            assert_eq!(
+                s.node.links().unwrap(),
+                self.node,
+                "{case}: the node's links"
+            );
+            assert_eq!(s.pod.links().unwrap(), self.pod, "{case}: the pod's links");
+            assert_eq!(s.pod.all_addresses(), self.addresses, "{case}: addresses");
+            assert_eq!(s.pod.all_routes(), self.routes, "{case}: routes");
+        }
+    }
+
+    /// A store directory of the test's own under the temporary directory, empty.
+    pub fn data_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rmv-unit-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// The config's IPAM as the plugin builds it, with stores allowed under the temporary
+    /// directory.
+    pub fn ipam(conf: &MacvlanConf, env: &CniEnv) -> Ipam {
+        let data = Roots::new(vec![std::env::temp_dir()], 0o755, "");
+        let readable = Readable::new(vec![], Roots::new(vec![], 0o755, ""));
+        Ipam::from_conf(conf, env, &data, &readable).unwrap()
     }
 
     pub fn names(links: &[Link]) -> Vec<&str> {

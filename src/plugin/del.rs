@@ -64,13 +64,19 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
     let Some(pod_ns) = pod_ns else {
         return ipam.del(conf, env);
     };
-    let nl = Netlink::connect(&pod_ns)?;
+    del_in_pod(at, &Netlink::connect(&pod_ns)?, &heirs)
+}
+
+/// DEL's part in the pod's namespace once its heirs are known: the links retired, the
+/// address released, the links removed (by the reaper, or here with `waitForLinkRemoval`
+/// or when a link could not be made inert); every failure met, at once.
+fn del_in_pod(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<()> {
     let Retired {
         doomed,
         mut failures,
-    } = retire(at, &nl, &heirs)?;
+    } = retire(at, nl, heirs)?;
     // A link that could not be made inert is removed here and now, not left to a child.
-    let wait = conf.wait_for_link_removal || !failures.is_empty();
+    let wait = at.conf.wait_for_link_removal || !failures.is_empty();
     if let Err(e) = crate::plugin::reaper::delete_links(nl, &doomed, wait) {
         failures.push(e);
     }
@@ -206,6 +212,84 @@ mod tests {
         let (chosen, rest) = links_of_attachment(nl.links().unwrap(), "net1", "rmv00000000");
         assert!(chosen.is_empty());
         assert_eq!(names(&rest), vec!["eth0", "net2"]);
+    }
+
+    #[test]
+    fn del_after_add_gives_the_pod_back_and_the_addresses_free() {
+        use crate::plugin::attachment::test_support::{conf_with, data_dir, Call, Scene, Snapshot};
+
+        let dir = data_dir("del-round-trip");
+        let conf = || conf_with(&dir, ("198.51.100.10", "198.51.100.11"));
+        let (first, second) = (
+            Call::new(conf(), env("ctr-del", "net1")),
+            Call::new(conf(), env("ctr-del", "net2")),
+        );
+        let s = Scene::new();
+        let before = Snapshot::of(&s);
+        for call in [&first, &second] {
+            crate::plugin::add::add(&call.at(), &s.namespaces(), Ok(None)).unwrap();
+        }
+        let (net1, net2) = (
+            s.pod.link_by_name("net1").unwrap().unwrap().index,
+            s.pod.link_by_name("net2").unwrap().unwrap().index,
+        );
+        // A retired link an earlier DEL of net1 left behind.
+        let prefix = retired_prefix(&first.env);
+        let left = s.pod.with_link(
+            &format!("{prefix}0a0b"),
+            Some(InfoKind::MacVlan),
+            LinkFlags::Multicast,
+        );
+        let multicast = |index| {
+            s.pod
+                .all_routes()
+                .iter()
+                .any(|r| r.oif == Some(index) && r.dst.to_string() == "224.0.0.0/4")
+        };
+        assert!(
+            multicast(net1) && !multicast(net2),
+            "the first carries the routes"
+        );
+
+        s.pod.clear_requests();
+        del_in_pod(&first.at(), &s.pod, &["net2".to_owned()]).unwrap();
+        let deleted: Vec<u32> = s
+            .pod
+            .ops()
+            .iter()
+            .filter_map(|op| match op {
+                Op::DelLink(index) => Some(*index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            deleted,
+            vec![net1, left],
+            "net1 and its retired link, nothing else"
+        );
+        assert!(multicast(net2), "the multicast route handed over to net2");
+        assert!(
+            !s.pod.link(s.eth0).unwrap().is_multicast(),
+            "eth0 stays marked for net2"
+        );
+        let hl = |call: &Call| match &call.ipam {
+            Ipam::HostLocal(hl) => hl.held("seam", "ctr-del", &call.env.ifname).unwrap(),
+            _ => panic!("host-local"),
+        };
+        assert!(hl(&first).is_empty(), "net1's address released");
+        assert_eq!(hl(&second).len(), 1, "net2's kept");
+
+        // The last attachment: no heir, eth0 given back, the pod as before ADD.
+        del_in_pod(&second.at(), &s.pod, &[]).unwrap();
+        before.still(&s, "after both DELs");
+        assert!(hl(&second).is_empty());
+
+        // A DEL again finds nothing of its own and removes nothing.
+        s.pod.clear_requests();
+        del_in_pod(&second.at(), &s.pod, &[]).unwrap();
+        before.still(&s, "after a repeated DEL");
+        assert_eq!(s.pod.requests(), vec![]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

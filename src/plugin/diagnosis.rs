@@ -367,32 +367,28 @@ fn name_of(links: &[Link], index: u32) -> String {
         .map_or_else(|| format!("interface {index}"), |l| l.name.clone())
 }
 
+/// The pod's /proc in memory, for the unit tests of the diagnosis and of CHECK.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
     use std::cell::RefCell;
     use std::collections::HashMap;
+    use std::net::Ipv4Addr;
 
-    use crate::plugin::config::MacvlanConf;
-    use crate::sys::netlink::testing::Fake;
-    use crate::sys::netlink::{route_out, LinkChange, Op, RouteEntry, TABLE_LOCAL};
-    use netlink_packet_route::link::{InfoKind, LinkFlags};
-    use netlink_packet_route::route::RouteScope;
-
-    const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
+    use super::Procfs;
+    use crate::cni::Result;
 
     /// The pod's /proc: rp_filter per conf and the groups joined on each interface.
     #[derive(Default)]
-    struct FakeProc {
+    pub struct FakeProc {
         rp_filter: RefCell<HashMap<String, u8>>,
         joined: RefCell<HashMap<String, Vec<Ipv4Addr>>>,
     }
 
     impl FakeProc {
-        fn set_rp_filter(&self, conf: &str, value: u8) {
+        pub fn set_rp_filter(&self, conf: &str, value: u8) {
             self.rp_filter.borrow_mut().insert(conf.into(), value);
         }
-        fn set_joined(&self, ifname: &str, groups: &[Ipv4Addr]) {
+        pub fn set_joined(&self, ifname: &str, groups: &[Ipv4Addr]) {
             self.joined
                 .borrow_mut()
                 .insert(ifname.into(), groups.to_vec());
@@ -412,6 +408,19 @@ mod tests {
                 .unwrap_or_default())
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::FakeProc;
+    use super::*;
+    use crate::plugin::config::MacvlanConf;
+    use crate::sys::netlink::testing::Fake;
+    use crate::sys::netlink::{route_out, LinkChange, Op, RouteEntry, TABLE_LOCAL};
+    use netlink_packet_route::link::{InfoKind, LinkFlags};
+    use netlink_packet_route::route::RouteScope;
+
+    const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 
     struct Pod {
         nl: Fake,

@@ -7,7 +7,8 @@
 //! errno and extended-ack message; the plugin maps it to a CNI error code (cni::error).
 
 mod client;
-#[cfg(test)]
+mod codec;
+#[cfg(any(test, feature = "fake-netlink"))]
 pub mod testing;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -460,6 +461,9 @@ pub trait Rtnl {
     /// Makes all `ops`, in order; the kernel carries out each whatever became of the ones
     /// before. The first failure (in order, "already so" not counted) is the error.
     fn apply(&self, ops: Vec<Op>) -> Result<()>;
+    /// A connection into the same namespace for a forked child (DEL's reaper), which must
+    /// not drive the parent's.
+    fn child_connection(&self) -> Result<Box<dyn Rtnl>>;
 
     fn routes_v4(&self, table: u32) -> Result<Vec<RouteEntry>> {
         self.routes(Family::V4, table)

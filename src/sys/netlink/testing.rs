@@ -1,11 +1,17 @@
-//! A namespace in memory for unit tests without root: links, addresses and routes that
-//! the requests change as the kernel would, and the list of every change requested, in
-//! order.
+//! A namespace in memory for tests without root: links, addresses and routes that the
+//! requests change as the kernel would, and the list of every change requested, in order.
+//! Compiled for the crate's unit tests and, with the `fake-netlink` feature (which the
+//! crate's integration tests turn on), for tests of their own; never in a release build.
+//!
+//! A test can make the fake refuse requests (`refuse`) as the kernel would, and name the
+//! fake a creation with a target namespace lands in (`creates_into`), as ADD creates the
+//! macvlan from the master's namespace straight into the pod's.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use ipnetwork::IpNetwork;
-use netlink_packet_route::link::{InfoKind, LinkFlags};
+use netlink_packet_route::link::{InfoKind, LinkFlags, MacVlanMode};
 use nix::errno::Errno;
 
 use super::{
@@ -16,9 +22,31 @@ use super::{
 /// A change the fake was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    AddMacvlan { name: String, master_index: u32 },
+    /// `NewMacvlan` as asked; `into_other_netns` says it named a target namespace.
+    AddMacvlan {
+        name: String,
+        master_index: u32,
+        mode: MacVlanMode,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+        bc_queue_len: Option<u32>,
+        into_other_netns: bool,
+    },
     Op(Op),
 }
+
+impl Request {
+    /// The op, for a request that is one.
+    pub fn op(&self) -> Option<&Op> {
+        match self {
+            Request::Op(op) => Some(op),
+            Request::AddMacvlan { .. } => None,
+        }
+    }
+}
+
+/// Which requests the fake refuses, and with what errno.
+type Refusal = (Rc<dyn Fn(&Request) -> bool>, Errno);
 
 #[derive(Default)]
 struct State {
@@ -28,16 +56,51 @@ struct State {
     requests: Vec<Request>,
     /// Links of other namespaces, by the id this one knows each namespace by.
     elsewhere: Vec<(i32, Link)>,
+    refusals: Vec<Refusal>,
+    /// Where a macvlan created with a target namespace lands.
+    target: Option<Fake>,
 }
 
-#[derive(Default)]
+impl State {
+    fn refusal(&self, request: &Request) -> Option<Errno> {
+        self.refusals
+            .iter()
+            .find(|(matches, _)| matches(request))
+            .map(|(_, errno)| *errno)
+    }
+}
+
+/// One namespace in memory. Clones are handles on the same namespace (as two connections
+/// into one namespace are): a test keeps one to look at what the code under test did with
+/// the other.
+#[derive(Default, Clone)]
 pub struct Fake {
-    state: RefCell<State>,
+    state: Rc<RefCell<State>>,
 }
 
 impl Fake {
     pub fn new() -> Fake {
         Fake::default()
+    }
+
+    /// From now on, refuses every request `matches` picks with `errno`, changing nothing,
+    /// as the kernel refuses one (its "already so" errnos still count as done for `apply`).
+    pub fn refuse(&self, errno: Errno, matches: impl Fn(&Request) -> bool + 'static) {
+        self.state
+            .borrow_mut()
+            .refusals
+            .push((Rc::new(matches), errno));
+    }
+
+    /// Accepts every request again.
+    pub fn refuse_nothing(&self) {
+        self.state.borrow_mut().refusals.clear();
+    }
+
+    /// Macvlans created with a target namespace (`NewMacvlan::target_netns`) land in
+    /// `target`, whatever the descriptor.
+    pub fn creates_into(&self, target: &Fake) {
+        self.state.borrow_mut().target = Some(target.clone());
     }
 
     /// Adds a link with the next free index; returns that index.
@@ -68,14 +131,15 @@ impl Fake {
 
     /// Sets a link's alias as someone else (not a request) would.
     pub fn set_alias(&self, index: u32, alias: &str) {
-        if let Some(l) = self
-            .state
-            .borrow_mut()
-            .links
-            .iter_mut()
-            .find(|l| l.index == index)
-        {
+        if let Some(l) = self.state.borrow_mut().link_mut(index) {
             l.alias = Some(alias.to_owned());
+        }
+    }
+
+    /// Sets a link's flags as someone else (not a request) would: takes it down, say.
+    pub fn set_flags(&self, index: u32, flags: LinkFlags) {
+        if let Some(l) = self.state.borrow_mut().link_mut(index) {
+            l.flags = flags;
         }
     }
 
@@ -103,9 +167,23 @@ impl Fake {
         self.state.borrow().routes.clone()
     }
 
-    /// Every change requested so far, in order.
+    /// Every address of every link, as `addresses(None)` without the `Result`.
+    pub fn all_addresses(&self) -> Vec<(u32, IpNetwork)> {
+        self.state.borrow().addresses.clone()
+    }
+
+    /// Every change requested so far, in order (refused ones too).
     pub fn requests(&self) -> Vec<Request> {
         self.state.borrow().requests.clone()
+    }
+
+    /// The ops requested so far, in order: `requests` without the creations.
+    pub fn ops(&self) -> Vec<Op> {
+        self.requests()
+            .iter()
+            .filter_map(Request::op)
+            .cloned()
+            .collect()
     }
 
     /// Forgets the requests so far (the scene set up before the part under test).
@@ -279,30 +357,66 @@ impl Rtnl for Fake {
     }
 
     fn add_macvlan(&self, spec: &NewMacvlan<'_>) -> Result<()> {
-        self.state.borrow_mut().requests.push(Request::AddMacvlan {
+        let request = Request::AddMacvlan {
             name: spec.name.to_owned(),
             master_index: spec.master_index,
-        });
-        if self.link_by_name(spec.name)?.is_some() {
-            return Err(Error::Refused {
-                what: "create macvlan".into(),
-                errno: Errno::EEXIST,
-                ext_ack: None,
-            });
+            mode: spec.mode,
+            mtu: spec.mtu,
+            mac: spec.mac,
+            bc_queue_len: spec.bc_queue_len,
+            into_other_netns: spec.target_netns.is_some(),
+        };
+        let refused = |errno| Error::Refused {
+            what: "create macvlan".into(),
+            errno,
+            ext_ack: None,
+        };
+        let (refusal, target) = {
+            let mut state = self.state.borrow_mut();
+            state.requests.push(request.clone());
+            let master_here = state.links.iter().any(|l| l.index == spec.master_index);
+            let refusal = state
+                .refusal(&request)
+                .or_else(|| (!master_here).then_some(Errno::ENODEV));
+            let target = match spec.target_netns {
+                Some(_) => state.target.clone(),
+                None => None,
+            };
+            (refusal, target.unwrap_or_else(|| self.clone()))
+        };
+        if let Some(errno) = refusal {
+            return Err(refused(errno));
         }
-        let index = self.with_link(spec.name, Some(InfoKind::MacVlan), LinkFlags::Multicast);
-        if let Some(l) = self.state.borrow_mut().link_mut(index) {
+        if target.link_by_name(spec.name)?.is_some() {
+            return Err(refused(Errno::EEXIST));
+        }
+        let index = target.with_link(spec.name, Some(InfoKind::MacVlan), LinkFlags::Multicast);
+        if let Some(l) = target.state.borrow_mut().link_mut(index) {
             l.macvlan_mode = Some(spec.mode);
+            l.mtu = spec.mtu.unwrap_or(l.mtu);
+            if let Some(mac) = spec.mac {
+                l.mac = mac.to_vec();
+            }
         }
         Ok(())
+    }
+
+    /// The same namespace, as the real client's child connection is.
+    fn child_connection(&self) -> Result<Box<dyn Rtnl>> {
+        Ok(Box::new(self.clone()))
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<()> {
         let mut state = self.state.borrow_mut();
         let mut failure = None;
         for op in ops {
-            state.requests.push(Request::Op(op.clone()));
-            match state.carry_out(&op) {
+            let request = Request::Op(op.clone());
+            let outcome = match state.refusal(&request) {
+                Some(errno) => Err(refused(&op, errno)),
+                None => state.carry_out(&op),
+            };
+            state.requests.push(request);
+            match outcome {
                 Err(e) if e.errno().is_some_and(|n| op.already().contains(&n)) => {}
                 Err(e) => {
                     failure.get_or_insert(e);
