@@ -752,24 +752,31 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn undo_after_each_step_of_add_leaves_the_pod_as_it_was() {
-        // No groups: the membership part talks to no agent from a unit test.
+    /// The undo of an ADD that got as far as `progress`, for a config with no groups (no
+    /// agent to talk to) and `more` keys.
+    fn undo_with(more: &str, nl: &Fake, progress: &Progress) -> Vec<Error> {
         let conf = MacvlanConf::parse(
-            br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan","master":"lan0","multicast":{"groups":[]},"agentSocket":"/tmp/ros-macvlan-unit/agent.sock"}"#,
+            format!(r#"{{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan",{more}"multicast":{{"groups":[]}},"agentSocket":"/tmp/ros-macvlan-unit/agent.sock"}}"#).as_bytes(),
         )
         .unwrap();
         let env = env("ctr-undo", "net1");
+        let agent = agent(&conf);
+        let at = Attachment {
+            conf: &conf,
+            env: &env,
+            ipam: &Ipam::None,
+            agent: &agent,
+        };
+        undo(&at, nl, progress)
+    }
+
+    #[test]
+    fn undo_after_each_step_of_add_leaves_the_pod_as_it_was() {
+        // No groups: the membership part talks to no agent from a unit test.
         for step in ADD_STEPS {
             let (nl, eth0, net1, progress) = pod_after(step);
-            let agent = agent(&conf);
-            let at = Attachment {
-                conf: &conf,
-                env: &env,
-                ipam: &Ipam::None,
-                agent: &agent,
-            };
-            assert!(undo(&at, &nl, &progress).is_empty(), "after {step}");
+            let failures = undo_with(r#""master":"lan0","#, &nl, &progress);
+            assert!(failures.is_empty(), "after {step}");
 
             let mut expected = Vec::new();
             if progress.marked {
@@ -791,25 +798,13 @@ mod tests {
 
     #[test]
     fn undo_before_the_link_exists_asks_for_nothing() {
-        let conf = MacvlanConf::parse(
-            br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan","multicast":{"groups":[]},"agentSocket":"/tmp/ros-macvlan-unit/agent.sock"}"#,
-        )
-        .unwrap();
         let nl = Fake::new();
         nl.with_link(
             "eth0",
             Some(InfoKind::Veth),
             LinkFlags::Up | LinkFlags::Multicast,
         );
-        let env = env("ctr-undo", "net1");
-        let agent = agent(&conf);
-        let at = Attachment {
-            conf: &conf,
-            env: &env,
-            ipam: &Ipam::None,
-            agent: &agent,
-        };
-        assert!(undo(&at, &nl, &Progress::default()).is_empty());
+        assert!(undo_with("", &nl, &Progress::default()).is_empty());
         assert_eq!(nl.requests(), vec![]);
     }
 }

@@ -18,54 +18,48 @@ pub fn check(at: &Attachment<'_>, ns: &Namespaces) -> Result<()> {
 
 /// CHECK with the pod's /proc read through `proc`: the namespace's own, or a test's.
 fn check_with(at: &Attachment<'_>, ns: &Namespaces, proc: &dyn Procfs) -> Result<()> {
-    let Attachment {
-        conf,
-        env,
-        ipam,
-        agent,
-    } = *at;
-    let prev_json = conf.prev_result.as_ref().ok_or_else(|| {
+    let prev_json = at.conf.prev_result.as_ref().ok_or_else(|| {
         Error::new(
             Kind::InvalidConfig,
             "CHECK needs prevResult in the network config",
         )
     })?;
     let prev = CniResult::from_json(prev_json).map_err(|e| e.context("prevResult"))?;
-    ipam.check(conf, env, &prev)?;
-    let link = ns.pod_nl.link_by_name(&env.ifname)?.ok_or_else(|| {
+    at.ipam.check(at.conf, at.env, &prev)?;
+    let link = ns.pod_nl.link_by_name(&at.env.ifname)?.ok_or_else(|| {
         Error::new(
             Kind::CheckFailed,
             format!(
                 "interface {} not found in pod netns {}",
-                env.ifname, env.netns
+                at.env.ifname, at.env.netns
             ),
         )
     })?;
     if !link.is_macvlan() {
         return Err(Error::new(
             Kind::CheckFailed,
-            format!("{} is not a macvlan interface", env.ifname),
+            format!("{} is not a macvlan interface", at.env.ifname),
         ));
     }
-    if link.macvlan_mode != Some(conf.mode.kernel()) {
+    if link.macvlan_mode != Some(at.conf.mode.kernel()) {
         return Err(Error::new(
             Kind::CheckFailed,
             format!(
                 "{} is not in macvlan mode {} (kernel says {})",
-                env.ifname,
-                conf.mode.as_str(),
+                at.env.ifname,
+                at.conf.mode.as_str(),
                 crate::sys::netlink::mode_name(link.macvlan_mode)
             ),
         ));
     }
-    let our_index = prev.interfaces.iter().position(|i| i.name == env.ifname);
+    let our_index = prev.interfaces.iter().position(|i| i.name == at.env.ifname);
     if let Some(expected) = our_index.map(|i| &prev.interfaces[i]) {
         if !expected.mac.is_empty() && !expected.mac.eq_ignore_ascii_case(&format_mac(&link.mac)) {
             return Err(Error::new(
                 Kind::CheckFailed,
                 format!(
                     "{} has MAC {}, prevResult says {}",
-                    env.ifname,
+                    at.env.ifname,
                     format_mac(&link.mac),
                     expected.mac
                 ),
@@ -86,7 +80,7 @@ fn check_with(at: &Attachment<'_>, ns: &Namespaces, proc: &dyn Procfs) -> Result
         if !present.contains(&ip.address) {
             return Err(Error::new(
                 Kind::CheckFailed,
-                format!("{} lacks address {}", env.ifname, ip.address),
+                format!("{} lacks address {}", at.env.ifname, ip.address),
             ));
         }
     }
@@ -99,20 +93,20 @@ fn check_with(at: &Attachment<'_>, ns: &Namespaces, proc: &dyn Procfs) -> Result
         if !found {
             return Err(Error::new(
                 Kind::CheckFailed,
-                format!("route {} out {} is missing", r.dst, env.ifname),
+                format!("route {} out {} is missing", r.dst, at.env.ifname),
             ));
         }
     }
     // Someone else on the LAN claims the pod's address (the node agent's watch).
-    let key = membership::key_of(&conf.name, &env.container_id, &env.ifname);
-    if let Some(conflict) = agent.lan().conflict(&key) {
+    let key = membership::key_of(&at.conf.name, &at.env.container_id, &at.env.ifname);
+    if let Some(conflict) = at.agent.lan().conflict(&key) {
         return Err(Error::new(
             Kind::CheckFailed,
-            conflict.describe(&env.ifname),
+            conflict.describe(&at.env.ifname),
         ));
     }
     let master = if ns.master_in_pod {
-        Some(resolve_master(&*ns.master_nl, conf, ipam)?.0)
+        Some(resolve_master(&*ns.master_nl, at.conf, at.ipam)?.0)
     } else {
         None
     };
@@ -120,11 +114,11 @@ fn check_with(at: &Attachment<'_>, ns: &Namespaces, proc: &dyn Procfs) -> Result
         &*ns.pod_nl,
         proc,
         &diagnosis::Expected {
-            ifname: &env.ifname,
-            multicast: &conf.multicast,
+            ifname: &at.env.ifname,
+            multicast: &at.conf.multicast,
             master_in_pod: master.map(|m| m.index),
-            membership_held: !conf.multicast.groups.is_empty()
-                && membership::held_by_agent(agent.client(), &ns.pod_ns, &env.ifname),
+            membership_held: !at.conf.multicast.groups.is_empty()
+                && membership::held_by_agent(at.agent.client(), &ns.pod_ns, &at.env.ifname),
         },
     )?;
     diagnosis::first_failure(&findings)
@@ -340,10 +334,10 @@ mod tests {
     /// A node agent at `socket` that answers `calls` requests, each with its holding the
     /// membership of net1 in this (the test's) namespace.
     fn agent_holding_net1(socket: &std::path::Path, calls: usize) -> std::thread::JoinHandle<()> {
-        use crate::plugin::membership::{Record, Reply};
+        use crate::plugin::membership::{MembershipRecord, Reply};
         use std::io::{BufRead, Write};
         let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
-        let record = Record {
+        let record = MembershipRecord {
             network: "seam".into(),
             container_id: "ctr-check".into(),
             ifname: "net1".into(),

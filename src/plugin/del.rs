@@ -39,13 +39,7 @@ fn retired_prefix(env: &CniEnv) -> String {
 /// its links with it. A failing step does not stop the others: DEL does all it can and
 /// reports every failure at once, so the runtime's retry has only those left.
 pub fn del(at: &Attachment<'_>) -> Result<()> {
-    let Attachment {
-        conf,
-        env,
-        ipam,
-        agent,
-    } = *at;
-    let pod_ns = match open_pod_netns(&env.netns) {
+    let pod_ns = match open_pod_netns(&at.env.netns) {
         Ok(ns) => Some(ns),
         // Gone (or never given): its links went with it; the address is still released.
         Err(e) if e.kind() == Kind::ContainerUnknown => None,
@@ -53,16 +47,16 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
     };
     // The heirs of the multicast routes are read from the records before ours goes; with no
     // routes to hand over, or no namespace left, there is nothing to read them for.
-    let heirs = if pod_ns.is_some() && !conf.multicast.routes.is_empty() {
-        membership::other_members(conf, env, agent)
+    let heirs = if pod_ns.is_some() && !at.conf.multicast.routes.is_empty() {
+        membership::other_members(at.conf, at.env, at.agent)
     } else {
         Vec::new()
     };
-    membership::release(conf, env, agent);
+    membership::release(at.conf, at.env, at.agent);
     // Zenoh relay (issue 24): the pod's listeners close, the agent holds nothing for it.
-    zenoh_relay::release(conf, env, agent);
+    zenoh_relay::release(at.conf, at.env, at.agent);
     let Some(pod_ns) = pod_ns else {
-        return ipam.del(conf, env);
+        return at.ipam.del(at.conf, at.env);
     };
     del_in_pod(at, &Netlink::connect(&pod_ns)?, &heirs)
 }

@@ -47,7 +47,7 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 /// One attachment's memberships: what to join, on which interface of which netns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Record {
+pub struct MembershipRecord {
     pub network: String,
     #[serde(rename = "containerID")]
     pub container_id: String,
@@ -101,13 +101,13 @@ pub trait Stored: Serialize + DeserializeOwned {
     fn presence(&self) -> Presence;
 }
 
-impl Stored for Record {
+impl Stored for MembershipRecord {
     const DIR: &'static str = RECORDS;
     fn key(&self) -> String {
-        Record::key(self)
+        MembershipRecord::key(self)
     }
     fn presence(&self) -> Presence {
-        Record::presence(self)
+        MembershipRecord::presence(self)
     }
 }
 
@@ -124,7 +124,7 @@ pub struct Due<R> {
     pub missing: Vec<R>,
 }
 
-impl Record {
+impl MembershipRecord {
     /// The record of the attachment ADD is making in `ns`, holding `groups`, watched on the
     /// LAN as `lan` says.
     pub fn of_attachment(
@@ -133,8 +133,8 @@ impl Record {
         ns: &Netns,
         groups: Vec<Ipv4Addr>,
         lan: Watched,
-    ) -> Result<Record> {
-        Ok(Record {
+    ) -> Result<MembershipRecord> {
+        Ok(MembershipRecord {
             network: conf.name.clone(),
             container_id: env.container_id.clone(),
             ifname: env.ifname.clone(),
@@ -173,7 +173,7 @@ pub(crate) fn pod_prefix(container_id: &str) -> String {
 /// The records live beside the agent's socket, in a directory both sides know. Every file
 /// in it is opened relative to it, never through a symlink (`confine`).
 #[derive(Debug, Clone)]
-pub struct RecordDir<R = Record>(ConfinedPath, std::marker::PhantomData<R>);
+pub struct RecordDir<R = MembershipRecord>(ConfinedPath, std::marker::PhantomData<R>);
 
 impl RecordDir {
     /// The membership records beside a socket the operator named (the agent's `--socket`).
@@ -376,7 +376,7 @@ pub fn hold(
             format!("cannot join the multicast groups on {}: {e}", env.ifname),
         )
     })?;
-    let record = Record::of_attachment(conf, env, ns, groups.clone(), lan)?;
+    let record = MembershipRecord::of_attachment(conf, env, ns, groups.clone(), lan)?;
     if let Err(e) = agent
         .records_dir()
         .and_then(|dir| RecordDir::write_in(dir, &record))
@@ -441,7 +441,7 @@ pub fn held_by_agent(client: &AgentClient, ns: &Netns, ifname: &str) -> bool {
 #[serde(rename_all = "camelCase")]
 pub enum Request {
     /// Hold the socket passed with this message (SCM_RIGHTS) for this attachment.
-    Hold(Box<Record>),
+    Hold(Box<MembershipRecord>),
     /// Let go of the attachment's socket: its memberships end (the IGMP leave goes out).
     Drop { key: String },
     /// The attachments held now.
@@ -451,7 +451,7 @@ pub enum Request {
 /// The agent's answer: what it holds, of the kind asked (memberships, or relays).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Reply<T = Record> {
+pub struct Reply<T = MembershipRecord> {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -476,7 +476,7 @@ impl AgentClient {
     }
 
     /// Hands `fd` to the agent for `record`'s attachment.
-    pub fn hold(&self, record: &Record, fd: &OwnedFd) -> io::Result<()> {
+    pub fn hold(&self, record: &MembershipRecord, fd: &OwnedFd) -> io::Result<()> {
         self.call(
             &Request::Hold(Box::new(record.clone())),
             Some(fd.as_raw_fd()),
@@ -494,7 +494,7 @@ impl AgentClient {
         .map(drop)
     }
 
-    pub fn list(&self) -> io::Result<Vec<Record>> {
+    pub fn list(&self) -> io::Result<Vec<MembershipRecord>> {
         self.call(&Request::List, None).map(|r| r.held)
     }
 
@@ -572,8 +572,8 @@ pub fn parse_request(line: &[u8]) -> io::Result<Request> {
 mod tests {
     use super::*;
 
-    fn record() -> Record {
-        Record {
+    fn record() -> MembershipRecord {
+        MembershipRecord {
             network: "ros-net".into(),
             container_id: "abc".into(),
             ifname: "net1".into(),
@@ -599,18 +599,18 @@ mod tests {
     fn a_sweep_sorts_the_records_against_what_is_held() {
         let dir = std::env::temp_dir().join(format!("rm-due-{}", std::process::id()));
         let records = RecordDir::beside(&dir.join("agent.sock"));
-        let here = |id: &str| Record {
+        let here = |id: &str| MembershipRecord {
             container_id: id.into(),
             netns: "/proc/self/ns/net".into(),
             netns_inode: crate::sys::netns::inode_of(Path::new("/proc/self/ns/net")).unwrap(),
             ..record()
         };
-        let gone = Record {
+        let gone = MembershipRecord {
             container_id: "gone".into(),
             netns: "/proc/self/ns/no-such-ns".into(),
             ..record()
         };
-        let unsure = Record {
+        let unsure = MembershipRecord {
             container_id: "unsure".into(),
             netns: "/nonexistent/netns".into(),
             ..record()

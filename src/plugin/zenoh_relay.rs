@@ -27,7 +27,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
 use crate::plugin::config::{MacvlanConf, ZENOH_DEFAULT_PORT};
-use crate::plugin::membership::{self, AgentClient, AgentPlace, Record, RecordDir, Stored};
+use crate::plugin::membership::{
+    self, AgentClient, AgentPlace, MembershipRecord, RecordDir, Stored,
+};
 use crate::sys::netns::{Netns, Presence};
 
 /// One attachment's relay: the attachment (as a membership record names it, with no
@@ -36,7 +38,7 @@ use crate::sys::netns::{Netns, Presence};
 #[serde(rename_all = "camelCase")]
 pub struct RelayRecord {
     #[serde(flatten)]
-    pub attachment: Record,
+    pub attachment: MembershipRecord,
     /// What ADD bound in the pod (127.0.0.1:PORT, and [::1]:PORT where the pod has IPv6).
     pub listen: Vec<SocketAddr>,
     /// The node's router the agent gave the relay (in the agent's answers; ADD's record
@@ -174,7 +176,7 @@ pub fn hold(
         }
     };
     let record = RelayRecord {
-        attachment: Record::of_attachment(conf, env, ns, Vec::new(), Default::default())?,
+        attachment: MembershipRecord::of_attachment(conf, env, ns, Vec::new(), Default::default())?,
         listen: bound.iter().map(|(a, _)| *a).collect(),
         router: None,
     };
@@ -226,7 +228,7 @@ mod tests {
     #[test]
     fn a_relay_record_is_a_membership_record_with_addresses() {
         let r = RelayRecord {
-            attachment: Record {
+            attachment: MembershipRecord {
                 network: "ros-net".into(),
                 container_id: "abc".into(),
                 ifname: "net1".into(),

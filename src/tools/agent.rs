@@ -25,7 +25,9 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::plugin::membership::{self, Record, RecordDir, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
+use crate::plugin::membership::{
+    self, MembershipRecord, RecordDir, Reply, Request, AGENT_WAIT, MAX_MESSAGE,
+};
 use crate::sys::netns::{Netns, Presence};
 
 /// How often the agent compares what it holds with the records and the pods' namespaces.
@@ -75,8 +77,8 @@ async fn serve(opts: Options) -> io::Result<()> {
     }
     let listener = listen(&opts.socket)?;
     log::info!("agent: listening on {}", opts.socket.display());
-    let mut holder = Holder::new(RecordDir::beside(&opts.socket));
-    holder.reconcile();
+    let mut memberships = Memberships::new(RecordDir::beside(&opts.socket));
+    memberships.reconcile();
     crate::tools::lan_watch::spawn(
         RecordDir::beside(&opts.socket),
         crate::plugin::lan_state::LanState::beside(&opts.socket),
@@ -107,14 +109,14 @@ async fn serve(opts: Options) -> io::Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if tokio::time::timeout(AGENT_WAIT, answer(stream, &mut holder, &mut relays)).await.is_err() {
+                    if tokio::time::timeout(AGENT_WAIT, answer(stream, &mut memberships, &mut relays)).await.is_err() {
                         log::warn!("agent: a client sent no complete request in time");
                     }
                 }
                 Err(e) => log::warn!("agent: accept: {e}"),
             },
             _ = sweep.tick() => {
-                holder.reconcile();
+                memberships.reconcile();
                 relays.reconcile();
                 host = reconcile_host(host).await;
             }
@@ -202,7 +204,11 @@ fn listen(path: &Path) -> io::Result<UnixListener> {
 /// only the socket file's mode, so a socket reachable by mistake (a hostPath mounted into
 /// another container, a directory mode widened) still lets no one else hand sockets in,
 /// drop a pod's membership or list the pods.
-async fn answer(stream: UnixStream, holder: &mut Holder, relays: &mut crate::tools::relay::Relays) {
+async fn answer(
+    stream: UnixStream,
+    memberships: &mut Memberships,
+    relays: &mut crate::tools::relay::Relays,
+) {
     // The peer's credentials are taken at connect; the request is read in any case, so a
     // refused client reads its refusal instead of a closed socket.
     let peer = stream.peer_cred();
@@ -244,7 +250,7 @@ async fn answer(stream: UnixStream, holder: &mut Holder, relays: &mut crate::too
     }
     let first = line.split(|b| *b == b'\n').next().unwrap_or(&[]);
     match membership::parse_request(first) {
-        Ok(request) => self::reply(stream, &holder.handle(request, fds)).await,
+        Ok(request) => self::reply(stream, &memberships.handle(request, fds)).await,
         // Zenoh relay (issue 24): its requests ride the same socket.
         Err(e) => match crate::plugin::zenoh_relay::parse_request(first) {
             Ok(request) => self::reply(stream, &relays.handle(request, fds)).await,
@@ -277,12 +283,12 @@ fn accept() -> Reply {
 
 /// A membership held: the record it was made for and the socket that holds it.
 struct Held {
-    record: Record,
+    record: MembershipRecord,
     _socket: OwnedFd,
 }
 
 /// The memberships the agent holds, and the records that say which it should.
-struct Holder {
+struct Memberships {
     records: RecordDir,
     held: HashMap<String, Held>,
     /// Keys whose re-creation failed once, so the log says so once, not every sweep.
@@ -291,9 +297,9 @@ struct Holder {
     unsure: HashSet<String>,
 }
 
-impl Holder {
-    fn new(records: RecordDir) -> Holder {
-        Holder {
+impl Memberships {
+    fn new(records: RecordDir) -> Memberships {
+        Memberships {
             records,
             held: HashMap::new(),
             failing: HashSet::new(),
@@ -329,7 +335,7 @@ impl Holder {
         self.held.len() < MAX_HELD || self.held.contains_key(key)
     }
 
-    fn hold(&mut self, record: Record, socket: OwnedFd, why: &str) {
+    fn hold(&mut self, record: MembershipRecord, socket: OwnedFd, why: &str) {
         let key = record.key();
         log::info!(
             "agent: holding {key}: {:?} on {} in {} ({why})",
@@ -360,7 +366,7 @@ impl Holder {
     /// a record (its DEL's message was lost) ends; a record not held is joined again. A
     /// netns that cannot be told gone is kept, and said once.
     fn reconcile(&mut self) {
-        let records: HashMap<String, Record> = self
+        let records: HashMap<String, MembershipRecord> = self
             .records
             .list()
             .into_iter()
@@ -418,7 +424,7 @@ impl Holder {
 }
 
 /// Joins a record's groups again, in its namespace, on its interface.
-fn rejoin(record: &Record) -> io::Result<OwnedFd> {
+fn rejoin(record: &MembershipRecord) -> io::Result<OwnedFd> {
     let ns = Netns::open(&record.netns).map_err(|e| io::Error::other(e.to_string()))?;
     if ns.inode()? != record.netns_inode {
         return Err(io::Error::other(

@@ -25,7 +25,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::ipam::host_local::HostLocalConf;
 use crate::plugin::duplicate::{ArpSocket, Claim, Detection};
 use crate::plugin::lan_state::{now_ms, Conflict, LanState, Probed, Probes, FRESH, REPROBE};
-use crate::plugin::membership::{ProbeAhead, Record, RecordDir};
+use crate::plugin::membership::{MembershipRecord, ProbeAhead, RecordDir};
 use crate::sys::confine::{Readable, Roots};
 use crate::sys::netlink::format_mac;
 use crate::sys::netns::{Netns, Presence};
@@ -68,7 +68,7 @@ struct Ahead {
 /// One attachment watched in its pod.
 struct PodWatch {
     /// The record it watches for: a new attachment under the same key is watched anew.
-    record: Record,
+    record: MembershipRecord,
     socket: ArpSocket,
     _netns: Netns,
     addresses: Vec<Ipv4Addr>,
@@ -113,8 +113,9 @@ impl Watch {
 
     /// Makes what is watched match the records.
     fn sync(&mut self) {
-        let records: Vec<Record> = self.records.list();
-        let current: HashMap<String, &Record> = records.iter().map(|r| (r.key(), r)).collect();
+        let records: Vec<MembershipRecord> = self.records.list();
+        let current: HashMap<String, &MembershipRecord> =
+            records.iter().map(|r| (r.key(), r)).collect();
         self.pods
             .retain(|key, w| current.get(key).is_some_and(|r| **r == w.record));
         let keys: HashSet<&String> = current.keys().collect();
@@ -225,7 +226,7 @@ impl Watch {
     }
 
     /// Starts watching an attachment's addresses from its interface in the pod.
-    fn watch_pod(&mut self, r: &Record) {
+    fn watch_pod(&mut self, r: &MembershipRecord) {
         let (Some(mac), false) = (r.lan.mac, r.lan.addresses.is_empty()) else {
             return;
         };

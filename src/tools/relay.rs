@@ -226,7 +226,7 @@ impl Relays {
         }
     }
 
-    /// Makes the relays match the records, as `Holder::reconcile` does for memberships:
+    /// Makes the relays match the records, as `Memberships::reconcile` does for memberships:
     /// a relay without a record closes, a record whose netns is gone goes with its relay,
     /// a record not relayed is re-opened (retried every sweep, said once).
     pub fn reconcile(&mut self) {
