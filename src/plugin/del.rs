@@ -286,6 +286,66 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A DEL the kernel refuses a step of goes on: the multicast route still goes to the
+    /// heir, the link is removed at once rather than left to a child, the address stays
+    /// claimed while the link could answer for it, and the one error names the refusal. The
+    /// runtime's retry then finds the rest. (Mutations tried: stopping at the refusal; the
+    /// child left to remove the link; releasing the address anyway.)
+    #[test]
+    fn del_past_a_refused_step_does_the_rest_and_reports_it() {
+        use crate::plugin::attachment::test_support::{conf_with, data_dir, Call, Scene};
+
+        let dir = data_dir("del-refused");
+        let conf = || {
+            let mut c = conf_with(&dir, ("198.51.100.20", "198.51.100.21"));
+            c.wait_for_link_removal = false;
+            c
+        };
+        let (first, second) = (
+            Call::new(conf(), env("ctr-ref", "net1")),
+            Call::new(conf(), env("ctr-ref", "net2")),
+        );
+        let s = Scene::new();
+        for call in [&first, &second] {
+            crate::plugin::add::add(&call.at(), &s.namespaces(), Ok(None)).unwrap();
+        }
+        let net1 = s.pod.link_by_name("net1").unwrap().unwrap().index;
+        let net2 = s.pod.link_by_name("net2").unwrap().unwrap().index;
+        let held = |call: &Call| match &call.ipam {
+            Ipam::HostLocal(hl) => hl.held("seam", "ctr-ref", &call.env.ifname).unwrap(),
+            _ => panic!("host-local"),
+        };
+
+        s.pod.refuse(nix::errno::Errno::EBUSY, |r| {
+            matches!(r.op(), Some(Op::DelAddress { .. }))
+        });
+        let e = del_in_pod(&first.at(), &s.pod, &["net2".to_owned()]).unwrap_err();
+        assert_eq!(e.code(), 101, "{e}");
+        assert!(e.to_string().starts_with("retire: "), "{e}");
+        assert!(
+            s.pod
+                .all_routes()
+                .iter()
+                .any(|r| r.oif == Some(net2) && r.dst.to_string() == "224.0.0.0/4"),
+            "the route went to the heir all the same"
+        );
+        assert!(
+            s.pod.ops().contains(&Op::del_link(net1)),
+            "the link not made inert is removed at once, here"
+        );
+        assert_eq!(
+            held(&first).len(),
+            1,
+            "its address stays claimed for the retry"
+        );
+
+        s.pod.refuse_nothing();
+        del_in_pod(&first.at(), &s.pod, &["net2".to_owned()]).unwrap();
+        assert!(held(&first).is_empty(), "the retry releases it");
+        assert_eq!(held(&second).len(), 1, "net2's kept");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn retire_makes_the_attachment_inert_and_hands_the_multicast_route_over() {
         let conf = MacvlanConf::parse(
