@@ -392,6 +392,52 @@ mod tests {
 
     use std::fs;
 
+    /// A store behind a symlink is refused with code 7 naming the path; a store the node
+    /// cannot write answers 5; each keeps the error it came from (cni::Error from ours).
+    #[test]
+    fn store_errors_reach_the_runtime_as_before() {
+        use crate::cni::Error;
+        use crate::sys::confine::ConfinedPath;
+        use std::os::unix::fs::symlink;
+
+        struct Scratch(std::path::PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let s = Scratch(std::env::temp_dir().join(format!("rmv-error-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&s.0);
+        std::fs::create_dir_all(s.0.join("elsewhere")).unwrap();
+        symlink(s.0.join("elsewhere"), s.0.join("linked")).unwrap();
+        let data = ConfinedPath::trusted("ipam.dataDir", &s.0, 0o755);
+        let e = Error::from(Store::open(&data, "linked").err().unwrap());
+        assert_eq!(e.code(), 7);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "ipam.dataDir: {0}/linked is a symbolic link; below {0} links are not followed: \
+                 name the real path",
+                s.0.display()
+            )
+        );
+
+        let store = Store::open(&data, "net").unwrap();
+        symlink(s.0.join("elsewhere/x"), s.0.join("net/last_reserved_ip.0")).unwrap();
+        let e = Error::from(
+            store
+                .reserve("198.51.100.5".parse().unwrap(), "cid", "net1", 0)
+                .unwrap_err(),
+        );
+        assert_eq!(e.code(), 5);
+        assert!(
+            e.to_string()
+                .starts_with(&format!("write {}/net/last_reserved_ip.0: ", s.0.display())),
+            "{e}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
     fn temp_dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("rmv-store-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
