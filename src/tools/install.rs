@@ -4,7 +4,7 @@
 //! "text file busy" (rename replaces the directory entry, not the file being executed).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -20,19 +20,21 @@ pub enum Installed {
 
 /// Installs `source` as `<dir>/ros-macvlan`, idempotently.
 pub fn install(source: &Path, dir: &Path) -> io::Result<Installed> {
-    place(&fs::read(source)?, dir, BINARY_NAME, 0o755)
+    place(source, dir, BINARY_NAME, 0o755)
 }
 
-/// Puts `bytes` at `<dir>/<name>` with `mode`: a temporary file in the same directory,
-/// fsync, rename, fsync of the directory. Readers see the old file or the new one, whole.
-pub fn place(bytes: &[u8], dir: &Path, name: &str, mode: u32) -> io::Result<Installed> {
+/// Puts a copy of `source` at `<dir>/<name>` with `mode`: a temporary file in the same
+/// directory, fsync, rename, fsync of the directory. Readers see the old file or the new
+/// one, whole. The copy is streamed, as is the comparison with what is there: a binary is
+/// never whole in memory, which the DaemonSet's memory limit would not allow a debug build.
+pub fn place(source: &Path, dir: &Path, name: &str, mode: u32) -> io::Result<Installed> {
     let target = dir.join(name);
-    if is_placed(bytes, &target, mode) {
+    if is_placed(source, &target, mode) {
         return Ok(Installed::UpToDate);
     }
     fs::create_dir_all(dir)?;
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let written = write_synced(&temp, bytes, mode).and_then(|_| fs::rename(&temp, &target));
+    let written = write_synced(&temp, source, mode).and_then(|_| fs::rename(&temp, &target));
     if written.is_err() {
         let _ = fs::remove_file(&temp);
     }
@@ -42,21 +44,44 @@ pub fn place(bytes: &[u8], dir: &Path, name: &str, mode: u32) -> io::Result<Inst
     Ok(Installed::Written)
 }
 
-fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+fn write_synced(path: &Path, source: &Path, mode: u32) -> io::Result<()> {
+    let mut from = File::open(source)?;
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)?;
-    f.write_all(bytes)?;
+    io::copy(&mut from, &mut f)?;
     // The mode requested at creation is filtered by the umask; set it exactly.
     f.set_permissions(fs::Permissions::from_mode(mode))?;
     f.sync_all()
 }
 
-fn is_placed(bytes: &[u8], target: &Path, mode: u32) -> bool {
+fn is_placed(source: &Path, target: &Path, mode: u32) -> bool {
     let mode_ok = fs::metadata(target).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode);
-    mode_ok && fs::read(target).is_ok_and(|t| t == bytes)
+    mode_ok && same_contents(source, target).unwrap_or(false)
+}
+
+/// Whether two files hold the same bytes, read a chunk at a time.
+fn same_contents(a: &Path, b: &Path) -> io::Result<bool> {
+    const CHUNK: u64 = 64 * 1024;
+    let (mut a, mut b) = (File::open(a)?, File::open(b)?);
+    if a.metadata()?.len() != b.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    loop {
+        x.clear();
+        y.clear();
+        (&mut a).take(CHUNK).read_to_end(&mut x)?;
+        (&mut b).take(CHUNK).read_to_end(&mut y)?;
+        if x != y {
+            return Ok(false);
+        }
+        if x.is_empty() {
+            return Ok(true);
+        }
+    }
 }
 
 fn policy_file_name() -> &'static str {
@@ -75,8 +100,8 @@ pub(crate) fn mirrored_policy(dir: &Path) -> PathBuf {
 /// it has none (then everything is allowed again).
 pub(crate) fn sync_policy(source: &Path, dir: &Path) -> io::Result<&'static str> {
     let name = policy_file_name();
-    match fs::read(source) {
-        Ok(bytes) => match place(&bytes, dir, name, 0o644)? {
+    match File::open(source) {
+        Ok(_) => match place(source, dir, name, 0o644)? {
             Installed::Written => Ok("policy installed"),
             Installed::UpToDate => Ok("policy current"),
         },
@@ -121,7 +146,7 @@ pub fn main(opts: &Options) -> i32 {
     };
     let target = dir.join(BINARY_NAME);
     if opts.verify {
-        let ok = fs::read(&source).is_ok_and(|b| is_placed(&b, &target, 0o755));
+        let ok = is_placed(&source, &target, 0o755);
         println!(
             "{} {}",
             target.display(),
@@ -220,5 +245,25 @@ mod tests {
         assert_eq!(leftovers, [std::ffi::OsString::from(BINARY_NAME)]);
         fs::remove_dir_all(&dir).unwrap();
         fs::remove_file(&src).unwrap();
+    }
+
+    /// Larger than one chunk of the streamed comparison, differing only in the last byte
+    /// of a later chunk: not the same, and installing replaces it.
+    #[test]
+    fn a_difference_past_the_first_chunk_is_seen() {
+        let base = std::env::temp_dir().join(format!("rmv-install-big-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        let (src, dir) = (base.join("src"), base.join("bin"));
+        let mut bytes = vec![7u8; 200 * 1024 + 3];
+        fs::write(&src, &bytes).unwrap();
+        assert_eq!(install(&src, &dir).unwrap(), Installed::Written);
+        assert_eq!(install(&src, &dir).unwrap(), Installed::UpToDate);
+        *bytes.last_mut().unwrap() = 8;
+        fs::write(&src, &bytes).unwrap();
+        assert!(!same_contents(&src, &dir.join(BINARY_NAME)).unwrap());
+        assert_eq!(install(&src, &dir).unwrap(), Installed::Written);
+        assert_eq!(fs::read(dir.join(BINARY_NAME)).unwrap(), bytes);
+        fs::remove_dir_all(&base).unwrap();
     }
 }
