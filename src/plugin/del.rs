@@ -67,10 +67,11 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
 fn del_in_pod(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<()> {
     let Retired {
         doomed,
+        inert,
         mut failures,
     } = retire(at, nl, heirs)?;
     // A link that could not be made inert is removed here and now, not left to a child.
-    let wait = at.conf.wait_for_link_removal || !failures.is_empty();
+    let wait = at.conf.wait_for_link_removal || !inert;
     if let Err(e) = crate::plugin::reaper::delete_links(nl, &doomed, wait) {
         failures.push(e);
     }
@@ -81,6 +82,9 @@ fn del_in_pod(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<()
 #[derive(Debug)]
 struct Retired {
     doomed: Vec<u32>,
+    /// The links lost their addresses and routes and their name (else they are removed
+    /// at once, and the address stays claimed).
+    inert: bool,
     failures: Vec<Error>,
 }
 
@@ -120,21 +124,26 @@ fn retire(at: &Attachment<'_>, nl: &dyn Rtnl, heirs: &[String]) -> Result<Retire
     // eth0's mark in the same exchange.
     ops.extend(multicast::restore_ops(&others, &env.ifname));
     let mut failures = Vec::new();
-    let inert = nl
-        .apply(ops)
-        .map_err(|e| failures.push(Error::from(e).context("retire")));
+    let inert = match nl.apply(ops) {
+        Ok(()) => true,
+        Err(e) => {
+            failures.push(Error::from(e).context("retire"));
+            false
+        }
+    };
     if let Err(e) = multicast::hand_over_routes(nl, &others, heirs, &conf.multicast) {
         failures.push(e.context("hand over the multicast routes"));
     }
     // The address stays claimed while a link that may still answer for it is not inert;
     // the runtime's retry releases it.
-    if inert.is_ok() {
+    if inert {
         if let Err(e) = ipam.del(conf, env) {
             failures.push(e);
         }
     }
     Ok(Retired {
         doomed: ours.iter().map(|l| l.index).collect(),
+        inert,
         failures,
     })
 }
