@@ -215,9 +215,11 @@ impl<R: Stored> RecordDir<R> {
             .map_err(|e| Error::io(format!("{} record {key}", R::DIR), e))
     }
 
-    pub fn remove(&self, key: &str) {
-        if let Ok(Some(dir)) = self.0.open_dir() {
-            let _ = dir.remove(&RecordDir::<R>::file(key));
+    /// Removes the record of `key`; whether there was one.
+    pub fn remove(&self, key: &str) -> bool {
+        match self.0.open_dir() {
+            Ok(Some(dir)) => dir.remove(&RecordDir::<R>::file(key)).is_ok(),
+            _ => false,
         }
     }
 

@@ -27,9 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
 use crate::plugin::config::{MacvlanConf, ZENOH_DEFAULT_PORT};
-use crate::plugin::membership::{
-    self, AgentClient, AgentPlace, MembershipRecord, RecordDir, Stored,
-};
+use crate::plugin::membership::{self, AgentClient, AgentPlace, MembershipRecord, Stored};
 use crate::sys::netns::{Netns, Presence};
 
 /// One attachment's relay: the attachment (as a membership record names it, with no
@@ -201,15 +199,14 @@ pub fn hold(
 }
 
 /// DEL (and a failed ADD's undo): the record goes and the agent closes the listeners and
-/// their connections. Also for a config that no longer opts in but whose ADD did.
+/// their connections. Found by its record, whatever the config says now (DEL's config keeps
+/// no `zenoh`); no record, no relay (ADD writes it before handing the listeners over), so
+/// a DEL of a network that never opted in asks the agent nothing.
 pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) {
     let key = membership::key_of(&conf.name, &env.container_id, &env.ifname);
-    let records: RecordDir<RelayRecord> = agent.records();
-    if conf.zenoh.is_none() && records.list_starting(&key).is_empty() {
-        return;
+    if agent.records::<RelayRecord>().remove(&key) {
+        let _ = call(agent.client(), &RelayRequest::DropRelay { key }, &[]);
     }
-    records.remove(&key);
-    let _ = call(agent.client(), &RelayRequest::DropRelay { key }, &[]);
 }
 
 /// The relay the agent at `client` holds in the namespace `ns`, if any (doctor's question).
