@@ -125,6 +125,18 @@ pub struct Due<R> {
 }
 
 impl MembershipRecord {
+    /// The record's namespace, if its path still names the namespace ADD saw (the agent
+    /// re-creates what the record says only there).
+    pub fn open_netns(&self) -> io::Result<Netns> {
+        let ns = Netns::open(&self.netns).map_err(|e| io::Error::other(e.to_string()))?;
+        if ns.inode()? != self.netns_inode {
+            return Err(io::Error::other(
+                "the netns path names another namespace now",
+            ));
+        }
+        Ok(ns)
+    }
+
     /// The record of the attachment ADD is making in `ns`, holding `groups`, watched on the
     /// LAN as `lan` says.
     pub fn of_attachment(
@@ -565,8 +577,8 @@ pub fn receive_chunk(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::R
     Ok(msg.bytes)
 }
 
-/// Parses a complete request line.
-pub fn parse_request(line: &[u8]) -> io::Result<Request> {
+/// Parses a complete request line: a membership `Request`, or a `zenoh_relay::RelayRequest`.
+pub fn parse_request<T: DeserializeOwned>(line: &[u8]) -> io::Result<T> {
     serde_json::from_slice(line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -641,13 +653,13 @@ mod tests {
         let line = serde_json::to_string(&Request::Hold(Box::new(record()))).unwrap();
         assert!(!line.contains('\n'));
         assert!(
-            matches!(parse_request(line.as_bytes()).unwrap(), Request::Hold(r) if *r == record())
+            matches!(parse_request::<Request>(line.as_bytes()).unwrap(), Request::Hold(r) if *r == record())
         );
         assert!(matches!(
-            parse_request(br#"{"drop":{"key":"a:b:c"}}"#).unwrap(),
+            parse_request::<Request>(br#"{"drop":{"key":"a:b:c"}}"#).unwrap(),
             Request::Drop { key } if key == "a:b:c"
         ));
-        assert!(parse_request(b"{\"hold\":").is_err());
+        assert!(parse_request::<Request>(b"{\"hold\":").is_err());
     }
 
     #[test]

@@ -71,10 +71,6 @@ pub enum RelayRequest {
 /// The agent's answer to a relay request (`held`: the relays).
 pub type RelayReply = membership::Reply<RelayRecord>;
 
-pub fn parse_request(line: &[u8]) -> io::Result<RelayRequest> {
-    serde_json::from_slice(line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
 /// A request to the agent; its refusal is an error.
 fn call(client: &AgentClient, request: &RelayRequest, fds: &[RawFd]) -> io::Result<RelayReply> {
     let reply: RelayReply = client.exchange(request, fds)?;
@@ -261,11 +257,11 @@ mod tests {
             key: "a:b:c".into(),
         })
         .unwrap();
-        assert!(membership::parse_request(line.as_bytes()).is_err());
+        assert!(membership::parse_request::<membership::Request>(line.as_bytes()).is_err());
         assert!(matches!(
-            parse_request(line.as_bytes()).unwrap(),
+            membership::parse_request::<RelayRequest>(line.as_bytes()).unwrap(),
             RelayRequest::DropRelay { key } if key == "a:b:c"
         ));
-        assert!(parse_request(br#"{"list":null}"#).is_err());
+        assert!(membership::parse_request::<RelayRequest>(br#"{"list":null}"#).is_err());
     }
 }

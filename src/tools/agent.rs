@@ -28,7 +28,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::plugin::membership::{
     self, MembershipRecord, RecordDir, Reply, Request, AGENT_WAIT, MAX_MESSAGE,
 };
-use crate::sys::netns::{Netns, Presence};
+use crate::sys::netns::Presence;
 
 /// How often the agent compares what it holds with the records and the pods' namespaces.
 /// A lost DEL is noticed within this (the issue asks for 10 s at most).
@@ -252,7 +252,7 @@ async fn answer(
     match membership::parse_request(first) {
         Ok(request) => self::reply(stream, &memberships.handle(request, fds)).await,
         // Zenoh relay (issue 24): its requests ride the same socket.
-        Err(e) => match crate::plugin::zenoh_relay::parse_request(first) {
+        Err(e) => match membership::parse_request(first) {
             Ok(request) => self::reply(stream, &relays.handle(request, fds)).await,
             Err(_) => self::reply(stream, &refuse(format!("not a request: {e}"))).await,
         },
@@ -425,12 +425,7 @@ impl Memberships {
 
 /// Joins a record's groups again, in its namespace, on its interface.
 fn rejoin(record: &MembershipRecord) -> io::Result<OwnedFd> {
-    let ns = Netns::open(&record.netns).map_err(|e| io::Error::other(e.to_string()))?;
-    if ns.inode()? != record.netns_inode {
-        return Err(io::Error::other(
-            "the netns path names another namespace now",
-        ));
-    }
+    let ns = record.open_netns()?;
     let ifname = record.ifname.clone();
     let index = ns
         .run(|| nix::net::if_::if_nametoindex(ifname.as_str()))

@@ -265,13 +265,7 @@ impl Relays {
 
 /// Binds a record's listeners again, in its namespace.
 fn reopen(record: &RelayRecord) -> io::Result<Vec<OwnedFd>> {
-    let at = &record.attachment;
-    let ns = Netns::open(&at.netns).map_err(|e| io::Error::other(e.to_string()))?;
-    if ns.inode()? != at.netns_inode {
-        return Err(io::Error::other(
-            "the netns path names another namespace now",
-        ));
-    }
+    let ns = record.attachment.open_netns()?;
     match zenoh_relay::bind(&ns, &record.listen, false) {
         Ok(bound) => Ok(bound.into_iter().map(|(_, fd)| fd).collect()),
         Err(Unbound::Taken(addr)) => Err(io::Error::new(
