@@ -28,7 +28,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::plugin::membership::{
     self, MembershipRecord, RecordDir, Reply, Request, AGENT_WAIT, MAX_MESSAGE,
 };
-use crate::sys::netns::Presence;
 
 /// How often the agent compares what it holds with the records and the pods' namespaces.
 /// A lost DEL is noticed within this (the issue asks for 10 s at most).
@@ -366,43 +365,26 @@ impl Memberships {
     /// a record (its DEL's message was lost) ends; a record not held is joined again. A
     /// netns that cannot be told gone is kept, and said once.
     fn reconcile(&mut self) {
-        let records: HashMap<String, MembershipRecord> = self
-            .records
-            .list()
-            .into_iter()
-            .map(|r| (r.key(), r))
-            .collect();
-        let unrecorded: Vec<String> = self
-            .held
-            .keys()
-            .filter(|key| !records.contains_key(*key))
-            .cloned()
-            .collect();
-        for key in unrecorded {
+        let held: HashSet<String> = self.held.keys().cloned().collect();
+        let due = self.records.due(&held);
+        for key in due.unrecorded {
             self.let_go(&key, "its record is gone");
         }
-        for (key, record) in records {
-            match record.presence() {
-                Presence::Here => {}
-                Presence::Gone(why) => {
-                    self.let_go(&key, &why);
-                    log::info!("agent: forgetting {key}: {why}");
-                    self.records.remove(&key);
-                    self.failing.remove(&key);
-                    self.unsure.remove(&key);
-                    continue;
-                }
-                Presence::Unknown(why) => {
-                    if self.unsure.insert(key.clone()) {
-                        log::warn!("agent: keeping {key}: {why}");
-                    }
-                    continue;
-                }
+        for (key, why) in due.gone {
+            self.let_go(&key, &why);
+            log::info!("agent: forgetting {key}: {why}");
+            self.failing.remove(&key);
+        }
+        // Said once while a namespace cannot be told present or gone, again if it comes back.
+        let unsure: HashSet<&String> = due.unsure.iter().map(|(key, _)| key).collect();
+        self.unsure.retain(|key| unsure.contains(key));
+        for (key, why) in &due.unsure {
+            if self.unsure.insert(key.clone()) {
+                log::warn!("agent: keeping {key}: {why}");
             }
-            self.unsure.remove(&key);
-            if self.held.contains_key(&key) {
-                continue;
-            }
+        }
+        for record in due.missing {
+            let key = record.key();
             if !self.has_room_for(&key) {
                 if self.failing.insert(key.clone()) {
                     log::warn!(
