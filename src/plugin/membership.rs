@@ -473,6 +473,35 @@ pub struct Reply<T = MembershipRecord> {
     pub held: Vec<T>,
 }
 
+impl<T> Reply<T> {
+    /// Done (what is held, if asked, goes in `held`).
+    pub fn accepted() -> Reply<T> {
+        Reply {
+            ok: true,
+            error: None,
+            held: Vec::new(),
+        }
+    }
+
+    /// Not done, and why.
+    pub fn refused(error: String) -> Reply<T> {
+        Reply {
+            ok: false,
+            error: Some(error),
+            ..Reply::accepted()
+        }
+    }
+
+    /// The reply, or the agent's words for its refusal.
+    pub fn into_result(self) -> std::result::Result<Reply<T>, String> {
+        if self.ok {
+            Ok(self)
+        } else {
+            Err(self.error.unwrap_or_else(|| "refused".into()))
+        }
+    }
+}
+
 /// The agent's client end: one request per connection, bounded in time.
 pub struct AgentClient {
     socket: PathBuf,
@@ -491,37 +520,36 @@ impl AgentClient {
 
     /// Hands `fd` to the agent for `record`'s attachment.
     pub fn hold(&self, record: &MembershipRecord, fd: &OwnedFd) -> io::Result<()> {
-        self.call(
+        self.call::<_, MembershipRecord>(
             &Request::Hold(Box::new(record.clone())),
-            Some(fd.as_raw_fd()),
+            &[fd.as_raw_fd()],
         )
         .map(drop)
     }
 
     pub fn drop_key(&self, key: &str) -> io::Result<()> {
-        self.call(
+        self.call::<_, MembershipRecord>(
             &Request::Drop {
                 key: key.to_owned(),
             },
-            None,
+            &[],
         )
         .map(drop)
     }
 
     pub fn list(&self) -> io::Result<Vec<MembershipRecord>> {
-        self.call(&Request::List, None).map(|r| r.held)
+        self.call(&Request::List, &[]).map(|r| r.held)
     }
 
-    fn call(&self, request: &Request, fd: Option<RawFd>) -> io::Result<Reply> {
-        let fds: Vec<RawFd> = fd.into_iter().collect();
-        let reply: Reply = self.exchange(request, &fds)?;
-        if reply.ok {
-            Ok(reply)
-        } else {
-            Err(io::Error::other(
-                reply.error.unwrap_or_else(|| "refused".into()),
-            ))
-        }
+    /// One request, its refusal an error: a membership `Request`, or a relay one.
+    pub fn call<Q: Serialize, T: DeserializeOwned>(
+        &self,
+        request: &Q,
+        fds: &[RawFd],
+    ) -> io::Result<Reply<T>> {
+        self.exchange::<Q, Reply<T>>(request, fds)?
+            .into_result()
+            .map_err(io::Error::other)
     }
 
     /// One request line (with `fds` passed along) and its reply line, bounded in time: the

@@ -71,21 +71,11 @@ pub enum RelayRequest {
 /// The agent's answer to a relay request (`held`: the relays).
 pub type RelayReply = membership::Reply<RelayRecord>;
 
-/// A request to the agent; its refusal is an error.
-fn call(client: &AgentClient, request: &RelayRequest, fds: &[RawFd]) -> io::Result<RelayReply> {
-    let reply: RelayReply = client.exchange(request, fds)?;
-    if reply.ok {
-        Ok(reply)
-    } else {
-        Err(io::Error::other(
-            reply.error.unwrap_or_else(|| "refused".into()),
-        ))
-    }
-}
-
 /// The relays the agent at `client` holds.
 pub fn held(client: &AgentClient) -> io::Result<Vec<RelayRecord>> {
-    call(client, &RelayRequest::Relays, &[]).map(|r| r.held)
+    client
+        .call(&RelayRequest::Relays, &[])
+        .map(|r: RelayReply| r.held)
 }
 
 /// Why listeners could not be opened.
@@ -179,14 +169,13 @@ pub fn hold(
     let fds: Vec<RawFd> = bound.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     let request = RelayRequest::Relay(Box::new(record));
     match agent.client().exchange::<_, RelayReply>(&request, &fds) {
-        Ok(reply) if reply.ok => Ok(None),
-        Ok(reply) => Err(Error::new(
-            Kind::TryAgainLater,
-            format!(
-                "the node agent refused the Zenoh relay: {}",
-                reply.error.unwrap_or_else(|| "refused".into())
-            ),
-        )),
+        Ok(reply) => match reply.into_result() {
+            Ok(_) => Ok(None),
+            Err(why) => Err(Error::new(
+                Kind::TryAgainLater,
+                format!("the node agent refused the Zenoh relay: {why}"),
+            )),
+        },
         Err(e) => Ok(Some(format!(
             "Zenoh relay not held: no node agent at {} ({e}); the agent opens it from its record once it runs",
             agent.client().socket().display()
@@ -201,7 +190,9 @@ pub fn hold(
 pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) {
     let key = membership::key_of(&conf.name, &env.container_id, &env.ifname);
     if agent.records::<RelayRecord>().remove(&key) {
-        let _ = call(agent.client(), &RelayRequest::DropRelay { key }, &[]);
+        let _ = agent
+            .client()
+            .call::<_, RelayRecord>(&RelayRequest::DropRelay { key }, &[]);
     }
 }
 

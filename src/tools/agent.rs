@@ -238,7 +238,8 @@ async fn answer(
                 cred.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
             );
             // Any descriptor it passed is closed with `fds`, unused.
-            let refusal = refuse("only root may talk to the node agent".into());
+            let refusal =
+                Reply::<MembershipRecord>::refused("only root may talk to the node agent".into());
             reply(stream, &refusal).await;
             return;
         }
@@ -253,7 +254,13 @@ async fn answer(
         // Zenoh relay (issue 24): its requests ride the same socket.
         Err(e) => match membership::parse_request(first) {
             Ok(request) => self::reply(stream, &relays.handle(request, fds)).await,
-            Err(_) => self::reply(stream, &refuse(format!("not a request: {e}"))).await,
+            Err(_) => {
+                self::reply(
+                    stream,
+                    &Reply::<MembershipRecord>::refused(format!("not a request: {e}")),
+                )
+                .await
+            }
         },
     }
 }
@@ -262,22 +269,6 @@ async fn reply(mut stream: UnixStream, reply: &impl serde::Serialize) {
     let mut out = serde_json::to_vec(reply).unwrap_or_default();
     out.push(b'\n');
     let _ = stream.write_all(&out).await;
-}
-
-fn refuse(error: String) -> Reply {
-    Reply {
-        ok: false,
-        error: Some(error),
-        held: Vec::new(),
-    }
-}
-
-fn accept() -> Reply {
-    Reply {
-        ok: true,
-        error: None,
-        held: Vec::new(),
-    }
 }
 
 /// A membership held: the record it was made for and the socket that holds it.
@@ -311,20 +302,20 @@ impl Memberships {
             Request::Hold(record) => match fds.pop() {
                 Some(socket) if self.has_room_for(&record.key()) => {
                     self.hold(*record, socket, "handed over by ADD");
-                    accept()
+                    Reply::accepted()
                 }
-                Some(_) => refuse(format!(
+                Some(_) => Reply::refused(format!(
                     "the agent holds {MAX_HELD} memberships already, its bound; not held"
                 )),
-                None => refuse("hold needs the socket passed with the request".into()),
+                None => Reply::refused("hold needs the socket passed with the request".into()),
             },
             Request::Drop { key } => {
                 self.let_go(&key, "DEL");
-                accept()
+                Reply::accepted()
             }
             Request::List => Reply {
                 held: self.held.values().map(|h| h.record.clone()).collect(),
-                ..accept()
+                ..Reply::accepted()
             },
         }
     }

@@ -142,16 +142,8 @@ impl Relays {
 
     /// Answers a relay request (called from within the agent's runtime).
     pub fn handle(&mut self, request: RelayRequest, fds: Vec<OwnedFd>) -> RelayReply {
-        let ok = RelayReply {
-            ok: true,
-            error: None,
-            held: Vec::new(),
-        };
-        let refuse = |error: String| RelayReply {
-            ok: false,
-            error: Some(error),
-            held: Vec::new(),
-        };
+        let ok = RelayReply::accepted();
+        let refuse = RelayReply::refused;
         match request {
             RelayRequest::Relay(record) => {
                 if fds.is_empty() || fds.len() != record.listen.len() {
