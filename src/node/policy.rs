@@ -32,6 +32,13 @@ pub const DATA_DIR_MODE: u32 = 0o755;
 /// plugin's membership records), only root's.
 pub const DEFAULT_AGENT_DIRS: &[&str] = &["/run/ros-macvlan"];
 pub const AGENT_DIR_MODE: u32 = 0o700;
+
+/// The agent's directory, as the directory of a socket the operator named (the agent's
+/// `--socket`, doctor's): trusted, not confined, since no tenant's config named it.
+pub fn agent_dir(agent_socket: &std::path::Path) -> crate::sys::confine::ConfinedPath {
+    let dir = agent_socket.parent().unwrap_or(std::path::Path::new("/"));
+    crate::sys::confine::ConfinedPath::trusted("agent socket", dir, AGENT_DIR_MODE)
+}
 /// The files host-local's `resolvConf` may name with no policy: the node's own resolver
 /// configuration, where Debian, systemd-resolved and most distributions keep it.
 pub const DEFAULT_RESOLV_CONF_FILES: &[&str] = &[

@@ -117,12 +117,7 @@ impl LanState {
 
     /// Beside a socket the operator named (the agent's `--socket`, doctor's).
     pub fn beside(agent_socket: &std::path::Path) -> LanState {
-        let dir = agent_socket.parent().unwrap_or(std::path::Path::new("/"));
-        LanState(ConfinedPath::trusted(
-            "agent socket",
-            dir,
-            crate::node::policy::AGENT_DIR_MODE,
-        ))
+        LanState(crate::node::policy::agent_dir(agent_socket))
     }
 
     /// The probes of `network`; empty when there are none (or they cannot be read).

@@ -33,7 +33,6 @@ use socket2::{InterfaceIndexOrAddress, SockRef};
 
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
-use crate::node::policy::AGENT_DIR_MODE;
 use crate::plugin::config::MacvlanConf;
 use crate::sys::confine::{ConfinedPath, Dir, Roots};
 use crate::sys::netns::{self, Netns, Presence};
@@ -197,8 +196,7 @@ impl RecordDir {
 impl<R: Stored> RecordDir<R> {
     /// The records of kind `R` beside a socket the operator named (the agent's `--socket`).
     pub fn kept_beside(agent_socket: &Path) -> RecordDir<R> {
-        let dir = agent_socket.parent().unwrap_or(Path::new("/"));
-        RecordDir::in_dir(ConfinedPath::trusted("agent socket", dir, AGENT_DIR_MODE))
+        RecordDir::in_dir(crate::node::policy::agent_dir(agent_socket))
     }
 
     /// The records beside a socket in a directory that passed `Roots::confine`.
