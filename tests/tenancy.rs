@@ -7,27 +7,11 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::*;
-
-/// Whether `from` gets an answer to one ping of `to` within a second.
-fn pings(from: &Ns, to: &str) -> bool {
-    Command::new("ip")
-        .args([
-            "netns", "exec", &from.name, "ping", "-c", "1", "-W", "1", to,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn has_net1(pod: &Pod) -> bool {
-    pod.ns.link_names().iter().any(|n| n == "net1")
-}
 
 /// A node whose LAN master `lan0` carries its address and default route, as the guide's
 /// `eth0` does, and another LAN host that pings it.

@@ -576,3 +576,20 @@ impl PyJudges {
         })
     }
 }
+
+/// Whether `from` gets an answer to one ping of `to` within a second.
+pub fn pings(from: &Ns, to: &str) -> bool {
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &from.name, "ping", "-c", "1", "-W", "1", to,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether the pod has a `net1`.
+pub fn has_net1(pod: &Pod) -> bool {
+    pod.ns.link_names().iter().any(|n| n == "net1")
+}

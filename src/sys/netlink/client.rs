@@ -337,6 +337,24 @@ impl Rtnl for Netlink {
         }
     }
 
+    fn routes_through(&self, family: Family, index: u32) -> Result<Vec<RouteEntry>> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = match family {
+            Family::V4 => AddressFamily::Inet,
+            Family::V6 => AddressFamily::Inet6,
+        };
+        // Strict checking with no table and an output device: the kernel lists every
+        // table's routes that use the device (fib_info_nh_uses_dev, fib6_info_uses_dev).
+        message.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        message.attributes.push(RouteAttribute::Oif(index));
+        let answers = self.query(
+            RouteNetlinkMessage::GetRoute(message),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            &format!("list the routes through link {index}"),
+        )?;
+        Ok(answers.into_iter().filter_map(route_of).collect())
+    }
+
     fn add_macvlan(&self, spec: &NewMacvlan<'_>) -> Result<()> {
         self.query(
             RouteNetlinkMessage::NewLink(macvlan_message(spec)),

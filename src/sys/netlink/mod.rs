@@ -457,6 +457,11 @@ pub trait Rtnl {
     fn ipv6_address_flags(&self, index: u32) -> Result<Vec<(IpNetwork, AddressFlags)>>;
     /// The routes of one family in one table.
     fn routes(&self, family: Family, table: u32) -> Result<Vec<RouteEntry>>;
+    /// Every route of one family, in every table (the local one too), that sends through
+    /// link `index`. The kernel does the matching: a route's own device, each leg of a
+    /// multipath route, and the devices of the nexthop objects and groups a route uses,
+    /// whatever `nexthop_compat_mode` says (such a route may then carry no `oif` at all).
+    fn routes_through(&self, family: Family, index: u32) -> Result<Vec<RouteEntry>>;
     fn add_macvlan(&self, spec: &NewMacvlan<'_>) -> Result<()>;
     /// Makes all `ops`, in order; the kernel carries out each whatever became of the ones
     /// before. The first failure (in order, "already so" not counted) is the error.

@@ -129,6 +129,27 @@ impl Fake {
         state.elsewhere.push((nsid, peer));
     }
 
+    /// Adds a link of any shape (its index is chosen here, the rest is `link`'s).
+    pub fn with_shaped(&self, mut link: Link) -> u32 {
+        let mut state = self.state.borrow_mut();
+        link.index = state.links.iter().map(|l| l.index).max().unwrap_or(0) + 1;
+        let index = link.index;
+        state.links.push(link);
+        index
+    }
+
+    /// Adds a link of another namespace (a veth's peer, its bridge, that bridge's ports).
+    pub fn with_elsewhere(&self, nsid: i32, link: Link) {
+        self.state.borrow_mut().elsewhere.push((nsid, link));
+    }
+
+    /// Makes link `index` a port of `controller` (a bridge, bond or VRF) as the admin would.
+    pub fn set_controller(&self, index: u32, controller: u32) {
+        if let Some(l) = self.state.borrow_mut().link_mut(index) {
+            l.controller = Some(controller);
+        }
+    }
+
     /// Sets a link's alias as someone else (not a request) would.
     pub fn set_alias(&self, index: u32, alias: &str) {
         if let Some(l) = self.state.borrow_mut().link_mut(index) {
@@ -352,6 +373,17 @@ impl Rtnl for Fake {
             .routes
             .iter()
             .filter(|r| r.table == table && r.dst.is_ipv4() == (family == Family::V4))
+            .cloned()
+            .collect())
+    }
+
+    fn routes_through(&self, family: Family, index: u32) -> Result<Vec<RouteEntry>> {
+        Ok(self
+            .state
+            .borrow()
+            .routes
+            .iter()
+            .filter(|r| r.oif == Some(index) && r.dst.is_ipv4() == (family == Family::V4))
             .cloned()
             .collect())
     }
