@@ -7,7 +7,7 @@ mod support;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ros_macvlan::plugin::membership::AgentClient;
+use ros_macvlan::agent::client::AgentClient;
 use support::*;
 
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);

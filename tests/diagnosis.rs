@@ -7,7 +7,8 @@ mod support;
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use ros_macvlan::plugin::membership::{self, AgentClient};
+use ros_macvlan::agent::client::AgentClient;
+use ros_macvlan::agent::{memberships, records};
 use serde_json::Value;
 use support::*;
 
@@ -121,7 +122,7 @@ impl<'a> Attached<'a> {
     /// kernel lists no membership (the old socket closes, the IGMP leave goes out).
     fn agent_holds_socket_joined_to(&self, groups: &[Ipv4Addr]) {
         let client = AgentClient::new(&self.agent.socket());
-        let key = membership::key_of("ros-net", &self.pod.container_id, "net1");
+        let key = records::key_of("ros-net", &self.pod.container_id, "net1");
         let record = client
             .list()
             .unwrap()
@@ -131,7 +132,7 @@ impl<'a> Attached<'a> {
         let index = self.pod.ns.ip_json(&["link", "show", "net1"])[0]["ifindex"]
             .as_u64()
             .unwrap() as u32;
-        let socket = membership::join(&self.pod.ns.handle(), index, groups).unwrap();
+        let socket = memberships::join(&self.pod.ns.handle(), index, groups).unwrap();
         client.hold(&record, &socket).unwrap();
     }
 }

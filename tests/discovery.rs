@@ -564,7 +564,7 @@ fn repeated_add_del_in_one_pod_does_not_exhaust_memberships() {
         detach(&node, &pod, &conf);
     }
     assert!(!pod.ns.read("/proc/net/igmp").contains("0100FFEF"));
-    let held = ros_macvlan::plugin::membership::AgentClient::new(&agent.socket())
+    let held = ros_macvlan::agent::client::AgentClient::new(&agent.socket())
         .list()
         .unwrap();
     assert!(held.is_empty(), "the agent still holds {held:?}");

@@ -222,7 +222,7 @@ fn example4_listener_hears_both_talkers_with_no_dds_configuration() {
         Vec::<String>::new(),
         "pods without membership; plugin log:\n{}\nagent: {:?}\n{}",
         node.plugin_log(),
-        ros_macvlan::plugin::membership::AgentClient::new(&node.agent_socket()).list(),
+        ros_macvlan::agent::client::AgentClient::new(&node.agent_socket()).list(),
         pods.iter()
             .map(|p| format!(
                 "{}: {:?}",
@@ -235,7 +235,7 @@ fn example4_listener_hears_both_talkers_with_no_dds_configuration() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let held = ros_macvlan::plugin::membership::AgentClient::new(&node.agent_socket())
+    let held = ros_macvlan::agent::client::AgentClient::new(&node.agent_socket())
         .list()
         .unwrap();
     assert_eq!(held.len(), 3, "the agent holds {held:?}");
@@ -344,7 +344,7 @@ fn pods_deleted_as_kubelet_does_leave_nothing_on_the_node() {
     };
     let pods = node.pods("conf/example4-talkers-listener.yaml");
     assert_eq!(node.data.claims("ros-net").len(), 3);
-    let records = ros_macvlan::plugin::membership::RecordDir::beside(&node.agent_socket());
+    let records = ros_macvlan::agent::records::RecordDir::beside(&node.agent_socket());
     assert_eq!(records.list().len(), 3);
     let addresses: Vec<String> = pods.iter().map(|p| node.pod_address(p)).collect();
     let links_before = node.node.ns.link_names();
@@ -385,7 +385,7 @@ fn pods_deleted_as_kubelet_does_leave_nothing_on_the_node() {
         ["lo", "lan0"],
         "links left on the node (before: {links_before:?})"
     );
-    let held = ros_macvlan::plugin::membership::AgentClient::new(&node.agent_socket())
+    let held = ros_macvlan::agent::client::AgentClient::new(&node.agent_socket())
         .list()
         .unwrap();
     assert!(held.is_empty(), "the agent still holds {held:?}");

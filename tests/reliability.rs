@@ -150,7 +150,7 @@ fn assert_nothing_left(step: &str, pod: &Pod, data: &DataDir, agent: &Agent) {
     );
     let eth0 = pod.ns.ip(&["link", "show", "eth0"]);
     assert!(eth0.contains("MULTICAST"), "{step}: eth0 left marked");
-    let held = ros_macvlan::plugin::membership::AgentClient::new(&agent.socket())
+    let held = ros_macvlan::agent::client::AgentClient::new(&agent.socket())
         .list()
         .unwrap();
     assert!(held.is_empty(), "{step}: the agent still holds {held:?}");

@@ -466,7 +466,7 @@ print(s.recv(4096).decode())
         agent.log()
     );
     // Root still is answered.
-    assert!(ros_macvlan::plugin::membership::AgentClient::new(&socket)
+    assert!(ros_macvlan::agent::client::AgentClient::new(&socket)
         .list()
         .is_ok());
 }

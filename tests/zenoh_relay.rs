@@ -11,8 +11,8 @@
 
 mod support;
 
-use ros_macvlan::plugin::membership::{AgentClient, RecordDir};
-use ros_macvlan::plugin::zenoh_relay::{self, RelayRecord};
+use ros_macvlan::agent::client::AgentClient;
+use ros_macvlan::agent::records::{RecordDir, RelayRecord};
 use serde_json::{json, Value};
 use support::*;
 
@@ -133,7 +133,7 @@ fn routers_given(scene: &Cluster) -> Vec<Vec<Option<std::net::SocketAddr>>> {
         .iter()
         .map(|n| {
             let client = AgentClient::new(&n.agent.borrow().socket());
-            let held = zenoh_relay::held(&client).unwrap();
+            let held = client.relays().unwrap();
             held.iter().map(|r| r.router).collect()
         })
         .collect()
@@ -234,7 +234,7 @@ fn rmw_zenoh_defaults_through_the_relay_two_nodes() {
 /// Three pods of ONE node: a publisher and two subscribers, each session on a router of
 /// its own, the three routers meeting through the node's hub. (Through one shared Zenoh
 /// 1.10 router, measured: no sample crosses, since a router routes nothing between the
-/// peers of its own south region; `tools::relay` explains.)
+/// peers of its own south region; `agent::relays` explains.)
 #[test]
 fn rmw_zenoh_defaults_in_three_pods_of_one_node() {
     relay_scene(&[3]);
@@ -309,7 +309,7 @@ fn the_router_daemonset_has_the_scenes_settings() {
         "{text}"
     );
     assert_eq!(
-        ros_macvlan::tools::relay::DEFAULT_ROUTERS,
+        ros_macvlan::agent::relays::DEFAULT_ROUTERS,
         format!("127.0.0.1:{FIRST_POD_ROUTER}-7463")
     );
     assert!(text.contains("hostNetwork: true") && text.contains("rmw_zenohd"));

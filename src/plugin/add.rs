@@ -5,16 +5,18 @@ use std::net::IpAddr;
 
 use nix::errno::Errno;
 
+use crate::agent::records::{ProbeAhead, Watched};
 use crate::cni::config::parse_mac;
 use crate::cni::env::CniEnv;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
 use crate::ipam::{Hints, Ipam};
+use crate::node::duplicate;
 use crate::node::policy::Policy;
 use crate::plugin::attachment::{Attachment, Namespaces};
 use crate::plugin::config::MacvlanConf;
 use crate::plugin::master::resolve_master;
-use crate::plugin::{dad, duplicate, membership, multicast, zenoh_relay};
+use crate::plugin::{dad, membership, multicast, zenoh_relay};
 use crate::sys::netlink::{
     format_mac, read_back, Ipv4Setting, Link, LinkChange, MacvlanMode, NewMacvlan, Op,
 };
@@ -275,7 +277,7 @@ impl Adding<'_> {
     /// What the node agent is to watch for this attachment on the LAN (its addresses,
     /// claimed by nobody else), and the network it probes ahead for (host-local with
     /// detection on, on a master in the node's namespace, where the agent runs).
-    fn watched(&self, link: &Link, result: &CniResult) -> membership::Watched {
+    fn watched(&self, link: &Link, result: &CniResult) -> Watched {
         let (conf, env) = (self.at.conf, self.at.env);
         let addresses = result
             .ips
@@ -289,7 +291,7 @@ impl Adding<'_> {
         let probe_ahead = self
             .detection()
             .filter(|_| !self.ns.master_in_pod)
-            .map(|detection| membership::ProbeAhead {
+            .map(|detection| ProbeAhead {
                 ipam: conf.ipam.clone(),
                 master: master.name.clone(),
                 master_mac: mac_of(master),
@@ -298,7 +300,7 @@ impl Adding<'_> {
         let pod = env
             .arg("K8S_POD_NAME")
             .map(|name| format!("{}/{name}", env.arg("K8S_POD_NAMESPACE").unwrap_or("-")));
-        membership::Watched {
+        Watched {
             addresses,
             mac: Some(mac_of(link)),
             pod,
@@ -312,7 +314,7 @@ impl Adding<'_> {
     /// one it heard claimed is passed over; any other is ARP-probed here. An address
     /// someone answers for is released and passed over.
     fn claim_unused_addresses(&mut self, link: &Link) -> Result<CniResult> {
-        use crate::plugin::lan_state::{now_ms, Verdict};
+        use crate::agent::lan_state::{now_ms, Verdict};
         let detection = self.detection();
         // The agent's probes are of the master in the node's namespace.
         let probes = match detection {

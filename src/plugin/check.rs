@@ -98,7 +98,7 @@ fn check_with(at: &Attachment<'_>, ns: &Namespaces, proc: &dyn Procfs) -> Result
         }
     }
     // Someone else on the LAN claims the pod's address (the node agent's watch).
-    let key = membership::key_of(&at.conf.name, &at.env.container_id, &at.env.ifname);
+    let key = crate::agent::records::key_of(&at.conf.name, &at.env.container_id, &at.env.ifname);
     if let Some(conflict) = at.agent.lan().conflict(&key) {
         return Err(Error::new(
             Kind::CheckFailed,
@@ -334,7 +334,8 @@ mod tests {
     /// A node agent at `socket` that answers `calls` requests, each with its holding the
     /// membership of net1 in this (the test's) namespace.
     fn agent_holding_net1(socket: &std::path::Path, calls: usize) -> std::thread::JoinHandle<()> {
-        use crate::plugin::membership::{MembershipRecord, Reply};
+        use crate::agent::protocol::Reply;
+        use crate::agent::records::MembershipRecord;
         use std::io::{BufRead, Write};
         let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
         let record = MembershipRecord {

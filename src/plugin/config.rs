@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::cni::config::{decode, parse_mac, NetConf};
 use crate::cni::{Error, Kind, Result};
-use crate::plugin::duplicate::Detection;
+use crate::node::duplicate::Detection;
 use crate::sys::netlink::MacvlanMode;
 
 /// The ROS-aware part, all on by default; an empty list turns its part off.

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,13 +13,12 @@ use crate::cni::result::CniResult;
 use crate::cni::skel::Answer;
 use crate::cni::version::{ResultShape, Version};
 use crate::cni::{Error, Kind, Result};
-use crate::ipam::store::{ClaimRecord, Store};
+use crate::ipam::store::Store;
 use crate::ipam::Ipam;
 use crate::plugin::config::{log_level_of, MacvlanConf};
 use crate::plugin::master::resolve_master;
-use crate::sys::confine::{self, ConfinedPath, Roots};
+use crate::sys::confine::{self, Roots};
 use crate::sys::netlink::Netlink;
-use crate::sys::netns::{self, Presence};
 
 /// GC: releases every claim of this network held by no valid attachment. Only claims
 /// inside the config's own ranges are this network's to release: a config is a tenant's,
@@ -61,66 +59,6 @@ pub fn gc(conf: &MacvlanConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
         Ipam::Delegate(d) => d.exec("GC", env, &conf.raw).map(drop),
         Ipam::None => Ok(()),
     }
-}
-
-/// An attachment whose pod is gone, released by `orphans`.
-#[derive(Debug)]
-pub struct Orphan {
-    pub network: String,
-    pub record: ClaimRecord,
-}
-
-/// What one round of `release_orphans` did: what it released, and what it kept because it
-/// could not tell the pod gone (each with why).
-#[derive(Debug, Default)]
-pub struct Sweep {
-    pub released: Vec<Orphan>,
-    pub kept: Vec<String>,
-}
-
-/// `ros-macvlan gc`: releases, in every network of `data_dir`, the claims whose record names
-/// a netns that is positively gone (`netns::presence`: the pod vanished without a DEL, a
-/// reboot, a lost DEL). Claims without a record (made by the reference plugin) are left
-/// alone: nothing tells whether their pod lives. The operator names `data_dir`; below it no
-/// symlink is followed.
-pub fn release_orphans(data_dir: &Path) -> Result<Sweep> {
-    let mut sweep = Sweep::default();
-    let data = ConfinedPath::trusted("--data-dir", data_dir, crate::node::policy::DATA_DIR_MODE);
-    let Some(dir) = data.open_dir()? else {
-        return Ok(sweep);
-    };
-    let networks = dir
-        .entries()
-        .map_err(|e| Error::io(format!("read {}", data_dir.display()), e))?;
-    for network in networks
-        .into_iter()
-        .filter(|(_, is_dir)| *is_dir)
-        .filter_map(|(name, _)| name.into_string().ok())
-    {
-        let Some(store) = Store::open_existing(&data, &network)? else {
-            continue;
-        };
-        for record in store.records() {
-            match netns::presence(&record.netns, None) {
-                Presence::Here => continue,
-                Presence::Unknown(why) => {
-                    sweep.kept.push(format!(
-                        "kept {:?} of network {network} (container {}): {why}",
-                        record.ips, record.container_id
-                    ));
-                    continue;
-                }
-                Presence::Gone(_) => {}
-            }
-            store.release_listed(&record.ips, &record.container_id, &record.ifname)?;
-            store.remove_record(&record.container_id, &record.ifname);
-            sweep.released.push(Orphan {
-                network: network.clone(),
-                record,
-            });
-        }
-    }
-    Ok(sweep)
 }
 
 /// STATUS: ready when the master is there and up and an address is left to hand out.

@@ -8,8 +8,6 @@ pub mod config;
 pub mod dad;
 pub mod del;
 pub mod diagnosis;
-pub mod duplicate;
-pub mod lan_state;
 pub mod lifecycle;
 pub mod master;
 pub mod membership;

@@ -1,5 +1,5 @@
 //! The process's logger: `log` records on stderr with a timestamp and a level, filtered by
-//! `ROS_MACVLAN_LOG` (env_logger's syntax: `debug`, or `ros_macvlan::tools::lan_watch=debug`).
+//! `ROS_MACVLAN_LOG` (env_logger's syntax: `debug`, or `ros_macvlan::agent::lan_watch=debug`).
 //! The node agent and the operator tools log at `info` by default; the plugin, whose one
 //! line per invocation goes to its own log (plugin::lifecycle), only at `warn`, so that a
 //! runtime that keeps a plugin's stderr sees what went wrong and nothing else.

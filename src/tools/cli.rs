@@ -119,8 +119,8 @@ struct AgentArgs {
     /// The node's Zenoh routers for pods (HOST:FIRST-LAST, or HOST:PORT for one, in the
     /// agent's network namespace): the relay of each pod of a network with "zenoh" forwards
     /// its localhost:7447 to one of them, a router of its own
-    #[arg(long, default_value = crate::tools::relay::DEFAULT_ROUTERS)]
-    zenoh_routers: crate::tools::relay::RouterPool,
+    #[arg(long, default_value = crate::agent::relays::DEFAULT_ROUTERS)]
+    zenoh_routers: crate::agent::relays::RouterPool,
 }
 
 #[derive(Args)]
@@ -209,7 +209,7 @@ pub fn main(args: &[String]) -> i32 {
     };
     match cli.command {
         Sub::Demo => crate::tools::demo::run(),
-        Sub::Agent(a) => crate::tools::agent::run(crate::tools::agent::Options {
+        Sub::Agent(a) => crate::agent::lifecycle::run(crate::agent::lifecycle::Options {
             socket: a.socket,
             cni_bin_dir: a.cni_bin_dir,
             policy: a.policy.pair(),
@@ -222,22 +222,7 @@ pub fn main(args: &[String]) -> i32 {
             verify: a.verify,
             stay: a.stay,
         }),
-        Sub::Gc { data_dir, every } => loop {
-            let code = match crate::tools::gc::once(&data_dir) {
-                Ok(report) => {
-                    report.iter().for_each(|l| println!("{l}"));
-                    0
-                }
-                Err(e) => {
-                    log::error!("{e}");
-                    1
-                }
-            };
-            match every {
-                Some(secs) => std::thread::sleep(Duration::from_secs(secs)),
-                None => return code,
-            }
-        },
+        Sub::Gc { data_dir, every } => crate::tools::gc::main(&data_dir, every),
         Sub::Probe {
             pod,
             all_domains,

@@ -1,18 +1,22 @@
 //! `ros-macvlan doctor`: checks a pod's discovery path step by step and says, for each
 //! broken step, how to fix it.
 
+use std::io;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use etherparse::Ipv4HeaderSlice;
 use ipnetwork::IpNetwork;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::agent::client::AgentClient;
+use crate::agent::records::RecordDir;
 use crate::node::host_access;
 use crate::plugin::config::MulticastConf;
 use crate::plugin::diagnosis::{self, Expected, Finding, Verdict};
-use crate::plugin::membership::{self, AgentClient};
+use crate::plugin::membership;
 use crate::sys::netlink::{Netlink, Rtnl};
 use crate::sys::netns::Netns;
 use crate::tools::probe;
@@ -60,7 +64,7 @@ pub fn run(opts: &Options) -> Vec<Finding> {
     }
     checks.extend(live_checks(&ns, opts));
     // Zenoh relay (issue 24): on a pod of a `zenoh` network, its localhost:7447 answers.
-    checks.extend(crate::tools::relay::doctor_check(&ns, &opts.agent_socket));
+    checks.extend(zenoh_relay_check(&ns, &opts.agent_socket));
     checks
 }
 
@@ -94,11 +98,11 @@ fn static_checks(ns: &Netns, opts: &Options) -> crate::cni::Result<Vec<Finding>>
 /// of this interface of this pod.
 fn address_conflict(ns: &Netns, opts: &Options) -> Option<Finding> {
     let inode = ns.inode().ok()?;
-    let record = membership::RecordDir::beside(&opts.agent_socket)
+    let record = RecordDir::beside(&opts.agent_socket)
         .list()
         .into_iter()
         .find(|r| r.netns_inode == inode && r.ifname == opts.iface)?;
-    let lan = crate::plugin::lan_state::LanState::beside(&opts.agent_socket);
+    let lan = crate::agent::lan_state::LanState::beside(&opts.agent_socket);
     Some(match lan.conflict(&record.key()) {
         Some(c) => Finding::fail(
             "address conflict",
@@ -504,4 +508,68 @@ fn host_probe(shim: &host_access::ShimState, domain: u16, seconds: f64) -> Vec<F
             ),
         )
     }]
+}
+
+/// doctor: on a pod the agent relays for, whether its localhost answers: a connection to
+/// each relayed address is accepted and stays open (the router waits for the session's
+/// handshake), rather than being closed (no router behind the relay).
+fn zenoh_relay_check(ns: &Netns, agent_socket: &std::path::Path) -> Option<Finding> {
+    let record = AgentClient::new(agent_socket).relay_in(ns)?;
+    let mut problems = Vec::new();
+    for addr in &record.listen {
+        let answered = ns
+            .run(|| std::net::TcpStream::connect_timeout(addr, crate::agent::relays::ROUTER_WAIT))
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        match answered.and_then(|s| stays_open(&s)) {
+            Ok(true) => {}
+            Ok(false) => problems.push(format!(
+                "{addr} accepted, then closed: no router answers the relay"
+            )),
+            Err(e) => problems.push(format!("{addr}: {e}")),
+        }
+    }
+    let addrs: Vec<String> = record.listen.iter().map(|a| a.to_string()).collect();
+    Some(if problems.is_empty() {
+        Finding::pass(
+            "zenoh router",
+            format!(
+                "{} answers (the node agent relays it to the pod's Zenoh router {}; network {})",
+                addrs.join(" and "),
+                record
+                    .router
+                    .map_or_else(|| "?".to_owned(), |r| r.to_string()),
+                record.attachment.network
+            ),
+        )
+    } else {
+        Finding::fail(
+            "zenoh router",
+            problems.join("; "),
+            format!(
+                "check that the node's Zenoh routers run (conf/zenoh-router-daemonset.yaml), this pod's at {} (the agent's --zenoh-routers), and the agent's log",
+                record.router.map_or_else(|| "?".to_owned(), |r| r.to_string())
+            ),
+        )
+    })
+}
+
+/// Whether the peer keeps a fresh connection open for a moment.
+fn stays_open(stream: &std::net::TcpStream) -> io::Result<bool> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+    match (&*stream).read(&mut [0u8; 1]) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(false),
+        Err(e) => Err(e),
+    }
 }

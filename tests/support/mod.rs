@@ -36,12 +36,12 @@ pub fn require_root() -> bool {
 /// What the tests ask of an agent beyond what the demo's scene needs.
 pub trait AgentExt {
     /// Where the plugin keeps this agent's membership records.
-    fn records(&self) -> ros_macvlan::plugin::membership::RecordDir;
+    fn records(&self) -> ros_macvlan::agent::records::RecordDir;
 }
 
 impl AgentExt for Agent {
-    fn records(&self) -> ros_macvlan::plugin::membership::RecordDir {
-        ros_macvlan::plugin::membership::RecordDir::beside(&self.socket())
+    fn records(&self) -> ros_macvlan::agent::records::RecordDir {
+        ros_macvlan::agent::records::RecordDir::beside(&self.socket())
     }
 }
 

@@ -570,7 +570,7 @@ state = "{d}/state"
     }
 
     fn wait_agent_listening(&mut self) {
-        let client = ros_macvlan::plugin::membership::AgentClient::new(&self.agent_socket());
+        let client = ros_macvlan::agent::client::AgentClient::new(&self.agent_socket());
         let start = Instant::now();
         while client.list().is_err() {
             if start.elapsed() > Duration::from_secs(20) {

@@ -345,7 +345,7 @@ impl Agent {
             .spawn()
             .expect("start ros-macvlan agent");
         self.child = Some(child);
-        let client = crate::plugin::membership::AgentClient::new(&self.socket());
+        let client = crate::agent::client::AgentClient::new(&self.socket());
         for _ in 0..200 {
             if client.list().is_ok() {
                 return;

@@ -8,7 +8,7 @@
 //! - `conflicts/<attachment key>.json`: someone else on the LAN claims a pod's address
 //!   (answers ARP for it, announces it, probes for it), seen by the agent's watch after ADD.
 //!
-//! Both are written whole and renamed into place by the agent (`tools::lan_watch`).
+//! Both are written whole and renamed into place by the agent (`agent::lan_watch`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -1,7 +1,7 @@
 //! The node agent's watch on the LAN, on a thread of its own (it blocks in poll and keeps
 //! ARP sockets in many namespaces; the agent's loop never waits on it). It reads what to do
 //! from the plugin's membership records, as the agent's holder does, and writes what it
-//! finds into the agent's directory (`plugin::lan_state`), where ADD, CHECK and doctor read
+//! finds into the agent's directory (`agent::lan_state`), where ADD, CHECK and doctor read
 //! it:
 //!
 //! - **Probing ahead.** For every network whose attachments ask for it (host-local with
@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::agent::lan_state::{now_ms, Conflict, LanState, Probed, Probes, FRESH, REPROBE};
+use crate::agent::records::{MembershipRecord, ProbeAhead, RecordDir};
 use crate::ipam::host_local::HostLocalConf;
-use crate::plugin::duplicate::{ArpSocket, Claim, Detection};
-use crate::plugin::lan_state::{now_ms, Conflict, LanState, Probed, Probes, FRESH, REPROBE};
-use crate::plugin::membership::{MembershipRecord, ProbeAhead, RecordDir};
+use crate::node::duplicate::{ArpSocket, Claim, Detection};
 use crate::sys::confine::{Readable, Roots};
 use crate::sys::netlink::format_mac;
 use crate::sys::netns::{Netns, Presence};

@@ -1,4 +1,4 @@
-//! The node agent's Zenoh relays (`plugin::zenoh_relay` is the plugin's side): for each pod
+//! The agent's duty of the Zenoh relays (`plugin::zenoh_relay` is the plugin's side): for each pod
 //! of a network that opts in, the agent holds the listening sockets ADD opened on the pod's
 //! localhost:7447, accepts the pod's rmw_zenoh sessions on them and forwards each
 //! connection, a bidirectional byte copy, to a Zenoh router of the node's own: one of the
@@ -20,19 +20,22 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::plugin::diagnosis::Finding;
-use crate::plugin::membership::{AgentClient, RecordDir, Stored};
-use crate::plugin::zenoh_relay::{self, RelayRecord, RelayReply, RelayRequest, Unbound};
+use crate::agent::protocol::Reply;
+use crate::agent::records::{RecordDir, RelayRecord, Stored};
 use crate::sys::netns::Netns;
+
+/// The agent's answer to a relay request (`held`: the relays).
+type RelayReply = Reply<RelayRecord>;
 
 /// The node's routers for pods unless `--zenoh-routers` says otherwise: the router
 /// DaemonSet's (host network) on the node's loopback, ports 7448 to 7463 (its hub, which
@@ -99,7 +102,7 @@ impl RouterPool {
 pub const MAX_CONNECTIONS_PER_POD: usize = 64;
 pub const MAX_CONNECTIONS: usize = 2048;
 /// How long a relayed connection waits for the node's router to accept.
-const ROUTER_WAIT: Duration = Duration::from_secs(2);
+pub const ROUTER_WAIT: Duration = Duration::from_secs(2);
 /// Copy buffers per direction of a relayed connection.
 const BUFFER: usize = 32 * 1024;
 
@@ -140,28 +143,31 @@ impl Relays {
         }
     }
 
-    /// Answers a relay request (called from within the agent's runtime).
-    pub fn handle(&mut self, request: RelayRequest, fds: Vec<OwnedFd>) -> RelayReply {
-        let ok = RelayReply::accepted();
-        let refuse = RelayReply::refused;
-        match request {
-            RelayRequest::Relay(record) => {
-                if fds.is_empty() || fds.len() != record.listen.len() {
-                    return refuse("relay needs one listening socket per address in listen".into());
-                }
-                match self.hold(*record, fds, "handed over by ADD") {
-                    Ok(()) => ok,
-                    Err(e) => refuse(format!("cannot relay: {e}")),
-                }
-            }
-            RelayRequest::DropRelay { key } => {
-                self.let_go(&key, "DEL");
-                ok
-            }
-            RelayRequest::Relays => RelayReply {
-                held: self.held.values().map(|r| r.record.clone()).collect(),
-                ..ok
-            },
+    /// `Request::Relay`: relays the listeners ADD passed along (called from within the
+    /// agent's runtime).
+    pub fn take(&mut self, record: RelayRecord, fds: Vec<OwnedFd>) -> RelayReply {
+        if fds.is_empty() || fds.len() != record.listen.len() {
+            return RelayReply::refused(
+                "relay needs one listening socket per address in listen".into(),
+            );
+        }
+        match self.hold(record, fds, "handed over by ADD") {
+            Ok(()) => RelayReply::accepted(),
+            Err(e) => RelayReply::refused(format!("cannot relay: {e}")),
+        }
+    }
+
+    /// `Request::DropRelay`: DEL closes an attachment's relay.
+    pub fn drop_key(&mut self, key: &str) -> RelayReply {
+        self.let_go(key, "DEL");
+        RelayReply::accepted()
+    }
+
+    /// `Request::Relays`: the relays held now.
+    pub fn listing(&self) -> RelayReply {
+        RelayReply {
+            held: self.held.values().map(|r| r.record.clone()).collect(),
+            ..RelayReply::accepted()
         }
     }
 
@@ -255,10 +261,63 @@ impl Relays {
     }
 }
 
+/// Why listeners could not be opened.
+#[derive(Debug)]
+pub enum Unbound {
+    /// Something in the pod listens there already (its own router, another attachment's relay).
+    Taken(SocketAddr),
+    Failed(SocketAddr, io::Error),
+}
+
+/// Opens listening TCP sockets on `addrs` inside `ns`. An IPv6 address the pod cannot have
+/// (IPv6 off) is passed over when `optional_v6`; the loopback need not be up yet (freebind:
+/// the runtime may bring `lo` up after this ADD).
+pub fn bind(
+    ns: &Netns,
+    addrs: &[SocketAddr],
+    optional_v6: bool,
+) -> std::result::Result<Vec<(SocketAddr, OwnedFd)>, Unbound> {
+    let first = addrs.first().copied().ok_or_else(|| {
+        Unbound::Failed(
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            io::Error::other("no address to listen on"),
+        )
+    })?;
+    let addrs = addrs.to_vec();
+    ns.run(move || {
+        let mut bound = Vec::new();
+        for addr in addrs {
+            match listener(addr) {
+                Ok(fd) => bound.push((addr, fd)),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(Unbound::Taken(addr)),
+                Err(_) if optional_v6 && addr.is_ipv6() => {}
+                Err(e) => return Err(Unbound::Failed(addr, e)),
+            }
+        }
+        Ok(bound)
+    })
+    .map_err(|e| Unbound::Failed(first, io::Error::other(e.to_string())))?
+}
+
+fn listener(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Re-binding after an agent restart must not wait for the old connections' TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_v6(true)?;
+    } else {
+        socket.set_freebind_v4(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
+}
+
 /// Binds a record's listeners again, in its namespace.
 fn reopen(record: &RelayRecord) -> io::Result<Vec<OwnedFd>> {
     let ns = record.attachment.open_netns()?;
-    match zenoh_relay::bind(&ns, &record.listen, false) {
+    match bind(&ns, &record.listen, false) {
         Ok(bound) => Ok(bound.into_iter().map(|(_, fd)| fd).collect()),
         Err(Unbound::Taken(addr)) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
@@ -342,70 +401,6 @@ async fn forward(mut pod: TcpStream, router: SocketAddr, router_down: &AtomicBoo
 fn said_down(router: SocketAddr, router_down: &AtomicBool, why: &str) {
     if !router_down.swap(true, Ordering::SeqCst) {
         log::warn!("agent: the Zenoh router at {router} does not answer ({why}); relayed connections are closed until it does");
-    }
-}
-
-/// doctor: on a pod the agent relays for, whether its localhost answers: a connection to
-/// each relayed address is accepted and stays open (the router waits for the session's
-/// handshake), rather than being closed (no router behind the relay).
-pub fn doctor_check(ns: &Netns, agent_socket: &std::path::Path) -> Option<Finding> {
-    let record = zenoh_relay::held_in(&AgentClient::new(agent_socket), ns)?;
-    let mut problems = Vec::new();
-    for addr in &record.listen {
-        let answered = ns
-            .run(|| std::net::TcpStream::connect_timeout(addr, ROUTER_WAIT))
-            .map_err(|e| io::Error::other(e.to_string()))
-            .and_then(|r| r);
-        match answered.and_then(|s| stays_open(&s)) {
-            Ok(true) => {}
-            Ok(false) => problems.push(format!(
-                "{addr} accepted, then closed: no router answers the relay"
-            )),
-            Err(e) => problems.push(format!("{addr}: {e}")),
-        }
-    }
-    let addrs: Vec<String> = record.listen.iter().map(|a| a.to_string()).collect();
-    Some(if problems.is_empty() {
-        Finding::pass(
-            "zenoh router",
-            format!(
-                "{} answers (the node agent relays it to the pod's Zenoh router {}; network {})",
-                addrs.join(" and "),
-                record
-                    .router
-                    .map_or_else(|| "?".to_owned(), |r| r.to_string()),
-                record.attachment.network
-            ),
-        )
-    } else {
-        Finding::fail(
-            "zenoh router",
-            problems.join("; "),
-            format!(
-                "check that the node's Zenoh routers run (conf/zenoh-router-daemonset.yaml), this pod's at {} (the agent's --zenoh-routers), and the agent's log",
-                record.router.map_or_else(|| "?".to_owned(), |r| r.to_string())
-            ),
-        )
-    })
-}
-
-/// Whether the peer keeps a fresh connection open for a moment.
-fn stays_open(stream: &std::net::TcpStream) -> io::Result<bool> {
-    use std::io::Read;
-    stream.set_read_timeout(Some(Duration::from_millis(300)))?;
-    match (&*stream).read(&mut [0u8; 1]) {
-        Ok(0) => Ok(false),
-        Ok(_) => Ok(true),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Ok(true)
-        }
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(false),
-        Err(e) => Err(e),
     }
 }
 

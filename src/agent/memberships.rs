@@ -1,0 +1,190 @@
+//! The agent's duty of the memberships (see `plugin::membership` for why a socket holds
+//! them): the sockets ADD hands over, let go on DEL, re-created from the records after the
+//! agent's own restart (and for attachments added while it was not running), and let go
+//! when the pod's netns path is gone or names another namespace, since a socket keeps its
+//! namespace (and the macvlan in it, which would still answer ARP for a released address)
+//! alive.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use socket2::{InterfaceIndexOrAddress, SockRef};
+
+use crate::agent::protocol::Reply;
+use crate::agent::records::{MembershipRecord, RecordDir};
+use crate::sys::netns::Netns;
+
+/// The most memberships one agent holds (a socket each): a node runs far fewer pods, and
+/// the bound keeps a flood of ADDs (or records) from exhausting the agent's descriptors.
+pub const MAX_HELD: usize = 4096;
+
+/// Opens a UDP socket inside `ns` and joins `groups` on interface `index` with it. The
+/// memberships last as long as the socket (and any copy of it) stays open.
+pub fn join(ns: &Netns, index: u32, groups: &[Ipv4Addr]) -> io::Result<OwnedFd> {
+    let sock = ns
+        .run(|| {
+            socket(
+                AddressFamily::Inet,
+                SockType::Datagram,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+        })
+        .map_err(|e| io::Error::other(e.to_string()))??;
+    for group in groups {
+        add_membership(&sock, *group, index)?;
+    }
+    Ok(sock)
+}
+
+/// IP_ADD_MEMBERSHIP naming the interface by index (an `ip_mreqn`), not by address: the
+/// macvlan may have no IPv4 address.
+fn add_membership(sock: &OwnedFd, group: Ipv4Addr, index: u32) -> io::Result<()> {
+    SockRef::from(sock)
+        .join_multicast_v4_n(&group, &InterfaceIndexOrAddress::Index(index))
+        .map_err(|e| io::Error::new(e.kind(), format!("join {group} on interface {index}: {e}")))
+}
+
+/// A membership held: the record it was made for and the socket that holds it.
+struct Held {
+    record: MembershipRecord,
+    _socket: OwnedFd,
+}
+
+/// The memberships the agent holds, and the records that say which it should.
+pub struct Memberships {
+    records: RecordDir,
+    held: HashMap<String, Held>,
+    /// Keys whose re-creation failed once, so the log says so once, not every sweep.
+    failing: HashSet<String>,
+    /// Keys whose netns could not be told present or gone, said once likewise.
+    unsure: HashSet<String>,
+}
+
+impl Memberships {
+    pub fn new(records: RecordDir) -> Memberships {
+        Memberships {
+            records,
+            held: HashMap::new(),
+            failing: HashSet::new(),
+            unsure: HashSet::new(),
+        }
+    }
+
+    /// `Request::Hold`: holds the socket ADD passed along, within the bound.
+    pub fn take(&mut self, record: MembershipRecord, mut fds: Vec<OwnedFd>) -> Reply {
+        match fds.pop() {
+            Some(socket) if self.has_room_for(&record.key()) => {
+                self.hold(record, socket, "handed over by ADD");
+                Reply::accepted()
+            }
+            Some(_) => Reply::refused(format!(
+                "the agent holds {MAX_HELD} memberships already, its bound; not held"
+            )),
+            None => Reply::refused("hold needs the socket passed with the request".into()),
+        }
+    }
+
+    /// `Request::Drop`: DEL lets go of an attachment's socket.
+    pub fn drop_key(&mut self, key: &str) -> Reply {
+        self.let_go(key, "DEL");
+        Reply::accepted()
+    }
+
+    /// `Request::List`: the memberships held now.
+    pub fn listing(&self) -> Reply {
+        Reply {
+            held: self.held.values().map(|h| h.record.clone()).collect(),
+            ..Reply::accepted()
+        }
+    }
+
+    /// Whether one more membership (or a new socket for a held key) fits the bound.
+    fn has_room_for(&self, key: &str) -> bool {
+        self.held.len() < MAX_HELD || self.held.contains_key(key)
+    }
+
+    fn hold(&mut self, record: MembershipRecord, socket: OwnedFd, why: &str) {
+        let key = record.key();
+        log::info!(
+            "agent: holding {key}: {:?} on {} in {} ({why})",
+            record.groups,
+            record.ifname,
+            record.netns
+        );
+        self.failing.remove(&key);
+        // A socket already held for the key (a repeated ADD) closes only after the new one
+        // joined, so the membership never lapses.
+        self.held.insert(
+            key,
+            Held {
+                record,
+                _socket: socket,
+            },
+        );
+    }
+
+    fn let_go(&mut self, key: &str, why: &str) {
+        if self.held.remove(key).is_some() {
+            log::info!("agent: let go of {key} ({why})");
+        }
+    }
+
+    /// Makes what is held match the records: a record whose netns is positively gone (or
+    /// is another namespace now) is removed with its membership; a held membership without
+    /// a record (its DEL's message was lost) ends; a record not held is joined again. A
+    /// netns that cannot be told gone is kept, and said once.
+    pub fn reconcile(&mut self) {
+        let held: HashSet<String> = self.held.keys().cloned().collect();
+        let due = self.records.due(&held);
+        for key in due.unrecorded {
+            self.let_go(&key, "its record is gone");
+        }
+        for (key, why) in due.gone {
+            self.let_go(&key, &why);
+            log::info!("agent: forgetting {key}: {why}");
+            self.failing.remove(&key);
+        }
+        // Said once while a namespace cannot be told present or gone, again if it comes back.
+        let unsure: HashSet<&String> = due.unsure.iter().map(|(key, _)| key).collect();
+        self.unsure.retain(|key| unsure.contains(key));
+        for (key, why) in &due.unsure {
+            if self.unsure.insert(key.clone()) {
+                log::warn!("agent: keeping {key}: {why}");
+            }
+        }
+        for record in due.missing {
+            let key = record.key();
+            if !self.has_room_for(&key) {
+                if self.failing.insert(key.clone()) {
+                    log::warn!(
+                        "agent: not re-creating {key}: {MAX_HELD} memberships held, the bound"
+                    );
+                }
+                continue;
+            }
+            match rejoin(&record) {
+                Ok(socket) => self.hold(record, socket, "re-created from its record"),
+                Err(e) => {
+                    if self.failing.insert(key.clone()) {
+                        log::warn!("agent: cannot re-create {key}: {e} (retrying)");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Joins a record's groups again, in its namespace, on its interface.
+fn rejoin(record: &MembershipRecord) -> io::Result<OwnedFd> {
+    let ns = record.open_netns()?;
+    let ifname = record.ifname.clone();
+    let index = ns
+        .run(|| nix::net::if_::if_nametoindex(ifname.as_str()))
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .map_err(|e| io::Error::other(format!("{}: {e}", record.ifname)))?;
+    join(&ns, index, &record.groups)
+}

@@ -1,0 +1,143 @@
+//! What the plugin (and the operator's tools) ask of the node agent on its unix socket, and
+//! what it answers: one JSON line each way per connection, with the descriptors a request
+//! hands over (the membership socket, the relay's listeners) passed along (SCM_RIGHTS) on
+//! its first bytes.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::records::{MembershipRecord, RelayRecord};
+
+/// How long ADD and DEL wait for the agent at most: a pod start is never held up longer.
+pub const AGENT_WAIT: Duration = Duration::from_millis(1000);
+
+/// A request or reply is one JSON line; anything longer is not ours.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Every request the agent answers, tagged by its name (`{"hold": {...}}`, `"list"`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Request {
+    /// Hold the socket passed with this message (SCM_RIGHTS) for this attachment.
+    Hold(Box<MembershipRecord>),
+    /// Let go of the attachment's socket: its memberships end (the IGMP leave goes out).
+    Drop { key: String },
+    /// The memberships held now.
+    List,
+    /// Relay the listening sockets passed with this message (SCM_RIGHTS, in `listen`'s order).
+    Relay(Box<RelayRecord>),
+    /// Close the attachment's listeners and its connections.
+    DropRelay { key: String },
+    /// The relays held now.
+    Relays,
+}
+
+impl Request {
+    /// Parses a complete request line.
+    pub fn parse(line: &[u8]) -> io::Result<Request> {
+        serde_json::from_slice(line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// The agent's one answer to every request: done or refused (and why), and what it holds,
+/// of the kind asked (memberships, or relays).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reply<T = MembershipRecord> {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default = "Vec::new", skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<T>,
+}
+
+impl<T> Reply<T> {
+    /// Done (what is held, if asked, goes in `held`).
+    pub fn accepted() -> Reply<T> {
+        Reply {
+            ok: true,
+            error: None,
+            held: Vec::new(),
+        }
+    }
+
+    /// Not done, and why.
+    pub fn refused(error: String) -> Reply<T> {
+        Reply {
+            ok: false,
+            error: Some(error),
+            ..Reply::accepted()
+        }
+    }
+
+    /// The reply, or the agent's words for its refusal.
+    pub fn into_result(self) -> std::result::Result<Reply<T>, String> {
+        if self.ok {
+            Ok(self)
+        } else {
+            Err(self.error.unwrap_or_else(|| "refused".into()))
+        }
+    }
+}
+
+/// Reads one request line from a connected stream, with any descriptors passed along.
+/// Used by the agent on a non-blocking socket it has seen readable; returns what arrived.
+pub fn receive_chunk(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            // SAFETY: the kernel just installed these descriptors for this process.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|r| unsafe { OwnedFd::from_raw_fd(r) }),
+            );
+        }
+    }
+    Ok(msg.bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::records::tests::record;
+
+    #[test]
+    fn requests_are_one_json_line_each() {
+        let line = serde_json::to_string(&Request::Hold(Box::new(record()))).unwrap();
+        assert!(!line.contains('\n'));
+        assert!(
+            matches!(Request::parse(line.as_bytes()).unwrap(), Request::Hold(r) if *r == record())
+        );
+        assert!(matches!(
+            Request::parse(br#"{"drop":{"key":"a:b:c"}}"#).unwrap(),
+            Request::Drop { key } if key == "a:b:c"
+        ));
+        assert!(Request::parse(b"{\"hold\":").is_err());
+    }
+
+    #[test]
+    fn relay_requests_keep_their_names_on_the_wire() {
+        let line = serde_json::to_string(&Request::DropRelay {
+            key: "a:b:c".into(),
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"dropRelay":{"key":"a:b:c"}}"#);
+        assert!(matches!(
+            Request::parse(line.as_bytes()).unwrap(),
+            Request::DropRelay { key } if key == "a:b:c"
+        ));
+        assert!(matches!(
+            Request::parse(br#""relays""#).unwrap(),
+            Request::Relays
+        ));
+        assert!(Request::parse(br#"{"relays":{"key":"a:b:c"},"x":1}"#).is_err());
+    }
+}

@@ -1,0 +1,396 @@
+//! What the plugin writes beside the agent's socket for the agent, one JSON file per
+//! attachment: the memberships to hold (`MembershipRecord`) and the Zenoh relays to open
+//! (`RelayRecord`), each kind in a directory of its own. The agent re-creates what they say
+//! after its own restart (and for attachments added while no agent ran), and lets go of
+//! what a record no longer backs (`RecordDir::due`).
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::cni::{Error, Kind, Result};
+use crate::sys::confine::{ConfinedPath, Dir};
+use crate::sys::netns::{self, Netns, Presence};
+
+/// One attachment's memberships: what to join, on which interface of which netns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembershipRecord {
+    pub network: String,
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+    /// The pod's netns path, and the inode of the namespace it named at ADD: a path that is
+    /// gone or names another namespace (its pod is gone, a DEL was lost) ends the membership.
+    pub netns: String,
+    pub netns_inode: u64,
+    pub groups: Vec<Ipv4Addr>,
+    /// What the node agent watches on the LAN for this attachment (`lan_watch`): absent in
+    /// records of earlier versions.
+    #[serde(default, flatten)]
+    pub lan: Watched,
+}
+
+/// What the agent needs to watch an attachment's addresses on the LAN, and to probe ahead
+/// the addresses its network hands out next.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Watched {
+    /// The interface's IPv4 addresses and MAC.
+    #[serde(default)]
+    pub addresses: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
+    /// `namespace/name` of the pod, for the agent's log.
+    #[serde(default)]
+    pub pod: Option<String>,
+    #[serde(default)]
+    pub probe_ahead: Option<ProbeAhead>,
+}
+
+/// A network whose next addresses the agent probes: its host-local `ipam` object (as ADD
+/// validated it), the master it hangs off and that master's MAC, and how hard to probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeAhead {
+    pub ipam: serde_json::Value,
+    pub master: String,
+    pub master_mac: [u8; 6],
+    pub detection: crate::node::duplicate::Detection,
+}
+
+/// What the agent keeps a record of beside its socket, one JSON file a key: memberships
+/// here, the Zenoh relays (`RelayRecord`) in a directory of their own.
+pub trait Stored: Serialize + DeserializeOwned {
+    /// The directory of these records, beside the agent's socket.
+    const DIR: &'static str;
+    fn key(&self) -> String;
+    /// Whether the record's namespace is still there.
+    fn presence(&self) -> Presence;
+}
+
+impl Stored for MembershipRecord {
+    const DIR: &'static str = RECORDS;
+    fn key(&self) -> String {
+        MembershipRecord::key(self)
+    }
+    fn presence(&self) -> Presence {
+        MembershipRecord::presence(self)
+    }
+}
+
+/// What a sweep of the records finds against what an agent holds (`RecordDir::due`).
+#[derive(Debug)]
+pub struct Due<R> {
+    /// Held, but with no record left (the DEL's message was lost): to let go of.
+    pub unrecorded: Vec<String>,
+    /// Records whose namespace is positively gone, with why: removed by the sweep already.
+    pub gone: Vec<(String, String)>,
+    /// Records whose namespace cannot be told there or gone, with why: kept, not touched.
+    pub unsure: Vec<(String, String)>,
+    /// Records whose namespace is there and that are not held: to re-create.
+    pub missing: Vec<R>,
+}
+
+impl MembershipRecord {
+    /// The record's namespace, if its path still names the namespace ADD saw (the agent
+    /// re-creates what the record says only there).
+    pub fn open_netns(&self) -> io::Result<Netns> {
+        let ns = Netns::open(&self.netns).map_err(|e| io::Error::other(e.to_string()))?;
+        if ns.inode()? != self.netns_inode {
+            return Err(io::Error::other(
+                "the netns path names another namespace now",
+            ));
+        }
+        Ok(ns)
+    }
+
+    /// The attachment's identity. Network names, container IDs and interface names never
+    /// hold ':' (the CNI spec's and the kernel's rules), so keys never collide.
+    pub fn key(&self) -> String {
+        key_of(&self.network, &self.container_id, &self.ifname)
+    }
+
+    /// Whether the record's namespace is still there (see `netns::presence`).
+    pub fn presence(&self) -> Presence {
+        netns::presence(&self.netns, Some(self.netns_inode))
+    }
+}
+
+pub fn key_of(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("{}{network}:{ifname}", pod_prefix(container_id))
+}
+
+/// How the keys of one pod's attachments start: the container first, so a pod's records
+/// are found by their names alone.
+pub(crate) fn pod_prefix(container_id: &str) -> String {
+    format!("{container_id}:")
+}
+
+/// One attachment's relay: the attachment (as a membership record names it, with no
+/// groups) and the addresses it listens on in the pod's netns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayRecord {
+    #[serde(flatten)]
+    pub attachment: MembershipRecord,
+    /// What ADD bound in the pod (127.0.0.1:PORT, and [::1]:PORT where the pod has IPv6).
+    pub listen: Vec<SocketAddr>,
+    /// The node's router the agent gave the relay (in the agent's answers; ADD's record
+    /// has none: the agent chooses, again after a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<SocketAddr>,
+}
+
+impl Stored for RelayRecord {
+    const DIR: &'static str = "zenoh-relays";
+    fn key(&self) -> String {
+        self.attachment.key()
+    }
+    fn presence(&self) -> Presence {
+        self.attachment.presence()
+    }
+}
+
+/// The records live beside the agent's socket, in a directory both sides know. Every file
+/// in it is opened relative to it, never through a symlink (`confine`).
+#[derive(Debug, Clone)]
+pub struct RecordDir<R = MembershipRecord>(ConfinedPath, std::marker::PhantomData<R>);
+
+/// The directory of the membership records, beside the agent's socket.
+const RECORDS: &str = "memberships";
+
+impl RecordDir {
+    /// The membership records beside a socket the operator named (the agent's `--socket`).
+    pub fn beside(agent_socket: &Path) -> RecordDir {
+        RecordDir::kept_beside(agent_socket)
+    }
+}
+
+impl<R: Stored> RecordDir<R> {
+    /// The records of kind `R` beside a socket the operator named (the agent's `--socket`).
+    pub fn kept_beside(agent_socket: &Path) -> RecordDir<R> {
+        RecordDir::in_dir(crate::node::policy::agent_dir(agent_socket))
+    }
+
+    /// The records beside a socket in a directory that passed `Roots::confine`.
+    pub(crate) fn in_dir(socket_dir: ConfinedPath) -> RecordDir<R> {
+        RecordDir(socket_dir.join(R::DIR), std::marker::PhantomData)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.0.path()
+    }
+
+    fn file(key: &str) -> OsString {
+        OsString::from(format!("{key}.json"))
+    }
+
+    /// Opens the records' directory, creating what is missing (never through a symlink).
+    pub(crate) fn create_dir(&self) -> Result<Dir> {
+        Ok(self.0.create_dir()?)
+    }
+
+    /// Written whole and renamed into place: a reader never sees half a record.
+    pub fn write(&self, record: &R) -> Result<()> {
+        RecordDir::write_in(&self.0.create_dir()?, record)
+    }
+
+    /// `write`, in the records' directory already open.
+    pub(crate) fn write_in(dir: &Dir, record: &R) -> Result<()> {
+        let key = record.key();
+        let bytes = serde_json::to_vec(record).map_err(|e| Error::new(Kind::Io, e.to_string()))?;
+        dir.write_whole(&RecordDir::<R>::file(&key), &bytes)
+            .map_err(|e| Error::io(format!("{} record {key}", R::DIR), e))
+    }
+
+    /// Removes the record of `key`; whether there was one.
+    pub fn remove(&self, key: &str) -> bool {
+        match self.0.open_dir() {
+            Ok(Some(dir)) => dir.remove(&RecordDir::<R>::file(key)).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Compares the records with the keys an agent holds: a record whose namespace is
+    /// positively gone is removed here; the rest is for the caller to act on.
+    pub fn due(&self, held: &HashSet<String>) -> Due<R> {
+        let records: Vec<R> = self.list();
+        let recorded: HashSet<String> = records.iter().map(Stored::key).collect();
+        let mut due = Due {
+            unrecorded: held.difference(&recorded).cloned().collect(),
+            gone: Vec::new(),
+            unsure: Vec::new(),
+            missing: Vec::new(),
+        };
+        for record in records {
+            let key = record.key();
+            match record.presence() {
+                Presence::Here if held.contains(&key) => {}
+                Presence::Here => due.missing.push(record),
+                Presence::Gone(why) => {
+                    self.remove(&key);
+                    due.gone.push((key, why));
+                }
+                Presence::Unknown(why) => due.unsure.push((key, why)),
+            }
+        }
+        due
+    }
+
+    /// Every readable record; unreadable files are skipped (and left for an operator).
+    pub fn list(&self) -> Vec<R> {
+        self.list_starting("")
+    }
+
+    /// The readable records whose key starts with `prefix`; only those files are read.
+    pub(crate) fn list_starting(&self, prefix: &str) -> Vec<R> {
+        let Ok(Some(dir)) = self.0.open_dir() else {
+            return Vec::new();
+        };
+        dir.entries()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(name, is_dir)| {
+                let name = name.to_string_lossy();
+                !is_dir && name.starts_with(prefix) && name.ends_with(".json")
+            })
+            .filter_map(|(name, _)| dir.read(&name).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A membership record of a pod, for the agent's unit tests.
+    pub(crate) fn record() -> MembershipRecord {
+        MembershipRecord {
+            network: "ros-net".into(),
+            container_id: "abc".into(),
+            ifname: "net1".into(),
+            netns: "/var/run/netns/x".into(),
+            netns_inode: 4026532000,
+            groups: vec![Ipv4Addr::new(239, 255, 0, 1)],
+            lan: Watched::default(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_their_directory() {
+        let dir = std::env::temp_dir().join(format!("rm-records-{}", std::process::id()));
+        let records = RecordDir::beside(&dir.join("agent.sock"));
+        records.write(&record()).unwrap();
+        assert_eq!(records.list(), vec![record()]);
+        records.remove(&record().key());
+        assert!(records.list().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_sweep_sorts_the_records_against_what_is_held() {
+        let dir = std::env::temp_dir().join(format!("rm-due-{}", std::process::id()));
+        let records = RecordDir::beside(&dir.join("agent.sock"));
+        let here = |id: &str| MembershipRecord {
+            container_id: id.into(),
+            netns: "/proc/self/ns/net".into(),
+            netns_inode: crate::sys::netns::inode_of(Path::new("/proc/self/ns/net")).unwrap(),
+            ..record()
+        };
+        let gone = MembershipRecord {
+            container_id: "gone".into(),
+            netns: "/proc/self/ns/no-such-ns".into(),
+            ..record()
+        };
+        let unsure = MembershipRecord {
+            container_id: "unsure".into(),
+            netns: "/nonexistent/netns".into(),
+            ..record()
+        };
+        for r in [here("held"), here("missing"), gone.clone(), unsure.clone()] {
+            records.write(&r).unwrap();
+        }
+        let held: HashSet<String> = [here("held").key(), "lost:ros-net:net1".to_owned()].into();
+        let due = records.due(&held);
+        assert_eq!(due.unrecorded, vec!["lost:ros-net:net1".to_owned()]);
+        assert_eq!(due.missing, vec![here("missing")]);
+        assert_eq!(due.gone.len(), 1);
+        assert_eq!(due.gone[0].0, gone.key());
+        assert_eq!(due.unsure.len(), 1);
+        assert_eq!(due.unsure[0].0, unsure.key());
+        assert_eq!(
+            records.list().len(),
+            3,
+            "the gone record is removed, no other"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_a_positively_gone_netns_is_gone() {
+        let mut r = record();
+        r.netns = "/proc/self/ns/net".into();
+        r.netns_inode = crate::sys::netns::inode_of(Path::new("/proc/self/ns/net")).unwrap();
+        assert_eq!(r.presence(), Presence::Here);
+        r.netns_inode += 1;
+        assert!(
+            matches!(r.presence(), Presence::Gone(_)),
+            "another namespace"
+        );
+        // Not found, in a directory that visibly holds namespaces.
+        r.netns = "/proc/self/ns/no-such-ns".into();
+        assert!(matches!(r.presence(), Presence::Gone(_)));
+        // Not found where nothing shows it is a netns directory: kept.
+        r.netns = "/nonexistent/netns".into();
+        assert!(matches!(r.presence(), Presence::Unknown(_)));
+        let empty = std::env::temp_dir().join(format!("rm-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        r.netns = empty.join("cni-1234").to_string_lossy().into_owned();
+        let p = r.presence();
+        std::fs::remove_dir(&empty).unwrap();
+        assert!(
+            matches!(p, Presence::Unknown(ref why) if why.contains("shows no network namespace")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_relay_record_is_a_membership_record_with_addresses() {
+        let r = RelayRecord {
+            attachment: MembershipRecord {
+                network: "ros-net".into(),
+                container_id: "abc".into(),
+                ifname: "net1".into(),
+                netns: "/var/run/netns/x".into(),
+                netns_inode: 1,
+                groups: Vec::new(),
+                lan: Default::default(),
+            },
+            listen: vec![
+                "127.0.0.1:7447".parse().unwrap(),
+                "[::1]:7447".parse().unwrap(),
+            ],
+            router: None,
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["containerID"], "abc");
+        assert_eq!(json["listen"][1], "[::1]:7447");
+        assert!(json.get("router").is_none(), "ADD's record names no router");
+        assert_eq!(serde_json::from_value::<RelayRecord>(json).unwrap(), r);
+        assert_eq!(r.key(), "abc:ros-net:net1");
+        let given = RelayRecord {
+            router: Some("127.0.0.1:7449".parse().unwrap()),
+            ..r
+        };
+        let json = serde_json::to_value(&given).unwrap();
+        assert_eq!(json["router"], "127.0.0.1:7449");
+        assert_eq!(serde_json::from_value::<RelayRecord>(json).unwrap(), given);
+    }
+}
