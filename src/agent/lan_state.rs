@@ -1,12 +1,16 @@
 //! What the node agent knows of the LAN, as files in its directory that ADD, CHECK and
 //! doctor read without asking it (nothing waits on the agent):
 //!
-//! - `probes/<network>.json`: the addresses each network will hand out next, ARP-probed
-//!   ahead of time by the agent on the master, and whether anyone claimed one since. ADD
-//!   takes an address whose probe is fresh (`FRESH`) without probing it itself, so duplicate
-//!   detection costs a pod start nothing.
+//! - `probes/<identity>.json`: the addresses each network will hand out next, ARP-probed
+//!   ahead of time by the agent on the master while the network is busy (`ACTIVE` after its
+//!   last ADD), and whether anyone claimed one since. ADD takes an address whose probe is
+//!   fresh (`FRESH`) without probing it itself, so duplicate detection costs a burst of pod
+//!   starts nothing. The file is named by the network's identity (`ProbeAhead::identity`),
+//!   not its name alone, so no second config under the same name reads or overrides it.
 //! - `conflicts/<attachment key>.json`: someone else on the LAN claims a pod's address
-//!   (answers ARP for it, announces it, probes for it), seen by the agent's watch after ADD.
+//!   (announces it, sends from it, answers for it), seen by the agent's watch after ADD. A
+//!   conflict counts while someone keeps confirming it (`Conflict::is_current`): heard is not
+//!   true, and a spoofer who falls silent stops failing the pod.
 //!
 //! Both are written whole and renamed into place by the agent (`agent::lan_watch`).
 
@@ -24,8 +28,22 @@ use crate::sys::netlink::format_mac;
 /// every `REPROBE`, and hears every ARP packet on the master in between: a claim made since
 /// the probe is in the file within milliseconds.
 pub const FRESH: Duration = Duration::from_secs(5);
-/// How often the agent probes an upcoming address again.
+/// How often the agent probes an upcoming address again, while the network is busy.
 pub const REPROBE: Duration = Duration::from_secs(2);
+/// How long after a network's last ADD its upcoming addresses are probed ahead: a burst of
+/// pod starts finds them fresh, and an idle node sends nothing for it (every ARP request is a
+/// broadcast every host of the segment takes).
+pub const ACTIVE: Duration = Duration::from_secs(8);
+/// How often, by default, each pod's address is asked for once on the LAN, with ±20 % jitter
+/// so that nodes do not ask in step: finds a host that took the address and stays silent
+/// but for answering (RFC 5227's ongoing detection is otherwise all listening).
+pub const RECHECK: Duration = Duration::from_secs(300);
+/// How long a conflict counts after it was last confirmed (the other MAC announced the
+/// address, sent from it, or answered the agent's probe for it).
+pub const CONFLICT_EXPIRY: Duration = Duration::from_secs(60);
+/// How often, while a conflict is on file, the agent asks whether the other MAC still
+/// answers for the address.
+pub const VERIFY_EVERY: Duration = Duration::from_secs(5);
 
 const PROBES: &str = "probes";
 const CONFLICTS: &str = "conflicts";
@@ -91,17 +109,53 @@ impl Probes {
 pub struct Conflict {
     pub address: Ipv4Addr,
     pub mac: [u8; 6],
+    /// When it was first heard.
     pub at_ms: u64,
+    /// When the other MAC last claimed the address (announced it, sent from it, answered
+    /// for it); a file without it counts from `at_ms`.
+    #[serde(default)]
+    pub confirmed_at_ms: u64,
+    /// How long it counts after that, as the agent that wrote it was told.
+    #[serde(default = "default_expiry_ms")]
+    pub expiry_ms: u64,
+}
+
+fn default_expiry_ms() -> u64 {
+    CONFLICT_EXPIRY.as_millis() as u64
 }
 
 impl Conflict {
+    /// A conflict heard at `now_ms`, counting for `expiry` after each confirmation.
+    pub fn heard(address: Ipv4Addr, mac: [u8; 6], now_ms: u64, expiry: Duration) -> Conflict {
+        Conflict {
+            address,
+            mac,
+            at_ms: now_ms,
+            confirmed_at_ms: now_ms,
+            expiry_ms: expiry.as_millis() as u64,
+        }
+    }
+
+    fn last_confirmed_ms(&self) -> u64 {
+        self.confirmed_at_ms.max(self.at_ms)
+    }
+
+    /// Whether it still counts at `now_ms`: confirmed within its expiry. CHECK and doctor
+    /// read the file without the agent, so an agent that stopped confirming (or died) cannot
+    /// keep a pod failing.
+    pub fn is_current(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_confirmed_ms()) <= self.expiry_ms
+    }
+
     /// What CHECK and doctor say of it.
     pub fn describe(&self, ifname: &str) -> String {
+        let now = now_ms();
         format!(
-            "address {} of {ifname} is also claimed on the LAN by MAC {} (the node agent saw it {} s ago): another host uses it. Remove it from that host, or keep the range clear of static and DHCP addresses; then delete and re-create the pod",
+            "address {} of {ifname} is also claimed on the LAN by MAC {} (the node agent first heard it {} s ago, last confirmed {} s ago): another host uses it. Remove it from that host, or keep the range clear of static and DHCP addresses; then delete and re-create the pod",
             self.address,
             format_mac(&self.mac),
-            now_ms().saturating_sub(self.at_ms) / 1000
+            now.saturating_sub(self.at_ms) / 1000,
+            now.saturating_sub(self.last_confirmed_ms()) / 1000
         )
     }
 }
@@ -120,17 +174,24 @@ impl LanState {
         LanState(crate::node::policy::agent_dir(agent_socket))
     }
 
-    /// The probes of `network`; empty when there are none (or they cannot be read).
-    pub fn probes(&self, network: &str) -> Probes {
-        self.read(PROBES, network).unwrap_or_default()
+    /// The probes of the network with `identity` (`ProbeAhead::identity`); empty when there
+    /// are none (or they cannot be read).
+    pub fn probes(&self, identity: &str) -> Probes {
+        self.read(PROBES, identity).unwrap_or_default()
     }
 
-    pub fn write_probes(&self, network: &str, probes: &Probes) -> std::io::Result<()> {
-        self.write(PROBES, network, probes)
+    pub fn write_probes(&self, identity: &str, probes: &Probes) -> std::io::Result<()> {
+        self.write(PROBES, identity, probes)
     }
 
-    /// The conflict reported for an attachment, if any.
+    /// The conflict reported for an attachment, if one is on file and still counts.
     pub fn conflict(&self, key: &str) -> Option<Conflict> {
+        self.conflict_on_file(key)
+            .filter(|c| c.is_current(now_ms()))
+    }
+
+    /// The conflict on file for an attachment, current or not.
+    pub fn conflict_on_file(&self, key: &str) -> Option<Conflict> {
         self.read(CONFLICTS, key)
     }
 
@@ -213,5 +274,28 @@ mod tests {
         p.addresses.get_mut(&ip).unwrap().claimed_by = Some(other);
         p.addresses.get_mut(&ip).unwrap().claimed_at_ms = now - 10;
         assert_eq!(p.verdict(mac, ip, now), Verdict::Claimed(other));
+    }
+
+    #[test]
+    fn a_conflict_counts_while_confirmed_and_expires_after() {
+        let ip = Ipv4Addr::new(198, 51, 100, 161);
+        let mut c = Conflict::heard(ip, [2, 0, 0, 0, 0, 9], 1_000_000, CONFLICT_EXPIRY);
+        let expiry = CONFLICT_EXPIRY.as_millis() as u64;
+        assert!(c.is_current(1_000_000 + expiry));
+        assert!(
+            !c.is_current(1_000_001 + expiry),
+            "unconfirmed past its expiry"
+        );
+        c.confirmed_at_ms = 1_000_000 + expiry;
+        assert!(
+            c.is_current(1_000_000 + 2 * expiry),
+            "a confirmation renews it"
+        );
+        // A file an older agent wrote (no confirmation, no expiry) counts from when it was heard.
+        let old: Conflict = serde_json::from_str(
+            r#"{"address":"198.51.100.161","mac":[2,0,0,0,0,9],"atMs":1000000}"#,
+        )
+        .unwrap();
+        assert!(old.is_current(1_000_000 + expiry) && !old.is_current(1_000_001 + expiry));
     }
 }

@@ -4,16 +4,24 @@
 //! finds into the agent's directory (`agent::lan_state`), where ADD, CHECK and doctor read
 //! it:
 //!
-//! - **Probing ahead.** For every network whose attachments ask for it (host-local with
-//!   duplicate detection, on a master in this namespace), the addresses ADD will hand out
-//!   next are ARP-probed on the master every `REPROBE`, with the network's own probe count
-//!   and interval, and every ARP packet the master receives in between is heard: anyone
-//!   claiming one of them is noted at once. ADD then takes a freshly probed address without
-//!   probing it itself.
-//! - **Watching after ADD.** Each attachment's IPv4 addresses are probed from its own
-//!   interface in the pod every `REPROBE`, and every ARP packet that interface receives is
-//!   heard: another MAC answering for, or announcing, the pod's address is a conflict,
-//!   logged naming the pod and kept on file for CHECK and doctor.
+//! - **Probing ahead, while busy.** For every network whose attachments ask for it
+//!   (host-local with duplicate detection, on a master in this namespace), the addresses
+//!   ADD will hand out next are ARP-probed on the master every `REPROBE`, with the network's
+//!   own probe count and interval, for `ACTIVE` after the network's last ADD; every ARP
+//!   packet the master receives is heard all along, busy or not: anyone claiming one of them
+//!   is noted at once. ADD then takes a freshly probed address without probing it itself;
+//!   after a quiet spell the first ADD probes for itself. Addresses held by the node's own
+//!   pods (of any network and store, as the agent's records say) count as claimed: the
+//!   master never hears its own macvlans.
+//! - **Watching after ADD, mostly by listening.** Every ARP packet each attachment's
+//!   interface receives is heard: another MAC announcing the pod's address, sending from
+//!   it or answering for it is a conflict, logged naming the pod and kept on file for CHECK
+//!   and doctor. Another MAC probing for it makes the agent ask at once. Otherwise each
+//!   address is asked for once every `recheck` (±20 %), which finds a host that took it and
+//!   stays silent but for answering.
+//! - **Heard is not true.** While a conflict is on file the agent asks every
+//!   `VERIFY_EVERY` whether that MAC still answers; a conflict nobody confirms for its
+//!   expiry is cleared.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,7 +30,10 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::agent::lan_state::{now_ms, Conflict, LanState, Probed, Probes, FRESH, REPROBE};
+use crate::agent::lan_state::{
+    now_ms, Conflict, LanState, Probed, Probes, ACTIVE, CONFLICT_EXPIRY, FRESH, RECHECK, REPROBE,
+    VERIFY_EVERY,
+};
 use crate::agent::records::{MembershipRecord, ProbeAhead, RecordDir};
 use crate::ipam::host_local::HostLocalConf;
 use crate::node::duplicate::{ArpSocket, Claim, Detection};
@@ -39,15 +50,55 @@ pub const REMEMBER: Duration = Duration::from_secs(600);
 /// How often the records are read again.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
+/// How the watch paces what it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// How often each pod's address is asked for (±20 %).
+    pub recheck: Duration,
+    /// How long a conflict counts after it was last confirmed.
+    pub conflict_expiry: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace {
+            recheck: RECHECK,
+            conflict_expiry: CONFLICT_EXPIRY,
+        }
+    }
+}
+
 /// Starts the watch; it runs for the agent's life.
-pub fn spawn(records: RecordDir, lan: LanState) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(
+    records: RecordDir,
+    lan: LanState,
+    pace: Pace,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("lan-watch".into())
-        .spawn(move || Watch::new(records, lan).run())
+        .spawn(move || Watch::new(records, lan, pace).run())
+}
+
+/// `period` stretched or shrunk by up to 20 %, differently on every node and for every key:
+/// nodes and pods do not ask in step.
+fn jittered(period: Duration, salt: &str) -> Duration {
+    period.mul_f64(0.8 + 0.4 * spread(salt))
+}
+
+/// A fraction in [0, 1) from `salt` and the clock.
+fn spread(salt: &str) -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let h = stable_hash(format!("{salt}/{nanos}").as_bytes());
+    (h % 1_000_000) as f64 / 1_000_000.0
 }
 
 /// One network probed ahead on its master.
 struct Ahead {
+    /// The network's name and identity (`ProbeAhead::identity`: its probes' file).
+    network: String,
+    identity: String,
     /// What the records said of the network when this was opened.
     spec: ProbeAhead,
     socket: ArpSocket,
@@ -63,6 +114,8 @@ struct Ahead {
     last_round: Option<Instant>,
     /// When an attachment of the network was last held.
     last_held: Instant,
+    /// Until when it is busy (an ADD lately): probed ahead till then, only heard after.
+    active_until: Instant,
 }
 
 /// One attachment watched in its pod.
@@ -74,26 +127,40 @@ struct PodWatch {
     addresses: Vec<Ipv4Addr>,
     mac: [u8; 6],
     pod: String,
+    /// When its addresses are next asked for (the rare re-check).
     next_probe: Instant,
-    reported: bool,
+    /// When it last asked for them (any reason).
+    last_probe: Option<Instant>,
+    /// The conflict on file for it, if any, and when it is next verified.
+    conflict: Option<Conflict>,
+    next_verify: Instant,
 }
 
 struct Watch {
     records: RecordDir,
     lan: LanState,
+    pace: Pace,
+    /// By network identity.
     ahead: HashMap<String, Ahead>,
     pods: HashMap<String, PodWatch>,
+    /// The records seen so far: a new one is an ADD, which makes its network busy.
+    seen: HashSet<String>,
+    /// The IPv4 addresses the node's own attachments hold, with their MACs.
+    held_here: HashMap<Ipv4Addr, [u8; 6]>,
     /// What was said once and need not be said every sync.
     said: HashSet<String>,
 }
 
 impl Watch {
-    fn new(records: RecordDir, lan: LanState) -> Watch {
+    fn new(records: RecordDir, lan: LanState, pace: Pace) -> Watch {
         Watch {
             records,
             lan,
+            pace,
             ahead: HashMap::new(),
             pods: HashMap::new(),
+            seen: HashSet::new(),
+            held_here: HashMap::new(),
             said: HashSet::new(),
         }
     }
@@ -124,34 +191,52 @@ impl Watch {
                 self.lan.remove_conflict(&key);
             }
         }
-        let mut networks: BTreeMap<String, ProbeAhead> = BTreeMap::new();
+        self.held_here = records
+            .iter()
+            .filter_map(|r| Some((r, r.lan.mac?)))
+            .flat_map(|(r, mac)| r.lan.addresses.iter().map(move |a| (*a, mac)))
+            .collect();
+        // By identity: the network's name, whether an ADD of it is new, what to probe.
+        let mut networks: BTreeMap<String, (String, bool, ProbeAhead)> = BTreeMap::new();
         for r in &records {
+            let added = self.seen.insert(r.key());
             if let Some(p) = &r.lan.probe_ahead {
-                networks.insert(r.network.clone(), p.clone());
+                let entry = networks
+                    .entry(p.identity(&r.network))
+                    .or_insert_with(|| (r.network.clone(), false, p.clone()));
+                entry.1 |= added;
             }
             if !self.pods.contains_key(&r.key()) {
                 self.watch_pod(r);
             }
         }
-        // A network is probed ahead while attachments of it are held, and for a while after
-        // the last one goes: a pod that restarts finds its next address fresh.
+        self.seen.retain(|k| current.contains_key(k));
+        // A network is heard while attachments of it are held, and for a while after the
+        // last one goes: a pod that restarts finds a claim heard meanwhile.
         let now = Instant::now();
-        self.ahead.retain(|network, a| match networks.get(network) {
-            Some(spec) => *spec == a.spec,
-            None => now.duration_since(a.last_held) < REMEMBER,
-        });
-        for (network, p) in networks {
-            if !self.ahead.contains_key(&network) {
-                if let Some(a) = self.open_ahead(&network, &p) {
-                    self.ahead.insert(network.clone(), a);
+        self.ahead
+            .retain(|identity, a| match networks.get(identity) {
+                Some((_, _, spec)) => *spec == a.spec,
+                None => now.duration_since(a.last_held) < REMEMBER,
+            });
+        for (identity, (network, added, p)) in networks {
+            if !self.ahead.contains_key(&identity) {
+                if let Some(a) = self.open_ahead(&network, &identity, &p) {
+                    self.ahead.insert(identity.clone(), a);
                 }
             }
-            if let Some(a) = self.ahead.get_mut(&network) {
+            if let Some(a) = self.ahead.get_mut(&identity) {
                 a.last_held = now;
+                if added {
+                    a.active_until = now + ACTIVE;
+                }
             }
         }
-        for (network, a) in self.ahead.iter_mut() {
-            a.refresh_upcoming(network);
+        for a in self.ahead.values_mut() {
+            a.refresh_upcoming();
+            if a.note_held_here(&self.held_here) {
+                let _ = self.lan.write_probes(&a.identity, &a.probes);
+            }
         }
     }
 
@@ -162,9 +247,11 @@ impl Watch {
     }
 
     /// Starts probing `network` ahead on its master, when the master is here (the agent
-    /// runs in the node's namespace) and is the one ADD used (same MAC).
-    fn open_ahead(&mut self, network: &str, p: &ProbeAhead) -> Option<Ahead> {
-        let Some(index) = here_with_mac(&p.master, p.master_mac) else {
+    /// runs in the node's namespace) and is the one ADD used (same index and MAC).
+    fn open_ahead(&mut self, network: &str, identity: &str, p: &ProbeAhead) -> Option<Ahead> {
+        let Some(index) = here_with_mac(&p.master, p.master_mac)
+            .filter(|i| p.master_index == 0 || *i == p.master_index)
+        else {
             self.say_once(format!(
                 "agent: lan watch: not probing network {network} ahead: its master {} ({}) is not in the agent's namespace",
                 p.master,
@@ -208,6 +295,8 @@ impl Watch {
             p.master
         );
         Some(Ahead {
+            network: network.to_owned(),
+            identity: identity.to_owned(),
             spec: p.clone(),
             socket,
             master_mac: p.master_mac,
@@ -222,6 +311,7 @@ impl Watch {
             next_send: Instant::now(),
             last_round: None,
             last_held: Instant::now(),
+            active_until: Instant::now() + ACTIVE,
         })
     }
 
@@ -244,6 +334,10 @@ impl Watch {
         });
         match opened {
             Ok((ns, Ok(socket))) => {
+                // ADD probed (or took a fresh probe) and announced just now: the first
+                // re-check comes anywhere within the period, so pods do not ask in step.
+                let now = Instant::now();
+                let first = self.pace.recheck.mul_f64(spread(&r.key()));
                 self.pods.insert(
                     r.key(),
                     PodWatch {
@@ -253,8 +347,10 @@ impl Watch {
                         addresses: r.lan.addresses.clone(),
                         mac,
                         pod: r.lan.pod.clone().unwrap_or_else(|| "-/-".into()),
-                        next_probe: Instant::now(),
-                        reported: self.lan.conflict(&r.key()).is_some(),
+                        next_probe: now + first,
+                        last_probe: None,
+                        conflict: self.lan.conflict_on_file(&r.key()),
+                        next_verify: now,
                     },
                 );
             }
@@ -265,18 +361,34 @@ impl Watch {
         }
     }
 
-    /// Sends the probes that are due: the rounds of probing ahead, and the pods' addresses.
+    /// Sends the probes that are due: the rounds of probing ahead of busy networks, the
+    /// pods' rare re-checks, and the verification of conflicts on file.
     fn send_due(&mut self) {
         let now = Instant::now();
         for a in self.ahead.values_mut() {
             a.send_due(now);
         }
-        for w in self.pods.values_mut() {
+        for (key, w) in self.pods.iter_mut() {
             if now >= w.next_probe {
-                for ip in &w.addresses {
-                    let _ = w.socket.probe(w.mac, *ip);
+                w.ask(now);
+                w.next_probe = now + jittered(self.pace.recheck, key);
+            }
+            if let Some(c) = &w.conflict {
+                if !c.is_current(now_ms()) {
+                    log::info!(
+                        "agent: lan watch: address {} of pod {} ({key}): MAC {} has not claimed it for {} s; the conflict is cleared",
+                        c.address,
+                        w.pod,
+                        format_mac(&c.mac),
+                        c.expiry_ms / 1000
+                    );
+                    self.lan.remove_conflict(key);
+                    w.conflict = None;
+                } else if now >= w.next_verify {
+                    let _ = w.socket.probe(w.mac, c.address);
+                    w.last_probe = Some(now);
+                    w.next_verify = now + VERIFY_EVERY;
                 }
-                w.next_probe = now + REPROBE;
             }
         }
     }
@@ -299,43 +411,37 @@ impl Watch {
             return;
         }
         drop(fds);
-        for (network, a) in self.ahead.iter_mut() {
+        for a in self.ahead.values_mut() {
             let claims = a.socket.claims();
             if a.take_claims(&claims) {
-                let _ = self.lan.write_probes(network, &a.probes);
+                let _ = self.lan.write_probes(&a.identity, &a.probes);
             }
         }
-        let mut found = Vec::new();
+        let now = Instant::now();
         for (key, w) in self.pods.iter_mut() {
             for c in w.socket.claims() {
-                if !c.probe && c.mac != w.mac && w.addresses.contains(&c.ip) && !w.reported {
-                    w.reported = true;
-                    found.push((key.clone(), w.pod.clone(), c));
+                if c.mac == w.mac || !w.addresses.contains(&c.ip) {
+                    continue;
                 }
-            }
-        }
-        for (key, pod, c) in found {
-            log::error!(
-                "agent: lan watch: address {} of pod {pod} ({key}) is claimed on the LAN by {}: another host uses it",
-                c.ip,
-                format_mac(&c.mac)
-            );
-            let conflict = Conflict {
-                address: c.ip,
-                mac: c.mac,
-                at_ms: now_ms(),
-            };
-            if let Err(e) = self.lan.write_conflict(&key, &conflict) {
-                log::warn!("agent: lan watch: cannot record the conflict of {key}: {e}");
+                if c.probe {
+                    // Someone asks whether the address is free (another node's agent
+                    // probing ahead does, too): ask back whether that MAC also answers
+                    // for it, at most once every VERIFY_EVERY.
+                    if w.last_probe.is_none_or(|t| now - t >= VERIFY_EVERY) {
+                        w.ask(now);
+                    }
+                    continue;
+                }
+                w.claimed(key, c, self.pace.conflict_expiry, &self.lan);
             }
         }
     }
 
     fn conclude_rounds(&mut self) {
         let now = Instant::now();
-        for (network, a) in self.ahead.iter_mut() {
+        for a in self.ahead.values_mut() {
             if a.conclude(now) {
-                let _ = self.lan.write_probes(network, &a.probes);
+                let _ = self.lan.write_probes(&a.identity, &a.probes);
             }
         }
     }
@@ -344,9 +450,9 @@ impl Watch {
 impl Ahead {
     /// The addresses ADD would take next, from the store as it is now; what is no longer
     /// upcoming (taken since) is dropped, unless someone claimed it lately.
-    fn refresh_upcoming(&mut self, network: &str) {
+    fn refresh_upcoming(&mut self) {
         let seed = Some(stable_hash(&self.master_mac));
-        let Ok(upcoming) = self.conf.upcoming(network, seed, AHEAD) else {
+        let Ok(upcoming) = self.conf.upcoming(&self.network, seed, AHEAD) else {
             return;
         };
         let upcoming: HashSet<Ipv4Addr> = upcoming
@@ -369,9 +475,29 @@ impl Ahead {
         }
     }
 
-    /// Starts a round when the last one is `REPROBE` old (or none ran), and sends its
-    /// probes, `detection.probes` of them `intervalMs` apart, to every upcoming address.
+    /// Notes the upcoming addresses that the node's own pods hold (of another network or
+    /// store) as claimed by them: the master never hears its own macvlans answer. Returns
+    /// whether anything changed.
+    fn note_held_here(&mut self, held_here: &HashMap<Ipv4Addr, [u8; 6]>) -> bool {
+        let now = now_ms();
+        let mut changed = false;
+        for (ip, p) in self.probes.addresses.iter_mut() {
+            if let Some(mac) = held_here.get(ip).filter(|m| **m != self.master_mac) {
+                p.claimed_by = Some(*mac);
+                p.claimed_at_ms = now;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// While the network is busy, starts a round when the last one is `REPROBE` old (or
+    /// none ran), and sends its probes, `detection.probes` of them `intervalMs` apart, to
+    /// every upcoming address. An idle network is only heard.
     fn send_due(&mut self, now: Instant) {
+        if self.round.is_none() && now >= self.active_until {
+            return;
+        }
         // An address that became upcoming since the last round (the store moved on) is
         // probed at once, not at the next round.
         let unprobed = self
@@ -430,6 +556,45 @@ impl Ahead {
         self.round = None;
         self.last_round = Some(now);
         true
+    }
+}
+
+impl PodWatch {
+    /// Asks once for each of the pod's addresses, from its own interface.
+    fn ask(&mut self, now: Instant) {
+        for ip in &self.addresses {
+            let _ = self.socket.probe(self.mac, *ip);
+        }
+        self.last_probe = Some(now);
+    }
+
+    /// Another MAC announced the pod's address, sent from it, or answered for it: a new
+    /// conflict is logged and put on file; a known one is confirmed (its file rewritten at
+    /// most once a second, whatever a flood of frames does).
+    fn claimed(&mut self, key: &str, c: Claim, expiry: Duration, lan: &LanState) {
+        let now = now_ms();
+        match &mut self.conflict {
+            Some(known) if known.mac == c.mac && known.address == c.ip => {
+                if now.saturating_sub(known.confirmed_at_ms) < 1000 {
+                    return;
+                }
+                known.confirmed_at_ms = now;
+            }
+            _ => {
+                log::error!(
+                    "agent: lan watch: address {} of pod {} ({key}) is claimed on the LAN by {}: another host uses it",
+                    c.ip,
+                    self.pod,
+                    format_mac(&c.mac)
+                );
+                self.conflict = Some(Conflict::heard(c.ip, c.mac, now, expiry));
+            }
+        }
+        if let Some(conflict) = &self.conflict {
+            if let Err(e) = lan.write_conflict(key, conflict) {
+                log::warn!("agent: lan watch: cannot record the conflict of {key}: {e}");
+            }
+        }
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Options {
     pub gc: Option<(PathBuf, Duration)>,
     /// Zenoh relay (issue 24): the node's Zenoh routers for pods, one per relay.
     pub zenoh_routers: RouterPool,
+    /// How duplicate detection paces what it sends.
+    pub lan_pace: crate::agent::lan_watch::Pace,
 }
 
 pub fn run(opts: Options) -> i32 {
@@ -71,6 +73,7 @@ async fn serve(opts: Options) -> io::Result<()> {
     crate::agent::lan_watch::spawn(
         RecordDir::beside(&opts.socket),
         crate::agent::lan_state::LanState::beside(&opts.socket),
+        opts.lan_pace,
     )?;
     // Zenoh relay (issue 24): the relays follow their records like the memberships.
     let mut relays = Relays::new(&opts.socket, opts.zenoh_routers);

@@ -60,8 +60,31 @@ pub struct Watched {
 pub struct ProbeAhead {
     pub ipam: serde_json::Value,
     pub master: String,
+    /// The master's index in the node's namespace (0 in records written before it was kept).
+    #[serde(default)]
+    pub master_index: u32,
     pub master_mac: [u8; 6],
     pub detection: crate::node::duplicate::Detection,
+}
+
+impl ProbeAhead {
+    /// What the probes of a network are kept under: the network's name and a hash of all
+    /// that ADD itself will use (the master by index, name and MAC, the ipam object with its
+    /// ranges and store). A name is the tenant's to choose: two configs under one name, on
+    /// other masters or with other ranges or stores, never share or override probe state.
+    pub fn identity(&self, network: &str) -> String {
+        let what = serde_json::json!([
+            network,
+            self.master_index,
+            self.master,
+            self.master_mac,
+            self.ipam
+        ]);
+        format!(
+            "{network}.{:016x}",
+            crate::sys::stable_hash::stable_hash(what.to_string().as_bytes())
+        )
+    }
 }
 
 /// What the agent keeps a record of beside its socket, one JSON file a key: memberships

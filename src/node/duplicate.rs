@@ -121,23 +121,30 @@ impl Detection {
     }
 }
 
-/// Whether another host answers for `ip` on the interface, probing from `mac`.
-pub fn in_use(ns: &Netns, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> Result<bool> {
+/// The MAC of another host that answers for `ip` on the interface, probing from `mac`, if
+/// one does.
+pub fn answered_by(
+    ns: &Netns,
+    ifindex: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    d: &Detection,
+) -> Result<Option<[u8; 6]>> {
     let d = *d;
     ns.run(move || probe(ifindex, mac, ip, &d))?
         .map_err(|e| Error::io(format!("ARP probe for {ip}"), e))
 }
 
-fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> io::Result<bool> {
+fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> io::Result<Option<[u8; 6]>> {
     let sock = ArpSocket::open(ifindex)?;
     let interval = Duration::from_millis(d.interval_ms);
     for _ in 0..d.probes {
         sock.send(&arp_probe(mac, ip))?;
-        if heard_claim(&sock.fd, mac, ip, Instant::now() + interval)? {
-            return Ok(true);
+        if let Some(by) = heard_claim(&sock.fd, mac, ip, Instant::now() + interval)? {
+            return Ok(Some(by));
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Announces `ip` on the interface (RFC 5227 announcement: a gratuitous ARP request whose
@@ -282,18 +289,25 @@ fn arp_announcement(mac: [u8; 6], ip: Ipv4Addr) -> ArpEthIpv4Packet {
     }
 }
 
-/// Whether an ARP packet says someone else has `ip`: it is the sender, or it probes for the
-/// same address at the same time (RFC 5227 2.1.1).
-fn claims(pkt: &[u8], mac: [u8; 6], ip: Ipv4Addr) -> bool {
-    claim_of(pkt).is_some_and(|c| c.mac != mac && c.ip == ip)
+/// Who else an ARP packet says has `ip`: its sender, or someone probing for the same
+/// address at the same time (RFC 5227 2.1.1).
+fn claimant(pkt: &[u8], mac: [u8; 6], ip: Ipv4Addr) -> Option<[u8; 6]> {
+    claim_of(pkt)
+        .filter(|c| c.mac != mac && c.ip == ip)
+        .map(|c| c.mac)
 }
 
-fn heard_claim(sock: &OwnedFd, mac: [u8; 6], ip: Ipv4Addr, deadline: Instant) -> io::Result<bool> {
+fn heard_claim(
+    sock: &OwnedFd,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    deadline: Instant,
+) -> io::Result<Option<[u8; 6]>> {
     let mut buf = [0u8; 64];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(false);
+            return Ok(None);
         }
         let wait =
             PollTimeout::try_from(left.max(Duration::from_millis(1))).unwrap_or(PollTimeout::MAX);
@@ -301,12 +315,13 @@ fn heard_claim(sock: &OwnedFd, mac: [u8; 6], ip: Ipv4Addr, deadline: Instant) ->
         match poll(&mut fds, wait) {
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
-            Ok(0) => return Ok(false),
+            Ok(0) => return Ok(None),
             Ok(_) => {}
         }
-        match recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-            Ok(n) if claims(&buf[..n], mac, ip) => return Ok(true),
-            _ => {}
+        if let Ok(n) = recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            if let Some(by) = claimant(&buf[..n], mac, ip) {
+                return Ok(Some(by));
+            }
         }
     }
 }
@@ -374,28 +389,32 @@ mod tests {
         }
         .to_bytes();
         assert!(
-            claims(&reply, me, ip),
+            claimant(&reply, me, ip) == Some(other),
             "a host sending from the address has it"
         );
         let mut padded = reply.to_vec();
         padded.resize(46, 0);
         assert!(
-            claims(&padded, me, ip),
+            claimant(&padded, me, ip) == Some(other),
             "as received: padded to Ethernet's minimum frame"
         );
         assert!(
-            claims(&arp_probe(other, ip).to_bytes(), me, ip),
+            claimant(&arp_probe(other, ip).to_bytes(), me, ip) == Some(other),
             "another probe for the same address"
         );
         assert!(
-            !claims(&arp_probe(me, ip).to_bytes(), me, ip),
+            claimant(&arp_probe(me, ip).to_bytes(), me, ip).is_none(),
             "our own probe, looped back"
         );
-        assert!(!claims(
+        assert!(claimant(
             &arp_probe(other, Ipv4Addr::new(198, 51, 100, 8)).to_bytes(),
             me,
             ip
-        ));
-        assert!(!claims(&reply[..10], me, ip), "a truncated packet");
+        )
+        .is_none());
+        assert!(
+            claimant(&reply[..10], me, ip).is_none(),
+            "a truncated packet"
+        );
     }
 }

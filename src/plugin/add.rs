@@ -274,11 +274,27 @@ impl Adding<'_> {
         }
     }
 
+    /// The network the node agent probes ahead for this attachment's config: host-local with
+    /// detection on, on a master in the node's namespace, where the agent runs. Its identity
+    /// names the probes ADD reads.
+    fn probe_ahead(&self) -> Option<ProbeAhead> {
+        let master = &self.plan.master;
+        self.detection()
+            .filter(|_| !self.ns.master_in_pod)
+            .map(|detection| ProbeAhead {
+                ipam: self.at.conf.ipam.clone(),
+                master: master.name.clone(),
+                master_index: master.index,
+                master_mac: mac_of(master),
+                detection,
+            })
+    }
+
     /// What the node agent is to watch for this attachment on the LAN (its addresses,
     /// claimed by nobody else), and the network it probes ahead for (host-local with
     /// detection on, on a master in the node's namespace, where the agent runs).
     fn watched(&self, link: &Link, result: &CniResult) -> Watched {
-        let (conf, env) = (self.at.conf, self.at.env);
+        let env = self.at.env;
         let addresses = result
             .ips
             .iter()
@@ -287,16 +303,7 @@ impl Adding<'_> {
                 IpAddr::V6(_) => None,
             })
             .collect();
-        let master = &self.plan.master;
-        let probe_ahead = self
-            .detection()
-            .filter(|_| !self.ns.master_in_pod)
-            .map(|detection| ProbeAhead {
-                ipam: conf.ipam.clone(),
-                master: master.name.clone(),
-                master_mac: mac_of(master),
-                detection,
-            });
+        let probe_ahead = self.probe_ahead();
         let pod = env
             .arg("K8S_POD_NAME")
             .map(|name| format!("{}/{name}", env.arg("K8S_POD_NAMESPACE").unwrap_or("-")));
@@ -311,15 +318,16 @@ impl Adding<'_> {
     /// Gets the addresses from IPAM and, with duplicate detection on (host-local), makes
     /// sure nobody else on the LAN has them: an address the node agent probed ahead of time
     /// with no answer, and heard nobody claim since (`lan_state::FRESH`), is taken as it is;
-    /// one it heard claimed is passed over; any other is ARP-probed here. An address
-    /// someone answers for is released and passed over.
+    /// any other is ARP-probed here, from the new link, which hears the node's own pods too.
+    /// A claim the agent merely heard is asked about like any other (heard is not true: a
+    /// spoofer's announcements alone cannot make ADD fail). An address someone answers for is
+    /// released and passed over.
     fn claim_unused_addresses(&mut self, link: &Link) -> Result<CniResult> {
         use crate::agent::lan_state::{now_ms, Verdict};
         let detection = self.detection();
-        // The agent's probes are of the master in the node's namespace.
-        let probes = match detection {
-            Some(_) if !self.ns.master_in_pod => self.at.agent.lan().probes(&self.at.conf.name),
-            _ => Default::default(),
+        let probes = match self.probe_ahead() {
+            Some(p) => self.at.agent.lan().probes(&p.identity(&self.at.conf.name)),
+            None => Default::default(),
         };
         if detection.is_some() {
             // Probing needs the link up; it has no address yet, as RFC 5227 wants.
@@ -328,6 +336,7 @@ impl Adding<'_> {
                 .apply(vec![LinkChange::of(link.index).up().op()])?;
         }
         let mut avoid: Vec<IpAddr> = Vec::new();
+        let mut answered: Vec<(IpAddr, [u8; 6])> = Vec::new();
         loop {
             let hints = Hints {
                 avoid: &avoid,
@@ -347,25 +356,24 @@ impl Adding<'_> {
                 let IpAddr::V4(v4) = ip.address.ip() else {
                     continue;
                 };
-                let in_use = match probes.verdict(mac_of(&self.plan.master), v4, now_ms()) {
-                    Verdict::Free => false,
-                    Verdict::Claimed(by) => {
-                        log::warn!(
-                            "ros-macvlan: {v4} in use on the LAN (the node agent heard {} claim it); trying another address",
-                            format_mac(&by)
-                        );
-                        true
-                    }
-                    Verdict::Unknown => {
-                        let answered = duplicate::in_use(&self.ns.pod_ns, link.index, mac, v4, &d)?;
-                        if answered {
-                            log::warn!("ros-macvlan: {v4} in use on the LAN (ARP answered); trying another address");
-                        }
-                        answered
-                    }
-                };
-                if in_use {
+                let verdict = probes.verdict(mac_of(&self.plan.master), v4, now_ms());
+                if verdict == Verdict::Free {
+                    continue;
+                }
+                if let Verdict::Claimed(by) = verdict {
+                    log::warn!(
+                        "ros-macvlan: the node agent heard {} claim {v4}; asking whether it answers",
+                        format_mac(&by)
+                    );
+                }
+                if let Some(by) = duplicate::answered_by(&self.ns.pod_ns, link.index, mac, v4, &d)?
+                {
+                    log::warn!(
+                        "ros-macvlan: {v4} in use on the LAN ({} answered ARP); trying another address",
+                        format_mac(&by)
+                    );
                     conflicts.push(ip.address.ip());
+                    answered.push((ip.address.ip(), by));
                 }
             }
             if conflicts.is_empty() {
@@ -375,11 +383,30 @@ impl Adding<'_> {
             self.progress.ipam = false;
             avoid.extend(conflicts);
             if avoid.len() >= d.max_conflicts as usize {
-                return Err(Error::new(Kind::RangeExhausted, format!(
-                    "addresses {avoid:?} are already in use on the LAN (other hosts answered ARP probes): the range overlaps addresses of other nodes or hosts; give each node a range of its own"
-                )));
+                return Err(Error::new(Kind::RangeExhausted, in_use_message(&answered)));
             }
         }
+    }
+}
+
+/// Why ADD gave up: which MAC answered for each address tried. One MAC answering for every
+/// one of several addresses is no set of neighbours but one host answering everything.
+fn in_use_message(answered: &[(IpAddr, [u8; 6])]) -> String {
+    let first = answered.first().map(|(_, mac)| *mac);
+    match first {
+        Some(mac) if answered.len() > 1 && answered.iter().all(|(_, m)| *m == mac) => format!(
+            "every address tried ({}) was answered for by one MAC, {}: a host that answers ARP for every address (proxy ARP, or a spoofer). Find the host with that MAC and stop it; ros-macvlan does not hand out an address someone answers for",
+            answered.iter().map(|(ip, _)| ip.to_string()).collect::<Vec<_>>().join(", "),
+            format_mac(&mac)
+        ),
+        _ => format!(
+            "addresses already in use on the LAN (other hosts answered ARP probes: {}): the range overlaps addresses of other nodes or hosts; give each node a range of its own",
+            answered
+                .iter()
+                .map(|(ip, mac)| format!("{ip} by {}", format_mac(mac)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

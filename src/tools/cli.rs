@@ -121,6 +121,14 @@ struct AgentArgs {
     /// its localhost:7447 to one of them, a router of its own
     #[arg(long, default_value = crate::agent::relays::DEFAULT_ROUTERS)]
     zenoh_routers: crate::agent::relays::RouterPool,
+    /// Duplicate detection: how often each pod's address is asked for once on the LAN, in
+    /// seconds (±20 %); everything else is heard without asking
+    #[arg(long, default_value_t = crate::agent::lan_state::RECHECK.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    recheck_every: u64,
+    /// Duplicate detection: how long a conflict counts after the other MAC last claimed
+    /// the address, in seconds (at most 120)
+    #[arg(long, default_value_t = crate::agent::lan_state::CONFLICT_EXPIRY.as_secs(), value_parser = clap::value_parser!(u64).range(1..=120))]
+    conflict_expiry: u64,
 }
 
 #[derive(Args)]
@@ -215,6 +223,10 @@ pub fn main(args: &[String]) -> i32 {
             policy: a.policy.pair(),
             gc: a.gc_data_dir.map(|d| (d, Duration::from_secs(a.gc_every))),
             zenoh_routers: a.zenoh_routers,
+            lan_pace: crate::agent::lan_watch::Pace {
+                recheck: Duration::from_secs(a.recheck_every),
+                conflict_expiry: Duration::from_secs(a.conflict_expiry),
+            },
         }),
         Sub::Install(a) => crate::tools::install::main(&crate::tools::install::Options {
             cni_bin_dir: a.cni_bin_dir,

@@ -322,6 +322,16 @@ pub fn guide(data: &DataDir) -> Value {
     )
 }
 
+/// The address host-local hands out after `ip` in the guide's range (.160 to .180): the
+/// next one, wrapping from the end to the start.
+pub fn guide_next(ip: std::net::Ipv4Addr) -> std::net::Ipv4Addr {
+    if ip == std::net::Ipv4Addr::new(198, 51, 100, 180) {
+        std::net::Ipv4Addr::new(198, 51, 100, 160)
+    } else {
+        std::net::Ipv4Addr::from(u32::from(ip) + 1)
+    }
+}
+
 /// The first address of an ADD result (net1's IPv4 address in the guide's configs).
 pub fn net1_addr(result: &Value) -> std::net::Ipv4Addr {
     result["ips"][0]["address"]
