@@ -9,109 +9,14 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
-
-/// The agent's probes of `network`, as ADD reads them (the one file of a network of that
-/// name: `<network>.<identity hash>.json`).
-fn probes(agent: &TestAgent, network: &str) -> Value {
-    let dir = agent.socket().parent().unwrap().join("probes");
-    let files: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{network}.")) && n.ends_with(".json"))
-        })
-        .collect();
-    match files.as_slice() {
-        [file] => std::fs::read(file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null),
-        _ => Value::Null,
-    }
-}
-
-/// Waits up to `limit` for `what` to hold.
-fn within(limit: Duration, mut what: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if what() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    what()
-}
-
-fn mac_of(ns: &Ns, dev: &str) -> String {
-    ns.ip_json(&["link", "show", dev])[0]["address"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// A node whose agent runs in its namespace, with the guide's config (duplicate detection
-/// on, as by default) pointed at it.
-struct Scene {
-    lan: Lan,
-    node: Node,
-    agent: TestAgent,
-    /// The store, removed with the scene.
-    _data: DataDir,
-    conf: Value,
-}
-
-impl Scene {
-    fn new() -> Scene {
-        Scene::with_agent(&[])
-    }
-
-    /// The scene with the agent started with `args` added.
-    fn with_agent(args: &[&str]) -> Scene {
-        let lan = Lan::create();
-        let node = Node::new(&lan);
-        let agent = TestAgent::start_in(Some(&node.ns.name), args);
-        let data = DataDir::create();
-        let mut conf = with_agent(guide(&data), &agent);
-        conf.as_object_mut().unwrap().remove("duplicateDetection");
-        Scene {
-            lan,
-            node,
-            agent,
-            _data: data,
-            conf,
-        }
-    }
-
-    /// Waits until the agent's probes say `ip` was probed free.
-    fn probed_free(&self, ip: Ipv4Addr) -> bool {
-        within(Duration::from_secs(5), || {
-            probes(&self.agent, "ros-net")["addresses"][ip.to_string()]["freeAtMs"]
-                .as_u64()
-                .is_some_and(|t| t > 0)
-        })
-    }
-
-    /// A host on the LAN holding `ip` (it answers ARP for it; it announces nothing).
-    fn lan_host_with(&self, ip: Ipv4Addr) -> Node {
-        let host = Node::new(&self.lan);
-        host.ns
-            .ip(&["addr", "add", &format!("{ip}/24"), "dev", "lan0"]);
-        host
-    }
-}
 
 #[test]
 fn add_takes_an_address_the_agent_probed_ahead_without_probing_itself() {
     if !require_root() {
         return;
     }
-    let s = Scene::new();
+    let s = WatchedLan::new();
     let (first, second) = (s.node.pod(11), s.node.pod(12));
     // The first ADD of a network probes for itself; from its record the agent learns the
     // network and probes the next addresses ahead.
@@ -157,7 +62,7 @@ fn an_address_a_lan_host_answers_for_is_passed_over_from_the_agents_probes() {
     if !require_root() {
         return;
     }
-    let s = Scene::new();
+    let s = WatchedLan::new();
     let (first, second) = (s.node.pod(13), s.node.pod(14));
     let a = net1_addr(add(&s.node, &first, &s.conf).ok());
     let next = guide_next(a);
@@ -251,7 +156,7 @@ fn a_silent_lan_host_taking_a_pods_address_is_found_by_the_recheck_and_check_fai
     if !require_root() {
         return;
     }
-    let s = Scene::with_agent(&["--recheck-every", "2"]);
+    let s = WatchedLan::with_agent(&["--recheck-every", "2"]);
     let pod = s.node.pod(15);
     let netns = pod.ns.path();
     let mut env = cni_env("ADD", &pod, "net1", &netns);

@@ -387,7 +387,8 @@ impl Watch {
                 } else if now >= w.next_verify {
                     let _ = w.socket.probe(w.mac, c.address);
                     w.last_probe = Some(now);
-                    w.next_verify = now + VERIFY_EVERY;
+                    // Several asks within one expiry: one lost answer does not clear it.
+                    w.next_verify = now + VERIFY_EVERY.min(self.pace.conflict_expiry / 4);
                 }
             }
         }

@@ -8,6 +8,7 @@
 mod agent;
 mod cluster;
 pub mod cri;
+mod lan;
 pub mod node;
 
 use std::os::unix::fs::DirBuilderExt;
@@ -18,6 +19,8 @@ use serde_json::Value;
 pub use agent::TestAgent;
 #[allow(unused_imports)] // a tests/*.rs crate may use none of it
 pub use cluster::*;
+#[allow(unused_imports)] // a tests/*.rs crate may use none of it
+pub use lan::*;
 pub use ros_macvlan::tools::demo::scene::*;
 
 /// Root is needed for namespaces. Without it a test prints SKIPPED and passes, unless

@@ -1,0 +1,103 @@
+//! A node whose agent runs in its namespace, as the DaemonSet's does, and what the tests of
+//! duplicate detection read of it (`tests/lan_watch.rs`, `tests/lan_trust.rs`).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::*;
+
+/// The agent's probes of `network`, as ADD reads them (the one file of a network of that
+/// name: `<network>.<identity hash>.json`).
+pub fn probes(agent: &TestAgent, network: &str) -> Value {
+    let dir = agent.socket().parent().unwrap().join("probes");
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{network}.")) && n.ends_with(".json"))
+        })
+        .collect();
+    match files.as_slice() {
+        [file] => std::fs::read(file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+/// Waits up to `limit` for `what` to hold.
+pub fn within(limit: Duration, mut what: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if what() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    what()
+}
+
+pub fn mac_of(ns: &Ns, dev: &str) -> String {
+    ns.ip_json(&["link", "show", dev])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A node whose agent runs in its namespace, with the guide's config (duplicate detection
+/// on, as by default) pointed at it.
+pub struct WatchedLan {
+    pub lan: Lan,
+    pub node: Node,
+    pub agent: TestAgent,
+    /// The store, removed with the scene.
+    pub data: DataDir,
+    pub conf: Value,
+}
+
+impl WatchedLan {
+    pub fn new() -> WatchedLan {
+        WatchedLan::with_agent(&[])
+    }
+
+    /// The scene with the agent started with `args` added.
+    pub fn with_agent(args: &[&str]) -> WatchedLan {
+        let lan = Lan::create();
+        let node = Node::new(&lan);
+        let agent = TestAgent::start_in(Some(&node.ns.name), args);
+        let data = DataDir::create();
+        let mut conf = with_agent(guide(&data), &agent);
+        conf.as_object_mut().unwrap().remove("duplicateDetection");
+        WatchedLan {
+            lan,
+            node,
+            agent,
+            data,
+            conf,
+        }
+    }
+
+    /// Waits until the agent's probes say `ip` was probed free.
+    pub fn probed_free(&self, ip: Ipv4Addr) -> bool {
+        within(Duration::from_secs(5), || {
+            probes(&self.agent, "ros-net")["addresses"][ip.to_string()]["freeAtMs"]
+                .as_u64()
+                .is_some_and(|t| t > 0)
+        })
+    }
+
+    /// A host on the LAN holding `ip` (it answers ARP for it; it announces nothing).
+    pub fn lan_host_with(&self, ip: Ipv4Addr) -> Node {
+        let host = Node::new(&self.lan);
+        host.ns
+            .ip(&["addr", "add", &format!("{ip}/24"), "dev", "lan0"]);
+        host
+    }
+}
