@@ -29,6 +29,8 @@ pub const REPROBE: Duration = Duration::from_secs(2);
 
 const PROBES: &str = "probes";
 const CONFLICTS: &str = "conflicts";
+/// The directories the LAN state keeps beside the agent's socket.
+pub const DIRS: &[&str] = &[PROBES, CONFLICTS];
 
 /// Milliseconds since the epoch: the files' clock (wall time, as two processes share it).
 pub fn now_ms() -> u64 {

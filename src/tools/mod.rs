@@ -14,4 +14,5 @@ pub mod probe;
 // Zenoh relay (issue 24): the agent's side.
 pub mod relay;
 pub mod rtps;
+pub mod uninstall;
 pub mod zenoh;
