@@ -135,7 +135,7 @@ fn kustomize_renders_base_and_microk8s_overlay() {
             c["resources"]["limits"]["memory"].is_string()
                 && c["resources"]["requests"]["cpu"].is_string()
         );
-        // Least privilege (README, Security): the runtime's syscall filter, no escalation,
+        // Least privilege (docs/security.md): the runtime's syscall filter, no escalation,
         // every capability dropped but the two the agent uses.
         let sc = &c["securityContext"];
         assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{dir}");
