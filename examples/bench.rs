@@ -284,7 +284,7 @@ fn main() {
         "process start: VERSION median (ms)".into(),
         v0.median,
         v1.median,
-        "one process each; of ADD's median: see the profile in README",
+        "one process each; of ADD's median: see the profile in docs/performance.md",
     ));
 
     // The default config (duplicate detection on). The first ADD of a network probes for
@@ -476,6 +476,39 @@ fn main() {
             through / direct
         );
     }
+    println!("results row (docs/performance.md):");
+    println!("{}", results_row(&rows, collisions));
+}
+
+/// The run as a row of docs/performance.md's results table: date, machine, then ros-macvlan
+/// over the reference for the figures that have a target.
+fn results_row(rows: &[(String, f64, f64, &str)], collisions: f64) -> String {
+    let ratio = |name: &str| {
+        rows.iter()
+            .find(|r| r.0 == name)
+            .map_or("-".to_owned(), |r| format!("{:.2}", r.1 / r.2))
+    };
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let flat = rows
+        .iter()
+        .find(|r| r.0 == "DEL 1000 claims / 1 claim")
+        .map_or("-".to_owned(), |r| format!("{:.2}", r.1));
+    format!(
+        "| {date} | {} cores, {}, kernel {} | {} | {} | {} | {} | {} | {flat} | {} | {collisions:.2} |",
+        num_cpus(),
+        cpu_model(),
+        kernel(),
+        ratio("ADD median (ms)"),
+        ratio("DEL median (ms)"),
+        ratio("DEL start to link gone, median (ms)"),
+        ratio("peak RSS per invocation (KiB)"),
+        ratio("50 concurrent ADDs, wall (ms)"),
+        ratio("ADD median, default config, network seen (ms)"),
+    )
 }
 
 /// The median time from a LAN host taking a pod's address (silently: it only answers ARP)

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The benchmark (README: Performance), as root: builds the plugin as `cargo build
+# The benchmark (docs/performance.md), as root: builds the plugin as `cargo build
 # --release` does (static, as the image ships it: .cargo/config.toml), builds the benchmark,
 # and runs it against Debian's reference plugins.
 set -eu

@@ -6,9 +6,12 @@
 # replaces both), as an OCI archive named localhost/ros-macvlan:<version>, the reference
 # install/base/daemonset.yaml names.
 #
-#   scripts/build-image.sh [--binary FILE] [--output FILE] [--name REF]
+#   scripts/build-image.sh [--binary FILE] [--output FILE] [--name REF] [--print]
 #
+# The version is Cargo.toml's, the one source of it: install/base/kustomization.yaml's
+# `newTag` must say the same (tests/manifests.rs checks it).
 # --binary packs that build of the binary instead of building one (the tests pack theirs).
+# --print only prints the image reference and the archive's path it would make, one a line.
 # Default output: target/image/ros-macvlan-<version>.oci.tar. Load it on a node with
 # `microk8s ctr image import FILE` or `ctr -n k8s.io images import FILE` (README: Install).
 set -euo pipefail
@@ -17,16 +20,21 @@ cd "$(dirname "$0")/.."
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 ref=localhost/ros-macvlan:$version
 out=target/image/ros-macvlan-$version.oci.tar
-binary=''
-usage() { echo "usage: $0 [--binary FILE] [--output FILE] [--name REF]" >&2; exit 2; }
+binary='' print=0
+usage() { echo "usage: $0 [--binary FILE] [--output FILE] [--name REF] [--print]" >&2; exit 2; }
 while (($#)); do
   case $1 in
     --binary) binary=${2:-}; shift 2 || usage ;;
     --output) out=${2:-}; shift 2 || usage ;;
     --name) ref=${2:-}; shift 2 || usage ;;
+    --print) print=1; shift ;;
     *) usage ;;
   esac
 done
+if ((print)); then
+  printf '%s\n%s\n' "$ref" "$out"
+  exit 0
+fi
 
 if [[ -z $binary ]]; then
   cargo build --release --locked

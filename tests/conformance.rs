@@ -6,7 +6,7 @@
 //! per-link sysctls and IGMP memberships after ADD, after CHECK and after each of two DELs.
 //!
 //! The differences ros-macvlan means to have are listed once, in `DIFFERENCES` (and in
-//! README, "Differences from the reference macvlan"), each applied as a normalisation of the
+//! docs/differences.md), each applied as a normalisation of the
 //! two observations; any other difference fails the suite. One line per config is printed:
 //! `cargo test --test conformance -- --nocapture` shows them.
 
@@ -282,7 +282,7 @@ struct Bench {
     files: DataDir,
     /// Ours runs under a node policy that allows what the reference does unasked: passthru
     /// (lan0 carries nothing of the node's here) and the suite's resolv.conf directory
-    /// (README, Security).
+    /// (docs/security.md).
     policy: NodePolicy,
 }
 
@@ -626,8 +626,8 @@ fn no_normalisation(_: &Case, _: &mut Value, _: &mut Value) -> bool {
     false
 }
 
-/// The intended differences, each with its reason in README ("Differences from the
-/// reference macvlan", same names, same order). Anything else the suite finds fails it.
+/// The intended differences, each with its reason in docs/differences.md (same names, same
+/// order). Anything else the suite finds fails it.
 const DIFFERENCES: &[Difference] = &[
     // Multicast leaves through net1, not the default route's eth0.
     Difference {

@@ -318,7 +318,7 @@ fn mac_mtu_and_modes_are_applied() {
     del(&node, &pod, &conf).ok();
 
     // passthru takes the master's own MAC; lan0 here carries nothing of the node's, and
-    // the node policy allows passthru (README, Security).
+    // the node policy allows passthru (docs/security.md).
     conf["mode"] = json!("passthru");
     conf.as_object_mut().unwrap().remove("mac");
     let policy = NodePolicy::new(Some(json!({"modes": ["bridge", "passthru"]})));

@@ -135,7 +135,7 @@ fn kustomize_renders_base_and_microk8s_overlay() {
             c["resources"]["limits"]["memory"].is_string()
                 && c["resources"]["requests"]["cpu"].is_string()
         );
-        // Least privilege (README, Security): the runtime's syscall filter, no escalation,
+        // Least privilege (docs/security.md): the runtime's syscall filter, no escalation,
         // every capability dropped but the two the agent uses.
         let sc = &c["securityContext"];
         assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{dir}");
@@ -229,4 +229,109 @@ fn policy_example_parses_as_a_policy() {
     let doc: serde_yaml::Value = serde_yaml::from_slice(&std::fs::read(path).unwrap()).unwrap();
     let json = doc["data"]["policy.json"].as_str().unwrap();
     serde_json::from_str::<ros_macvlan::node::policy::Policy>(json).unwrap();
+}
+
+/// The versions a text names as `ros-macvlan:X.Y.Z` or `ros-macvlan-X.Y.Z` (an image tag,
+/// an archive's name), with the line each is on.
+fn versions_named(text: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        for (at, _) in line.match_indices("ros-macvlan") {
+            let rest = &line[at + "ros-macvlan".len()..];
+            let Some(rest) = rest.strip_prefix(':').or_else(|| rest.strip_prefix('-')) else {
+                continue;
+            };
+            let version: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let version = version.trim_end_matches('.');
+            if version.split('.').count() == 3 && version.split('.').all(|p| !p.is_empty()) {
+                found.push((version.to_owned(), line.trim().to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// One version source: Cargo.toml's version is the binary's, the image's tag
+/// (scripts/build-image.sh reads it), the manifests' (install/base/kustomization.yaml's
+/// `newTag`, in every rendered DaemonSet) and every image or archive README and docs/ name.
+#[test]
+fn one_version_for_the_binary_the_image_and_the_manifests() {
+    let version = env!("CARGO_PKG_VERSION");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let image = format!("localhost/ros-macvlan:{version}");
+
+    let printed = Command::new(repo.join("scripts/build-image.sh"))
+        .arg("--print")
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        [
+            image.as_str(),
+            &format!("target/image/ros-macvlan-{version}.oci.tar")
+        ],
+        "scripts/build-image.sh names another image than Cargo.toml's version"
+    );
+
+    let kustomization: serde_yaml::Value = serde_yaml::from_slice(
+        &std::fs::read(repo.join("install/base/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let images = kustomization["images"].as_sequence().expect("images:");
+    let ours = images
+        .iter()
+        .find(|i| i["name"] == "localhost/ros-macvlan")
+        .expect("an images: entry for localhost/ros-macvlan");
+    assert_eq!(
+        ours["newTag"].as_str(),
+        Some(version),
+        "install/base/kustomization.yaml's newTag is not Cargo.toml's version: change them together"
+    );
+
+    let mut texts = vec![repo.join("README.md")];
+    for dir in ["docs", "install", "scripts", "conf"] {
+        if let Ok(entries) = std::fs::read_dir(repo.join(dir)) {
+            texts.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+        }
+    }
+    texts.extend(yaml_files("install"));
+    for file in texts.iter().filter(|f| f.is_file()) {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        for (named, line) in versions_named(&text) {
+            assert_eq!(
+                named,
+                version,
+                "{} names version {named} ({line}); Cargo.toml says {version}",
+                file.display()
+            );
+        }
+    }
+
+    let Some(kubectl) = require_tool("kubectl") else {
+        return;
+    };
+    for dir in ["install/base", "install/overlays/microk8s"] {
+        let rendered = kustomize(&kubectl, dir);
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_slice(&rendered)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["containers"][0]["image"].as_str(),
+            Some(image.as_str()),
+            "{dir}"
+        );
+    }
+}
+
+#[test]
+fn versions_are_found_in_tags_and_archive_names() {
+    let text = "image: localhost/ros-macvlan:0.1.0\nctr import target/image/ros-macvlan-1.2.3.oci.tar\nros-macvlan-policy and ros-macvlan:host-access";
+    let found: Vec<String> = versions_named(text).into_iter().map(|(v, _)| v).collect();
+    assert_eq!(found, ["0.1.0", "1.2.3"]);
 }

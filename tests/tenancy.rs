@@ -1,5 +1,5 @@
 //! A namespace admin's NetworkAttachmentDefinition must not hurt the node or another
-//! tenant (README, Security): on a node with no policy file (the default install) passthru
+//! tenant (docs/security.md): on a node with no policy file (the default install) passthru
 //! and another pod's interface as master are refused, files a config names are read
 //! safely, every number is bounded, GC keeps what is not its network's, and gc and the
 //! agent release nothing whose pod they cannot see gone.

@@ -11,6 +11,9 @@ use crate::node::host_access::{self, Spec};
 use crate::node::policy::Policy;
 use crate::sys::netlink::Netlink;
 
+/// The file in the agent's directory where it notes the host access it set up.
+pub const STATE_FILE: &str = "host-access.json";
+
 pub struct Keeper {
     /// The node configuration to follow.
     config: PathBuf,
@@ -24,7 +27,7 @@ pub struct Keeper {
 
 impl Keeper {
     pub fn new(config: PathBuf, agent_dir: &Path) -> Keeper {
-        let state = agent_dir.join("host-access.json");
+        let state = agent_dir.join(STATE_FILE);
         let applied = std::fs::read(&state)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())

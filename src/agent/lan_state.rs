@@ -47,6 +47,8 @@ pub const VERIFY_EVERY: Duration = Duration::from_secs(5);
 
 const PROBES: &str = "probes";
 const CONFLICTS: &str = "conflicts";
+/// The directories the LAN state keeps beside the agent's socket.
+pub const DIRS: &[&str] = &[PROBES, CONFLICTS];
 
 /// Milliseconds since the epoch: the files' clock (wall time, as two processes share it).
 pub fn now_ms() -> u64 {

@@ -262,15 +262,15 @@ mod tests {
         assert_eq!(Kind::Internal.code(), 999);
     }
 
-    /// README's error table lists exactly the kinds' codes.
+    /// The error table of docs/protocol.md lists exactly the kinds' codes.
     #[test]
-    fn readme_lists_the_same_codes() {
-        let readme = include_str!("../../README.md");
-        let section = readme
+    fn docs_list_the_same_codes() {
+        let doc = include_str!("../../docs/protocol.md");
+        let section = doc
             .split("\n## Errors")
             .nth(1)
             .and_then(|s| s.split("\n## ").next())
-            .expect("README has an Errors section");
+            .expect("docs/protocol.md has an Errors section");
         let mut listed: Vec<u32> = section
             .lines()
             .filter_map(|l| l.strip_prefix("| "))

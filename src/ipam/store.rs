@@ -60,7 +60,7 @@ const STAGING: &str = ".claim-staging";
 /// ignores): the addresses it holds, so DEL reads a few files instead of every claim, and what
 /// tells whether its pod still exists, so `ros-macvlan gc` can release the claims of pods
 /// that vanished without a DEL (reboots, lost DELs).
-const RECORD_DIR: &str = ".ros-macvlan";
+pub const RECORD_DIR: &str = ".ros-macvlan";
 const RECORD_DIR_MODE: u32 = 0o750;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

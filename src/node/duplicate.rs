@@ -33,7 +33,7 @@ pub struct Detection {
     pub max_conflicts: u32,
 }
 
-/// Bounds of the config's numbers (README, Security).
+/// Bounds of the config's numbers (docs/security.md).
 pub const MAX_PROBES: u32 = 10;
 pub const MAX_INTERVAL_MS: u64 = 1000;
 pub const MAX_CONFLICTS: u32 = 16;

@@ -31,7 +31,7 @@ pub struct MulticastConf {
 
 pub const ROS_DISCOVERY_GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 
-/// Bounds of the `multicast` numbers (README, Security). The kernel gives every macvlan of a
+/// Bounds of the `multicast` numbers (docs/security.md). The kernel gives every macvlan of a
 /// master the largest broadcast queue any of them asked for, so one config's `bcQueueLen` is
 /// every pod's on that master: it is bounded.
 pub const MAX_BC_QUEUE_LEN: u32 = 4096;
@@ -298,7 +298,7 @@ impl ZenohConf {
         };
         if let Some(key) = object.keys().find(|k| *k != "port") {
             let why = if key == "router" {
-                "the routers are the node's: the node agent's --zenoh-routers names them (README: rmw_zenoh with no configuration)"
+                "the routers are the node's: the node agent's --zenoh-routers names them (docs/zenoh.md)"
             } else {
                 "the only key of zenoh is \"port\""
             };

@@ -30,6 +30,9 @@ enum Sub {
     Agent(AgentArgs),
     /// Copy this binary into the CNI bin dir atomically
     Install(InstallArgs),
+    /// (root, on a node) Remove the plugin, the agent's records and state from this node;
+    /// refuses, naming them, while any pod is attached
+    Uninstall(UninstallArgs),
     /// Release host-local claims whose pod's netns is gone
     Gc {
         /// The host-local data dir
@@ -165,6 +168,22 @@ struct InstallArgs {
     stay: bool,
 }
 
+#[derive(Args)]
+struct UninstallArgs {
+    /// The node's CNI bin dir the plugin was installed into, e.g. /opt/cni/bin
+    #[arg(long)]
+    cni_bin_dir: PathBuf,
+    /// The node agent's socket (its --socket): its records and state live beside it
+    #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
+    agent_socket: PathBuf,
+    /// A host-local data dir the networks use (repeat for several; a NAD's dataDir)
+    #[arg(long = "data-dir", default_value = DEFAULT_DATA_DIR)]
+    data_dirs: Vec<PathBuf>,
+    /// Where the node policy was mirrored (the agent's --policy-dir): removed too
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+}
+
 /// The node policy mirrored from a ConfigMap mount.
 #[derive(Args)]
 struct PolicyArgs {
@@ -233,6 +252,12 @@ pub fn main(args: &[String]) -> i32 {
             policy: a.policy.pair(),
             verify: a.verify,
             stay: a.stay,
+        }),
+        Sub::Uninstall(a) => crate::tools::uninstall::main(&crate::tools::uninstall::Options {
+            cni_bin_dir: a.cni_bin_dir,
+            agent_socket: a.agent_socket,
+            data_dirs: a.data_dirs,
+            policy_dir: a.policy_dir,
         }),
         Sub::Gc { data_dir, every } => crate::tools::gc::main(&data_dir, every),
         Sub::Probe {

@@ -10,4 +10,5 @@ pub mod install;
 pub mod ports;
 pub mod probe;
 pub mod rtps;
+pub mod uninstall;
 pub mod zenoh;
