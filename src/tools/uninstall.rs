@@ -16,8 +16,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::ipam::store::{ClaimRecord, RECORD_DIR};
 use crate::agent::records::{MembershipRecord, RecordDir, RelayRecord, Stored};
+use crate::ipam::store::{ClaimRecord, RECORD_DIR};
 use crate::node::install::BINARY_NAME;
 
 /// What `ros-macvlan uninstall` was asked to take off.
