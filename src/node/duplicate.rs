@@ -231,7 +231,7 @@ impl AsFd for ArpSocket {
 
 /// The address an ARP packet claims and who claims it: its sender's address, or for a
 /// probe (sender 0.0.0.0) its target.
-fn claim_of(pkt: &[u8]) -> Option<Claim> {
+pub fn claim_of(pkt: &[u8]) -> Option<Claim> {
     let arp = ArpPacket::from_slice(pkt).ok()?.try_eth_ipv4().ok()?;
     let probe = arp.sender_ipv4 == [0; 4];
     let ip = if probe {
