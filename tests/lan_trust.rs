@@ -264,3 +264,35 @@ fn a_host_answering_for_every_address_is_named_when_add_gives_up() {
     assert!(!has_net1(&pod));
     assert!(s.data.claims("ros-net").is_empty(), "a claim was left");
 }
+
+#[test]
+fn gc_under_a_same_named_config_on_another_master_keeps_the_claims() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    node.plug(&lan, "lan1");
+    let pod = node.pod(33);
+    let data = DataDir::create();
+    let agent = start_agent();
+    let mut conf = with_agent(guide(&data), &agent);
+    conf["cniVersion"] = json!("1.1.0");
+    let claimed = net1_addr(add(&node, &pod, &conf).ok()).to_string();
+    // The same name, store and ranges on another master: another tenant's config.
+    let mut other = conf.clone();
+    other["master"] = json!("lan1");
+    other["cni.dev/valid-attachments"] = json!([]);
+    cni("GC", &node, &pod, &other).ok();
+    assert_eq!(
+        data.claims("ros-net"),
+        std::slice::from_ref(&claimed),
+        "another config's GC released the claim"
+    );
+    // Its own config's GC still releases what no attachment holds.
+    let mut own = conf.clone();
+    own["cni.dev/valid-attachments"] = json!([]);
+    cni("GC", &node, &pod, &own).ok();
+    assert!(data.claims("ros-net").is_empty());
+    del(&node, &pod, &conf).ok();
+}

@@ -30,6 +30,10 @@ pub const MAX_ROUTES: usize = 64;
 pub struct Hints<'a> {
     pub avoid: &'a [IpAddr],
     pub node_seed: Option<u64>,
+    /// The identity of the config the claim is made under, kept in its record: a network's
+    /// `name` and `dataDir` are a tenant's to choose, so another config may share the store,
+    /// and GC releases only the claims of its own config.
+    pub config: Option<&'a str>,
 }
 
 /// The attachment a claim is made for, and what tells later whether its pod still exists.
@@ -198,6 +202,7 @@ impl HostLocalConf {
                     netns: owner.netns.to_owned(),
                     pod_namespace: owner.pod_namespace.map(str::to_owned),
                     pod_name: owner.pod_name.map(str::to_owned),
+                    config: hints.config.map(str::to_owned),
                 })?;
                 Ok(ips)
             });
@@ -270,8 +275,8 @@ impl HostLocalConf {
     pub fn upcoming(&self, network: &str, node_seed: Option<u64>, n: usize) -> Result<Vec<IpAddr>> {
         let store = Store::open_existing(&self.data_dir, network)?;
         let hints = Hints {
-            avoid: &[],
             node_seed,
+            ..Hints::default()
         };
         let mut out = Vec::new();
         for (idx, set) in self.range_sets.iter().enumerate() {

@@ -76,6 +76,10 @@ pub struct ClaimRecord {
     pub pod_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
+    /// The identity of the config the claim was made under (none in records of older
+    /// versions): only GC under that config releases it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 /// Who holds a claim, as the claim file says.

@@ -337,12 +337,14 @@ impl Adding<'_> {
         }
         let mut avoid: Vec<IpAddr> = Vec::new();
         let mut answered: Vec<(IpAddr, [u8; 6])> = Vec::new();
+        let config = self.at.conf.claim_identity();
         loop {
             let hints = Hints {
                 avoid: &avoid,
                 // The master's MAC tells this node from the others on the LAN: a fresh store
                 // starts at a pick of its own (see RangeSet::spread_resume_point).
                 node_seed: Some(stable_hash(&self.plan.master.mac)),
+                config: Some(&config),
             };
             let result = self.at.ipam.add(self.at.conf, self.at.env, hints)?;
             self.progress.ipam = true;

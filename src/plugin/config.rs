@@ -178,6 +178,20 @@ pub struct MacvlanConf {
     pub log_level: String,
 }
 
+impl MacvlanConf {
+    /// What the claims made under this config are recorded as (`ClaimRecord::config`): the
+    /// master as written and the whole `ipam` object (ranges, store), hashed. A second config
+    /// under the same `name` and store, on another master or with other ranges, has another
+    /// identity, and its GC leaves these claims alone.
+    pub fn claim_identity(&self) -> String {
+        let what = serde_json::json!([self.master, self.ipam]);
+        format!(
+            "{:016x}",
+            crate::sys::stable_hash::stable_hash(what.to_string().as_bytes())
+        )
+    }
+}
+
 impl std::ops::Deref for MacvlanConf {
     type Target = NetConf;
     fn deref(&self) -> &NetConf {

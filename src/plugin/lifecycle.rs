@@ -36,20 +36,34 @@ pub fn gc(conf: &MacvlanConf, env: &CniEnv, ipam: &Ipam) -> Result<()> {
             };
             let in_ranges =
                 |ip: &std::net::IpAddr| hl.range_sets.iter().any(|s| s.range_of(*ip).is_some());
+            // A claim recorded under another config's identity is that config's to release
+            // (a same-named network sharing the store); one recorded under none (the
+            // reference's, an older version's) is judged by the ranges alone.
+            let identity = conf.claim_identity();
+            let records = store.records();
+            let foreign = |id: &str, ifname: &str| {
+                records.iter().any(|r| {
+                    r.container_id == id
+                        && (r.ifname == ifname || ifname.is_empty())
+                        && r.config.as_ref().is_some_and(|c| *c != identity)
+                })
+            };
             let ours = store.claims()?.into_iter().filter(|(ip, _)| in_ranges(ip));
             for (ip, holder) in ours {
                 let keep = holder.is_some_and(|h| {
                     valid.contains(&(h.container_id.clone(), h.ifname.clone()))
                         || (h.ifname.is_empty()
                             && valid.iter().any(|(id, _)| *id == h.container_id))
+                        || foreign(&h.container_id, &h.ifname)
                 });
                 if !keep {
                     store.release_ip(ip)?;
                 }
             }
-            for record in store.records() {
+            for record in &records {
                 if !valid.contains(&(record.container_id.clone(), record.ifname.clone()))
                     && record.ips.iter().all(in_ranges)
+                    && record.config.as_ref().is_none_or(|c| *c == identity)
                 {
                     store.remove_record(&record.container_id, &record.ifname);
                 }
