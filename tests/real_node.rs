@@ -431,3 +431,127 @@ fn lost_del_claim_released_by_the_agents_gc_live_pods_kept() {
     let expected: Vec<String> = claims.into_iter().filter(|c| *c != victim_ip).collect();
     assert_eq!(left, expected, "a live pod's claim was released");
 }
+
+/// README's uninstall command, as it runs in the DaemonSet's container: the words after
+/// `kubectl exec ... --`.
+fn readme_uninstall_command() -> Vec<String> {
+    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.contains("-- /ros-macvlan uninstall"))
+        .expect("README uninstalls through kubectl exec");
+    line.split(" -- ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// README's uninstall, run in the DaemonSet's container as `kubectl exec` runs it: with the
+/// guide's pods attached it refuses, names them and removes nothing; once kubelet has
+/// deleted them it removes the plugin from the node's CNI bin dir, the agent's records and
+/// ros-macvlan's records in the host-local store, through the container's mounts.
+#[test]
+fn readme_uninstall_in_the_agents_container_waits_for_the_pods_then_removes_everything() {
+    let Some(mut node) = node_with_agent(Nad::RosMacvlan) else {
+        return;
+    };
+    let command = readme_uninstall_command();
+    let installed = node.agent.as_ref().unwrap().cni_bin.join("ros-macvlan");
+    let pods = node.pods("conf/example4-talkers-listener.yaml");
+    let records = node.agent_socket().parent().unwrap().join("memberships");
+    let store = node.data.0.join("ros-net");
+
+    let (code, out) = node.exec_in_agent(&command);
+    assert_eq!(code, 1, "{command:?}: {out}");
+    assert!(out.contains("3 attachment(s)"), "{out}");
+    for pod in &pods {
+        assert!(out.contains(&pod.id), "{} not named: {out}", pod.id);
+        assert!(out.contains(&pod.netns), "{} not named: {out}", pod.netns);
+    }
+    assert!(installed.is_file(), "the plugin went with pods attached");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 3);
+    assert_eq!(node.data.claims("ros-net").len(), 3);
+
+    for pod in &pods {
+        node.delete(pod)
+            .unwrap_or_else(|e| panic!("deleting {}: {e}\n{}", pod.name, node.plugin_log()));
+    }
+    let (code, out) = node.exec_in_agent(&command);
+    assert_eq!(code, 0, "{command:?}: {out}");
+    assert!(out.contains("removed /host/cni-bin/ros-macvlan"), "{out}");
+    assert!(!installed.exists(), "{out}");
+    assert!(!records.exists(), "{out}");
+    assert!(!store.join(".ros-macvlan").exists(), "{out}");
+    assert!(node.data.claims("ros-net").is_empty());
+    let (code, out) = node.exec_in_agent(&command);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("nothing of ros-macvlan is left"), "{out}");
+}
+
+/// README's first install steps on a real containerd: `scripts/build-image.sh` as README
+/// runs it, its archive imported as README imports it (`ctr -n k8s.io images import`), and
+/// the image both rendered DaemonSets name (kubectl's kustomize) is the one now in the
+/// node's image store.
+#[test]
+fn readme_image_built_and_imported_is_the_one_the_rendered_daemonsets_name() {
+    let Some(node) = real_node(Nad::RosMacvlan) else {
+        return;
+    };
+    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).unwrap();
+    let import = readme
+        .lines()
+        .find(|l| l.contains("sudo ctr -n k8s.io images import"))
+        .expect("README imports the image into containerd");
+    let archive = import
+        .split_whitespace()
+        .find(|w| w.ends_with(".oci.tar"))
+        .unwrap();
+    let built = std::process::Command::new(format!("{REPO}/scripts/build-image.sh"))
+        .current_dir(REPO)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "scripts/build-image.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let said = String::from_utf8_lossy(&built.stdout).into_owned();
+    let reference = said
+        .lines()
+        .last()
+        .and_then(|l| l.split_once(": "))
+        .map(|(out, r)| {
+            assert_eq!(
+                out, archive,
+                "README imports another archive than the one built"
+            );
+            r.to_owned()
+        })
+        .unwrap_or_else(|| panic!("scripts/build-image.sh said {said}"));
+    node.import(&std::path::Path::new(REPO).join(archive));
+    let images = node.images();
+    assert!(images.contains(&reference), "{reference} not in {images:?}");
+    let Some(kubectl) = require_tool("kubectl") else {
+        return;
+    };
+    for dir in ["install/base", "install/overlays/microk8s"] {
+        let rendered = std::process::Command::new(&kubectl)
+            .args(["kustomize", &format!("{REPO}/{dir}")])
+            .output()
+            .unwrap();
+        assert!(rendered.status.success(), "kubectl kustomize {dir}");
+        let docs: Vec<Value> = serde_yaml::Deserializer::from_slice(&rendered.stdout)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+        let image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            image, reference,
+            "{dir} names another image than the one imported"
+        );
+    }
+}

@@ -355,6 +355,21 @@ state = "{d}/state"
         std::fs::read_to_string(self.dir.0.join("containerd.log")).unwrap_or_default()
     }
 
+    /// The names of the images in the node's image store (containerd's k8s.io namespace).
+    pub fn images(&self) -> Vec<String> {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .args(["-n", "k8s.io", "images", "ls", "-q"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ctr images ls");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn import(&self, archive: &Path) {
         let out = Command::new("ctr")
             .arg("--address")
