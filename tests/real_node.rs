@@ -555,3 +555,51 @@ fn readme_image_built_and_imported_is_the_one_the_rendered_daemonsets_name() {
         );
     }
 }
+
+/// README's "See it work" on a real node: the agent's record of the pod names it by
+/// `namespace/name` (as README's grep finds it) and its netns, and README's doctor and probe
+/// commands, run in the DaemonSet's container with that netns, examine the pod's net1.
+#[test]
+fn readme_doctor_and_probe_in_the_agents_container_find_the_pod_by_its_record() {
+    let Some(mut node) = node_with_agent(Nad::RosMacvlan) else {
+        return;
+    };
+    let pods = node.pods("conf/example4-talkers-listener.yaml");
+    let listener = pods.iter().find(|p| p.name == "listener").unwrap();
+    // README: `sudo grep -h default/listener /run/ros-macvlan/memberships/*.json`.
+    let records = node.agent_socket().parent().unwrap().join("memberships");
+    let record: Value = std::fs::read_dir(&records)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|text| text.contains("default/listener"))
+        .map(|text| serde_json::from_str(&text).unwrap())
+        .expect("no record names default/listener");
+    assert_eq!(record["netns"], listener.netns.as_str());
+    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).unwrap();
+    for verb in ["doctor", "probe"] {
+        let line = readme
+            .lines()
+            .find(|l| l.contains(&format!("-- /ros-macvlan {verb} --netns")))
+            .unwrap_or_else(|| panic!("README runs {verb} through kubectl exec"));
+        let mut command: Vec<String> = line
+            .split(" -- ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let at = command.iter().position(|w| w == "--netns").unwrap() + 1;
+        command[at] = listener.netns.clone();
+        command.extend(["--seconds".into(), "1".into()]);
+        let (code, out) = node.exec_in_agent(&command);
+        assert!(!out.contains("cannot"), "{command:?}: {out}");
+        if verb == "doctor" {
+            for found in ["PASS interface", "PASS membership"] {
+                assert!(out.contains(found), "{command:?}: {out}");
+            }
+            assert_eq!(code, 0, "{command:?}: {out}");
+        } else {
+            assert_eq!(code, 0, "{command:?}: {out}");
+        }
+    }
+}
