@@ -66,8 +66,17 @@ impl Blockers {
             .attachments
             .iter()
             .map(|a| {
+                // A pod whose netns is gone lost its DEL: the agent drops such records
+                // within a sweep and gc releases such claims, and they then no longer
+                // stop the uninstall.
+                let gone = match crate::sys::netns::presence(&a.netns, None) {
+                    crate::sys::netns::Presence::Gone(why) => format!(
+                        " [{why}: a lost DEL; a running agent drops its records within 2 s, `ros-macvlan gc` releases its claims]"
+                    ),
+                    _ => String::new(),
+                };
                 format!(
-                    "  pod {}, container {}, netns {}, {} of network {} ({})",
+                    "  pod {}, container {}, netns {}, {} of network {} ({}){gone}",
                     a.pod.as_deref().unwrap_or("(not recorded)"),
                     a.container_id,
                     a.netns,
