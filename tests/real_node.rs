@@ -603,3 +603,73 @@ fn readme_doctor_and_probe_in_the_agents_container_find_the_pod_by_its_record() 
         }
     }
 }
+
+/// An upgrade as README describes it: the guide's pods attached under image A, the
+/// DaemonSet's pod replaced by one of image B (another build of the plugin), as a rolling
+/// update replaces it. B's container installs its plugin over A's, its agent takes over
+/// A's records: every pod's membership is back within 5 s and held by B; then the pods'
+/// DELs, run by B's plugin, leave no claim, record, membership or link.
+#[test]
+fn upgrade_to_another_image_keeps_the_pods_and_their_del_cleans_up() {
+    let Some(mut node) = node_with_agent(Nad::RosMacvlan) else {
+        return;
+    };
+    let pods = node.pods("conf/example4-talkers-listener.yaml");
+    for pod in &pods {
+        assert!(
+            member_of_discovery_group(&pod.netns, "net1"),
+            "{}",
+            pod.name
+        );
+    }
+    // Image B: another build (trailing bytes change nothing of how it runs).
+    let scratch = DataDir::scratch();
+    let b_bin = scratch.0.join("ros-macvlan");
+    let mut bytes = std::fs::read(release_bin()).unwrap();
+    bytes.extend_from_slice(b"image B");
+    std::fs::write(&b_bin, &bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&b_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let b_archive = scratch.0.join("b.oci.tar");
+    let b_image = "localhost/rmtest-ros-macvlan:b";
+    build_agent_image(&b_bin, &b_archive, b_image);
+
+    node.upgrade_agent(&b_archive, b_image);
+    let installed = node.agent.as_ref().unwrap().cni_bin.join("ros-macvlan");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        bytes,
+        "B's container did not install its plugin"
+    );
+    let client = ros_macvlan::plugin::membership::AgentClient::new(&node.agent_socket());
+    let start = Instant::now();
+    while client.list().map(|h| h.len()).unwrap_or(0) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "B's agent did not take over A's memberships: {:?}\n{}",
+            client.list(),
+            node.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pod in &pods {
+        assert!(
+            member_of_discovery_group(&pod.netns, "net1"),
+            "{}",
+            pod.name
+        );
+    }
+
+    for pod in &pods {
+        node.delete(pod)
+            .unwrap_or_else(|e| panic!("deleting {}: {e}\n{}", pod.name, node.plugin_log()));
+    }
+    assert!(node.data.claims("ros-net").is_empty(), "claims left");
+    let records = ros_macvlan::plugin::membership::RecordDir::beside(&node.agent_socket());
+    assert!(records.list().is_empty(), "membership records left");
+    assert!(
+        client.list().unwrap().is_empty(),
+        "B's agent still holds some"
+    );
+    assert_eq!(node.node.ns.link_names(), ["lo", "lan0"], "links left");
+}
