@@ -431,3 +431,245 @@ fn lost_del_claim_released_by_the_agents_gc_live_pods_kept() {
     let expected: Vec<String> = claims.into_iter().filter(|c| *c != victim_ip).collect();
     assert_eq!(left, expected, "a live pod's claim was released");
 }
+
+/// README's uninstall command, as it runs in the DaemonSet's container: the words after
+/// `kubectl exec ... --`.
+fn readme_uninstall_command() -> Vec<String> {
+    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.contains("-- /ros-macvlan uninstall"))
+        .expect("README uninstalls through kubectl exec");
+    line.split(" -- ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// README's uninstall, run in the DaemonSet's container as `kubectl exec` runs it: with the
+/// guide's pods attached it refuses, names them and removes nothing; once kubelet has
+/// deleted them it removes the plugin from the node's CNI bin dir, the agent's records and
+/// ros-macvlan's records in the host-local store, through the container's mounts.
+#[test]
+fn readme_uninstall_in_the_agents_container_waits_for_the_pods_then_removes_everything() {
+    let Some(mut node) = node_with_agent(Nad::RosMacvlan) else {
+        return;
+    };
+    let command = readme_uninstall_command();
+    let installed = node.agent.as_ref().unwrap().cni_bin.join("ros-macvlan");
+    let pods = node.pods("conf/example4-talkers-listener.yaml");
+    let records = node.agent_socket().parent().unwrap().join("memberships");
+    let store = node.data.0.join("ros-net");
+
+    let (code, out) = node.exec_in_agent(&command);
+    assert_eq!(code, 1, "{command:?}: {out}");
+    assert!(out.contains("3 attachment(s)"), "{out}");
+    for pod in &pods {
+        assert!(out.contains(&pod.id), "{} not named: {out}", pod.id);
+        assert!(out.contains(&pod.netns), "{} not named: {out}", pod.netns);
+    }
+    assert!(installed.is_file(), "the plugin went with pods attached");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 3);
+    assert_eq!(node.data.claims("ros-net").len(), 3);
+
+    for pod in &pods {
+        node.delete(pod)
+            .unwrap_or_else(|e| panic!("deleting {}: {e}\n{}", pod.name, node.plugin_log()));
+    }
+    let (code, out) = node.exec_in_agent(&command);
+    assert_eq!(code, 0, "{command:?}: {out}");
+    assert!(out.contains("removed /host/cni-bin/ros-macvlan"), "{out}");
+    assert!(!installed.exists(), "{out}");
+    assert!(!records.exists(), "{out}");
+    assert!(!store.join(".ros-macvlan").exists(), "{out}");
+    assert!(node.data.claims("ros-net").is_empty());
+    let (code, out) = node.exec_in_agent(&command);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("nothing of ros-macvlan is left"), "{out}");
+}
+
+/// README's first install steps on a real containerd: `scripts/build-image.sh` as README
+/// runs it, its archive imported as README imports it (`ctr -n k8s.io images import`), and
+/// the image both rendered DaemonSets name (kubectl's kustomize) is the one now in the
+/// node's image store.
+#[test]
+fn readme_image_built_and_imported_is_the_one_the_rendered_daemonsets_name() {
+    let Some(node) = real_node(Nad::RosMacvlan) else {
+        return;
+    };
+    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).unwrap();
+    let import = readme
+        .lines()
+        .find(|l| l.contains("sudo ctr -n k8s.io images import"))
+        .expect("README imports the image into containerd");
+    let archive = import
+        .split_whitespace()
+        .find(|w| w.ends_with(".oci.tar"))
+        .unwrap();
+    let built = std::process::Command::new(format!("{REPO}/scripts/build-image.sh"))
+        .current_dir(REPO)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "scripts/build-image.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let said = String::from_utf8_lossy(&built.stdout).into_owned();
+    let reference = said
+        .lines()
+        .last()
+        .and_then(|l| l.split_once(": "))
+        .map(|(out, r)| {
+            assert_eq!(
+                out, archive,
+                "README imports another archive than the one built"
+            );
+            r.to_owned()
+        })
+        .unwrap_or_else(|| panic!("scripts/build-image.sh said {said}"));
+    node.import(&std::path::Path::new(REPO).join(archive));
+    let images = node.images();
+    assert!(images.contains(&reference), "{reference} not in {images:?}");
+    let Some(kubectl) = require_tool("kubectl") else {
+        return;
+    };
+    for dir in ["install/base", "install/overlays/microk8s"] {
+        let rendered = std::process::Command::new(&kubectl)
+            .args(["kustomize", &format!("{REPO}/{dir}")])
+            .output()
+            .unwrap();
+        assert!(rendered.status.success(), "kubectl kustomize {dir}");
+        let docs: Vec<Value> = serde_yaml::Deserializer::from_slice(&rendered.stdout)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+        let image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            image, reference,
+            "{dir} names another image than the one imported"
+        );
+    }
+}
+
+/// README's "See it work" on a real node: the agent's record of the pod names it by
+/// `namespace/name` (as README's grep finds it) and its netns, and README's doctor and probe
+/// commands, run in the DaemonSet's container with that netns, examine the pod's net1.
+#[test]
+fn readme_doctor_and_probe_in_the_agents_container_find_the_pod_by_its_record() {
+    let Some(mut node) = node_with_agent(Nad::RosMacvlan) else {
+        return;
+    };
+    let pods = node.pods("conf/example4-talkers-listener.yaml");
+    let listener = pods.iter().find(|p| p.name == "listener").unwrap();
+    // README: `sudo grep -h default/listener /run/ros-macvlan/memberships/*.json`.
+    let records = node.agent_socket().parent().unwrap().join("memberships");
+    let record: Value = std::fs::read_dir(&records)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|text| text.contains("default/listener"))
+        .map(|text| serde_json::from_str(&text).unwrap())
+        .expect("no record names default/listener");
+    assert_eq!(record["netns"], listener.netns.as_str());
+    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).unwrap();
+    for verb in ["doctor", "probe"] {
+        let line = readme
+            .lines()
+            .find(|l| l.contains(&format!("-- /ros-macvlan {verb} --netns")))
+            .unwrap_or_else(|| panic!("README runs {verb} through kubectl exec"));
+        let mut command: Vec<String> = line
+            .split(" -- ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let at = command.iter().position(|w| w == "--netns").unwrap() + 1;
+        command[at] = listener.netns.clone();
+        command.extend(["--seconds".into(), "1".into()]);
+        let (code, out) = node.exec_in_agent(&command);
+        assert!(!out.contains("cannot"), "{command:?}: {out}");
+        if verb == "doctor" {
+            for found in ["PASS interface", "PASS membership"] {
+                assert!(out.contains(found), "{command:?}: {out}");
+            }
+            assert_eq!(code, 0, "{command:?}: {out}");
+        } else {
+            assert_eq!(code, 0, "{command:?}: {out}");
+        }
+    }
+}
+
+/// An upgrade as README describes it: the guide's pods attached under image A, the
+/// DaemonSet's pod replaced by one of image B (another build of the plugin), as a rolling
+/// update replaces it. B's container installs its plugin over A's, its agent takes over
+/// A's records: every pod's membership is back within 5 s and held by B; then the pods'
+/// DELs, run by B's plugin, leave no claim, record, membership or link.
+#[test]
+fn upgrade_to_another_image_keeps_the_pods_and_their_del_cleans_up() {
+    let Some(mut node) = node_with_agent(Nad::RosMacvlan) else {
+        return;
+    };
+    let pods = node.pods("conf/example4-talkers-listener.yaml");
+    for pod in &pods {
+        assert!(
+            member_of_discovery_group(&pod.netns, "net1"),
+            "{}",
+            pod.name
+        );
+    }
+    // Image B: another build (trailing bytes change nothing of how it runs).
+    let scratch = DataDir::scratch();
+    let b_bin = scratch.0.join("ros-macvlan");
+    let mut bytes = std::fs::read(release_bin()).unwrap();
+    bytes.extend_from_slice(b"image B");
+    std::fs::write(&b_bin, &bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&b_bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let b_archive = scratch.0.join("b.oci.tar");
+    let b_image = "localhost/rmtest-ros-macvlan:b";
+    build_agent_image(&b_bin, &b_archive, b_image);
+
+    node.upgrade_agent(&b_archive, b_image);
+    let installed = node.agent.as_ref().unwrap().cni_bin.join("ros-macvlan");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        bytes,
+        "B's container did not install its plugin"
+    );
+    let client = ros_macvlan::agent::client::AgentClient::new(&node.agent_socket());
+    let start = Instant::now();
+    while client.list().map(|h| h.len()).unwrap_or(0) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "B's agent did not take over A's memberships: {:?}\n{}",
+            client.list(),
+            node.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pod in &pods {
+        assert!(
+            member_of_discovery_group(&pod.netns, "net1"),
+            "{}",
+            pod.name
+        );
+    }
+
+    for pod in &pods {
+        node.delete(pod)
+            .unwrap_or_else(|e| panic!("deleting {}: {e}\n{}", pod.name, node.plugin_log()));
+    }
+    assert!(node.data.claims("ros-net").is_empty(), "claims left");
+    let records = ros_macvlan::agent::records::RecordDir::beside(&node.agent_socket());
+    assert!(records.list().is_empty(), "membership records left");
+    assert!(
+        client.list().unwrap().is_empty(),
+        "B's agent still holds some"
+    );
+    assert_eq!(node.node.ns.link_names(), ["lo", "lan0"], "links left");
+}

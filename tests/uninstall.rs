@@ -35,7 +35,7 @@ fn uninstall_refuses_while_a_pod_is_attached_and_removes_everything_after_its_de
     let node = Node::new(&lan);
     let pod = node.pod(11);
     let data = DataDir::create();
-    let agent = TestAgent::start_in(Some(&node.ns.name), &[]);
+    let mut agent = TestAgent::start_in(Some(&node.ns.name), &[]);
     let conf = with_agent(guide(&data), &agent);
     let socket = agent.socket();
     let agent_dir = socket.parent().unwrap().to_owned();
@@ -76,6 +76,35 @@ fn uninstall_refuses_while_a_pod_is_attached_and_removes_everything_after_its_de
     assert_eq!(data.claims("ros-net"), claims);
     let leftovers: Vec<_> = std::fs::read_dir(&bin_dir).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "the binary put aside was not put back");
+
+    // A record of a pod whose netns is gone (a lost DEL) is named as such, with what
+    // clears it. (The agent stops first, or its sweep would drop that record at once.)
+    agent.stop();
+    let mine = std::fs::read_dir(&records)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut ghost: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&mine).unwrap()).unwrap();
+    ghost["containerID"] = "ghost".into();
+    ghost["netns"] = format!("/run/netns/rmgone-{}", std::process::id()).into();
+    let ghost_file = records.join("ghost:ros-net:net1.json");
+    std::fs::write(&ghost_file, ghost.to_string()).unwrap();
+    let said = text(&uninstall(&bin_dir, &socket, &data));
+    let ghost_line = said.lines().find(|l| l.contains("container ghost"));
+    assert!(
+        ghost_line.is_some_and(|l| l.contains("a lost DEL")),
+        "{said}"
+    );
+    assert!(
+        !said
+            .lines()
+            .any(|l| l.contains(&pod.container_id) && l.contains("lost DEL")),
+        "{said}"
+    );
+    std::fs::remove_file(&ghost_file).unwrap();
 
     // The pod's DEL still works: the plugin and its records are there.
     cni_with("DEL", &node, &pod, &conf, &[("CNI_ARGS", args)]).ok();

@@ -65,8 +65,17 @@ impl Blockers {
             .attachments
             .iter()
             .map(|a| {
+                // A pod whose netns is gone lost its DEL: the agent drops such records
+                // within a sweep and gc releases such claims, and they then no longer
+                // stop the uninstall.
+                let gone = match crate::sys::netns::presence(&a.netns, None) {
+                    crate::sys::netns::Presence::Gone(why) => format!(
+                        " [{why}: a lost DEL; a running agent drops its records within 2 s, `ros-macvlan gc` releases its claims]"
+                    ),
+                    _ => String::new(),
+                };
                 format!(
-                    "  pod {}, container {}, netns {}, {} of network {} ({})",
+                    "  pod {}, container {}, netns {}, {} of network {} ({}){gone}",
                     a.pod.as_deref().unwrap_or("(not recorded)"),
                     a.container_id,
                     a.netns,
@@ -203,15 +212,14 @@ fn record_files(dir: &Path) -> io::Result<Vec<(PathBuf, Vec<u8>)>> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+        Err(e) => return Err(at(dir, e)),
     };
     let mut files = Vec::new();
     for entry in entries {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
         if name.is_some_and(|n| !n.starts_with('.')) {
-            let bytes = fs::read(&path)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            let bytes = fs::read(&path).map_err(|e| at(&path, e))?;
             files.push((path, bytes));
         }
     }
@@ -225,12 +233,7 @@ fn claim_record_dirs(data_dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
     let entries = match fs::read_dir(data_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("{}: {e}", data_dir.display()),
-            ))
-        }
+        Err(e) => return Err(at(data_dir, e)),
     };
     let mut dirs = Vec::new();
     for entry in entries {
@@ -250,7 +253,7 @@ fn host_access_kept(agent_dir: &Path) -> io::Result<Vec<String>> {
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        Err(e) => return Err(at(&path, e)),
     };
     let specs: Vec<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|e| {
         io::Error::new(
@@ -267,19 +270,23 @@ fn host_access_kept(agent_dir: &Path) -> io::Result<Vec<String>> {
 /// What uninstall did, or why it refused.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Nothing is attached: these were removed (empty when nothing was left).
-    Removed(Vec<String>),
+    /// Nothing is attached: what was removed (nothing when nothing was left), and what
+    /// could not be, with why (every removal is tried).
+    Removed {
+        removed: Vec<String>,
+        failed: Vec<String>,
+    },
     /// Attachments remain: nothing was removed.
     Refused(Blockers),
 }
 
-/// Lists the attachments; with none, removes what ros-macvlan left on the node.
+/// Lists the attachments; with none, removes what ros-macvlan left on the node. An error
+/// is one met before anything was removed.
 pub fn uninstall(opts: &Options) -> io::Result<Outcome> {
     let found = blockers(opts)?;
     if !found.is_empty() {
         return Ok(Outcome::Refused(found));
     }
-    let mut removed = Vec::new();
     // Moved aside, not deleted: an ADD that began before could still write its records.
     let binary = opts.cni_bin_dir.join(BINARY_NAME);
     let aside = opts
@@ -288,76 +295,75 @@ pub fn uninstall(opts: &Options) -> io::Result<Outcome> {
     let moved = match fs::rename(&binary, &aside) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("{}: {e}", binary.display()),
-            ))
-        }
+        Err(e) => return Err(at(&binary, e)),
     };
     let again = blockers(opts);
     if !matches!(&again, Ok(b) if b.is_empty()) {
         if moved {
-            fs::rename(&aside, &binary)?;
+            fs::rename(&aside, &binary).map_err(|e| at(&binary, e))?;
         }
         return again.map(Outcome::Refused);
     }
-    if moved {
-        fs::remove_file(&aside)?;
-        removed.push(binary.display().to_string());
-    }
 
+    let mut done = Removal::default();
+    if moved {
+        done.note(&binary, fs::remove_file(&aside));
+    }
     for dir in agent_state_dirs(opts) {
-        remove(&dir, &mut removed, |p| fs::remove_dir_all(p))?;
+        done.note(&dir, fs::remove_dir_all(&dir));
     }
     let agent_dir = agent_dir(opts);
-    remove(
-        &agent_dir.join(crate::agent::host_keeper::STATE_FILE),
-        &mut removed,
-        |p| fs::remove_file(p),
-    )?;
-    remove(&opts.agent_socket, &mut removed, |p| fs::remove_file(p))?;
+    let state = agent_dir.join(crate::agent::host_keeper::STATE_FILE);
+    done.note(&state, fs::remove_file(&state));
+    done.note(&opts.agent_socket, fs::remove_file(&opts.agent_socket));
     // The directory itself only when empty, and not when it is a mount point (the
-    // DaemonSet's hostPath): the kernel refuses that with EBUSY, which leaves it as it is.
+    // DaemonSet's hostPath, whose parent is the container's read-only root): the kernel
+    // refuses those (ENOTEMPTY, EBUSY, EROFS), which leaves the directory as it is.
     match fs::remove_dir(&agent_dir) {
-        Ok(()) => removed.push(agent_dir.display().to_string()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc_err) if [nix::libc::EBUSY, nix::libc::ENOTEMPTY, nix::libc::ENOENT].contains(&libc_err)) =>
-            {}
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("{}: {e}", agent_dir.display()),
-            ))
-        }
+        Err(e)
+            if e.raw_os_error().is_some_and(|n| {
+                [nix::libc::EBUSY, nix::libc::ENOTEMPTY, nix::libc::EROFS].contains(&n)
+            }) => {}
+        result => done.note(&agent_dir, result),
     }
     for data_dir in &opts.data_dirs {
-        for (_, records) in claim_record_dirs(data_dir)? {
-            remove(&records, &mut removed, |p| fs::remove_dir(p))?;
+        match claim_record_dirs(data_dir) {
+            Ok(dirs) => {
+                for (_, records) in dirs {
+                    done.note(&records, fs::remove_dir(&records));
+                }
+            }
+            Err(e) => done.failed.push(e.to_string()),
         }
     }
     if let Some(dir) = &opts.policy_dir {
-        remove(
-            &crate::node::install::mirrored_policy(dir),
-            &mut removed,
-            |p| fs::remove_file(p),
-        )?;
+        let policy = crate::node::install::mirrored_policy(dir);
+        done.note(&policy, fs::remove_file(&policy));
     }
-    Ok(Outcome::Removed(removed))
+    Ok(Outcome::Removed {
+        removed: done.removed,
+        failed: done.failed,
+    })
 }
 
-/// Removes `path` with `how`, noting it; a path already gone is fine.
-fn remove(
-    path: &Path,
-    removed: &mut Vec<String>,
-    how: impl FnOnce(&Path) -> io::Result<()>,
-) -> io::Result<()> {
-    match how(path) {
-        Ok(()) => {
-            removed.push(path.display().to_string());
-            Ok(())
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// What the removals did: a path already gone is neither removed nor failed.
+#[derive(Default)]
+struct Removal {
+    removed: Vec<String>,
+    failed: Vec<String>,
+}
+
+impl Removal {
+    fn note(&mut self, path: &Path, result: io::Result<()>) {
+        match result {
+            Ok(()) => self.removed.push(path.display().to_string()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => self.failed.push(at(path, e).to_string()),
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     }
 }
 
@@ -365,15 +371,17 @@ fn remove(
 /// still attached.
 pub fn main(opts: &Options) -> i32 {
     match uninstall(opts) {
-        Ok(Outcome::Removed(removed)) if removed.is_empty() => {
-            println!("uninstall: nothing of ros-macvlan is left on this node");
-            0
-        }
-        Ok(Outcome::Removed(removed)) => {
-            for r in removed {
+        Ok(Outcome::Removed { removed, failed }) => {
+            if removed.is_empty() && failed.is_empty() {
+                println!("uninstall: nothing of ros-macvlan is left on this node");
+            }
+            for r in &removed {
                 println!("removed {r}");
             }
-            0
+            for f in &failed {
+                log::error!("uninstall: cannot remove {f}");
+            }
+            i32::from(!failed.is_empty())
         }
         Ok(Outcome::Refused(b)) => {
             eprintln!(

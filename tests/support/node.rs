@@ -130,6 +130,17 @@ pub fn release_bin() -> PathBuf {
         .join("release/ros-macvlan")
 }
 
+/// The DaemonSet's image of `binary`, named `image`, as scripts/build-image.sh builds it.
+pub fn build_agent_image(binary: &Path, out: &Path, image: &str) {
+    let status = Command::new(Path::new(REPO).join("scripts/build-image.sh"))
+        .args(["--binary", binary.to_str().unwrap()])
+        .args(["--output", out.to_str().unwrap(), "--name", image])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/build-image.sh failed");
+}
+
 /// What the real node needs besides root: containerd, runc, umoci, catatonit and the
 /// reference plugins (scripts/test.sh installs them). Missing, the test skips, or fails
 /// under ROS_MACVLAN_REQUIRE_PRIVILEGED=1.
@@ -355,6 +366,21 @@ state = "{d}/state"
         std::fs::read_to_string(self.dir.0.join("containerd.log")).unwrap_or_default()
     }
 
+    /// The names of the images in the node's image store (containerd's k8s.io namespace).
+    pub fn images(&self) -> Vec<String> {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .args(["-n", "k8s.io", "images", "ls", "-q"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ctr images ls");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn import(&self, archive: &Path) {
         let out = Command::new("ctr")
             .arg("--address")
@@ -395,15 +421,25 @@ state = "{d}/state"
     /// scripts/build-image.sh builds of the tests' binary.
     pub fn start_agent(&mut self, patch: &[(String, Value)]) {
         let archive = image_archive("agent", |out| {
-            let status = Command::new(Path::new(REPO).join("scripts/build-image.sh"))
-                .args(["--binary", release_bin().to_str().unwrap()])
-                .args(["--output", out.to_str().unwrap(), "--name", AGENT_IMAGE])
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "scripts/build-image.sh failed");
+            build_agent_image(&release_bin(), out, AGENT_IMAGE);
         });
         self.import(&archive);
+        self.start_agent_from(AGENT_IMAGE, patch);
+    }
+
+    /// A rolling update of the DaemonSet on this node: the agent's pod deleted as kubelet
+    /// deletes it (StopPodSandbox: SIGTERM, then RemovePodSandbox), then a new one started
+    /// from `image` (imported from `archive`), the manifest otherwise the same.
+    pub fn upgrade_agent(&mut self, archive: &Path, image: &str) {
+        self.import(archive);
+        let old = self.agent.take().expect("an agent to upgrade").sandbox;
+        self.cri().stop_sandbox(&old).unwrap();
+        self.cri().remove_sandbox(&old).unwrap();
+        self.start_agent_from(image, &[]);
+    }
+
+    /// The DaemonSet's container from `image` (already imported), `patch` applied.
+    fn start_agent_from(&mut self, image: &str, patch: &[(String, Value)]) {
         let mut ds = read_yaml_docs("install/base/daemonset.yaml").remove(0);
         for (pointer, value) in patch {
             *ds.pointer_mut(pointer)
@@ -503,7 +539,7 @@ state = "{d}/state"
                 attempt: 0,
             }),
             image: Some(ImageSpec {
-                image: AGENT_IMAGE.to_owned(),
+                image: image.to_owned(),
                 ..Default::default()
             }),
             command: strings(&c["command"]),
