@@ -180,7 +180,7 @@ fn the_agent_lets_go_when_a_pods_netns_is_gone() {
         held_keys(&agent)
     );
     assert!(
-        agent.records().list().is_empty(),
+        agent.records().list().unwrap().is_empty(),
         "the records of vanished pods are left"
     );
     // The namespace went with the last socket, and its macvlan with it.
@@ -238,4 +238,57 @@ fn the_agent_installs_mirrors_the_policy_and_runs_gc() {
     assert!(log.contains("gc: 0 attachment(s) released"), "{log}");
     assert!(out.status.success(), "SIGTERM is a clean stop:\n{log}");
     assert!(!socket.exists(), "the socket file outlives the agent");
+}
+
+/// A listing that fails is not an empty listing: an agent out of descriptors cannot read
+/// its records, and through its sweeps it lets go of no tenant's membership; once it can
+/// read them again, it goes on as before.
+#[test]
+fn an_agent_that_cannot_list_its_records_lets_no_tenant_go() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let (first, second) = (node.pod(11), node.pod(12));
+    let (data, other_data) = (DataDir::create(), DataDir::create());
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
+    // The second tenant: a NAD of its own namespace, its own network and store.
+    let mut other_conf = with_agent(guide(&other_data), &agent);
+    other_conf["name"] = "other-tenant-net".into();
+    add(&node, &first, &conf).ok();
+    add(&node, &second, &other_conf).ok();
+    assert_eq!(held_keys(&agent).len(), 2);
+
+    let limit = agent.exhaust_descriptors();
+    let said = within(Duration::from_secs(5), || {
+        agent
+            .log()
+            .contains("cannot read the membership records whole")
+    });
+    assert!(said.is_some(), "the listing did not fail:\n{}", agent.log());
+    // Three sweeps more: both memberships stay joined all along.
+    let lapsed = within(3 * ros_macvlan::agent::lifecycle::SWEEP_EVERY, || {
+        !joined(&first.ns, "net1").contains(&GROUP) || !joined(&second.ns, "net1").contains(&GROUP)
+    });
+    assert!(
+        lapsed.is_none(),
+        "a membership was let go while the records could not be listed:\n{}",
+        agent.log()
+    );
+
+    drop(limit);
+    assert!(
+        within(Duration::from_secs(5), || agent
+            .log()
+            .contains("membership records can be read whole again"))
+        .is_some(),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(held_keys(&agent).len(), 2);
+    del(&node, &first, &conf).ok();
+    del(&node, &second, &other_conf).ok();
+    assert!(held_keys(&agent).is_empty());
 }

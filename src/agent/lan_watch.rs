@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::agent::lan_state::{now_ms, Conflict, LanState, Probed, Probes, FRESH, REPROBE};
-use crate::agent::records::{MembershipRecord, ProbeAhead, RecordDir};
+use crate::agent::records::{ListingHealth, MembershipRecord, ProbeAhead, RecordDir};
 use crate::ipam::host_local::HostLocalConf;
 use crate::node::duplicate::{ArpSocket, Claim, Detection};
 use crate::sys::confine::{Readable, Roots};
@@ -80,6 +80,8 @@ struct PodWatch {
 
 struct Watch {
     records: RecordDir,
+    /// Whether the records could be listed whole at the last sync.
+    listing: ListingHealth,
     lan: LanState,
     ahead: HashMap<String, Ahead>,
     pods: HashMap<String, PodWatch>,
@@ -91,6 +93,7 @@ impl Watch {
     fn new(records: RecordDir, lan: LanState) -> Watch {
         Watch {
             records,
+            listing: ListingHealth::default(),
             lan,
             ahead: HashMap::new(),
             pods: HashMap::new(),
@@ -111,9 +114,13 @@ impl Watch {
         }
     }
 
-    /// Makes what is watched match the records.
+    /// Makes what is watched match the records; records that cannot be listed whole
+    /// change nothing (no watch ends, no conflict is forgotten).
     fn sync(&mut self) {
-        let records: Vec<MembershipRecord> = self.records.list();
+        let listed = self.records.list();
+        let Some(records) = self.listing.whole("membership records (LAN watch)", listed) else {
+            return;
+        };
         let current: HashMap<String, &MembershipRecord> =
             records.iter().map(|r| (r.key(), r)).collect();
         self.pods

@@ -14,7 +14,7 @@ use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use socket2::{InterfaceIndexOrAddress, SockRef};
 
 use crate::agent::protocol::Reply;
-use crate::agent::records::{MembershipRecord, RecordDir};
+use crate::agent::records::{ListingHealth, MembershipRecord, RecordDir};
 use crate::sys::netns::Netns;
 
 /// The most memberships one agent holds (a socket each): a node runs far fewer pods, and
@@ -57,6 +57,8 @@ struct Held {
 /// The memberships the agent holds, and the records that say which it should.
 pub struct Memberships {
     records: RecordDir,
+    /// Whether the records could be listed whole at the last sweep.
+    listing: ListingHealth,
     held: HashMap<String, Held>,
     /// Keys whose re-creation failed once, so the log says so once, not every sweep.
     failing: HashSet<String>,
@@ -68,6 +70,7 @@ impl Memberships {
     pub fn new(records: RecordDir) -> Memberships {
         Memberships {
             records,
+            listing: ListingHealth::default(),
             held: HashMap::new(),
             failing: HashSet::new(),
             unsure: HashSet::new(),
@@ -136,10 +139,16 @@ impl Memberships {
     /// Makes what is held match the records: a record whose netns is positively gone (or
     /// is another namespace now) is removed with its membership; a held membership without
     /// a record (its DEL's message was lost) ends; a record not held is joined again. A
-    /// netns that cannot be told gone is kept, and said once.
+    /// netns that cannot be told gone is kept, and said once. Records that cannot be
+    /// listed whole change nothing.
     pub fn reconcile(&mut self) {
         let held: HashSet<String> = self.held.keys().cloned().collect();
-        let due = self.records.due(&held);
+        let Some(due) = self
+            .listing
+            .whole("membership records", self.records.due(&held))
+        else {
+            return;
+        };
         for key in due.unrecorded {
             self.let_go(&key, "its record is gone");
         }
@@ -187,4 +196,66 @@ fn rejoin(record: &MembershipRecord) -> io::Result<OwnedFd> {
         .map_err(|e| io::Error::other(e.to_string()))?
         .map_err(|e| io::Error::other(format!("{}: {e}", record.ifname)))?;
     join(&ns, index, &record.groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::records::tests::record;
+
+    /// A socket standing in for a membership's: what is held, not what it joined.
+    fn a_socket() -> OwnedFd {
+        socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn in_this_netns(container_id: &str) -> MembershipRecord {
+        MembershipRecord {
+            container_id: container_id.into(),
+            netns: "/proc/self/ns/net".into(),
+            netns_inode: crate::sys::netns::inode_of(std::path::Path::new("/proc/self/ns/net"))
+                .unwrap(),
+            ..record()
+        }
+    }
+
+    /// A record that cannot be read (here a symlink, never followed) makes the listing
+    /// fail: the sweep lets go of nothing, also not the held membership whose record is
+    /// gone, and once the listing is whole again it does.
+    #[test]
+    fn a_listing_that_fails_lets_nothing_go() {
+        let dir = std::env::temp_dir().join(format!("rm-failed-listing-{}", std::process::id()));
+        let records = RecordDir::beside(&dir.join("agent.sock"));
+        let (kept, lost) = (in_this_netns("kept"), in_this_netns("lost"));
+        records.write(&kept).unwrap();
+        let mut memberships = Memberships::new(records.clone());
+        memberships.hold(kept.clone(), a_socket(), "test");
+        // Its DEL's message was lost: held, with no record.
+        memberships.hold(lost.clone(), a_socket(), "test");
+        let unreadable = records.path().join("unreadable.json");
+        std::os::unix::fs::symlink("/etc/hostname", &unreadable).unwrap();
+        assert!(
+            records.list().is_err(),
+            "a listing with an unreadable record"
+        );
+
+        memberships.reconcile();
+        let held: HashSet<String> = memberships.held.keys().cloned().collect();
+        assert_eq!(held, [kept.key(), lost.key()].into(), "nothing let go");
+
+        std::fs::remove_file(&unreadable).unwrap();
+        memberships.reconcile();
+        let held: HashSet<String> = memberships.held.keys().cloned().collect();
+        assert_eq!(
+            held,
+            [kept.key()].into(),
+            "whole again: the unrecorded one goes"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -218,9 +218,11 @@ impl<R: Stored> RecordDir<R> {
     }
 
     /// Compares the records with the keys an agent holds: a record whose namespace is
-    /// positively gone is removed here; the rest is for the caller to act on.
-    pub fn due(&self, held: &HashSet<String>) -> Due<R> {
-        let records: Vec<R> = self.list();
+    /// positively gone is removed here; the rest is for the caller to act on. A listing
+    /// that cannot be made whole is an error, never fewer records: a held key whose record
+    /// was not read would be taken for one whose record is gone.
+    pub fn due(&self, held: &HashSet<String>) -> io::Result<Due<R>> {
+        let records: Vec<R> = self.list()?;
         let recorded: HashSet<String> = records.iter().map(Stored::key).collect();
         let mut due = Due {
             unrecorded: held.difference(&recorded).cloned().collect(),
@@ -240,29 +242,83 @@ impl<R: Stored> RecordDir<R> {
                 Presence::Unknown(why) => due.unsure.push((key, why)),
             }
         }
-        due
+        Ok(due)
     }
 
-    /// Every readable record; unreadable files are skipped (and left for an operator).
-    pub fn list(&self) -> Vec<R> {
+    /// Every record, or why they cannot all be read (see `list_starting`).
+    pub fn list(&self) -> io::Result<Vec<R>> {
         self.list_starting("")
     }
 
-    /// The readable records whose key starts with `prefix`; only those files are read.
-    pub(crate) fn list_starting(&self, prefix: &str) -> Vec<R> {
-        let Ok(Some(dir)) = self.0.open_dir() else {
-            return Vec::new();
+    /// The records whose key starts with `prefix` (only those files are read): all of them,
+    /// or an error naming what could not be read. A directory that cannot be opened or
+    /// listed, a record file that cannot be read (out of descriptors, say) or is not a
+    /// record makes the listing fail as a whole. A file removed while the listing is made
+    /// (by a DEL) is no record any more, and is not missed.
+    pub fn list_starting(&self, prefix: &str) -> io::Result<Vec<R>> {
+        let place = self.path();
+        let dir = match self.0.open_dir() {
+            Ok(Some(dir)) => dir,
+            Ok(None) => return Ok(Vec::new()),
+            Err(e) => return Err(io::Error::other(format!("cannot open them: {e}"))),
         };
-        dir.entries()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(name, is_dir)| {
-                let name = name.to_string_lossy();
-                !is_dir && name.starts_with(prefix) && name.ends_with(".json")
-            })
-            .filter_map(|(name, _)| dir.read(&name).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect()
+        let names = dir.entries().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot list {}: {e}", place.display()))
+        })?;
+        let mut records = Vec::new();
+        for (name, is_dir) in names {
+            let shown = name.to_string_lossy();
+            if is_dir || !shown.starts_with(prefix) || !shown.ends_with(".json") {
+                continue;
+            }
+            let bytes = match dir.read(&name) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot read {}/{shown}: {e}", place.display()),
+                    ))
+                }
+            };
+            let record = serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}/{shown} is not a record: {e}", place.display()),
+                )
+            })?;
+            records.push(record);
+        }
+        Ok(records)
+    }
+}
+
+/// Whether the last listing of some records failed, so that a failure is logged once (not
+/// at every sweep) and its end once: what cannot be listed whole is acted on not at all.
+#[derive(Debug, Default)]
+pub struct ListingHealth {
+    failing: bool,
+}
+
+impl ListingHealth {
+    /// The listing, or None when it failed; `what` names the records for the log.
+    pub fn whole<T>(&mut self, what: &str, listed: io::Result<T>) -> Option<T> {
+        match listed {
+            Ok(listing) => {
+                if std::mem::take(&mut self.failing) {
+                    log::info!("agent: the {what} can be read whole again");
+                }
+                Some(listing)
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    log::warn!(
+                        "agent: cannot read the {what} whole ({e}); nothing is let go until they can be"
+                    );
+                }
+                None
+            }
+        }
     }
 }
 
@@ -288,9 +344,9 @@ pub(crate) mod tests {
         let dir = std::env::temp_dir().join(format!("rm-records-{}", std::process::id()));
         let records = RecordDir::beside(&dir.join("agent.sock"));
         records.write(&record()).unwrap();
-        assert_eq!(records.list(), vec![record()]);
+        assert_eq!(records.list().unwrap(), vec![record()]);
         records.remove(&record().key());
-        assert!(records.list().is_empty());
+        assert!(records.list().unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -318,7 +374,7 @@ pub(crate) mod tests {
             records.write(&r).unwrap();
         }
         let held: HashSet<String> = [here("held").key(), "lost:ros-net:net1".to_owned()].into();
-        let due = records.due(&held);
+        let due = records.due(&held).unwrap();
         assert_eq!(due.unrecorded, vec!["lost:ros-net:net1".to_owned()]);
         assert_eq!(due.missing, vec![here("missing")]);
         assert_eq!(due.gone.len(), 1);
@@ -326,7 +382,7 @@ pub(crate) mod tests {
         assert_eq!(due.unsure.len(), 1);
         assert_eq!(due.unsure[0].0, unsure.key());
         assert_eq!(
-            records.list().len(),
+            records.list().unwrap().len(),
             3,
             "the gone record is removed, no other"
         );

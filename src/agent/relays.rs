@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::agent::protocol::Reply;
-use crate::agent::records::{RecordDir, RelayRecord, Stored};
+use crate::agent::records::{ListingHealth, RecordDir, RelayRecord, Stored};
 use crate::sys::netns::Netns;
 
 /// The agent's answer to a relay request (`held`: the relays).
@@ -125,6 +125,8 @@ impl Drop for Relay {
 /// The relays the agent holds, and the records that say which it should.
 pub struct Relays {
     records: RecordDir<RelayRecord>,
+    /// Whether the records could be listed whole at the last sweep.
+    listing: ListingHealth,
     routers: RouterPool,
     held: HashMap<String, Relay>,
     connections: Arc<AtomicUsize>,
@@ -136,6 +138,7 @@ impl Relays {
     pub fn new(agent_socket: &std::path::Path, routers: RouterPool) -> Relays {
         Relays {
             records: RecordDir::kept_beside(agent_socket),
+            listing: ListingHealth::default(),
             routers,
             held: HashMap::new(),
             connections: Arc::new(AtomicUsize::new(0)),
@@ -226,10 +229,16 @@ impl Relays {
 
     /// Makes the relays match the records, as `Memberships::reconcile` does for memberships:
     /// a relay without a record closes, a record whose netns is gone goes with its relay,
-    /// a record not relayed is re-opened (retried every sweep, said once).
+    /// a record not relayed is re-opened (retried every sweep, said once). Records that
+    /// cannot be listed whole change nothing.
     pub fn reconcile(&mut self) {
         let held: HashSet<String> = self.held.keys().cloned().collect();
-        let due = self.records.due(&held);
+        let Some(due) = self
+            .listing
+            .whole("Zenoh relay records", self.records.due(&held))
+        else {
+            return;
+        };
         for key in due.unrecorded {
             self.let_go(&key, "its record is gone");
         }

@@ -157,13 +157,16 @@ pub fn presence(path: &str, inode: Option<u64>) -> Presence {
             let Some(dir) = p.parent() else {
                 return Presence::Unknown(format!("netns {path} has no directory"));
             };
-            if shows_namespaces(dir) {
-                Presence::Gone(format!("netns {path} does not exist"))
-            } else {
-                Presence::Unknown(format!(
+            match shows_namespaces(dir) {
+                Ok(true) => Presence::Gone(format!("netns {path} does not exist")),
+                Ok(false) => Presence::Unknown(format!(
                     "netns {path} is not found, but {} shows no network namespace here, so it is not the node's netns directory as this process sees it (hidden by another mount, or not mounted in this container)",
                     dir.display()
-                ))
+                )),
+                Err(e) => Presence::Unknown(format!(
+                    "netns {path} is not found, and {} cannot be listed to tell whether it is the node's netns directory: {e}",
+                    dir.display()
+                )),
             }
         }
         Err(e) => Presence::Unknown(format!("netns {path} cannot be checked: {e}")),
@@ -171,15 +174,16 @@ pub fn presence(path: &str, inode: Option<u64>) -> Presence {
 }
 
 /// Whether `dir` holds at least one network namespace (a bind mount of nsfs): then it is a
-/// netns directory as the node has it, not an empty stand-in.
-fn shows_namespaces(dir: &std::path::Path) -> bool {
+/// netns directory as the node has it, not an empty stand-in. A directory that cannot be
+/// listed (or not to its end) is an error, never "no namespace here".
+fn shows_namespaces(dir: &std::path::Path) -> std::io::Result<bool> {
     use nix::sys::statfs::{statfs, NSFS_MAGIC};
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries
-        .flatten()
-        .any(|e| statfs(&e.path()).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC))
+    for entry in std::fs::read_dir(dir)? {
+        if statfs(&entry?.path()).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Takes the thread back to its namespace when dropped.

@@ -7,7 +7,7 @@ use std::process::Command;
 use nix::sys::signal::Signal;
 use ros_macvlan::tools::demo::scene::Agent;
 
-use super::plugin_bin;
+use super::{plugin_bin, sh};
 
 /// The demo's `Agent` (it derefs to one) and how to start it again.
 pub struct TestAgent {
@@ -67,5 +67,60 @@ impl Deref for TestAgent {
     type Target = Agent;
     fn deref(&self) -> &Agent {
         &self.agent
+    }
+}
+
+impl TestAgent {
+    /// Lowers the running agent's descriptor limit (soft) to the lowest descriptor it has
+    /// free: every descriptor below the limit is in use, so the next one it opens fails
+    /// with EMFILE, while all it holds stays open. The limit comes back on drop.
+    pub fn exhaust_descriptors(&self) -> DescriptorLimit {
+        let pid = self.pid().expect("the agent runs");
+        let open: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the agent's descriptors")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let lowest_free = (0..).find(|fd| !open.contains(fd)).unwrap();
+        let before = sh(&[
+            "prlimit",
+            "--pid",
+            &pid.to_string(),
+            "--nofile",
+            "--raw",
+            "--noheadings",
+            "-o",
+            "SOFT,HARD",
+        ]);
+        let mut limits = before.split_whitespace();
+        let (soft, hard) = (
+            limits.next().unwrap().to_owned(),
+            limits.next().unwrap().to_owned(),
+        );
+        sh(&[
+            "prlimit",
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={lowest_free}:{hard}"),
+        ]);
+        DescriptorLimit { pid, soft, hard }
+    }
+}
+
+/// The agent's descriptor limit as it was, put back on drop.
+pub struct DescriptorLimit {
+    pid: u32,
+    soft: String,
+    hard: String,
+}
+
+impl Drop for DescriptorLimit {
+    fn drop(&mut self) {
+        let _ = Command::new("prlimit")
+            .args([
+                "--pid",
+                &self.pid.to_string(),
+                &format!("--nofile={}:{}", self.soft, self.hard),
+            ])
+            .status();
     }
 }
