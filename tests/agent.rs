@@ -292,3 +292,49 @@ fn an_agent_that_cannot_list_its_records_lets_no_tenant_go() {
     del(&node, &second, &other_conf).ok();
     assert!(held_keys(&agent).is_empty());
 }
+
+/// A runtime that names the pod's netns by a process of it (`/proc/<pid>/ns/net`): once that
+/// process has exited the path is gone for good, and the agent lets go of its membership
+/// within 10 s; another tenant's pod, named by its netns file, is kept.
+#[test]
+fn a_netns_named_by_a_process_that_exited_is_gone() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let (by_process, other) = (node.pod(11), node.pod(12));
+    let (data, other_data) = (DataDir::create(), DataDir::create());
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
+    let mut other_conf = with_agent(guide(&other_data), &agent);
+    other_conf["name"] = "other-tenant-net".into();
+    let holder = Spawned::start(&by_process.ns, &["sleep", "60"], |_| {});
+    let netns = format!("/proc/{}/ns/net", holder.pid());
+    cni_with("ADD", &node, &by_process, &conf, &[("CNI_NETNS", &netns)]).ok();
+    add(&node, &other, &other_conf).ok();
+    assert!(joined(&by_process.ns, "net1").contains(&GROUP));
+    assert_eq!(held_keys(&agent).len(), 2);
+
+    drop(holder);
+    let let_go = within(Duration::from_secs(10), || {
+        !joined(&by_process.ns, "net1").contains(&GROUP)
+    });
+    assert!(
+        let_go.is_some(),
+        "the membership outlived the process naming its netns:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("its process has exited"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(held_keys(&agent).len(), 1);
+    assert!(
+        joined(&other.ns, "net1").contains(&GROUP),
+        "the other tenant's membership went"
+    );
+    cni_with("DEL", &node, &by_process, &conf, &[("CNI_NETNS", &netns)]);
+    del(&node, &other, &other_conf).ok();
+}

@@ -29,6 +29,10 @@ pub struct MembershipRecord {
     /// gone or names another namespace (its pod is gone, a DEL was lost) ends the membership.
     pub netns: String,
     pub netns_inode: u64,
+    /// The pid namespace `/proc` showed at ADD (`netns::proc_pid_ns`): a netns path of a
+    /// process (`/proc/<pid>/ns/net`) is gone once that process is, seen in the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proc_pid_ns: Option<u64>,
     pub groups: Vec<Ipv4Addr>,
     /// What the node agent watches on the LAN for this attachment (`lan_watch`): absent in
     /// records of earlier versions.
@@ -118,7 +122,7 @@ impl MembershipRecord {
 
     /// Whether the record's namespace is still there (see `netns::presence`).
     pub fn presence(&self) -> Presence {
-        netns::presence(&self.netns, Some(self.netns_inode))
+        netns::presence(&self.netns, Some(self.netns_inode), self.proc_pid_ns)
     }
 }
 
@@ -334,6 +338,7 @@ pub(crate) mod tests {
             ifname: "net1".into(),
             netns: "/var/run/netns/x".into(),
             netns_inode: 4026532000,
+            proc_pid_ns: None,
             groups: vec![Ipv4Addr::new(239, 255, 0, 1)],
             lan: Watched::default(),
         }
@@ -417,6 +422,52 @@ pub(crate) mod tests {
         );
     }
 
+    /// A runtime may name the pod's netns by a process of it (`/proc/<pid>/ns/net`): once
+    /// that process has exited, the path is gone for good, in the pid namespace it was
+    /// recorded in; seen from another one (or unsaid), nothing can be told.
+    #[test]
+    fn a_process_netns_path_is_gone_once_its_process_is() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let path = format!("/proc/{}/ns/net", child.id());
+        let task = format!("/proc/{0}/task/{0}/ns/net", child.id());
+        let pid_ns = crate::sys::netns::proc_pid_ns().ok();
+        let r = MembershipRecord {
+            netns: path.clone(),
+            netns_inode: crate::sys::netns::inode_of(Path::new(&path)).unwrap(),
+            proc_pid_ns: pid_ns,
+            ..record()
+        };
+        let of_task = MembershipRecord {
+            netns: task,
+            ..r.clone()
+        };
+        assert_eq!(r.presence(), Presence::Here);
+        assert_eq!(of_task.presence(), Presence::Here);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let p = r.presence();
+        assert!(
+            matches!(p, Presence::Gone(ref why) if why.contains("exited")),
+            "{p:?}"
+        );
+        assert!(matches!(of_task.presence(), Presence::Gone(_)));
+        let unsaid = MembershipRecord {
+            proc_pid_ns: None,
+            ..r.clone()
+        };
+        assert!(matches!(unsaid.presence(), Presence::Unknown(_)));
+        let elsewhere = MembershipRecord {
+            proc_pid_ns: pid_ns.map(|n| n + 1),
+            ..r.clone()
+        };
+        assert!(
+            matches!(elsewhere.presence(), Presence::Unknown(ref why) if why.contains("another pid namespace"))
+        );
+    }
+
     #[test]
     fn a_relay_record_is_a_membership_record_with_addresses() {
         let r = RelayRecord {
@@ -425,9 +476,7 @@ pub(crate) mod tests {
                 container_id: "abc".into(),
                 ifname: "net1".into(),
                 netns: "/var/run/netns/x".into(),
-                netns_inode: 1,
-                groups: Vec::new(),
-                lan: Default::default(),
+                ..record()
             },
             listen: vec![
                 "127.0.0.1:7447".parse().unwrap(),

@@ -44,6 +44,7 @@ pub fn record_of_attachment(
         netns_inode: ns
             .inode()
             .map_err(|e| Error::io(format!("stat network namespace {}", env.netns), e))?,
+        proc_pid_ns: crate::sys::netns::proc_pid_ns().ok(),
         groups,
         lan,
     })
