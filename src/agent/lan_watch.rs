@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use std::sync::Arc;
+
+use crate::agent::budget::{Lease, Pool, AHEAD_SOCKET, MAX_AHEAD, POD_WATCHED};
 use crate::agent::lan_state::{now_ms, Conflict, LanState, Probed, Probes, FRESH, REPROBE};
 use crate::agent::records::{ListingHealth, MembershipRecord, ProbeAhead, RecordDir};
 use crate::ipam::host_local::HostLocalConf;
@@ -40,10 +43,14 @@ pub const REMEMBER: Duration = Duration::from_secs(600);
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts the watch; it runs for the agent's life.
-pub fn spawn(records: RecordDir, lan: LanState) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(
+    records: RecordDir,
+    lan: LanState,
+    descriptors: Arc<Pool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("lan-watch".into())
-        .spawn(move || Watch::new(records, lan).run())
+        .spawn(move || Watch::new(records, lan, descriptors).run())
 }
 
 /// One network probed ahead on its master.
@@ -63,6 +70,8 @@ struct Ahead {
     last_round: Option<Instant>,
     /// When an attachment of the network was last held.
     last_held: Instant,
+    /// The descriptor of its socket.
+    _lease: Lease,
 }
 
 /// One attachment watched in its pod.
@@ -71,6 +80,8 @@ struct PodWatch {
     record: MembershipRecord,
     socket: ArpSocket,
     _netns: Netns,
+    /// The descriptors of its socket and its namespace handle.
+    _lease: Lease,
     addresses: Vec<Ipv4Addr>,
     mac: [u8; 6],
     pod: String,
@@ -79,6 +90,8 @@ struct PodWatch {
 }
 
 struct Watch {
+    /// The agent's descriptors, leased for each socket the watch keeps open.
+    descriptors: Arc<Pool>,
     records: RecordDir,
     /// Whether the records could be listed whole at the last sync.
     listing: ListingHealth,
@@ -90,8 +103,9 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(records: RecordDir, lan: LanState) -> Watch {
+    fn new(records: RecordDir, lan: LanState, descriptors: Arc<Pool>) -> Watch {
         Watch {
+            descriptors,
             records,
             listing: ListingHealth::default(),
             lan,
@@ -200,6 +214,18 @@ impl Watch {
                 return None;
             }
         };
+        if self.ahead.len() >= MAX_AHEAD {
+            self.say_once(format!(
+                "agent: lan watch: not probing network {network} ahead: {MAX_AHEAD} networks are, the bound"
+            ));
+            return None;
+        }
+        let Some(lease) = self.descriptors.lease(AHEAD_SOCKET) else {
+            self.say_once(format!(
+                "agent: lan watch: not probing network {network} ahead: the agent's descriptors are all in use"
+            ));
+            return None;
+        };
         let socket = match ArpSocket::open(index) {
             Ok(s) => s,
             Err(e) => {
@@ -229,6 +255,7 @@ impl Watch {
             next_send: Instant::now(),
             last_round: None,
             last_held: Instant::now(),
+            _lease: lease,
         })
     }
 
@@ -240,6 +267,13 @@ impl Watch {
         if r.presence() != Presence::Here {
             return;
         }
+        let Some(lease) = self.descriptors.lease(POD_WATCHED) else {
+            self.say_once(format!(
+                "agent: lan watch: not watching {}: the agent's descriptors are all in use",
+                r.key()
+            ));
+            return;
+        };
         let opened = Netns::open(&r.netns).and_then(|ns| {
             let ifname = r.ifname.clone();
             let socket = ns.run(move || {
@@ -257,6 +291,7 @@ impl Watch {
                         record: r.clone(),
                         socket,
                         _netns: ns,
+                        _lease: lease,
                         addresses: r.lan.addresses.clone(),
                         mac,
                         pod: r.lan.pod.clone().unwrap_or_else(|| "-/-".into()),

@@ -18,6 +18,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::agent::budget::Pool;
 use crate::agent::memberships::Memberships;
 use crate::agent::protocol::{self, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
 use crate::agent::records::{MembershipRecord, RecordDir};
@@ -64,16 +65,19 @@ async fn serve(opts: Options) -> io::Result<()> {
     if let Some(dir) = &opts.cni_bin_dir {
         install_plugin(dir)?;
     }
+    // Before anything is opened: the bounds' descriptors, counted from here on.
+    let descriptors = Pool::descriptors()?;
     let listener = listen(&opts.socket)?;
     log::info!("agent: listening on {}", opts.socket.display());
-    let mut memberships = Memberships::new(RecordDir::beside(&opts.socket));
+    let mut memberships = Memberships::new(RecordDir::beside(&opts.socket), descriptors.clone());
     memberships.reconcile();
     crate::agent::lan_watch::spawn(
         RecordDir::beside(&opts.socket),
         crate::agent::lan_state::LanState::beside(&opts.socket),
+        descriptors.clone(),
     )?;
     // Zenoh relay (issue 24): the relays follow their records like the memberships.
-    let mut relays = Relays::new(&opts.socket, opts.zenoh_routers);
+    let mut relays = Relays::new(&opts.socket, opts.zenoh_routers, descriptors.clone());
     relays.reconcile();
     let node_config = match &opts.policy {
         Some((_, dir)) => crate::node::install::mirrored_policy(dir),

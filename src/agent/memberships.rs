@@ -9,17 +9,15 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use socket2::{InterfaceIndexOrAddress, SockRef};
 
+use crate::agent::budget::{Lease, Pool, MAX_HELD, MEMBERSHIP};
 use crate::agent::protocol::Reply;
 use crate::agent::records::{ListingHealth, MembershipRecord, RecordDir};
 use crate::sys::netns::Netns;
-
-/// The most memberships one agent holds (a socket each): a node runs far fewer pods, and
-/// the bound keeps a flood of ADDs (or records) from exhausting the agent's descriptors.
-pub const MAX_HELD: usize = 4096;
 
 /// Opens a UDP socket inside `ns` and joins `groups` on interface `index` with it. The
 /// memberships last as long as the socket (and any copy of it) stays open.
@@ -52,6 +50,8 @@ fn add_membership(sock: &OwnedFd, group: Ipv4Addr, index: u32) -> io::Result<()>
 struct Held {
     record: MembershipRecord,
     _socket: OwnedFd,
+    /// Its descriptors: the socket's, and the LAN watch's in its pod.
+    _lease: Lease,
 }
 
 /// The memberships the agent holds, and the records that say which it should.
@@ -64,12 +64,14 @@ pub struct Memberships {
     failing: HashSet<String>,
     /// Keys whose netns could not be told present or gone, said once likewise.
     unsure: HashSet<String>,
+    descriptors: Arc<Pool>,
 }
 
 impl Memberships {
-    pub fn new(records: RecordDir) -> Memberships {
+    pub fn new(records: RecordDir, descriptors: Arc<Pool>) -> Memberships {
         Memberships {
             records,
+            descriptors,
             listing: ListingHealth::default(),
             held: HashMap::new(),
             failing: HashSet::new(),
@@ -80,13 +82,13 @@ impl Memberships {
     /// `Request::Hold`: holds the socket ADD passed along, within the bound.
     pub fn take(&mut self, record: MembershipRecord, mut fds: Vec<OwnedFd>) -> Reply {
         match fds.pop() {
-            Some(socket) if self.has_room_for(&record.key()) => {
-                self.hold(record, socket, "handed over by ADD");
-                Reply::accepted()
-            }
-            Some(_) => Reply::refused(format!(
-                "the agent holds {MAX_HELD} memberships already, its bound; not held"
-            )),
+            Some(socket) => match self.room_for(&record.key()) {
+                Ok(lease) => {
+                    self.hold(record, socket, lease, "handed over by ADD");
+                    Reply::accepted()
+                }
+                Err(why) => Reply::refused(format!("{why}; not held")),
+            },
             None => Reply::refused("hold needs the socket passed with the request".into()),
         }
     }
@@ -105,12 +107,20 @@ impl Memberships {
         }
     }
 
-    /// Whether one more membership (or a new socket for a held key) fits the bound.
-    fn has_room_for(&self, key: &str) -> bool {
-        self.held.len() < MAX_HELD || self.held.contains_key(key)
+    /// The descriptors of one more membership (or of a new socket for a held key), within
+    /// the bound; or why not.
+    fn room_for(&self, key: &str) -> Result<Lease, String> {
+        if self.held.len() >= MAX_HELD && !self.held.contains_key(key) {
+            return Err(format!(
+                "the agent holds {MAX_HELD} memberships already, its bound"
+            ));
+        }
+        self.descriptors
+            .lease(MEMBERSHIP)
+            .ok_or_else(|| "the agent's descriptors are all in use (its RLIMIT_NOFILE)".to_owned())
     }
 
-    fn hold(&mut self, record: MembershipRecord, socket: OwnedFd, why: &str) {
+    fn hold(&mut self, record: MembershipRecord, socket: OwnedFd, lease: Lease, why: &str) {
         let key = record.key();
         log::info!(
             "agent: holding {key}: {:?} on {} in {} ({why})",
@@ -126,6 +136,7 @@ impl Memberships {
             Held {
                 record,
                 _socket: socket,
+                _lease: lease,
             },
         );
     }
@@ -167,16 +178,17 @@ impl Memberships {
         }
         for record in due.missing {
             let key = record.key();
-            if !self.has_room_for(&key) {
-                if self.failing.insert(key.clone()) {
-                    log::warn!(
-                        "agent: not re-creating {key}: {MAX_HELD} memberships held, the bound"
-                    );
+            let lease = match self.room_for(&key) {
+                Ok(lease) => lease,
+                Err(why) => {
+                    if self.failing.insert(key.clone()) {
+                        log::warn!("agent: not re-creating {key}: {why}");
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             match rejoin(&record) {
-                Ok(socket) => self.hold(record, socket, "re-created from its record"),
+                Ok(socket) => self.hold(record, socket, lease, "re-created from its record"),
                 Err(e) => {
                     if self.failing.insert(key.clone()) {
                         log::warn!("agent: cannot re-create {key}: {e} (retrying)");
@@ -233,10 +245,16 @@ mod tests {
         let records = RecordDir::beside(&dir.join("agent.sock"));
         let (kept, lost) = (in_this_netns("kept"), in_this_netns("lost"));
         records.write(&kept).unwrap();
-        let mut memberships = Memberships::new(records.clone());
-        memberships.hold(kept.clone(), a_socket(), "test");
-        // Its DEL's message was lost: held, with no record.
-        memberships.hold(lost.clone(), a_socket(), "test");
+        let mut memberships = Memberships::new(records.clone(), Pool::leasing(2));
+        for record in [&kept, &lost] {
+            // `lost`: its DEL's message was lost: held, with no record.
+            let lease = memberships.room_for(&record.key()).unwrap();
+            memberships.hold(record.clone(), a_socket(), lease, "test");
+        }
+        assert!(
+            memberships.room_for("third").is_err(),
+            "past the descriptors leasable"
+        );
         let unreadable = records.path().join("unreadable.json");
         std::os::unix::fs::symlink("/etc/hostname", &unreadable).unwrap();
         assert!(

@@ -15,19 +15,15 @@ pub struct TestAgent {
     /// The node namespace it runs in (the test's own one when none) and its extra arguments.
     netns: Option<String>,
     args: Vec<String>,
+    /// A command the agent runs under (`prlimit --nofile=...`), none when empty.
+    under: Vec<String>,
 }
 
 impl TestAgent {
     /// An agent running in the node namespace `netns`, as the DaemonSet's process runs in the
     /// node's, with extra arguments (`--policy`, ...); its output goes to `log()`.
     pub fn start_in(netns: Option<&str>, args: &[&str]) -> TestAgent {
-        let mut agent = TestAgent {
-            netns: netns.map(str::to_owned),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            ..TestAgent::not_started()
-        };
-        agent.restart();
-        agent
+        TestAgent::start_under(&[], netns, args)
     }
 
     /// An agent's place with nobody listening yet: plugins pointed at it find no agent.
@@ -36,19 +32,32 @@ impl TestAgent {
             agent: Agent::vacant(),
             netns: None,
             args: Vec::new(),
+            under: Vec::new(),
         }
+    }
+
+    /// `start_in`, the agent run under `under` (a command and its arguments, which runs
+    /// the rest: `prlimit --nofile=1024:1024`).
+    pub fn start_under(under: &[&str], netns: Option<&str>, args: &[&str]) -> TestAgent {
+        let mut agent = TestAgent {
+            netns: netns.map(str::to_owned),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            under: under.iter().map(|a| a.to_string()).collect(),
+            ..TestAgent::not_started()
+        };
+        agent.restart();
+        agent
     }
 
     /// Starts the agent (again) at its place, and waits until it answers.
     pub fn restart(&mut self) {
-        let program = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(plugin_bin());
-                c
-            }
-            None => Command::new(plugin_bin()),
-        };
+        let mut line: Vec<std::ffi::OsString> = self.under.iter().map(Into::into).collect();
+        if let Some(ns) = &self.netns {
+            line.extend(["ip", "netns", "exec", ns].map(Into::into));
+        }
+        line.push(plugin_bin().into());
+        let mut program = Command::new(&line[0]);
+        program.args(&line[1..]);
         self.agent.launch(program, &self.args);
     }
 

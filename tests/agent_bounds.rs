@@ -1,0 +1,233 @@
+//! The node agent's bounds against a tenant that takes all it can (README: Security): a pod
+//! with five Zenoh attachments opening connection after connection to its relays, with the
+//! agent's descriptor limit at 1024, never runs the agent out of descriptors; a second
+//! tenant's membership and relay (its connection open before, and a new one) go on working.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(239, 255, 0, 1);
+/// The node's routers for pods, as the agent's --zenoh-routers names them.
+const ROUTERS: std::ops::RangeInclusive<u16> = 7448..=7463;
+
+/// The node's routers for pods, stood in for by listeners in the node's namespace that
+/// echo what they get; stopped on drop.
+struct EchoRouters {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl EchoRouters {
+    fn start(ns: &Ns) -> EchoRouters {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = ROUTERS
+            .map(|port| {
+                let listener = ns
+                    .handle()
+                    .run(|| TcpListener::bind(("127.0.0.1", port)))
+                    .unwrap()
+                    .unwrap();
+                listener.set_nonblocking(true).unwrap();
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || serve_echo(listener, &stop))
+            })
+            .collect();
+        EchoRouters { stop, threads }
+    }
+}
+
+impl Drop for EchoRouters {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_echo(listener: TcpListener, stop: &Arc<AtomicBool>) {
+    let mut echoes = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                let stop = Arc::clone(stop);
+                echoes.push(std::thread::spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                    let mut buf = [0u8; 4096];
+                    while !stop.load(Ordering::SeqCst) {
+                        match s.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => return,
+                        }
+                    }
+                }));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    for e in echoes {
+        let _ = e.join();
+    }
+}
+
+/// A connection from inside `pod` to its 127.0.0.1:`port` (the relay's listener).
+fn connect(pod: &Pod, port: u16) -> std::io::Result<TcpStream> {
+    connect_to(pod, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn connect_to(pod: &Pod, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    pod.ns
+        .handle()
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+/// Whether `stream` echoes `what` back within 3 s (through the relay and a router).
+fn echoes(stream: &mut TcpStream, what: &[u8]) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    if stream.write_all(what).is_err() {
+        return false;
+    }
+    let mut got = vec![0u8; what.len()];
+    stream.read_exact(&mut got).is_ok() && got == what
+}
+
+/// A network of `name` with the Zenoh relay on `port`, its own range.
+fn zenoh_net(
+    data: &DataDir,
+    agent: &TestAgent,
+    name: &str,
+    port: u16,
+    first: u8,
+) -> serde_json::Value {
+    let (start, end) = (
+        format!("198.51.100.{first}"),
+        format!("198.51.100.{}", first + 4),
+    );
+    let mut conf = with_agent(
+        guide_config(Some("1.0.0"), "lan0", data, &start, &end),
+        agent,
+    );
+    conf["name"] = json!(name);
+    conf["zenoh"] = json!({ "port": port });
+    conf
+}
+
+#[test]
+fn a_pod_opening_all_it_can_leaves_the_agent_descriptors_and_the_other_tenant_its_relay() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let (attacker, tenant) = (node.pod(11), node.pod(12));
+    for pod in [&attacker, &tenant] {
+        pod.ns.ip(&["link", "set", "lo", "up"]);
+    }
+    let pool = format!("127.0.0.1:{}-{}", ROUTERS.start(), ROUTERS.end());
+    let agent = TestAgent::start_under(
+        &["prlimit", "--nofile=1024:1024"],
+        Some(&node.ns.name),
+        &["--zenoh-routers", &pool],
+    );
+    let _routers = EchoRouters::start(&node.ns);
+    let data = DataDir::create();
+
+    // The second tenant: one attachment, a membership and a relay, a connection open.
+    let tenant_conf = zenoh_net(&data, &agent, "tenant-net", 7447, 100);
+    add(&node, &tenant, &tenant_conf).ok();
+    let mut before = connect(&tenant, 7447).expect("the tenant's relay");
+    assert!(echoes(&mut before, b"before"), "{}", agent.log());
+
+    // The attacker: five attachments, each with a relay on a port of its own.
+    let attacker_confs: Vec<_> = (0..5u8)
+        .map(|i| {
+            let conf = zenoh_net(
+                &data,
+                &agent,
+                &format!("attack-{i}"),
+                7447 + u16::from(i),
+                110 + 5 * i,
+            );
+            let ifname = format!("net{}", i + 1);
+            cni_with("ADD", &node, &attacker, &conf, &[("CNI_IFNAME", &ifname)]).ok();
+            (conf, ifname)
+        })
+        .collect();
+    // Connection after connection to every listener of every relay (127.0.0.1 and ::1),
+    // each saying something so it is relayed.
+    let mut opened = Vec::new();
+    for port in 7447..7452u16 {
+        for ip in [
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ] {
+            for _ in 0..150 {
+                if let Ok(mut s) = connect_to(&attacker, SocketAddr::new(ip, port)) {
+                    let _ = s.write_all(b"x");
+                    opened.push(s);
+                }
+            }
+        }
+    }
+    assert!(
+        opened.len() > 1000,
+        "the attack opened {} connections",
+        opened.len()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    let pid = agent.pid().expect("the agent runs");
+    let in_use = std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count);
+    let log = agent.log();
+    assert!(
+        !log.contains("os error 24") && !log.contains("Too many open files"),
+        "the agent ran out of descriptors:\n{log}"
+    );
+    assert!(
+        in_use.as_ref().is_ok_and(|n| *n < 1024),
+        "the agent has {in_use:?} descriptors open"
+    );
+    assert!(
+        log.contains("closing new connections"),
+        "the attacker's connections were not bounded:\n{log}"
+    );
+    assert!(
+        echoes(&mut before, b"during"),
+        "the tenant's open connection:\n{log}"
+    );
+    let mut new = connect(&tenant, 7447).expect("the tenant's relay accepts");
+    assert!(
+        echoes(&mut new, b"new"),
+        "a new connection of the tenant:\n{log}"
+    );
+    assert!(
+        joined(&tenant.ns, "net1").contains(&GROUP),
+        "the tenant's membership"
+    );
+
+    drop(opened);
+    for (conf, ifname) in &attacker_confs {
+        cni_with("DEL", &node, &attacker, conf, &[("CNI_IFNAME", ifname)]);
+    }
+    del(&node, &tenant, &tenant_conf).ok();
+}
