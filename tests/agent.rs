@@ -338,3 +338,96 @@ fn a_netns_named_by_a_process_that_exited_is_gone() {
     cni_with("DEL", &node, &by_process, &conf, &[("CNI_NETNS", &netns)]);
     del(&node, &other, &other_conf).ok();
 }
+
+/// Each client is answered on its own: clients that connect and send nothing do not hold
+/// up another pod's ADD and DEL, which the agent answers at once.
+#[test]
+fn silent_clients_hold_no_other_pods_add_or_del() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pod = node.pod(11);
+    let data = DataDir::create();
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
+    let silent: Vec<_> = (0..5)
+        .map(|_| std::os::unix::net::UnixStream::connect(agent.socket()).unwrap())
+        .collect();
+
+    let started = Instant::now();
+    let added = add(&node, &pod, &conf);
+    let took = started.elapsed();
+    added.ok();
+    assert!(
+        !added.stderr.contains("not held"),
+        "ADD found no agent: {}",
+        added.stderr
+    );
+    assert!(took < Duration::from_millis(900), "ADD took {took:?}");
+    assert_eq!(held_keys(&agent).len(), 1);
+    let started = Instant::now();
+    del(&node, &pod, &conf).ok();
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "DEL took {:?}",
+        started.elapsed()
+    );
+    assert!(held_keys(&agent).is_empty(), "DEL's drop was not answered");
+    drop(silent);
+}
+
+/// SIGTERM: the agent stops accepting, closes every relay and membership, stops and joins
+/// its LAN watch, and exits within 2 s; the records stay, so the next agent holds it all
+/// again.
+#[test]
+fn sigterm_stops_every_duty_within_2_s_and_keeps_the_records() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pod = node.pod(11);
+    pod.ns.ip(&["link", "set", "lo", "up"]);
+    let data = DataDir::create();
+    let mut agent =
+        TestAgent::start_in(Some(&node.ns.name), &["--zenoh-routers", "127.0.0.1:7448"]);
+    let mut conf = with_agent(guide(&data), &agent);
+    conf["zenoh"] = true.into();
+    add(&node, &pod, &conf).ok();
+    assert!(joined(&pod.ns, "net1").contains(&GROUP));
+    assert!(!tcp_listeners(&pod.ns, 7447).is_empty(), "no relay");
+
+    let started = Instant::now();
+    agent.stop();
+    let took = started.elapsed();
+    let log = agent.log();
+    assert!(
+        took < Duration::from_secs(2),
+        "stopping took {took:?}:\n{log}"
+    );
+    assert!(log.contains("agent: stopped"), "not a clean stop:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        !agent.socket().exists(),
+        "the socket file outlives the agent"
+    );
+    assert!(
+        tcp_listeners(&pod.ns, 7447).is_empty(),
+        "the relay outlives the agent"
+    );
+    assert!(!joined(&pod.ns, "net1").contains(&GROUP));
+    assert_eq!(agent.records().list().unwrap().len(), 1, "the records went");
+
+    agent.restart();
+    assert!(
+        within(Duration::from_secs(3), || joined(&pod.ns, "net1")
+            .contains(&GROUP)
+            && !tcp_listeners(&pod.ns, 7447).is_empty())
+        .is_some(),
+        "the next agent did not take over:\n{}",
+        agent.log()
+    );
+    del(&node, &pod, &conf).ok();
+}

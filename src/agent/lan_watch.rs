@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::agent::budget::{Lease, Pool, AHEAD_SOCKET, MAX_AHEAD, POD_WATCHED};
@@ -42,15 +43,50 @@ pub const REMEMBER: Duration = Duration::from_secs(600);
 /// How often the records are read again.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts the watch; it runs for the agent's life.
-pub fn spawn(
-    records: RecordDir,
-    lan: LanState,
-    descriptors: Arc<Pool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("lan-watch".into())
-        .spawn(move || Watch::new(records, lan, descriptors).run())
+/// The watch's thread, and what tells it to stop.
+pub struct LanWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LanWatch {
+    /// Starts the watch; it runs until `join`.
+    pub fn spawn(
+        records: RecordDir,
+        lan: LanState,
+        descriptors: Arc<Pool>,
+    ) -> std::io::Result<LanWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("lan-watch".into())
+            .spawn(move || Watch::new(records, lan, descriptors).run(&stopped))?;
+        Ok(LanWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the thread has ended by itself (it only does by panicking).
+    pub fn has_ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the thread (within one turn of its loop, a few tens of milliseconds) and
+    /// waits for it; a panic that ended it is logged.
+    pub fn join(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            if let Err(panic) = thread.join() {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                log::error!("agent: lan watch: it had stopped: {why}");
+            }
+        }
+    }
 }
 
 /// One network probed ahead on its master.
@@ -115,9 +151,9 @@ impl Watch {
         }
     }
 
-    fn run(mut self) {
+    fn run(mut self, stop: &AtomicBool) {
         let mut last_sync: Option<Instant> = None;
-        loop {
+        while !stop.load(Ordering::SeqCst) {
             if last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY) {
                 self.sync();
                 last_sync = Some(Instant::now());
