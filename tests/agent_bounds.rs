@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use ros_macvlan::agent::client::AgentClient;
 use serde_json::json;
 use support::*;
 
@@ -144,8 +145,11 @@ fn a_pod_opening_all_it_can_leaves_the_agent_descriptors_and_the_other_tenant_it
         pod.ns.ip(&["link", "set", "lo", "up"]);
     }
     let pool = format!("127.0.0.1:{}-{}", ROUTERS.start(), ROUTERS.end());
+    // The node's policy lets a pod have five relays (one is the default).
+    let policy = NodePolicy::new(Some(json!({ "zenohRelaysPerPod": 5 })));
+    let policy_env = format!("ROS_MACVLAN_POLICY_FILE={}", policy.file());
     let agent = TestAgent::start_under(
-        &["prlimit", "--nofile=1024:1024"],
+        &["env", &policy_env, "prlimit", "--nofile=1024:1024"],
         Some(&node.ns.name),
         &["--zenoh-routers", &pool],
     );
@@ -230,4 +234,80 @@ fn a_pod_opening_all_it_can_leaves_the_agent_descriptors_and_the_other_tenant_it
         cni_with("DEL", &node, &attacker, conf, &[("CNI_IFNAME", ifname)]);
     }
     del(&node, &tenant, &tenant_conf).ok();
+}
+
+/// Shares of the node's routers (README: Security): one relay per pod unless the node policy
+/// says more, half of the routers at most for one Kubernetes namespace, and a clear refusal
+/// (code 11) past them, while a second tenant still gets its relay.
+#[test]
+fn one_relay_per_pod_and_half_the_routers_per_namespace() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pods: Vec<Pod> = (11..15).map(|n| node.pod(n)).collect();
+    let agent = TestAgent::start_in(
+        Some(&node.ns.name),
+        &["--zenoh-routers", "127.0.0.1:7448-7451"],
+    );
+    let data = DataDir::create();
+    let conf = zenoh_net(&data, &agent, "zenoh-net", 7447, 100);
+    let second = zenoh_net(&data, &agent, "zenoh-net-2", 7448, 110);
+    let args = |namespace: &str, name: &str| {
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}")
+    };
+    let add_as = |pod: &Pod, conf: &serde_json::Value, ifname: &str, args: &str| {
+        cni_with(
+            "ADD",
+            &node,
+            pod,
+            conf,
+            &[("CNI_IFNAME", ifname), ("CNI_ARGS", args)],
+        )
+    };
+
+    add_as(&pods[0], &conf, "net1", &args("team-a", "p0")).ok();
+    let again = add_as(&pods[0], &second, "net2", &args("team-a", "p0"));
+    assert_eq!(again.err_code(), 11, "{}", again.stderr);
+    assert!(
+        again.msg().contains("the pod has 1 Zenoh relays already"),
+        "{}",
+        again.msg()
+    );
+    add_as(&pods[1], &conf, "net1", &args("team-a", "p1")).ok();
+    let third = add_as(&pods[2], &conf, "net1", &args("team-a", "p2"));
+    assert_eq!(third.err_code(), 11, "{}", third.stderr);
+    assert!(
+        third
+            .msg()
+            .contains("Kubernetes namespace team-a has 2 Zenoh relays already"),
+        "{}",
+        third.msg()
+    );
+    // The second tenant still gets a router of its own.
+    add_as(&pods[3], &conf, "net1", &args("team-b", "p3")).ok();
+    assert!(
+        !tcp_listeners(&pods[3].ns, 7447).is_empty(),
+        "team-b's pod has no relay"
+    );
+    let given: Vec<_> = AgentClient::new(&agent.socket())
+        .relays()
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.router)
+        .collect();
+    assert_eq!(given.len(), 3, "{given:?}");
+
+    for (pod, name) in [(&pods[0], "p0"), (&pods[1], "p1"), (&pods[3], "p3")] {
+        let namespace = if name == "p3" { "team-b" } else { "team-a" };
+        cni_with(
+            "DEL",
+            &node,
+            pod,
+            &conf,
+            &[("CNI_ARGS", &args(namespace, name))],
+        )
+        .ok();
+    }
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
+use crate::agent::records::MembershipRecord;
+
 /// The most memberships one agent holds (a socket each): a node runs far fewer pods, and
 /// the bound keeps a flood of ADDs (or records) from exhausting the agent's descriptors.
 pub const MAX_HELD: usize = 4096;
@@ -26,6 +28,12 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// log, the agent's socket, the records' listings in progress (a few directories and a file
 /// each), host access's netlink sockets, and one accepted connection being refused.
 pub const HEADROOM: usize = 64;
+/// The most memberships one pod may have held (one per attachment: a pod spec that lists
+/// a network a thousand times gets 16), and one Kubernetes namespace (where the records
+/// name it): a quarter of the node's.
+pub const MAX_HELD_PER_POD: usize = 16;
+pub const MAX_HELD_PER_NAMESPACE: usize = MAX_HELD / 4;
+
 /// Clients answered at once (each one descriptor while its request is read and answered).
 pub const MAX_CLIENTS: usize = 64;
 /// Networks probed ahead on their masters at once (an ARP socket each, `AHEAD_SOCKET`).
@@ -47,6 +55,37 @@ pub const NEEDED: usize = HEADROOM
     + (MEMBERSHIP + POD_WATCHED) * MAX_HELD
     + LISTENERS_PER_RELAY * MAX_ROUTERS
     + PER_CONNECTION * MAX_CONNECTIONS;
+
+/// Why one more of `new`'s kind would take more than its share, when it would: more than
+/// `per_pod` held for its pod (its container), or more than `per_namespace` for its
+/// Kubernetes namespace where its record names one. `held` is what is held now (`new`'s
+/// own key, held already, does not count: a repeated ADD replaces it).
+pub fn beyond_share<'a>(
+    held: impl Iterator<Item = &'a MembershipRecord>,
+    new: &MembershipRecord,
+    (per_pod, per_namespace): (usize, usize),
+    what: &str,
+) -> Option<String> {
+    let key = new.key();
+    let namespace = new.k8s_namespace();
+    let (mut of_pod, mut of_namespace) = (0, 0);
+    for r in held.filter(|r| r.key() != key) {
+        of_pod += usize::from(r.container_id == new.container_id);
+        of_namespace += usize::from(namespace.is_some() && r.k8s_namespace() == namespace);
+    }
+    if of_pod >= per_pod {
+        return Some(format!(
+            "the pod has {of_pod} {what} already, its share of the node's"
+        ));
+    }
+    if of_namespace >= per_namespace {
+        return Some(format!(
+            "Kubernetes namespace {} has {of_namespace} {what} already, its share of the node's",
+            namespace.unwrap_or("-")
+        ));
+    }
+    None
+}
 
 /// A count of things leased, bounded: the agent's descriptors, the node's relayed
 /// connections, one pod's.
@@ -119,6 +158,42 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_and_a_namespace_take_no_more_than_their_share() {
+        use crate::agent::records::tests::record;
+        let of = |id: &str, pod: Option<&str>| MembershipRecord {
+            container_id: id.into(),
+            lan: crate::agent::records::Watched {
+                pod: pod.map(str::to_owned),
+                ..Default::default()
+            },
+            ..record()
+        };
+        let held = [of("a", Some("team/a")), of("b", Some("team/b"))];
+        let shares = (1, 2);
+        // Its own key again (a repeated ADD) is no more.
+        assert_eq!(beyond_share(held.iter(), &held[0], shares, "x"), None);
+        let same_pod = MembershipRecord {
+            ifname: "net2".into(),
+            ..held[0].clone()
+        };
+        assert!(beyond_share(held.iter(), &same_pod, shares, "x")
+            .is_some_and(|w| w.contains("the pod")));
+        let same_namespace = of("c", Some("team/c"));
+        assert!(beyond_share(held.iter(), &same_namespace, shares, "x")
+            .is_some_and(|w| w.contains("namespace team")));
+        assert_eq!(
+            beyond_share(held.iter(), &of("d", Some("other/d")), shares, "x"),
+            None
+        );
+        // A namespace not known ("-", or no pod) shares with nobody.
+        assert_eq!(
+            beyond_share(held.iter(), &of("e", Some("-/e")), shares, "x"),
+            None
+        );
+        assert_eq!(beyond_share(held.iter(), &of("f", None), shares, "x"), None);
+    }
 
     #[test]
     fn leases_never_exceed_what_is_leasable_and_come_back_on_drop() {

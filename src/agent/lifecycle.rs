@@ -87,12 +87,17 @@ async fn serve(opts: Options) -> io::Result<()> {
     };
     let mut lan_watch = watch_lan()?;
     // Zenoh relay (issue 24): the relays follow their records like the memberships.
-    let mut relays = Relays::new(&opts.socket, opts.zenoh_routers, descriptors.clone());
-    relays.reconcile();
     let node_config = match &opts.policy {
         Some((_, dir)) => crate::node::install::mirrored_policy(dir),
         None => crate::node::policy::policy_file(),
     };
+    let mut relays = Relays::new(
+        &opts.socket,
+        opts.zenoh_routers,
+        descriptors.clone(),
+        node_config.clone(),
+    );
+    relays.reconcile();
     let agent_dir = opts.socket.parent().unwrap_or(Path::new("/"));
     let keeper = || Keeper::new(node_config.clone(), agent_dir);
     let mut host = keeper();

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use socket2::{InterfaceIndexOrAddress, SockRef};
 
-use crate::agent::budget::{Lease, Pool, MAX_HELD, MEMBERSHIP};
+use crate::agent::budget::{
+    beyond_share, Lease, Pool, MAX_HELD, MAX_HELD_PER_NAMESPACE, MAX_HELD_PER_POD, MEMBERSHIP,
+};
 use crate::agent::protocol::Reply;
 use crate::agent::records::{ListingHealth, MembershipRecord, RecordDir};
 use crate::sys::netns::Netns;
@@ -82,7 +84,7 @@ impl Memberships {
     /// `Request::Hold`: holds the socket ADD passed along, within the bound.
     pub fn take(&mut self, record: MembershipRecord, mut fds: Vec<OwnedFd>) -> Reply {
         match fds.pop() {
-            Some(socket) => match self.room_for(&record.key()) {
+            Some(socket) => match self.room_for(&record) {
                 Ok(lease) => {
                     self.hold(record, socket, lease, "handed over by ADD");
                     Reply::accepted()
@@ -109,11 +111,17 @@ impl Memberships {
 
     /// The descriptors of one more membership (or of a new socket for a held key), within
     /// the bound; or why not.
-    fn room_for(&self, key: &str) -> Result<Lease, String> {
+    fn room_for(&self, record: &MembershipRecord) -> Result<Lease, String> {
+        let key = &record.key();
         if self.held.len() >= MAX_HELD && !self.held.contains_key(key) {
             return Err(format!(
                 "the agent holds {MAX_HELD} memberships already, its bound"
             ));
+        }
+        let shares = (MAX_HELD_PER_POD, MAX_HELD_PER_NAMESPACE);
+        let held = self.held.values().map(|h| &h.record);
+        if let Some(why) = beyond_share(held, record, shares, "memberships") {
+            return Err(why);
         }
         self.descriptors
             .lease(MEMBERSHIP)
@@ -178,7 +186,7 @@ impl Memberships {
         }
         for record in due.missing {
             let key = record.key();
-            let lease = match self.room_for(&key) {
+            let lease = match self.room_for(&record) {
                 Ok(lease) => lease,
                 Err(why) => {
                     if self.failing.insert(key.clone()) {
@@ -248,11 +256,11 @@ mod tests {
         let mut memberships = Memberships::new(records.clone(), Pool::leasing(2));
         for record in [&kept, &lost] {
             // `lost`: its DEL's message was lost: held, with no record.
-            let lease = memberships.room_for(&record.key()).unwrap();
+            let lease = memberships.room_for(record).unwrap();
             memberships.hold(record.clone(), a_socket(), lease, "test");
         }
         assert!(
-            memberships.room_for("third").is_err(),
+            memberships.room_for(&in_this_netns("third")).is_err(),
             "past the descriptors leasable"
         );
         let unreadable = records.path().join("unreadable.json");

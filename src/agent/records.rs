@@ -120,6 +120,12 @@ impl MembershipRecord {
         key_of(&self.network, &self.container_id, &self.ifname)
     }
 
+    /// The pod's Kubernetes namespace, where ADD was told it (CNI_ARGS).
+    pub fn k8s_namespace(&self) -> Option<&str> {
+        let (namespace, _) = self.lan.pod.as_deref()?.split_once('/')?;
+        (namespace != "-").then_some(namespace)
+    }
+
     /// Whether the record's namespace is still there (see `netns::presence`).
     pub fn presence(&self) -> Presence {
         netns::presence(&self.netns, Some(self.netns_inode), self.proc_pid_ns)

@@ -34,10 +34,12 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::agent::budget::{
-    Lease, Pool, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_POD, MAX_ROUTERS, PER_CONNECTION,
+    beyond_share, Lease, Pool, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_POD, MAX_ROUTERS,
+    PER_CONNECTION,
 };
 use crate::agent::protocol::Reply;
 use crate::agent::records::{ListingHealth, RecordDir, RelayRecord, Stored};
+use crate::node::policy::Policy;
 use crate::sys::netns::Netns;
 
 /// The agent's answer to a relay request (`held`: the relays).
@@ -138,6 +140,8 @@ pub struct Relays {
     /// Whether the records could be listed whole at the last sweep.
     listing: ListingHealth,
     routers: RouterPool,
+    /// The node policy's file, read at each new relay (`zenohRelaysPerPod`).
+    policy: std::path::PathBuf,
     held: HashMap<String, Relay>,
     /// The agent's descriptors, the node's relayed connections, and each pod's (by its
     /// container, shared by all of its relays).
@@ -153,8 +157,10 @@ impl Relays {
         agent_socket: &std::path::Path,
         routers: RouterPool,
         descriptors: Arc<Pool>,
+        policy: std::path::PathBuf,
     ) -> Relays {
         Relays {
+            policy,
             records: RecordDir::kept_beside(agent_socket),
             listing: ListingHealth::default(),
             routers,
@@ -194,6 +200,19 @@ impl Relays {
         }
     }
 
+    /// How many relays one pod may have, and one Kubernetes namespace: the node policy's
+    /// `zenohRelaysPerPod` (1 when it says nothing or cannot be read) and
+    /// `zenohRelaysPerNamespace` (half the routers).
+    fn shares(&self) -> (usize, usize) {
+        let policy = Policy::read(&self.policy).ok().flatten();
+        let per_pod = policy.as_ref().and_then(Policy::zenoh_relays_per_pod);
+        let per_namespace = policy.as_ref().and_then(Policy::zenoh_relays_per_namespace);
+        (
+            per_pod.unwrap_or(1),
+            per_namespace.unwrap_or((self.routers.size() / 2).max(1)),
+        )
+    }
+
     /// The router for `key`'s relay: the one it has (a repeated ADD), else a free one.
     fn router_for(&self, key: &str) -> io::Result<SocketAddr> {
         if let Some(router) = self.held.get(key).and_then(|r| r.record.router) {
@@ -215,6 +234,10 @@ impl Relays {
 
     fn hold(&mut self, mut record: RelayRecord, fds: Vec<OwnedFd>, why: &str) -> io::Result<()> {
         let key = record.key();
+        let held = self.held.values().map(|r| &r.record.attachment);
+        if let Some(why) = beyond_share(held, &record.attachment, self.shares(), "Zenoh relays") {
+            return Err(io::Error::new(io::ErrorKind::ResourceBusy, why));
+        }
         let router = self.router_for(&key)?;
         record.router = Some(router);
         let listeners = self.descriptors.lease(fds.len()).ok_or_else(|| {

@@ -297,13 +297,10 @@ impl Adding<'_> {
                 master_mac: mac_of(master),
                 detection,
             });
-        let pod = env
-            .arg("K8S_POD_NAME")
-            .map(|name| format!("{}/{name}", env.arg("K8S_POD_NAMESPACE").unwrap_or("-")));
         Watched {
             addresses,
             mac: Some(mac_of(link)),
-            pod,
+            pod: membership::pod_of(env),
             probe_ahead,
         }
     }

@@ -50,6 +50,13 @@ pub fn record_of_attachment(
     })
 }
 
+/// `namespace/name` of the pod, as the runtime's CNI_ARGS say (Kubernetes' do): for the
+/// agent's log, and its bounds per Kubernetes namespace.
+pub fn pod_of(env: &CniEnv) -> Option<String> {
+    env.arg("K8S_POD_NAME")
+        .map(|name| format!("{}/{name}", env.arg("K8S_POD_NAMESPACE").unwrap_or("-")))
+}
+
 /// Where a config's attachments find the node agent and keep their records: `agentSocket`,
 /// confined to the agent's directory, since a NAD names it and the plugin writes there.
 pub struct AgentPlace {
