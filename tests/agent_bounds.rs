@@ -311,3 +311,143 @@ fn one_relay_per_pod_and_half_the_routers_per_namespace() {
         .ok();
     }
 }
+
+/// A memory cgroup of the test's own (cgroups v1), `limit` bytes; removed on drop, once the
+/// processes put in it are gone.
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn create(limit: u64) -> MemoryCgroup {
+        let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(unique("rmtest"));
+        std::fs::create_dir(&dir).expect("create a memory cgroup (cgroups v1)");
+        let group = MemoryCgroup(dir);
+        std::fs::write(group.0.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+        group
+    }
+
+    /// A command that moves itself into the group and runs the rest (`TestAgent::start_under`).
+    fn under(&self) -> String {
+        format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.0.display())
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.0.join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The node's routers for pods, stood in for by listeners that accept and never read: what
+/// the pods send piles up in the agent's relays.
+struct SinkRouters {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl SinkRouters {
+    fn start(ns: &Ns) -> SinkRouters {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = ROUTERS
+            .map(|port| {
+                let listener = ns
+                    .handle()
+                    .run(|| TcpListener::bind(("127.0.0.1", port)))
+                    .unwrap()
+                    .unwrap();
+                listener.set_nonblocking(true).unwrap();
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        match listener.accept() {
+                            Ok((s, _)) => held.push(s),
+                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        SinkRouters { stop, threads }
+    }
+}
+
+impl Drop for SinkRouters {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The agent in the DaemonSet's memory limit (32 MiB): sixteen pods each relaying as many
+/// connections as they may (the node's 1024 in all), each pushing data that the routers do
+/// not take, leave the agent alive and answering.
+#[test]
+fn the_agent_lives_in_32_mib_with_every_connection_pushing_data() {
+    if !require_root() {
+        return;
+    }
+    let cgroup = MemoryCgroup::create(32 << 20);
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pods: Vec<Pod> = (11..27).map(|n| node.pod(n)).collect();
+    let pool = format!("127.0.0.1:{}-{}", ROUTERS.start(), ROUTERS.end());
+    let under = cgroup.under();
+    let agent = TestAgent::start_under(
+        &["sh", "-c", &under, "sh"],
+        Some(&node.ns.name),
+        &["--zenoh-routers", &pool],
+    );
+    let _routers = SinkRouters::start(&node.ns);
+    let data = DataDir::create();
+    let conf = zenoh_net(&data, &agent, "zenoh-net", 7447, 100);
+    let mut conf = conf;
+    conf["ipam"]["ranges"][0][0]["rangeEnd"] = json!("198.51.100.140");
+    let mut streams = Vec::new();
+    for pod in &pods {
+        pod.ns.ip(&["link", "set", "lo", "up"]);
+        add(&node, pod, &conf).ok();
+        for _ in 0..64 {
+            let s = connect(pod, 7447).expect("a relayed connection");
+            s.set_nonblocking(true).unwrap();
+            streams.push(s);
+        }
+    }
+    let chunk = vec![7u8; 64 * 1024];
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        for s in &mut streams {
+            let _ = s.write(&chunk);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    let pid = agent.pid().expect("the agent runs");
+    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let answers = AgentClient::new(&agent.socket()).list().is_ok();
+    let (peak, oom) = (
+        cgroup.read("memory.max_usage_in_bytes"),
+        cgroup.read("memory.oom_control"),
+    );
+    assert!(
+        alive && answers,
+        "the agent did not survive (peak {peak}, {oom}):\n{}",
+        agent.log()
+    );
+    assert!(oom.contains("oom_kill 0"), "{oom}");
+    eprintln!("the agent's memory cgroup peaked at {} bytes", peak.trim());
+    drop(streams);
+    for pod in &pods {
+        del(&node, pod, &conf).ok();
+    }
+}
