@@ -20,15 +20,15 @@ const GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(239, 255, 0, 1);
 /// The node's routers for pods, as the agent's --zenoh-routers names them.
 const ROUTERS: std::ops::RangeInclusive<u16> = 7448..=7463;
 
-/// The node's routers for pods, stood in for by listeners in the node's namespace that
-/// echo what they get; stopped on drop.
-struct EchoRouters {
+/// The node's routers for pods, stood in for by listeners in the node's namespace, each
+/// served by `serve` on a thread of its own (`serve_echo`, `serve_sink`); stopped on drop.
+struct StandInRouters {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
-impl EchoRouters {
-    fn start(ns: &Ns) -> EchoRouters {
+impl StandInRouters {
+    fn start(ns: &Ns, serve: fn(TcpListener, &Arc<AtomicBool>)) -> StandInRouters {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = ROUTERS
             .map(|port| {
@@ -39,14 +39,14 @@ impl EchoRouters {
                     .unwrap();
                 listener.set_nonblocking(true).unwrap();
                 let stop = Arc::clone(&stop);
-                std::thread::spawn(move || serve_echo(listener, &stop))
+                std::thread::spawn(move || serve(listener, &stop))
             })
             .collect();
-        EchoRouters { stop, threads }
+        StandInRouters { stop, threads }
     }
 }
 
-impl Drop for EchoRouters {
+impl Drop for StandInRouters {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..) {
@@ -55,6 +55,7 @@ impl Drop for EchoRouters {
     }
 }
 
+/// A router that echoes what it gets.
 fn serve_echo(listener: TcpListener, stop: &Arc<AtomicBool>) {
     let mut echoes = Vec::new();
     while !stop.load(Ordering::SeqCst) {
@@ -153,7 +154,7 @@ fn a_pod_opening_all_it_can_leaves_the_agent_descriptors_and_the_other_tenant_it
         Some(&node.ns.name),
         &["--zenoh-routers", &pool],
     );
-    let _routers = EchoRouters::start(&node.ns);
+    let _routers = StandInRouters::start(&node.ns, serve_echo);
     let data = DataDir::create();
 
     // The second tenant: one attachment, a membership and a relay, a connection open.
@@ -346,45 +347,14 @@ impl Drop for MemoryCgroup {
     }
 }
 
-/// The node's routers for pods, stood in for by listeners that accept and never read: what
-/// the pods send piles up in the agent's relays.
-struct SinkRouters {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl SinkRouters {
-    fn start(ns: &Ns) -> SinkRouters {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = ROUTERS
-            .map(|port| {
-                let listener = ns
-                    .handle()
-                    .run(|| TcpListener::bind(("127.0.0.1", port)))
-                    .unwrap()
-                    .unwrap();
-                listener.set_nonblocking(true).unwrap();
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || {
-                    let mut held = Vec::new();
-                    while !stop.load(Ordering::SeqCst) {
-                        match listener.accept() {
-                            Ok((s, _)) => held.push(s),
-                            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                        }
-                    }
-                })
-            })
-            .collect();
-        SinkRouters { stop, threads }
-    }
-}
-
-impl Drop for SinkRouters {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+/// A router that accepts and never reads: what the pods send piles up in the agent's
+/// relays.
+fn serve_sink(listener: TcpListener, stop: &Arc<AtomicBool>) {
+    let mut held = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((s, _)) => held.push(s),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
 }
@@ -408,7 +378,7 @@ fn the_agent_lives_in_32_mib_with_every_connection_pushing_data() {
         Some(&node.ns.name),
         &["--zenoh-routers", &pool],
     );
-    let _routers = SinkRouters::start(&node.ns);
+    let _routers = StandInRouters::start(&node.ns, serve_sink);
     let data = DataDir::create();
     let conf = zenoh_net(&data, &agent, "zenoh-net", 7447, 100);
     let mut conf = conf;
