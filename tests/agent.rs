@@ -180,7 +180,7 @@ fn the_agent_lets_go_when_a_pods_netns_is_gone() {
         held_keys(&agent)
     );
     assert!(
-        agent.records().list().is_empty(),
+        agent.records().list().unwrap().is_empty(),
         "the records of vanished pods are left"
     );
     // The namespace went with the last socket, and its macvlan with it.
@@ -238,4 +238,196 @@ fn the_agent_installs_mirrors_the_policy_and_runs_gc() {
     assert!(log.contains("gc: 0 attachment(s) released"), "{log}");
     assert!(out.status.success(), "SIGTERM is a clean stop:\n{log}");
     assert!(!socket.exists(), "the socket file outlives the agent");
+}
+
+/// A listing that fails is not an empty listing: an agent out of descriptors cannot read
+/// its records, and through its sweeps it lets go of no tenant's membership; once it can
+/// read them again, it goes on as before.
+#[test]
+fn an_agent_that_cannot_list_its_records_lets_no_tenant_go() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let (first, second) = (node.pod(11), node.pod(12));
+    let (data, other_data) = (DataDir::create(), DataDir::create());
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
+    // The second tenant: a NAD of its own namespace, its own network and store.
+    let mut other_conf = with_agent(guide(&other_data), &agent);
+    other_conf["name"] = "other-tenant-net".into();
+    add(&node, &first, &conf).ok();
+    add(&node, &second, &other_conf).ok();
+    assert_eq!(held_keys(&agent).len(), 2);
+
+    let limit = agent.exhaust_descriptors();
+    let said = within(Duration::from_secs(5), || {
+        agent
+            .log()
+            .contains("cannot read the membership records whole")
+    });
+    assert!(said.is_some(), "the listing did not fail:\n{}", agent.log());
+    // Three sweeps more: both memberships stay joined all along.
+    let lapsed = within(3 * ros_macvlan::agent::lifecycle::SWEEP_EVERY, || {
+        !joined(&first.ns, "net1").contains(&GROUP) || !joined(&second.ns, "net1").contains(&GROUP)
+    });
+    assert!(
+        lapsed.is_none(),
+        "a membership was let go while the records could not be listed:\n{}",
+        agent.log()
+    );
+
+    drop(limit);
+    assert!(
+        within(Duration::from_secs(5), || agent
+            .log()
+            .contains("membership records can be read whole again"))
+        .is_some(),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(held_keys(&agent).len(), 2);
+    del(&node, &first, &conf).ok();
+    del(&node, &second, &other_conf).ok();
+    assert!(held_keys(&agent).is_empty());
+}
+
+/// A runtime that names the pod's netns by a process of it (`/proc/<pid>/ns/net`): once that
+/// process has exited the path is gone for good, and the agent lets go of its membership
+/// within 10 s; another tenant's pod, named by its netns file, is kept.
+#[test]
+fn a_netns_named_by_a_process_that_exited_is_gone() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let (by_process, other) = (node.pod(11), node.pod(12));
+    let (data, other_data) = (DataDir::create(), DataDir::create());
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
+    let mut other_conf = with_agent(guide(&other_data), &agent);
+    other_conf["name"] = "other-tenant-net".into();
+    let holder = Spawned::start(&by_process.ns, &["sleep", "60"], |_| {});
+    let netns = format!("/proc/{}/ns/net", holder.pid());
+    cni_with("ADD", &node, &by_process, &conf, &[("CNI_NETNS", &netns)]).ok();
+    add(&node, &other, &other_conf).ok();
+    assert!(joined(&by_process.ns, "net1").contains(&GROUP));
+    assert_eq!(held_keys(&agent).len(), 2);
+
+    drop(holder);
+    let let_go = within(Duration::from_secs(10), || {
+        !joined(&by_process.ns, "net1").contains(&GROUP)
+    });
+    assert!(
+        let_go.is_some(),
+        "the membership outlived the process naming its netns:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("its process has exited"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(held_keys(&agent).len(), 1);
+    assert!(
+        joined(&other.ns, "net1").contains(&GROUP),
+        "the other tenant's membership went"
+    );
+    cni_with("DEL", &node, &by_process, &conf, &[("CNI_NETNS", &netns)]);
+    del(&node, &other, &other_conf).ok();
+}
+
+/// Each client is answered on its own: clients that connect and send nothing do not hold
+/// up another pod's ADD and DEL, which the agent answers at once.
+#[test]
+fn silent_clients_hold_no_other_pods_add_or_del() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pod = node.pod(11);
+    let data = DataDir::create();
+    let agent = start_agent();
+    let conf = with_agent(guide(&data), &agent);
+    let silent: Vec<_> = (0..5)
+        .map(|_| std::os::unix::net::UnixStream::connect(agent.socket()).unwrap())
+        .collect();
+
+    let started = Instant::now();
+    let added = add(&node, &pod, &conf);
+    let took = started.elapsed();
+    added.ok();
+    assert!(
+        !added.stderr.contains("not held"),
+        "ADD found no agent: {}",
+        added.stderr
+    );
+    assert!(took < Duration::from_millis(900), "ADD took {took:?}");
+    assert_eq!(held_keys(&agent).len(), 1);
+    let started = Instant::now();
+    del(&node, &pod, &conf).ok();
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "DEL took {:?}",
+        started.elapsed()
+    );
+    assert!(held_keys(&agent).is_empty(), "DEL's drop was not answered");
+    drop(silent);
+}
+
+/// SIGTERM: the agent stops accepting, closes every relay and membership, stops and joins
+/// its LAN watch, and exits within 2 s; the records stay, so the next agent holds it all
+/// again.
+#[test]
+fn sigterm_stops_every_duty_within_2_s_and_keeps_the_records() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pod = node.pod(11);
+    pod.ns.ip(&["link", "set", "lo", "up"]);
+    let data = DataDir::create();
+    let mut agent =
+        TestAgent::start_in(Some(&node.ns.name), &["--zenoh-routers", "127.0.0.1:7448"]);
+    let mut conf = with_agent(guide(&data), &agent);
+    conf["zenoh"] = true.into();
+    add(&node, &pod, &conf).ok();
+    assert!(joined(&pod.ns, "net1").contains(&GROUP));
+    assert!(!tcp_listeners(&pod.ns, 7447).is_empty(), "no relay");
+
+    let started = Instant::now();
+    agent.stop();
+    let took = started.elapsed();
+    let log = agent.log();
+    assert!(
+        took < Duration::from_secs(2),
+        "stopping took {took:?}:\n{log}"
+    );
+    assert!(log.contains("agent: stopped"), "not a clean stop:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        !agent.socket().exists(),
+        "the socket file outlives the agent"
+    );
+    assert!(
+        tcp_listeners(&pod.ns, 7447).is_empty(),
+        "the relay outlives the agent"
+    );
+    assert!(!joined(&pod.ns, "net1").contains(&GROUP));
+    assert_eq!(agent.records().list().unwrap().len(), 1, "the records went");
+
+    agent.restart();
+    assert!(
+        within(Duration::from_secs(3), || joined(&pod.ns, "net1")
+            .contains(&GROUP)
+            && !tcp_listeners(&pod.ns, 7447).is_empty())
+        .is_some(),
+        "the next agent did not take over:\n{}",
+        agent.log()
+    );
+    del(&node, &pod, &conf).ok();
 }

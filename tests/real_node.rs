@@ -345,7 +345,7 @@ fn pods_deleted_as_kubelet_does_leave_nothing_on_the_node() {
     let pods = node.pods("conf/example4-talkers-listener.yaml");
     assert_eq!(node.data.claims("ros-net").len(), 3);
     let records = ros_macvlan::agent::records::RecordDir::beside(&node.agent_socket());
-    assert_eq!(records.list().len(), 3);
+    assert_eq!(records.list().unwrap().len(), 3);
     let addresses: Vec<String> = pods.iter().map(|p| node.pod_address(p)).collect();
     let links_before = node.node.ns.link_names();
     for pod in &pods {
@@ -371,7 +371,10 @@ fn pods_deleted_as_kubelet_does_leave_nothing_on_the_node() {
         Vec::<String>::new(),
         "claims left"
     );
-    assert!(records.list().is_empty(), "membership records left");
+    assert!(
+        records.list().unwrap().is_empty(),
+        "membership records left"
+    );
     for pod in &pods {
         assert!(
             !std::path::Path::new(&pod.netns).exists(),
@@ -666,7 +669,10 @@ fn upgrade_to_another_image_keeps_the_pods_and_their_del_cleans_up() {
     }
     assert!(node.data.claims("ros-net").is_empty(), "claims left");
     let records = ros_macvlan::agent::records::RecordDir::beside(&node.agent_socket());
-    assert!(records.list().is_empty(), "membership records left");
+    assert!(
+        records.list().unwrap().is_empty(),
+        "membership records left"
+    );
     assert!(
         client.list().unwrap().is_empty(),
         "B's agent still holds some"

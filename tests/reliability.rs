@@ -155,7 +155,7 @@ fn assert_nothing_left(step: &str, pod: &Pod, data: &DataDir, agent: &Agent) {
         .unwrap();
     assert!(held.is_empty(), "{step}: the agent still holds {held:?}");
     assert!(
-        agent.records().list().is_empty(),
+        agent.records().list().unwrap().is_empty(),
         "{step}: membership records left"
     );
 }

@@ -121,7 +121,7 @@ fn relays_held(scene: &Cluster) -> (usize, usize) {
     let held: usize = routers_given(scene).iter().map(Vec::len).sum();
     let kept = scene.nodes.iter().fold(0, |kept, n| {
         let records: RecordDir<RelayRecord> = RecordDir::kept_beside(&n.agent.borrow().socket());
-        kept + records.list().len()
+        kept + records.list().unwrap().len()
     });
     (held, kept)
 }

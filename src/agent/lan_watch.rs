@@ -30,11 +30,15 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::agent::budget::{Lease, Pool, AHEAD_SOCKET, MAX_AHEAD, POD_WATCHED};
 use crate::agent::lan_state::{
     now_ms, Conflict, LanState, Probed, Probes, ACTIVE, CONFLICT_EXPIRY, FRESH, RECHECK, REPROBE,
     VERIFY_EVERY,
 };
-use crate::agent::records::{MembershipRecord, ProbeAhead, RecordDir};
+use crate::agent::records::{ListingHealth, MembershipRecord, ProbeAhead, RecordDir};
 use crate::ipam::host_local::HostLocalConf;
 use crate::node::duplicate::{ArpSocket, Claim, Detection};
 use crate::sys::confine::{Readable, Roots};
@@ -68,15 +72,51 @@ impl Default for Pace {
     }
 }
 
-/// Starts the watch; it runs for the agent's life.
-pub fn spawn(
-    records: RecordDir,
-    lan: LanState,
-    pace: Pace,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("lan-watch".into())
-        .spawn(move || Watch::new(records, lan, pace).run())
+/// The watch's thread, and what tells it to stop.
+pub struct LanWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LanWatch {
+    /// Starts the watch; it runs until `join`.
+    pub fn spawn(
+        records: RecordDir,
+        lan: LanState,
+        descriptors: Arc<Pool>,
+        pace: Pace,
+    ) -> std::io::Result<LanWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("lan-watch".into())
+            .spawn(move || Watch::new(records, lan, descriptors, pace).run(&stopped))?;
+        Ok(LanWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the thread has ended by itself (it only does by panicking).
+    pub fn has_ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops the thread (within one turn of its loop, a few tens of milliseconds) and
+    /// waits for it; a panic that ended it is logged.
+    pub fn join(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            if let Err(panic) = thread.join() {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                log::error!("agent: lan watch: it had stopped: {why}");
+            }
+        }
+    }
 }
 
 /// `period` stretched or shrunk by up to 20 %, differently on every node and for every key:
@@ -116,6 +156,8 @@ struct Ahead {
     last_held: Instant,
     /// Until when it is busy (an ADD lately): probed ahead till then, only heard after.
     active_until: Instant,
+    /// The descriptor of its socket.
+    _lease: Lease,
 }
 
 /// One attachment watched in its pod.
@@ -124,6 +166,8 @@ struct PodWatch {
     record: MembershipRecord,
     socket: ArpSocket,
     _netns: Netns,
+    /// The descriptors of its socket and its namespace handle.
+    _lease: Lease,
     addresses: Vec<Ipv4Addr>,
     mac: [u8; 6],
     pod: String,
@@ -137,7 +181,11 @@ struct PodWatch {
 }
 
 struct Watch {
+    /// The agent's descriptors, leased for each socket the watch keeps open.
+    descriptors: Arc<Pool>,
     records: RecordDir,
+    /// Whether the records could be listed whole at the last sync.
+    listing: ListingHealth,
     lan: LanState,
     pace: Pace,
     /// By network identity.
@@ -152,9 +200,11 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(records: RecordDir, lan: LanState, pace: Pace) -> Watch {
+    fn new(records: RecordDir, lan: LanState, descriptors: Arc<Pool>, pace: Pace) -> Watch {
         Watch {
+            descriptors,
             records,
+            listing: ListingHealth::default(),
             lan,
             pace,
             ahead: HashMap::new(),
@@ -165,9 +215,9 @@ impl Watch {
         }
     }
 
-    fn run(mut self) {
+    fn run(mut self, stop: &AtomicBool) {
         let mut last_sync: Option<Instant> = None;
-        loop {
+        while !stop.load(Ordering::SeqCst) {
             if last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY) {
                 self.sync();
                 last_sync = Some(Instant::now());
@@ -178,9 +228,13 @@ impl Watch {
         }
     }
 
-    /// Makes what is watched match the records.
+    /// Makes what is watched match the records; records that cannot be listed whole
+    /// change nothing (no watch ends, no conflict is forgotten).
     fn sync(&mut self) {
-        let records: Vec<MembershipRecord> = self.records.list();
+        let listed = self.records.list();
+        let Some(records) = self.listing.whole("membership records (LAN watch)", listed) else {
+            return;
+        };
         let current: HashMap<String, &MembershipRecord> =
             records.iter().map(|r| (r.key(), r)).collect();
         self.pods
@@ -280,6 +334,18 @@ impl Watch {
                 return None;
             }
         };
+        if self.ahead.len() >= MAX_AHEAD {
+            self.say_once(format!(
+                "agent: lan watch: not probing network {network} ahead: {MAX_AHEAD} networks are, the bound"
+            ));
+            return None;
+        }
+        let Some(lease) = self.descriptors.lease(AHEAD_SOCKET) else {
+            self.say_once(format!(
+                "agent: lan watch: not probing network {network} ahead: the agent's descriptors are all in use"
+            ));
+            return None;
+        };
         let socket = match ArpSocket::open(index) {
             Ok(s) => s,
             Err(e) => {
@@ -312,6 +378,7 @@ impl Watch {
             last_round: None,
             last_held: Instant::now(),
             active_until: Instant::now() + ACTIVE,
+            _lease: lease,
         })
     }
 
@@ -323,6 +390,13 @@ impl Watch {
         if r.presence() != Presence::Here {
             return;
         }
+        let Some(lease) = self.descriptors.lease(POD_WATCHED) else {
+            self.say_once(format!(
+                "agent: lan watch: not watching {}: the agent's descriptors are all in use",
+                r.key()
+            ));
+            return;
+        };
         let opened = Netns::open(&r.netns).and_then(|ns| {
             let ifname = r.ifname.clone();
             let socket = ns.run(move || {
@@ -344,6 +418,7 @@ impl Watch {
                         record: r.clone(),
                         socket,
                         _netns: ns,
+                        _lease: lease,
                         addresses: r.lan.addresses.clone(),
                         mac,
                         pod: r.lan.pod.clone().unwrap_or_else(|| "-/-".into()),

@@ -75,7 +75,7 @@ pub fn release_orphans(data_dir: &Path) -> Result<Sweep> {
             continue;
         };
         for record in store.records() {
-            match netns::presence(&record.netns, None) {
+            match netns::presence(&record.netns, None, record.proc_pid_ns) {
                 Presence::Here => continue,
                 Presence::Unknown(why) => {
                     sweep.kept.push(format!(

@@ -4,12 +4,14 @@
 //! start, the node policy mirrored from its ConfigMap). It serves the socket and stops
 //! them all.
 //!
-//! One task on the process's current-thread runtime (sys::runtime) owns all state, so
-//! nothing is shared or locked; every request is small and answered within the plugin's
-//! bounded wait. Host access, the one netlink work, runs on the runtime's blocking pool.
+//! One task on the process's current-thread runtime (sys::runtime) owns the duties' state,
+//! so nothing is shared or locked; each client is read and answered on a task of its own
+//! and hands its request to that task, so a slow or silent client holds only itself.
+//! Host access, the one netlink work, runs on the runtime's blocking pool; the LAN watch on
+//! a thread of its own, stopped and joined when the agent stops.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,7 +19,13 @@ use std::time::Duration;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
+use crate::agent::budget::{Lease, Pool, MAX_CLIENTS};
+use crate::agent::host_keeper::Keeper;
+use crate::agent::lan_state::LanState;
+use crate::agent::lan_watch::LanWatch;
 use crate::agent::memberships::Memberships;
 use crate::agent::protocol::{self, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
 use crate::agent::records::{MembershipRecord, RecordDir};
@@ -66,24 +74,36 @@ async fn serve(opts: Options) -> io::Result<()> {
     if let Some(dir) = &opts.cni_bin_dir {
         install_plugin(dir)?;
     }
+    // Before anything is opened: the bounds' descriptors, counted from here on.
+    let descriptors = Pool::descriptors()?;
     let listener = listen(&opts.socket)?;
     log::info!("agent: listening on {}", opts.socket.display());
-    let mut memberships = Memberships::new(RecordDir::beside(&opts.socket));
+    let mut memberships = Memberships::new(RecordDir::beside(&opts.socket), descriptors.clone());
     memberships.reconcile();
-    crate::agent::lan_watch::spawn(
-        RecordDir::beside(&opts.socket),
-        crate::agent::lan_state::LanState::beside(&opts.socket),
-        opts.lan_pace,
-    )?;
+    let watch_lan = || {
+        LanWatch::spawn(
+            RecordDir::beside(&opts.socket),
+            LanState::beside(&opts.socket),
+            descriptors.clone(),
+            opts.lan_pace,
+        )
+    };
+    let mut lan_watch = watch_lan()?;
     // Zenoh relay (issue 24): the relays follow their records like the memberships.
-    let mut relays = Relays::new(&opts.socket, opts.zenoh_routers);
-    relays.reconcile();
     let node_config = match &opts.policy {
         Some((_, dir)) => crate::node::install::mirrored_policy(dir),
         None => crate::node::policy::policy_file(),
     };
+    let mut relays = Relays::new(
+        &opts.socket,
+        opts.zenoh_routers,
+        descriptors.clone(),
+        node_config.clone(),
+    );
+    relays.reconcile();
     let agent_dir = opts.socket.parent().unwrap_or(Path::new("/"));
-    let mut host = crate::agent::host_keeper::Keeper::new(node_config, agent_dir);
+    let keeper = || Keeper::new(node_config.clone(), agent_dir);
+    let mut host = keeper();
 
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut policy = opts
@@ -97,25 +117,55 @@ async fn serve(opts: Options) -> io::Result<()> {
     let mut policy_said = None;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Each client is read and answered on a task of its own (a client that sends nothing
+    // holds only itself); what it asks is acted on here, where the duties' state lives.
+    let clients_at_once = Pool::leasing(MAX_CLIENTS);
+    let mut clients = JoinSet::new();
+    let (asking, mut asked) = mpsc::channel::<Asked>(MAX_CLIENTS);
+    let mut refusing_clients = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if tokio::time::timeout(AGENT_WAIT, answer(stream, &mut memberships, &mut relays)).await.is_err() {
-                        log::warn!("agent: a client sent no complete request in time");
+                    while clients.try_join_next().is_some() {}
+                    let leases = clients_at_once.lease(1).zip(descriptors.lease(1));
+                    match leases {
+                        Some(leases) => {
+                            refusing_clients = false;
+                            clients.spawn(client(stream, leases, asking.clone()));
+                        }
+                        None if !std::mem::replace(&mut refusing_clients, true) => log::warn!(
+                            "agent: closing new clients: {MAX_CLIENTS} are being answered, or the agent's descriptors are all in use"
+                        ),
+                        None => {}
                     }
                 }
                 Err(e) => log::warn!("agent: accept: {e}"),
             },
+            Some(Asked { request, fds, answer }) = asked.recv() => {
+                let line = match request {
+                    Request::Hold(record) => reply_line(&memberships.take(*record, fds)),
+                    Request::Drop { key } => reply_line(&memberships.drop_key(&key)),
+                    Request::List => reply_line(&memberships.listing()),
+                    Request::Relay(record) => reply_line(&relays.take(*record, fds)),
+                    Request::DropRelay { key } => reply_line(&relays.drop_key(&key)),
+                    Request::Relays => reply_line(&relays.listing()),
+                };
+                let _ = answer.send(line);
+            }
             _ = sweep.tick() => {
                 memberships.reconcile();
                 relays.reconcile();
-                host = reconcile_host(host).await;
+                host = reconcile_host(host).await.unwrap_or_else(keeper);
+                if lan_watch.has_ended() {
+                    lan_watch.join();
+                    lan_watch = watch_lan()?;
+                }
             }
             _ = tick(&mut policy) => {
                 if let Some((source, dir)) = &opts.policy {
                     policy_said = mirror_policy(source, dir, policy_said);
-                    host = reconcile_host(host).await;
+                    host = reconcile_host(host).await.unwrap_or_else(keeper);
                 }
             }
             _ = tick(&mut gc) => {
@@ -130,25 +180,43 @@ async fn serve(opts: Options) -> io::Result<()> {
             _ = int.recv() => break,
         }
     }
-    // The memberships end with this process; the records stay, so the next agent re-creates
-    // them. The socket file goes, so plugins see at once that no agent listens.
-    let _ = std::fs::remove_file(&opts.socket);
+    // Stopping: no new client (the socket file goes, so plugins see at once that no agent
+    // listens), none answered any more, every relay and membership closed with its
+    // descriptors, the LAN watch stopped and joined. The records stay: the next agent
+    // re-creates what they say.
     log::info!("agent: stopping");
+    drop(listener);
+    let _ = std::fs::remove_file(&opts.socket);
+    clients.shutdown().await;
+    drop(relays);
+    drop(memberships);
+    lan_watch.join();
+    log::info!("agent: stopped");
     Ok(())
+}
+
+/// A request a client task read, for the loop to act on, and where its reply line goes.
+struct Asked {
+    request: Request,
+    fds: Vec<OwnedFd>,
+    answer: oneshot::Sender<Vec<u8>>,
 }
 
 /// One round of host access, on the runtime's blocking pool: its netlink exchanges are
 /// futures of this runtime, which the loop (waiting here) drives; no second runtime starts.
-async fn reconcile_host(
-    mut host: crate::agent::host_keeper::Keeper,
-) -> crate::agent::host_keeper::Keeper {
+/// A round that panicked is logged and its keeper lost (the caller makes a new one).
+async fn reconcile_host(mut host: Keeper) -> Option<Keeper> {
     let round = tokio::task::spawn_blocking(move || {
         host.reconcile();
         host
     });
-    round
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    match round.await {
+        Ok(host) => Some(host),
+        Err(e) => {
+            log::error!("agent: host access: its round failed ({e}); starting it afresh");
+            None
+        }
+    }
 }
 
 /// The next tick of an optional duty; never, when the duty is off.
@@ -191,15 +259,66 @@ fn listen(path: &Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Reads one request (with any descriptor passed along), acts on it, replies. Only root
-/// (the plugin, run by the runtime) is answered: the peer's credentials are checked, not
-/// only the socket file's mode, so a socket reachable by mistake (a hostPath mounted into
-/// another container, a directory mode widened) still lets no one else hand sockets in,
-/// drop a pod's membership or list the pods.
-async fn answer(stream: UnixStream, memberships: &mut Memberships, relays: &mut Relays) {
-    // The peer's credentials are taken at connect; the request is read in any case, so a
-    // refused client reads its refusal instead of a closed socket.
-    let peer = stream.peer_cred();
+/// One client: reads its request (with any descriptor passed along) within `AGENT_WAIT`,
+/// has the loop act on it, and writes the reply. Only root (the plugin, run by the runtime)
+/// is answered: the peer's credentials are checked, not only the socket file's mode, so a
+/// socket reachable by mistake (a hostPath mounted into another container, a directory
+/// mode widened) still lets no one else hand sockets in, drop a pod's membership or list
+/// the pods. `_leases`: its place among the clients and its descriptor, while it lasts.
+async fn client(stream: UnixStream, _leases: (Lease, Lease), asking: mpsc::Sender<Asked>) {
+    let line = match tokio::time::timeout(AGENT_WAIT, read_request(&stream)).await {
+        Ok(Some(read)) => read,
+        Ok(None) => return,
+        Err(_) => {
+            log::warn!("agent: a client sent no complete request in time");
+            return;
+        }
+    };
+    let (line, fds) = line;
+    let reply = match stream.peer_cred() {
+        Ok(cred) if cred.uid() == 0 => {
+            let first = line.split(|b| *b == b'\n').next().unwrap_or(&[]);
+            match Request::parse(first) {
+                Ok(request) => {
+                    let (answer, answered) = oneshot::channel();
+                    let asked = Asked {
+                        request,
+                        fds,
+                        answer,
+                    };
+                    if asking.send(asked).await.is_err() {
+                        return; // stopping
+                    }
+                    match answered.await {
+                        Ok(line) => line,
+                        Err(_) => return,
+                    }
+                }
+                Err(e) => refusal(format!("not a request: {e}")),
+            }
+        }
+        Ok(cred) => {
+            log::warn!(
+                "agent: refused a client with uid {} (pid {}): only root may talk to the agent",
+                cred.uid(),
+                cred.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
+            );
+            // Any descriptor it passed is closed with `fds`, unused.
+            refusal("only root may talk to the node agent".into())
+        }
+        Err(e) => {
+            log::warn!("agent: cannot read a client's credentials ({e}); refused");
+            return;
+        }
+    };
+    let mut stream = stream;
+    let _ = tokio::time::timeout(AGENT_WAIT, stream.write_all(&reply)).await;
+}
+
+/// A request line and the descriptors passed along with it; None when the client failed.
+/// The request is read in any case, so a refused client reads its refusal instead of a
+/// closed socket.
+async fn read_request(stream: &UnixStream) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
     let mut line = Vec::new();
     let mut fds = Vec::new();
     let mut buf = vec![0u8; 4096];
@@ -214,48 +333,22 @@ async fn answer(stream: UnixStream, memberships: &mut Memberships, relays: &mut 
             Ok(n) => line.extend_from_slice(&buf[..n]),
             Err(e) => {
                 log::warn!("agent: reading a request: {e}");
-                return;
+                return None;
             }
         }
     }
-    match peer {
-        Ok(cred) if cred.uid() == 0 => {}
-        Ok(cred) => {
-            log::warn!(
-                "agent: refused a client with uid {} (pid {}): only root may talk to the agent",
-                cred.uid(),
-                cred.pid().map_or_else(|| "?".to_owned(), |p| p.to_string())
-            );
-            // Any descriptor it passed is closed with `fds`, unused.
-            let refusal =
-                Reply::<MembershipRecord>::refused("only root may talk to the node agent".into());
-            reply(stream, &refusal).await;
-            return;
-        }
-        Err(e) => {
-            log::warn!("agent: cannot read a client's credentials ({e}); refused");
-            return;
-        }
-    }
-    let first = line.split(|b| *b == b'\n').next().unwrap_or(&[]);
-    match Request::parse(first) {
-        Ok(Request::Hold(record)) => reply(stream, &memberships.take(*record, fds)).await,
-        Ok(Request::Drop { key }) => reply(stream, &memberships.drop_key(&key)).await,
-        Ok(Request::List) => reply(stream, &memberships.listing()).await,
-        Ok(Request::Relay(record)) => reply(stream, &relays.take(*record, fds)).await,
-        Ok(Request::DropRelay { key }) => reply(stream, &relays.drop_key(&key)).await,
-        Ok(Request::Relays) => reply(stream, &relays.listing()).await,
-        Err(e) => {
-            let refusal = Reply::<MembershipRecord>::refused(format!("not a request: {e}"));
-            reply(stream, &refusal).await
-        }
-    }
+    Some((line, fds))
 }
 
-async fn reply(mut stream: UnixStream, reply: &impl serde::Serialize) {
+/// A reply as the line written back.
+fn reply_line(reply: &impl serde::Serialize) -> Vec<u8> {
     let mut out = serde_json::to_vec(reply).unwrap_or_default();
     out.push(b'\n');
-    let _ = stream.write_all(&out).await;
+    out
+}
+
+fn refusal(why: String) -> Vec<u8> {
+    reply_line(&Reply::<MembershipRecord>::refused(why))
 }
 
 fn install_plugin(dir: &Path) -> io::Result<()> {

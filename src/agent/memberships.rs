@@ -9,17 +9,17 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use socket2::{InterfaceIndexOrAddress, SockRef};
 
+use crate::agent::budget::{
+    beyond_share, Lease, Pool, MAX_HELD, MAX_HELD_PER_NAMESPACE, MAX_HELD_PER_POD, MEMBERSHIP,
+};
 use crate::agent::protocol::Reply;
-use crate::agent::records::{MembershipRecord, RecordDir};
+use crate::agent::records::{ListingHealth, MembershipRecord, RecordDir};
 use crate::sys::netns::Netns;
-
-/// The most memberships one agent holds (a socket each): a node runs far fewer pods, and
-/// the bound keeps a flood of ADDs (or records) from exhausting the agent's descriptors.
-pub const MAX_HELD: usize = 4096;
 
 /// Opens a UDP socket inside `ns` and joins `groups` on interface `index` with it. The
 /// memberships last as long as the socket (and any copy of it) stays open.
@@ -52,22 +52,29 @@ fn add_membership(sock: &OwnedFd, group: Ipv4Addr, index: u32) -> io::Result<()>
 struct Held {
     record: MembershipRecord,
     _socket: OwnedFd,
+    /// Its descriptors: the socket's, and the LAN watch's in its pod.
+    _lease: Lease,
 }
 
 /// The memberships the agent holds, and the records that say which it should.
 pub struct Memberships {
     records: RecordDir,
+    /// Whether the records could be listed whole at the last sweep.
+    listing: ListingHealth,
     held: HashMap<String, Held>,
     /// Keys whose re-creation failed once, so the log says so once, not every sweep.
     failing: HashSet<String>,
     /// Keys whose netns could not be told present or gone, said once likewise.
     unsure: HashSet<String>,
+    descriptors: Arc<Pool>,
 }
 
 impl Memberships {
-    pub fn new(records: RecordDir) -> Memberships {
+    pub fn new(records: RecordDir, descriptors: Arc<Pool>) -> Memberships {
         Memberships {
             records,
+            descriptors,
+            listing: ListingHealth::default(),
             held: HashMap::new(),
             failing: HashSet::new(),
             unsure: HashSet::new(),
@@ -77,13 +84,13 @@ impl Memberships {
     /// `Request::Hold`: holds the socket ADD passed along, within the bound.
     pub fn take(&mut self, record: MembershipRecord, mut fds: Vec<OwnedFd>) -> Reply {
         match fds.pop() {
-            Some(socket) if self.has_room_for(&record.key()) => {
-                self.hold(record, socket, "handed over by ADD");
-                Reply::accepted()
-            }
-            Some(_) => Reply::refused(format!(
-                "the agent holds {MAX_HELD} memberships already, its bound; not held"
-            )),
+            Some(socket) => match self.room_for(&record) {
+                Ok(lease) => {
+                    self.hold(record, socket, lease, "handed over by ADD");
+                    Reply::accepted()
+                }
+                Err(why) => Reply::refused(format!("{why}; not held")),
+            },
             None => Reply::refused("hold needs the socket passed with the request".into()),
         }
     }
@@ -102,12 +109,26 @@ impl Memberships {
         }
     }
 
-    /// Whether one more membership (or a new socket for a held key) fits the bound.
-    fn has_room_for(&self, key: &str) -> bool {
-        self.held.len() < MAX_HELD || self.held.contains_key(key)
+    /// The descriptors of one more membership (or of a new socket for a held key), within
+    /// the bound; or why not.
+    fn room_for(&self, record: &MembershipRecord) -> Result<Lease, String> {
+        let key = &record.key();
+        if self.held.len() >= MAX_HELD && !self.held.contains_key(key) {
+            return Err(format!(
+                "the agent holds {MAX_HELD} memberships already, its bound"
+            ));
+        }
+        let shares = (MAX_HELD_PER_POD, MAX_HELD_PER_NAMESPACE);
+        let held = self.held.values().map(|h| &h.record);
+        if let Some(why) = beyond_share(held, record, shares, "memberships") {
+            return Err(why);
+        }
+        self.descriptors
+            .lease(MEMBERSHIP)
+            .ok_or_else(|| "the agent's descriptors are all in use (its RLIMIT_NOFILE)".to_owned())
     }
 
-    fn hold(&mut self, record: MembershipRecord, socket: OwnedFd, why: &str) {
+    fn hold(&mut self, record: MembershipRecord, socket: OwnedFd, lease: Lease, why: &str) {
         let key = record.key();
         log::info!(
             "agent: holding {key}: {:?} on {} in {} ({why})",
@@ -123,6 +144,7 @@ impl Memberships {
             Held {
                 record,
                 _socket: socket,
+                _lease: lease,
             },
         );
     }
@@ -136,10 +158,16 @@ impl Memberships {
     /// Makes what is held match the records: a record whose netns is positively gone (or
     /// is another namespace now) is removed with its membership; a held membership without
     /// a record (its DEL's message was lost) ends; a record not held is joined again. A
-    /// netns that cannot be told gone is kept, and said once.
+    /// netns that cannot be told gone is kept, and said once. Records that cannot be
+    /// listed whole change nothing.
     pub fn reconcile(&mut self) {
         let held: HashSet<String> = self.held.keys().cloned().collect();
-        let due = self.records.due(&held);
+        let Some(due) = self
+            .listing
+            .whole("membership records", self.records.due(&held))
+        else {
+            return;
+        };
         for key in due.unrecorded {
             self.let_go(&key, "its record is gone");
         }
@@ -158,16 +186,17 @@ impl Memberships {
         }
         for record in due.missing {
             let key = record.key();
-            if !self.has_room_for(&key) {
-                if self.failing.insert(key.clone()) {
-                    log::warn!(
-                        "agent: not re-creating {key}: {MAX_HELD} memberships held, the bound"
-                    );
+            let lease = match self.room_for(&record) {
+                Ok(lease) => lease,
+                Err(why) => {
+                    if self.failing.insert(key.clone()) {
+                        log::warn!("agent: not re-creating {key}: {why}");
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             match rejoin(&record) {
-                Ok(socket) => self.hold(record, socket, "re-created from its record"),
+                Ok(socket) => self.hold(record, socket, lease, "re-created from its record"),
                 Err(e) => {
                     if self.failing.insert(key.clone()) {
                         log::warn!("agent: cannot re-create {key}: {e} (retrying)");
@@ -187,4 +216,72 @@ fn rejoin(record: &MembershipRecord) -> io::Result<OwnedFd> {
         .map_err(|e| io::Error::other(e.to_string()))?
         .map_err(|e| io::Error::other(format!("{}: {e}", record.ifname)))?;
     join(&ns, index, &record.groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::records::tests::record;
+
+    /// A socket standing in for a membership's: what is held, not what it joined.
+    fn a_socket() -> OwnedFd {
+        socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn in_this_netns(container_id: &str) -> MembershipRecord {
+        MembershipRecord {
+            container_id: container_id.into(),
+            netns: "/proc/self/ns/net".into(),
+            netns_inode: crate::sys::netns::inode_of(std::path::Path::new("/proc/self/ns/net"))
+                .unwrap(),
+            ..record()
+        }
+    }
+
+    /// A record that cannot be read (here a symlink, never followed) makes the listing
+    /// fail: the sweep lets go of nothing, also not the held membership whose record is
+    /// gone, and once the listing is whole again it does.
+    #[test]
+    fn a_listing_that_fails_lets_nothing_go() {
+        let dir = std::env::temp_dir().join(format!("rm-failed-listing-{}", std::process::id()));
+        let records = RecordDir::beside(&dir.join("agent.sock"));
+        let (kept, lost) = (in_this_netns("kept"), in_this_netns("lost"));
+        records.write(&kept).unwrap();
+        let mut memberships = Memberships::new(records.clone(), Pool::leasing(2));
+        for record in [&kept, &lost] {
+            // `lost`: its DEL's message was lost: held, with no record.
+            let lease = memberships.room_for(record).unwrap();
+            memberships.hold(record.clone(), a_socket(), lease, "test");
+        }
+        assert!(
+            memberships.room_for(&in_this_netns("third")).is_err(),
+            "past the descriptors leasable"
+        );
+        let unreadable = records.path().join("unreadable.json");
+        std::os::unix::fs::symlink("/etc/hostname", &unreadable).unwrap();
+        assert!(
+            records.list().is_err(),
+            "a listing with an unreadable record"
+        );
+
+        memberships.reconcile();
+        let held: HashSet<String> = memberships.held.keys().cloned().collect();
+        assert_eq!(held, [kept.key(), lost.key()].into(), "nothing let go");
+
+        std::fs::remove_file(&unreadable).unwrap();
+        memberships.reconcile();
+        let held: HashSet<String> = memberships.held.keys().cloned().collect();
+        assert_eq!(
+            held,
+            [kept.key()].into(),
+            "whole again: the unrecorded one goes"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -15,6 +15,7 @@
 //! The plugin imports this module's protocol, client and records; no duty imports the
 //! plugin.
 
+pub mod budget;
 pub mod client;
 pub mod host_keeper;
 pub mod lan_state;

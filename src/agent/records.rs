@@ -29,6 +29,10 @@ pub struct MembershipRecord {
     /// gone or names another namespace (its pod is gone, a DEL was lost) ends the membership.
     pub netns: String,
     pub netns_inode: u64,
+    /// The pid namespace `/proc` showed at ADD (`netns::proc_pid_ns`): a netns path of a
+    /// process (`/proc/<pid>/ns/net`) is gone once that process is, seen in the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proc_pid_ns: Option<u64>,
     pub groups: Vec<Ipv4Addr>,
     /// What the node agent watches on the LAN for this attachment (`lan_watch`): absent in
     /// records of earlier versions.
@@ -139,9 +143,15 @@ impl MembershipRecord {
         key_of(&self.network, &self.container_id, &self.ifname)
     }
 
+    /// The pod's Kubernetes namespace, where ADD was told it (CNI_ARGS).
+    pub fn k8s_namespace(&self) -> Option<&str> {
+        let (namespace, _) = self.lan.pod.as_deref()?.split_once('/')?;
+        (namespace != "-").then_some(namespace)
+    }
+
     /// Whether the record's namespace is still there (see `netns::presence`).
     pub fn presence(&self) -> Presence {
-        netns::presence(&self.netns, Some(self.netns_inode))
+        netns::presence(&self.netns, Some(self.netns_inode), self.proc_pid_ns)
     }
 }
 
@@ -241,9 +251,11 @@ impl<R: Stored> RecordDir<R> {
     }
 
     /// Compares the records with the keys an agent holds: a record whose namespace is
-    /// positively gone is removed here; the rest is for the caller to act on.
-    pub fn due(&self, held: &HashSet<String>) -> Due<R> {
-        let records: Vec<R> = self.list();
+    /// positively gone is removed here; the rest is for the caller to act on. A listing
+    /// that cannot be made whole is an error, never fewer records: a held key whose record
+    /// was not read would be taken for one whose record is gone.
+    pub fn due(&self, held: &HashSet<String>) -> io::Result<Due<R>> {
+        let records: Vec<R> = self.list()?;
         let recorded: HashSet<String> = records.iter().map(Stored::key).collect();
         let mut due = Due {
             unrecorded: held.difference(&recorded).cloned().collect(),
@@ -263,29 +275,83 @@ impl<R: Stored> RecordDir<R> {
                 Presence::Unknown(why) => due.unsure.push((key, why)),
             }
         }
-        due
+        Ok(due)
     }
 
-    /// Every readable record; unreadable files are skipped (and left for an operator).
-    pub fn list(&self) -> Vec<R> {
+    /// Every record, or why they cannot all be read (see `list_starting`).
+    pub fn list(&self) -> io::Result<Vec<R>> {
         self.list_starting("")
     }
 
-    /// The readable records whose key starts with `prefix`; only those files are read.
-    pub(crate) fn list_starting(&self, prefix: &str) -> Vec<R> {
-        let Ok(Some(dir)) = self.0.open_dir() else {
-            return Vec::new();
+    /// The records whose key starts with `prefix` (only those files are read): all of them,
+    /// or an error naming what could not be read. A directory that cannot be opened or
+    /// listed, a record file that cannot be read (out of descriptors, say) or is not a
+    /// record makes the listing fail as a whole. A file removed while the listing is made
+    /// (by a DEL) is no record any more, and is not missed.
+    pub fn list_starting(&self, prefix: &str) -> io::Result<Vec<R>> {
+        let place = self.path();
+        let dir = match self.0.open_dir() {
+            Ok(Some(dir)) => dir,
+            Ok(None) => return Ok(Vec::new()),
+            Err(e) => return Err(io::Error::other(format!("cannot open them: {e}"))),
         };
-        dir.entries()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(name, is_dir)| {
-                let name = name.to_string_lossy();
-                !is_dir && name.starts_with(prefix) && name.ends_with(".json")
-            })
-            .filter_map(|(name, _)| dir.read(&name).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect()
+        let names = dir.entries().map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot list {}: {e}", place.display()))
+        })?;
+        let mut records = Vec::new();
+        for (name, is_dir) in names {
+            let shown = name.to_string_lossy();
+            if is_dir || !shown.starts_with(prefix) || !shown.ends_with(".json") {
+                continue;
+            }
+            let bytes = match dir.read(&name) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot read {}/{shown}: {e}", place.display()),
+                    ))
+                }
+            };
+            let record = serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}/{shown} is not a record: {e}", place.display()),
+                )
+            })?;
+            records.push(record);
+        }
+        Ok(records)
+    }
+}
+
+/// Whether the last listing of some records failed, so that a failure is logged once (not
+/// at every sweep) and its end once: what cannot be listed whole is acted on not at all.
+#[derive(Debug, Default)]
+pub struct ListingHealth {
+    failing: bool,
+}
+
+impl ListingHealth {
+    /// The listing, or None when it failed; `what` names the records for the log.
+    pub fn whole<T>(&mut self, what: &str, listed: io::Result<T>) -> Option<T> {
+        match listed {
+            Ok(listing) => {
+                if std::mem::take(&mut self.failing) {
+                    log::info!("agent: the {what} can be read whole again");
+                }
+                Some(listing)
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut self.failing, true) {
+                    log::warn!(
+                        "agent: cannot read the {what} whole ({e}); nothing is let go until they can be"
+                    );
+                }
+                None
+            }
+        }
     }
 }
 
@@ -301,6 +367,7 @@ pub(crate) mod tests {
             ifname: "net1".into(),
             netns: "/var/run/netns/x".into(),
             netns_inode: 4026532000,
+            proc_pid_ns: None,
             groups: vec![Ipv4Addr::new(239, 255, 0, 1)],
             lan: Watched::default(),
         }
@@ -311,9 +378,9 @@ pub(crate) mod tests {
         let dir = std::env::temp_dir().join(format!("rm-records-{}", std::process::id()));
         let records = RecordDir::beside(&dir.join("agent.sock"));
         records.write(&record()).unwrap();
-        assert_eq!(records.list(), vec![record()]);
+        assert_eq!(records.list().unwrap(), vec![record()]);
         records.remove(&record().key());
-        assert!(records.list().is_empty());
+        assert!(records.list().unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -341,7 +408,7 @@ pub(crate) mod tests {
             records.write(&r).unwrap();
         }
         let held: HashSet<String> = [here("held").key(), "lost:ros-net:net1".to_owned()].into();
-        let due = records.due(&held);
+        let due = records.due(&held).unwrap();
         assert_eq!(due.unrecorded, vec!["lost:ros-net:net1".to_owned()]);
         assert_eq!(due.missing, vec![here("missing")]);
         assert_eq!(due.gone.len(), 1);
@@ -349,7 +416,7 @@ pub(crate) mod tests {
         assert_eq!(due.unsure.len(), 1);
         assert_eq!(due.unsure[0].0, unsure.key());
         assert_eq!(
-            records.list().len(),
+            records.list().unwrap().len(),
             3,
             "the gone record is removed, no other"
         );
@@ -384,6 +451,52 @@ pub(crate) mod tests {
         );
     }
 
+    /// A runtime may name the pod's netns by a process of it (`/proc/<pid>/ns/net`): once
+    /// that process has exited, the path is gone for good, in the pid namespace it was
+    /// recorded in; seen from another one (or unsaid), nothing can be told.
+    #[test]
+    fn a_process_netns_path_is_gone_once_its_process_is() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let path = format!("/proc/{}/ns/net", child.id());
+        let task = format!("/proc/{0}/task/{0}/ns/net", child.id());
+        let pid_ns = crate::sys::netns::proc_pid_ns().ok();
+        let r = MembershipRecord {
+            netns: path.clone(),
+            netns_inode: crate::sys::netns::inode_of(Path::new(&path)).unwrap(),
+            proc_pid_ns: pid_ns,
+            ..record()
+        };
+        let of_task = MembershipRecord {
+            netns: task,
+            ..r.clone()
+        };
+        assert_eq!(r.presence(), Presence::Here);
+        assert_eq!(of_task.presence(), Presence::Here);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let p = r.presence();
+        assert!(
+            matches!(p, Presence::Gone(ref why) if why.contains("exited")),
+            "{p:?}"
+        );
+        assert!(matches!(of_task.presence(), Presence::Gone(_)));
+        let unsaid = MembershipRecord {
+            proc_pid_ns: None,
+            ..r.clone()
+        };
+        assert!(matches!(unsaid.presence(), Presence::Unknown(_)));
+        let elsewhere = MembershipRecord {
+            proc_pid_ns: pid_ns.map(|n| n + 1),
+            ..r.clone()
+        };
+        assert!(
+            matches!(elsewhere.presence(), Presence::Unknown(ref why) if why.contains("another pid namespace"))
+        );
+    }
+
     #[test]
     fn a_relay_record_is_a_membership_record_with_addresses() {
         let r = RelayRecord {
@@ -392,9 +505,7 @@ pub(crate) mod tests {
                 container_id: "abc".into(),
                 ifname: "net1".into(),
                 netns: "/var/run/netns/x".into(),
-                netns_inode: 1,
-                groups: Vec::new(),
-                lan: Default::default(),
+                ..record()
             },
             listen: vec![
                 "127.0.0.1:7447".parse().unwrap(),

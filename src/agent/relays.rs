@@ -22,16 +22,24 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
+use crate::agent::budget::{
+    beyond_share, Lease, Pool, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_POD, MAX_ROUTERS,
+    PER_CONNECTION,
+};
 use crate::agent::protocol::Reply;
-use crate::agent::records::{RecordDir, RelayRecord, Stored};
+use crate::agent::records::{ListingHealth, RecordDir, RelayRecord, Stored};
+use crate::node::policy::Policy;
 use crate::sys::netns::Netns;
 
 /// The agent's answer to a relay request (`held`: the relays).
@@ -41,8 +49,6 @@ type RelayReply = Reply<RelayRecord>;
 /// DaemonSet's (host network) on the node's loopback, ports 7448 to 7463 (its hub, which
 /// the pods' routers connect to, listens on 7447).
 pub const DEFAULT_ROUTERS: &str = "127.0.0.1:7448-7463";
-/// The most routers a pool may name (one per pod of the node at a time).
-pub const MAX_ROUTERS: usize = 1024;
 
 /// The node's routers for pods (`--zenoh-routers HOST:FIRST-LAST`, or `HOST:PORT` for
 /// one): one address, consecutive ports.
@@ -97,14 +103,18 @@ impl RouterPool {
     }
 }
 
-/// The most connections one pod may have relayed at once (rmw_zenoh opens one per
-/// process), and the most for the whole node: each costs two descriptors and two buffers.
-pub const MAX_CONNECTIONS_PER_POD: usize = 64;
-pub const MAX_CONNECTIONS: usize = 2048;
 /// How long a relayed connection waits for the node's router to accept.
 pub const ROUTER_WAIT: Duration = Duration::from_secs(2);
-/// Copy buffers per direction of a relayed connection.
-const BUFFER: usize = 32 * 1024;
+/// How long a pod's connection may stay silent before its first bytes: rmw_zenoh's session
+/// speaks first (its InitSyn) at once; the router is connected only then, so a pod that
+/// opens connections and sends nothing holds one descriptor each, briefly.
+pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
+/// How long a relayed connection may carry nothing either way: Zenoh sessions send
+/// keep-alives every few seconds (a lease of 10 s), so a silent one is dead.
+pub const IDLE_WAIT: Duration = Duration::from_secs(60);
+/// The most one read of a relayed connection takes in: a buffer of this size exists only
+/// while bytes are under way (read, then written on), never for an idle connection.
+pub const CHUNK: usize = 4 * 1024;
 
 /// One attachment's relay: its record (with the router it was given), and the tasks
 /// accepting on its listeners; dropping it closes the listeners and every connection
@@ -112,6 +122,8 @@ const BUFFER: usize = 32 * 1024;
 struct Relay {
     record: RelayRecord,
     acceptors: Vec<JoinHandle<()>>,
+    /// The descriptors of its listeners.
+    _listeners: Lease,
 }
 
 impl Drop for Relay {
@@ -125,20 +137,37 @@ impl Drop for Relay {
 /// The relays the agent holds, and the records that say which it should.
 pub struct Relays {
     records: RecordDir<RelayRecord>,
+    /// Whether the records could be listed whole at the last sweep.
+    listing: ListingHealth,
     routers: RouterPool,
+    /// The node policy's file, read at each new relay (`zenohRelaysPerPod`).
+    policy: std::path::PathBuf,
     held: HashMap<String, Relay>,
-    connections: Arc<AtomicUsize>,
+    /// The agent's descriptors, the node's relayed connections, and each pod's (by its
+    /// container, shared by all of its relays).
+    descriptors: Arc<Pool>,
+    connections: Arc<Pool>,
+    pods: HashMap<String, Arc<Pool>>,
     /// Keys whose re-creation failed, or whose netns could not be told gone: said once.
     said: HashSet<String>,
 }
 
 impl Relays {
-    pub fn new(agent_socket: &std::path::Path, routers: RouterPool) -> Relays {
+    pub fn new(
+        agent_socket: &std::path::Path,
+        routers: RouterPool,
+        descriptors: Arc<Pool>,
+        policy: std::path::PathBuf,
+    ) -> Relays {
         Relays {
+            policy,
             records: RecordDir::kept_beside(agent_socket),
+            listing: ListingHealth::default(),
             routers,
             held: HashMap::new(),
-            connections: Arc::new(AtomicUsize::new(0)),
+            descriptors,
+            connections: Pool::leasing(MAX_CONNECTIONS),
+            pods: HashMap::new(),
             said: HashSet::new(),
         }
     }
@@ -171,6 +200,19 @@ impl Relays {
         }
     }
 
+    /// How many relays one pod may have, and one Kubernetes namespace: the node policy's
+    /// `zenohRelaysPerPod` (1 when it says nothing or cannot be read) and
+    /// `zenohRelaysPerNamespace` (half the routers).
+    fn shares(&self) -> (usize, usize) {
+        let policy = Policy::read(&self.policy).ok().flatten();
+        let per_pod = policy.as_ref().and_then(Policy::zenoh_relays_per_pod);
+        let per_namespace = policy.as_ref().and_then(Policy::zenoh_relays_per_namespace);
+        (
+            per_pod.unwrap_or(1),
+            per_namespace.unwrap_or((self.routers.size() / 2).max(1)),
+        )
+    }
+
     /// The router for `key`'s relay: the one it has (a repeated ADD), else a free one.
     fn router_for(&self, key: &str) -> io::Result<SocketAddr> {
         if let Some(router) = self.held.get(key).and_then(|r| r.record.router) {
@@ -192,20 +234,36 @@ impl Relays {
 
     fn hold(&mut self, mut record: RelayRecord, fds: Vec<OwnedFd>, why: &str) -> io::Result<()> {
         let key = record.key();
+        let held = self.held.values().map(|r| &r.record.attachment);
+        if let Some(why) = beyond_share(held, &record.attachment, self.shares(), "Zenoh relays") {
+            return Err(io::Error::new(io::ErrorKind::ResourceBusy, why));
+        }
         let router = self.router_for(&key)?;
         record.router = Some(router);
-        let router_down = Arc::new(AtomicBool::new(false));
+        let listeners = self.descriptors.lease(fds.len()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "the agent's descriptors are all in use (its RLIMIT_NOFILE); not relayed",
+            )
+        })?;
+        let limits = Arc::new(Limits {
+            router,
+            descriptors: Arc::clone(&self.descriptors),
+            node: Arc::clone(&self.connections),
+            pod: Arc::clone(
+                self.pods
+                    .entry(record.attachment.container_id.clone())
+                    .or_insert_with(|| Pool::leasing(MAX_CONNECTIONS_PER_POD)),
+            ),
+            router_down: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+        });
         let mut acceptors = Vec::new();
         for fd in fds {
             let std_listener = std::net::TcpListener::from(fd);
             std_listener.set_nonblocking(true)?;
             let listener = TcpListener::from_std(std_listener)?;
-            acceptors.push(tokio::spawn(accept(
-                listener,
-                router,
-                Arc::clone(&self.connections),
-                Arc::clone(&router_down),
-            )));
+            acceptors.push(tokio::spawn(accept(listener, Arc::clone(&limits))));
         }
         log::info!(
             "agent: relaying {key}: {:?} in {} to the Zenoh router at {router} ({why})",
@@ -214,22 +272,44 @@ impl Relays {
         );
         self.said.remove(&key);
         // A relay held already for the key (a repeated ADD) closes when replaced.
-        self.held.insert(key, Relay { record, acceptors });
+        self.held.insert(
+            key,
+            Relay {
+                record,
+                acceptors,
+                _listeners: listeners,
+            },
+        );
         Ok(())
     }
 
     fn let_go(&mut self, key: &str, why: &str) {
-        if self.held.remove(key).is_some() {
+        if let Some(relay) = self.held.remove(key) {
             log::info!("agent: closed the Zenoh relay of {key} ({why})");
+            // The pod's count goes with its last relay.
+            let pod = &relay.record.attachment.container_id;
+            if !self
+                .held
+                .values()
+                .any(|r| &r.record.attachment.container_id == pod)
+            {
+                self.pods.remove(pod);
+            }
         }
     }
 
     /// Makes the relays match the records, as `Memberships::reconcile` does for memberships:
     /// a relay without a record closes, a record whose netns is gone goes with its relay,
-    /// a record not relayed is re-opened (retried every sweep, said once).
+    /// a record not relayed is re-opened (retried every sweep, said once). Records that
+    /// cannot be listed whole change nothing.
     pub fn reconcile(&mut self) {
         let held: HashSet<String> = self.held.keys().cloned().collect();
-        let due = self.records.due(&held);
+        let Some(due) = self
+            .listing
+            .whole("Zenoh relay records", self.records.due(&held))
+        else {
+            return;
+        };
         for key in due.unrecorded {
             self.let_go(&key, "its record is gone");
         }
@@ -327,14 +407,40 @@ fn reopen(record: &RelayRecord) -> io::Result<Vec<OwnedFd>> {
     }
 }
 
-/// Accepts the pod's connections and relays each; the connections are this task's, so
-/// aborting it (the relay dropped) closes them all.
-async fn accept(
-    listener: TcpListener,
+/// What bounds one relay's connections, and what it said of them.
+struct Limits {
     router: SocketAddr,
-    total: Arc<AtomicUsize>,
-    router_down: Arc<AtomicBool>,
-) {
+    descriptors: Arc<Pool>,
+    node: Arc<Pool>,
+    pod: Arc<Pool>,
+    router_down: AtomicBool,
+    refusing: AtomicBool,
+}
+
+impl Limits {
+    /// The leases one more connection needs: a place among the pod's and the node's
+    /// connections, and its two descriptors; or why not.
+    fn admit(&self) -> Result<[Lease; 3], &'static str> {
+        let pod = self
+            .pod
+            .lease(1)
+            .ok_or("the pod has MAX_CONNECTIONS_PER_POD relayed already")?;
+        let node = self
+            .node
+            .lease(1)
+            .ok_or("the node has MAX_CONNECTIONS relayed already")?;
+        let descriptors = self
+            .descriptors
+            .lease(PER_CONNECTION)
+            .ok_or("the agent's descriptors are all in use")?;
+        Ok([pod, node, descriptors])
+    }
+}
+
+/// Accepts the pod's connections and relays each; the connections are this task's, so
+/// aborting it (the relay dropped) closes them all. A connection past a bound is closed at
+/// once (said once while they are refused): the agent never runs out of descriptors.
+async fn accept(listener: TcpListener, limits: Arc<Limits>) {
     let mut connections = JoinSet::new();
     loop {
         let accepted = listener.accept().await;
@@ -347,43 +453,42 @@ async fn accept(
                 continue;
             }
         };
-        if connections.len() >= MAX_CONNECTIONS_PER_POD {
-            continue; // dropped: closed at once
-        }
-        let Some(slot) = Slot::take(&total) else {
-            continue;
+        let leases = match limits.admit() {
+            Ok(leases) => {
+                limits.refusing.store(false, Ordering::SeqCst);
+                leases
+            }
+            Err(why) => {
+                if !limits.refusing.swap(true, Ordering::SeqCst) {
+                    log::warn!(
+                        "agent: Zenoh relay to {}: closing new connections: {why}",
+                        limits.router
+                    );
+                }
+                continue; // dropped: closed at once
+            }
         };
-        let router_down = Arc::clone(&router_down);
+        let limits = Arc::clone(&limits);
         connections.spawn(async move {
-            let _slot = slot;
-            forward(pod, router, &router_down).await;
+            let _leases = leases;
+            forward(pod, &limits).await;
         });
     }
 }
 
-/// One of the node's MAX_CONNECTIONS, given back on drop.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(total: &Arc<AtomicUsize>) -> Option<Slot> {
-        let taken = total.fetch_add(1, Ordering::SeqCst);
-        let slot = Slot(Arc::clone(total));
-        (taken < MAX_CONNECTIONS).then_some(slot)
+/// Waits for the pod's first bytes, connects to the router and copies bytes both ways
+/// until either side closes or both stay silent `IDLE_WAIT`. A router that does not answer
+/// closes the pod's connection (rmw_zenoh retries); said once per outage.
+async fn forward(pod: TcpStream, limits: &Limits) {
+    if !matches!(
+        tokio::time::timeout(HANDSHAKE_WAIT, pod.readable()).await,
+        Ok(Ok(()))
+    ) {
+        return;
     }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Connects to the router and copies bytes both ways until either side closes. A router
-/// that does not answer closes the pod's connection (rmw_zenoh retries); said once per
-/// outage.
-async fn forward(mut pod: TcpStream, router: SocketAddr, router_down: &AtomicBool) {
+    let (router, router_down) = (limits.router, &limits.router_down);
     let connected = tokio::time::timeout(ROUTER_WAIT, TcpStream::connect(router)).await;
-    let mut upstream = match connected {
+    let upstream = match connected {
         Ok(Ok(s)) => {
             if router_down.swap(false, Ordering::SeqCst) {
                 log::info!("agent: the Zenoh router at {router} answers again");
@@ -395,7 +500,66 @@ async fn forward(mut pod: TcpStream, router: SocketAddr, router_down: &AtomicBoo
     };
     let _ = pod.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional_with_sizes(&mut pod, &mut upstream, BUFFER, BUFFER).await;
+    let last_heard = Heard::now();
+    let (pod_in, mut pod_out) = pod.into_split();
+    let (router_in, mut router_out) = upstream.into_split();
+    // Either direction ending (closed, failed, silent) ends the connection.
+    tokio::select! {
+        _ = pump(&pod_in, &mut router_out, &last_heard) => {}
+        _ = pump(&router_in, &mut pod_out, &last_heard) => {}
+    }
+}
+
+/// Copies what `from` sends to `to`, a chunk at a time, each chunk's buffer allocated when
+/// bytes are there and freed once written on; ends when `from` closes or fails, or when
+/// neither direction has carried anything for `IDLE_WAIT` (`last_heard`, shared by both).
+async fn pump(from: &OwnedReadHalf, to: &mut OwnedWriteHalf, last_heard: &Heard) -> io::Result<()> {
+    loop {
+        let deadline = last_heard.at() + IDLE_WAIT;
+        match tokio::time::timeout_at(deadline, from.readable()).await {
+            Ok(ready) => ready?,
+            // The other direction may have been heard meanwhile.
+            Err(_) if last_heard.at() + IDLE_WAIT > Instant::now() => continue,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "idle")),
+        }
+        let mut chunk = Vec::with_capacity(CHUNK);
+        match from.try_read_buf(&mut chunk) {
+            Ok(0) => {
+                let _ = to.shutdown().await;
+                return Ok(());
+            }
+            Ok(_) => {
+                last_heard.set();
+                to.write_all(&chunk).await?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// When a connection last carried bytes, either way (shared by its two directions).
+struct Heard {
+    start: Instant,
+    millis: AtomicU64,
+}
+
+impl Heard {
+    fn now() -> Heard {
+        Heard {
+            start: Instant::now(),
+            millis: AtomicU64::new(0),
+        }
+    }
+
+    fn set(&self) {
+        let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.millis.store(millis, Ordering::Relaxed);
+    }
+
+    fn at(&self) -> Instant {
+        self.start + Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
 }
 
 fn said_down(router: SocketAddr, router_down: &AtomicBool, why: &str) {

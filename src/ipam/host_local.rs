@@ -200,6 +200,7 @@ impl HostLocalConf {
                     ifname: ifname.to_owned(),
                     ips: ips.iter().map(|i| i.address.ip()).collect(),
                     netns: owner.netns.to_owned(),
+                    proc_pid_ns: crate::sys::netns::proc_pid_ns().ok(),
                     pod_namespace: owner.pod_namespace.map(str::to_owned),
                     pod_name: owner.pod_name.map(str::to_owned),
                     config: hints.config.map(str::to_owned),

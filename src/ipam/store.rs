@@ -72,6 +72,10 @@ pub struct ClaimRecord {
     pub ips: Vec<IpAddr>,
     /// The pod's netns path when the claim was made; gone means the pod is gone.
     pub netns: String,
+    /// The pid namespace `/proc` showed at ADD (`netns::proc_pid_ns`), for a netns path of a
+    /// process (`/proc/<pid>/ns/net`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proc_pid_ns: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

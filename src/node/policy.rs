@@ -70,6 +70,10 @@ pub struct Policy {
     /// Host access the node agent keeps in place (`ros-macvlan host-access`, one per master).
     #[serde(default)]
     host_access: Vec<crate::node::host_access::Spec>,
+    /// How many Zenoh relays (routers of the node) one pod may have; 1 when not said.
+    zenoh_relays_per_pod: Option<usize>,
+    /// How many one Kubernetes namespace may have; half the routers when not said.
+    zenoh_relays_per_namespace: Option<usize>,
     #[serde(skip)]
     path: PathBuf,
 }
@@ -146,6 +150,16 @@ impl Policy {
 
     pub fn host_access(&self) -> &[crate::node::host_access::Spec] {
         &self.host_access
+    }
+
+    /// `zenohRelaysPerPod`, when the policy says it.
+    pub fn zenoh_relays_per_pod(&self) -> Option<usize> {
+        self.zenoh_relays_per_pod
+    }
+
+    /// `zenohRelaysPerNamespace`, when the policy says it.
+    pub fn zenoh_relays_per_namespace(&self) -> Option<usize> {
+        self.zenoh_relays_per_namespace
     }
 
     /// The directories listed must say plainly where they are.

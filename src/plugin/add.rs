@@ -304,13 +304,10 @@ impl Adding<'_> {
             })
             .collect();
         let probe_ahead = self.probe_ahead();
-        let pod = env
-            .arg("K8S_POD_NAME")
-            .map(|name| format!("{}/{name}", env.arg("K8S_POD_NAMESPACE").unwrap_or("-")));
         Watched {
             addresses,
             mac: Some(mac_of(link)),
-            pod,
+            pod: membership::pod_of(env),
             probe_ahead,
         }
     }

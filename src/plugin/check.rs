@@ -347,6 +347,7 @@ mod tests {
                 .unwrap()
                 .inode()
                 .unwrap(),
+            proc_pid_ns: None,
             groups: vec!["239.255.0.1".parse().unwrap()],
             lan: Default::default(),
         };

@@ -48,7 +48,7 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
     // The heirs of the multicast routes are read from the records before ours goes; with no
     // routes to hand over, or no namespace left, there is nothing to read them for.
     let heirs = if pod_ns.is_some() && !at.conf.multicast.routes.is_empty() {
-        membership::other_members(at.conf, at.env, at.agent)
+        membership::other_members(at.conf, at.env, at.agent)?
     } else {
         Vec::new()
     };

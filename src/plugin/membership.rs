@@ -44,9 +44,17 @@ pub fn record_of_attachment(
         netns_inode: ns
             .inode()
             .map_err(|e| Error::io(format!("stat network namespace {}", env.netns), e))?,
+        proc_pid_ns: crate::sys::netns::proc_pid_ns().ok(),
         groups,
         lan,
     })
+}
+
+/// `namespace/name` of the pod, as the runtime's CNI_ARGS say (Kubernetes' do): for the
+/// agent's log, and its bounds per Kubernetes namespace.
+pub fn pod_of(env: &CniEnv) -> Option<String> {
+    env.arg("K8S_POD_NAME")
+        .map(|name| format!("{}/{name}", env.arg("K8S_POD_NAMESPACE").unwrap_or("-")))
 }
 
 /// Where a config's attachments find the node agent and keep their records: `agentSocket`,
@@ -154,21 +162,29 @@ pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) {
 }
 
 /// The interfaces of the pod's other attachments (of any network) that hold memberships of
-/// any of the same groups: the heirs of the multicast routes when this one goes.
-pub fn other_members(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) -> Vec<String> {
+/// any of the same groups: the heirs of the multicast routes when this one goes. Records
+/// that cannot be read whole are an error: an heir not seen would lose its routes.
+pub fn other_members(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) -> Result<Vec<String>> {
     if conf.multicast.groups.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     // Keys start with the container: DEL reads this pod's records only, however many
     // attachments the node has.
-    agent
+    let records = agent
         .records
         .list_starting(&pod_prefix(&env.container_id))
+        .map_err(|e| {
+            Error::io(
+                "read the membership records (for the heirs of the multicast routes)",
+                e,
+            )
+        })?;
+    Ok(records
         .into_iter()
         .filter(|r| r.container_id == env.container_id && r.ifname != env.ifname)
         .filter(|r| r.groups.iter().any(|g| conf.multicast.groups.contains(g)))
         .map(|r| r.ifname)
-        .collect()
+        .collect())
 }
 
 /// Whether a node agent answers at `client`'s socket and holds the membership of the

@@ -19,12 +19,12 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use crate::agent::records::{key_of, RelayRecord};
+use crate::agent::records::{key_of, RelayRecord, Watched};
 use crate::agent::relays::{bind, Unbound};
 use crate::cni::env::CniEnv;
 use crate::cni::{Error, Kind, Result};
 use crate::plugin::config::MacvlanConf;
-use crate::plugin::membership::{record_of_attachment, AgentPlace};
+use crate::plugin::membership::{pod_of, record_of_attachment, AgentPlace};
 use crate::sys::netns::Netns;
 
 /// ADD: opens the relay's listeners in the pod and hands them to the node agent. A port
@@ -56,7 +56,16 @@ pub fn hold(
         }
     };
     let record = RelayRecord {
-        attachment: record_of_attachment(conf, env, ns, Vec::new(), Default::default())?,
+        attachment: record_of_attachment(
+            conf,
+            env,
+            ns,
+            Vec::new(),
+            Watched {
+                pod: pod_of(env),
+                ..Watched::default()
+            },
+        )?,
         listen: bound.iter().map(|(a, _)| *a).collect(),
         router: None,
     };

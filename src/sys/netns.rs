@@ -145,9 +145,27 @@ pub fn inode_of(path: &std::path::Path) -> std::io::Result<u64> {
     std::fs::metadata(path).map(|m| m.ino())
 }
 
-/// Judges `path`; `inode` is the namespace's inode as recorded, when it was.
-pub fn presence(path: &str, inode: Option<u64>) -> Presence {
+/// The pid namespace of the processes `/proc` shows: recorded beside a netns path, it says
+/// whether a later `/proc/<pid>` names the same process numbering. It is this process's own
+/// (its `ns/pid`, always readable, unlike pid 1's) when `/proc` shows this process under
+/// its own pid; any other `/proc` is an error.
+pub fn proc_pid_ns() -> std::io::Result<u64> {
+    let shown = std::fs::read_link("/proc/self")?;
+    if shown.as_os_str() != std::process::id().to_string().as_str() {
+        return Err(std::io::Error::other(
+            "/proc shows another pid namespace than this process's",
+        ));
+    }
+    inode_of(std::path::Path::new("/proc/self/ns/pid"))
+}
+
+/// Judges `path`; `inode` is the namespace's inode as recorded, when it was, and
+/// `proc_pid_ns` what `proc_pid_ns()` said when the path was recorded, when it was.
+pub fn presence(path: &str, inode: Option<u64>, proc_pid_ns: Option<u64>) -> Presence {
     let p = std::path::Path::new(path);
+    if let Some(process) = process_of(p) {
+        return process_presence(path, &process, inode, proc_pid_ns);
+    }
     match inode_of(p) {
         Ok(now) if inode.is_some_and(|i| i != now) => {
             Presence::Gone(format!("netns {path} names another namespace now"))
@@ -157,29 +175,101 @@ pub fn presence(path: &str, inode: Option<u64>) -> Presence {
             let Some(dir) = p.parent() else {
                 return Presence::Unknown(format!("netns {path} has no directory"));
             };
-            if shows_namespaces(dir) {
-                Presence::Gone(format!("netns {path} does not exist"))
-            } else {
-                Presence::Unknown(format!(
+            match shows_namespaces(dir) {
+                Ok(true) => Presence::Gone(format!("netns {path} does not exist")),
+                Ok(false) => Presence::Unknown(format!(
                     "netns {path} is not found, but {} shows no network namespace here, so it is not the node's netns directory as this process sees it (hidden by another mount, or not mounted in this container)",
                     dir.display()
-                ))
+                )),
+                Err(e) => Presence::Unknown(format!(
+                    "netns {path} is not found, and {} cannot be listed to tell whether it is the node's netns directory: {e}",
+                    dir.display()
+                )),
             }
         }
         Err(e) => Presence::Unknown(format!("netns {path} cannot be checked: {e}")),
     }
 }
 
-/// Whether `dir` holds at least one network namespace (a bind mount of nsfs): then it is a
-/// netns directory as the node has it, not an empty stand-in.
-fn shows_namespaces(dir: &std::path::Path) -> bool {
-    use nix::sys::statfs::{statfs, NSFS_MAGIC};
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
+/// A netns path of a process (`/proc/<pid>/ns/net`, `/proc/<pid>/task/<tid>/ns/net`, as
+/// some runtimes give): the process's directory, whose going ends the path for good (a pid
+/// used again is another process, whose namespace the recorded inode tells apart).
+fn process_of(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    let parts: Vec<&str> = path
+        .strip_prefix("/proc")
+        .ok()?
+        .iter()
+        .map(|c| c.to_str())
+        .collect::<Option<_>>()?;
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let dir = match parts.as_slice() {
+        [pid, "ns", "net"] if number(pid) => format!("/proc/{pid}"),
+        [pid, "task", tid, "ns", "net"] if number(pid) && number(tid) => {
+            format!("/proc/{pid}/task/{tid}")
+        }
+        _ => return None,
     };
-    entries
-        .flatten()
-        .any(|e| statfs(&e.path()).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC))
+    Some(dir.into())
+}
+
+/// A process's netns path: there while it names the recorded namespace; gone once it names
+/// another, or once the process has exited in the process numbering it was recorded in
+/// (`/proc` shows the same pid namespace and no such process). A `/proc` of another pid
+/// namespace (an agent without the host's pids) tells nothing.
+fn process_presence(
+    path: &str,
+    process: &std::path::Path,
+    inode: Option<u64>,
+    recorded_pid_ns: Option<u64>,
+) -> Presence {
+    match inode_of(std::path::Path::new(path)) {
+        Ok(now) if inode.is_some_and(|i| i != now) => {
+            return Presence::Gone(format!("netns {path} names another namespace now"))
+        }
+        Ok(_) => return Presence::Here,
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Presence::Unknown(format!("netns {path} cannot be checked: {e}"))
+        }
+        Err(_) => {}
+    }
+    let shown = proc_pid_ns();
+    match (recorded_pid_ns, &shown) {
+        (Some(recorded), Ok(now)) if recorded == *now => {}
+        (None, _) => {
+            return Presence::Unknown(format!(
+                "netns {path} is not found, and its record does not say which pid namespace its process was in"
+            ))
+        }
+        _ => {
+            return Presence::Unknown(format!(
+                "netns {path} is not found, but /proc here shows another pid namespace than the one its process was in ({})",
+                shown.map_or_else(|e| e.to_string(), |n| format!("pid namespace {n}"))
+            ))
+        }
+    }
+    match std::fs::symlink_metadata(process) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Presence::Gone(format!("netns {path}: its process has exited"))
+        }
+        Ok(_) => Presence::Unknown(format!(
+            "netns {path} is not found while {} is there (a process exiting)",
+            process.display()
+        )),
+        Err(e) => Presence::Unknown(format!("netns {path} cannot be checked: {e}")),
+    }
+}
+
+/// Whether `dir` holds at least one network namespace (a bind mount of nsfs): then it is a
+/// netns directory as the node has it, not an empty stand-in. A directory that cannot be
+/// listed (or not to its end) is an error, never "no namespace here".
+fn shows_namespaces(dir: &std::path::Path) -> std::io::Result<bool> {
+    use nix::sys::statfs::{statfs, NSFS_MAGIC};
+    for entry in std::fs::read_dir(dir)? {
+        if statfs(&entry?.path()).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Takes the thread back to its namespace when dropped.

@@ -100,6 +100,7 @@ fn address_conflict(ns: &Netns, opts: &Options) -> Option<Finding> {
     let inode = ns.inode().ok()?;
     let record = RecordDir::beside(&opts.agent_socket)
         .list()
+        .ok()?
         .into_iter()
         .find(|r| r.netns_inode == inode && r.ifname == opts.iface)?;
     let lan = crate::agent::lan_state::LanState::beside(&opts.agent_socket);

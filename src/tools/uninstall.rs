@@ -68,7 +68,7 @@ impl Blockers {
                 // A pod whose netns is gone lost its DEL: the agent drops such records
                 // within a sweep and gc releases such claims, and they then no longer
                 // stop the uninstall.
-                let gone = match crate::sys::netns::presence(&a.netns, None) {
+                let gone = match crate::sys::netns::presence(&a.netns, None, None) {
                     crate::sys::netns::Presence::Gone(why) => format!(
                         " [{why}: a lost DEL; a running agent drops its records within 2 s, `ros-macvlan gc` releases its claims]"
                     ),

@@ -486,6 +486,11 @@ impl Spawned {
         Spawned(Some(child))
     }
 
+    /// Its process id (the program's: `ip netns exec` execs it).
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
     /// Asks it to finish (SIGTERM), as a user's Ctrl-C would; `wait` then collects it.
     pub fn terminate(&self) {
         if let Some(child) = &self.0 {

@@ -364,9 +364,9 @@ impl Agent {
         }
     }
 
-    /// The running agent's process id, if it runs.
+    /// The running agent's process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.as_ref().map(Child::id)
     }
 
     /// What the agent printed so far.

@@ -1,0 +1,423 @@
+//! The node agent's bounds against a tenant that takes all it can (README: Security): a pod
+//! with five Zenoh attachments opening connection after connection to its relays, with the
+//! agent's descriptor limit at 1024, never runs the agent out of descriptors; a second
+//! tenant's membership and relay (its connection open before, and a new one) go on working.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ros_macvlan::agent::client::AgentClient;
+use serde_json::json;
+use support::*;
+
+const GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(239, 255, 0, 1);
+/// The node's routers for pods, as the agent's --zenoh-routers names them.
+const ROUTERS: std::ops::RangeInclusive<u16> = 7448..=7463;
+
+/// The node's routers for pods, stood in for by listeners in the node's namespace, each
+/// served by `serve` on a thread of its own (`serve_echo`, `serve_sink`); stopped on drop.
+struct StandInRouters {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl StandInRouters {
+    fn start(ns: &Ns, serve: fn(TcpListener, &Arc<AtomicBool>)) -> StandInRouters {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = ROUTERS
+            .map(|port| {
+                let listener = ns
+                    .handle()
+                    .run(|| TcpListener::bind(("127.0.0.1", port)))
+                    .unwrap()
+                    .unwrap();
+                listener.set_nonblocking(true).unwrap();
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || serve(listener, &stop))
+            })
+            .collect();
+        StandInRouters { stop, threads }
+    }
+}
+
+impl Drop for StandInRouters {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A router that echoes what it gets.
+fn serve_echo(listener: TcpListener, stop: &Arc<AtomicBool>) {
+    let mut echoes = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                let stop = Arc::clone(stop);
+                echoes.push(std::thread::spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                    let mut buf = [0u8; 4096];
+                    while !stop.load(Ordering::SeqCst) {
+                        match s.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => return,
+                        }
+                    }
+                }));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    for e in echoes {
+        let _ = e.join();
+    }
+}
+
+/// A connection from inside `pod` to its 127.0.0.1:`port` (the relay's listener).
+fn connect(pod: &Pod, port: u16) -> std::io::Result<TcpStream> {
+    connect_to(pod, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn connect_to(pod: &Pod, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    pod.ns
+        .handle()
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+}
+
+/// Whether `stream` echoes `what` back within 3 s (through the relay and a router).
+fn echoes(stream: &mut TcpStream, what: &[u8]) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    if stream.write_all(what).is_err() {
+        return false;
+    }
+    let mut got = vec![0u8; what.len()];
+    stream.read_exact(&mut got).is_ok() && got == what
+}
+
+/// A network of `name` with the Zenoh relay on `port`, its own range.
+fn zenoh_net(
+    data: &DataDir,
+    agent: &TestAgent,
+    name: &str,
+    port: u16,
+    first: u8,
+) -> serde_json::Value {
+    let (start, end) = (
+        format!("198.51.100.{first}"),
+        format!("198.51.100.{}", first + 4),
+    );
+    let mut conf = with_agent(
+        guide_config(Some("1.0.0"), "lan0", data, &start, &end),
+        agent,
+    );
+    conf["name"] = json!(name);
+    conf["zenoh"] = json!({ "port": port });
+    conf
+}
+
+#[test]
+fn a_pod_opening_all_it_can_leaves_the_agent_descriptors_and_the_other_tenant_its_relay() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let (attacker, tenant) = (node.pod(11), node.pod(12));
+    for pod in [&attacker, &tenant] {
+        pod.ns.ip(&["link", "set", "lo", "up"]);
+    }
+    let pool = format!("127.0.0.1:{}-{}", ROUTERS.start(), ROUTERS.end());
+    // The node's policy lets a pod have five relays (one is the default).
+    let policy = NodePolicy::new(Some(json!({ "zenohRelaysPerPod": 5 })));
+    let policy_env = format!("ROS_MACVLAN_POLICY_FILE={}", policy.file());
+    let agent = TestAgent::start_under(
+        &["env", &policy_env, "prlimit", "--nofile=1024:1024"],
+        Some(&node.ns.name),
+        &["--zenoh-routers", &pool],
+    );
+    let _routers = StandInRouters::start(&node.ns, serve_echo);
+    let data = DataDir::create();
+
+    // The second tenant: one attachment, a membership and a relay, a connection open.
+    let tenant_conf = zenoh_net(&data, &agent, "tenant-net", 7447, 100);
+    add(&node, &tenant, &tenant_conf).ok();
+    let mut before = connect(&tenant, 7447).expect("the tenant's relay");
+    assert!(echoes(&mut before, b"before"), "{}", agent.log());
+
+    // The attacker: five attachments, each with a relay on a port of its own.
+    let attacker_confs: Vec<_> = (0..5u8)
+        .map(|i| {
+            let conf = zenoh_net(
+                &data,
+                &agent,
+                &format!("attack-{i}"),
+                7447 + u16::from(i),
+                110 + 5 * i,
+            );
+            let ifname = format!("net{}", i + 1);
+            cni_with("ADD", &node, &attacker, &conf, &[("CNI_IFNAME", &ifname)]).ok();
+            (conf, ifname)
+        })
+        .collect();
+    // Connection after connection to every listener of every relay (127.0.0.1 and ::1),
+    // each saying something so it is relayed.
+    let mut opened = Vec::new();
+    for port in 7447..7452u16 {
+        for ip in [
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ] {
+            for _ in 0..150 {
+                if let Ok(mut s) = connect_to(&attacker, SocketAddr::new(ip, port)) {
+                    let _ = s.write_all(b"x");
+                    opened.push(s);
+                }
+            }
+        }
+    }
+    assert!(
+        opened.len() > 1000,
+        "the attack opened {} connections",
+        opened.len()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    let pid = agent.pid().expect("the agent runs");
+    let in_use = std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count);
+    let log = agent.log();
+    assert!(
+        !log.contains("os error 24") && !log.contains("Too many open files"),
+        "the agent ran out of descriptors:\n{log}"
+    );
+    assert!(
+        in_use.as_ref().is_ok_and(|n| *n < 1024),
+        "the agent has {in_use:?} descriptors open"
+    );
+    assert!(
+        log.contains("closing new connections"),
+        "the attacker's connections were not bounded:\n{log}"
+    );
+    assert!(
+        echoes(&mut before, b"during"),
+        "the tenant's open connection:\n{log}"
+    );
+    let mut new = connect(&tenant, 7447).expect("the tenant's relay accepts");
+    assert!(
+        echoes(&mut new, b"new"),
+        "a new connection of the tenant:\n{log}"
+    );
+    assert!(
+        joined(&tenant.ns, "net1").contains(&GROUP),
+        "the tenant's membership"
+    );
+
+    drop(opened);
+    for (conf, ifname) in &attacker_confs {
+        cni_with("DEL", &node, &attacker, conf, &[("CNI_IFNAME", ifname)]);
+    }
+    del(&node, &tenant, &tenant_conf).ok();
+}
+
+/// Shares of the node's routers (README: Security): one relay per pod unless the node policy
+/// says more, half of the routers at most for one Kubernetes namespace, and a clear refusal
+/// (code 11) past them, while a second tenant still gets its relay.
+#[test]
+fn one_relay_per_pod_and_half_the_routers_per_namespace() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pods: Vec<Pod> = (11..15).map(|n| node.pod(n)).collect();
+    let agent = TestAgent::start_in(
+        Some(&node.ns.name),
+        &["--zenoh-routers", "127.0.0.1:7448-7451"],
+    );
+    let data = DataDir::create();
+    let conf = zenoh_net(&data, &agent, "zenoh-net", 7447, 100);
+    let second = zenoh_net(&data, &agent, "zenoh-net-2", 7448, 110);
+    let args = |namespace: &str, name: &str| {
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}")
+    };
+    let add_as = |pod: &Pod, conf: &serde_json::Value, ifname: &str, args: &str| {
+        cni_with(
+            "ADD",
+            &node,
+            pod,
+            conf,
+            &[("CNI_IFNAME", ifname), ("CNI_ARGS", args)],
+        )
+    };
+
+    add_as(&pods[0], &conf, "net1", &args("team-a", "p0")).ok();
+    let again = add_as(&pods[0], &second, "net2", &args("team-a", "p0"));
+    assert_eq!(again.err_code(), 11, "{}", again.stderr);
+    assert!(
+        again.msg().contains("the pod has 1 Zenoh relays already"),
+        "{}",
+        again.msg()
+    );
+    add_as(&pods[1], &conf, "net1", &args("team-a", "p1")).ok();
+    let third = add_as(&pods[2], &conf, "net1", &args("team-a", "p2"));
+    assert_eq!(third.err_code(), 11, "{}", third.stderr);
+    assert!(
+        third
+            .msg()
+            .contains("Kubernetes namespace team-a has 2 Zenoh relays already"),
+        "{}",
+        third.msg()
+    );
+    // The second tenant still gets a router of its own.
+    add_as(&pods[3], &conf, "net1", &args("team-b", "p3")).ok();
+    assert!(
+        !tcp_listeners(&pods[3].ns, 7447).is_empty(),
+        "team-b's pod has no relay"
+    );
+    let given: Vec<_> = AgentClient::new(&agent.socket())
+        .relays()
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.router)
+        .collect();
+    assert_eq!(given.len(), 3, "{given:?}");
+
+    for (pod, name) in [(&pods[0], "p0"), (&pods[1], "p1"), (&pods[3], "p3")] {
+        let namespace = if name == "p3" { "team-b" } else { "team-a" };
+        cni_with(
+            "DEL",
+            &node,
+            pod,
+            &conf,
+            &[("CNI_ARGS", &args(namespace, name))],
+        )
+        .ok();
+    }
+}
+
+/// A memory cgroup of the test's own (cgroups v1), `limit` bytes; removed on drop, once the
+/// processes put in it are gone.
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn create(limit: u64) -> MemoryCgroup {
+        let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(unique("rmtest"));
+        std::fs::create_dir(&dir).expect("create a memory cgroup (cgroups v1)");
+        let group = MemoryCgroup(dir);
+        std::fs::write(group.0.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+        group
+    }
+
+    /// A command that moves itself into the group and runs the rest (`TestAgent::start_under`).
+    fn under(&self) -> String {
+        format!("echo $$ > {}/cgroup.procs && exec \"$@\"", self.0.display())
+    }
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.0.join(file)).unwrap_or_default()
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A router that accepts and never reads: what the pods send piles up in the agent's
+/// relays.
+fn serve_sink(listener: TcpListener, stop: &Arc<AtomicBool>) {
+    let mut held = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((s, _)) => held.push(s),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// The agent in the DaemonSet's memory limit (32 MiB): sixteen pods each relaying as many
+/// connections as they may (the node's 1024 in all), each pushing data that the routers do
+/// not take, leave the agent alive and answering.
+#[test]
+fn the_agent_lives_in_32_mib_with_every_connection_pushing_data() {
+    if !require_root() {
+        return;
+    }
+    let cgroup = MemoryCgroup::create(32 << 20);
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let pods: Vec<Pod> = (11..27).map(|n| node.pod(n)).collect();
+    let pool = format!("127.0.0.1:{}-{}", ROUTERS.start(), ROUTERS.end());
+    let under = cgroup.under();
+    let agent = TestAgent::start_under(
+        &["sh", "-c", &under, "sh"],
+        Some(&node.ns.name),
+        &["--zenoh-routers", &pool],
+    );
+    let _routers = StandInRouters::start(&node.ns, serve_sink);
+    let data = DataDir::create();
+    let conf = zenoh_net(&data, &agent, "zenoh-net", 7447, 100);
+    let mut conf = conf;
+    conf["ipam"]["ranges"][0][0]["rangeEnd"] = json!("198.51.100.140");
+    let mut streams = Vec::new();
+    for pod in &pods {
+        pod.ns.ip(&["link", "set", "lo", "up"]);
+        add(&node, pod, &conf).ok();
+        for _ in 0..64 {
+            let s = connect(pod, 7447).expect("a relayed connection");
+            s.set_nonblocking(true).unwrap();
+            streams.push(s);
+        }
+    }
+    let chunk = vec![7u8; 64 * 1024];
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        for s in &mut streams {
+            let _ = s.write(&chunk);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    let pid = agent.pid().expect("the agent runs");
+    let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let answers = AgentClient::new(&agent.socket()).list().is_ok();
+    let (peak, oom) = (
+        cgroup.read("memory.max_usage_in_bytes"),
+        cgroup.read("memory.oom_control"),
+    );
+    assert!(
+        alive && answers,
+        "the agent did not survive (peak {peak}, {oom}):\n{}",
+        agent.log()
+    );
+    assert!(oom.contains("oom_kill 0"), "{oom}");
+    eprintln!("the agent's memory cgroup peaked at {} bytes", peak.trim());
+    drop(streams);
+    for pod in &pods {
+        del(&node, pod, &conf).ok();
+    }
+}
