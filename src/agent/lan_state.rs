@@ -25,11 +25,19 @@ use crate::sys::confine::ConfinedPath;
 use crate::sys::netlink::format_mac;
 
 /// How old a probe may be for ADD to rely on it. The agent probes each upcoming address
-/// every `REPROBE`, and hears every ARP packet on the master in between: a claim made since
-/// the probe is in the file within milliseconds.
+/// every `reprobe_every`, and hears every ARP packet on the master in between: a claim made
+/// since the probe is in the file within milliseconds.
 pub const FRESH: Duration = Duration::from_secs(5);
-/// How often the agent probes an upcoming address again, while the network is busy.
-pub const REPROBE: Duration = Duration::from_secs(2);
+
+/// How often, while a network is busy, the agent probes its upcoming addresses again: as
+/// seldom as keeps them fresh (a round's verdict dates from its start, and the round takes
+/// `probes` × `intervalMs`), with half a second to spare; with the default 100 ms round,
+/// every 4.4 s, so two rounds cover the busy spell.
+pub fn reprobe_every(detection: &crate::node::duplicate::Detection) -> Duration {
+    FRESH
+        .saturating_sub(detection.cost() + Duration::from_millis(500))
+        .max(Duration::from_secs(1))
+}
 /// How long after a network's last ADD its upcoming addresses are probed ahead: a burst of
 /// pod starts finds them fresh, and an idle node sends nothing for it (every ARP request is a
 /// broadcast every host of the segment takes).

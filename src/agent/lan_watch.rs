@@ -6,7 +6,7 @@
 //!
 //! - **Probing ahead, while busy.** For every network whose attachments ask for it
 //!   (host-local with duplicate detection, on a master in this namespace), the addresses
-//!   ADD will hand out next are ARP-probed on the master every `REPROBE`, with the network's
+//!   ADD will hand out next are ARP-probed on the master every `reprobe_every`, with the network's
 //!   own probe count and interval, for `ACTIVE` after the network's last ADD; every ARP
 //!   packet the master receives is heard all along, busy or not: anyone claiming one of them
 //!   is noted at once. ADD then takes a freshly probed address without probing it itself;
@@ -35,8 +35,8 @@ use std::sync::Arc;
 
 use crate::agent::budget::{Lease, Pool, AHEAD_SOCKET, MAX_AHEAD, POD_WATCHED};
 use crate::agent::lan_state::{
-    now_ms, Conflict, LanState, Probed, Probes, ACTIVE, CONFLICT_EXPIRY, FRESH, RECHECK, REPROBE,
-    VERIFY_EVERY,
+    now_ms, reprobe_every, Conflict, LanState, Probed, Probes, ACTIVE, CONFLICT_EXPIRY, FRESH,
+    RECHECK, VERIFY_EVERY,
 };
 use crate::agent::records::{ListingHealth, MembershipRecord, ProbeAhead, RecordDir};
 use crate::ipam::host_local::HostLocalConf;
@@ -567,7 +567,7 @@ impl Ahead {
         changed
     }
 
-    /// While the network is busy, starts a round when the last one is `REPROBE` old (or
+    /// While the network is busy, starts a round when the last one is `reprobe_every` old (or
     /// none ran), and sends its probes, `detection.probes` of them `intervalMs` apart, to
     /// every upcoming address. An idle network is only heard.
     fn send_due(&mut self, now: Instant) {
@@ -581,7 +581,11 @@ impl Ahead {
             .addresses
             .values()
             .any(|p| p.free_at_ms == 0 && p.claimed_by.is_none());
-        if self.round.is_none() && (unprobed || self.last_round.is_none_or(|t| now - t >= REPROBE))
+        if self.round.is_none()
+            && (unprobed
+                || self
+                    .last_round
+                    .is_none_or(|t| now - t >= reprobe_every(&self.detection)))
         {
             let d = Duration::from_millis(self.detection.interval_ms);
             self.round = Some((now_ms(), now + d * self.detection.probes));
