@@ -544,6 +544,8 @@ fn claim_to_report(
             .as_str()
             .unwrap()
             .to_owned();
+        // The agent watches a new attachment within its sync (1 s).
+        std::thread::sleep(Duration::from_millis(1500));
         let started = Instant::now();
         host.ns.ip(&["addr", "add", &ip, "dev", "lan0"]);
         // It says so once (a gratuitous ARP), as a host bringing the address up with

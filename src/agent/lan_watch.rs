@@ -195,6 +195,8 @@ struct Watch {
     seen: HashSet<String>,
     /// The IPv4 addresses the node's own attachments hold, with their MACs.
     held_here: HashMap<Ipv4Addr, [u8; 6]>,
+    /// Whether a sync has run: the records it found were there before the watch.
+    synced_once: bool,
     /// What was said once and need not be said every sync.
     said: HashSet<String>,
 }
@@ -211,6 +213,7 @@ impl Watch {
             pods: HashMap::new(),
             seen: HashSet::new(),
             held_here: HashMap::new(),
+            synced_once: false,
             said: HashSet::new(),
         }
     }
@@ -292,6 +295,7 @@ impl Watch {
                 let _ = self.lan.write_probes(&a.identity, &a.probes);
             }
         }
+        self.synced_once = true;
     }
 
     fn say_once(&mut self, what: String) {
@@ -408,10 +412,17 @@ impl Watch {
         });
         match opened {
             Ok((ns, Ok(socket))) => {
-                // ADD probed (or took a fresh probe) and announced just now: the first
-                // re-check comes anywhere within the period, so pods do not ask in step.
+                // An attachment made while the watch runs is asked for once as soon as it is
+                // watched: a host that took the address between ADD's probe and now, and
+                // said so once, is found then rather than a period later (one frame per
+                // ADD). The attachments found at start (an agent restarting) are not: their
+                // first re-check comes anywhere within the period, so they do not ask in step.
                 let now = Instant::now();
-                let first = self.pace.recheck.mul_f64(spread(&r.key()));
+                let first = if self.synced_once {
+                    Duration::ZERO
+                } else {
+                    self.pace.recheck.mul_f64(spread(&r.key()))
+                };
                 self.pods.insert(
                     r.key(),
                     PodWatch {
