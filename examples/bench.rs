@@ -3,7 +3,8 @@
 //! same config and the same kind of namespaces, and prints a table of ratios ours/reference.
 //! Figures: ADD and DEL latency (min, median, p95), 50 ADDs at once (wall time), DEL with
 //! 1, 100 and 1000 claims in the store, peak memory (max RSS) per invocation, and the floor:
-//! the same kernel operations done by `ip -batch`.
+//! the same kernel operations done by `ip -batch`. `--only lan-cost` runs duplicate
+//! detection's cost on the LAN alone.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -187,6 +188,15 @@ fn main() {
         bin: PathBuf::from(REFERENCE).join("macvlan"),
         kind: "macvlan",
     };
+    // `--only lan-cost`: duplicate detection's rows alone (a few minutes, for its tuning).
+    if std::env::args().any(|a| a == "lan-cost") {
+        let work =
+            PathBuf::from("/var/lib/cni").join(format!("ros-macvlan-bench-{}", std::process::id()));
+        let rows = lan_cost::measure(&ours.bin, Path::new(REFERENCE), &work);
+        let _ = std::fs::remove_dir_all(&work);
+        print_lan_cost(&rows);
+        return;
+    }
     let lan = Lan::create();
     let node = Node::new(&lan);
     // In the node's namespace, as the DaemonSet's agent runs in the node's: it probes the
@@ -480,15 +490,19 @@ fn main() {
             through / direct
         );
     }
+    print_lan_cost(&lan_cost);
+    println!("results row (docs/performance.md):");
+    println!("{}", results_row(&rows, collisions));
+}
+
+fn print_lan_cost(rows: &[(String, f64, f64)]) {
     println!(
         "{:<52} {:>12} {:>12}",
         "duplicate detection's cost", "ros-macvlan", "reference"
     );
-    for (name, ours, reference) in &lan_cost {
+    for (name, ours, reference) in rows {
         println!("{name:<52} {ours:>12.2} {reference:>12.2}");
     }
-    println!("results row (docs/performance.md):");
-    println!("{}", results_row(&rows, collisions));
 }
 
 /// The run as a row of docs/performance.md's results table: date, machine, then ros-macvlan

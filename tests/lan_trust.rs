@@ -216,7 +216,7 @@ fn a_second_network_never_gets_an_address_the_nodes_own_pods_hold() {
     // The agent's probes of ros-net count q as held by the node's own pod.
     let b1_mac = mac_of(&b1.ns, "net1");
     let noted = within(Duration::from_secs(5), || {
-        probes(&s.agent, "ros-net")["addresses"][q.to_string()]["claimedBy"]
+        probes(&s.agent, "ros-net")["addresses"][q.to_string()]["heldHereBy"]
             .as_array()
             .is_some_and(|m| {
                 let text: Vec<String> = m
@@ -295,4 +295,49 @@ fn gc_under_a_same_named_config_on_another_master_keeps_the_claims() {
     cni("GC", &node, &pod, &own).ok();
     assert!(data.claims("ros-net").is_empty());
     del(&node, &pod, &conf).ok();
+}
+
+#[test]
+fn a_lan_host_asking_from_a_pods_address_is_reported_within_5_s() {
+    if !require_root() {
+        return;
+    }
+    let s = WatchedLan::new();
+    let pod = s.node.pod(34);
+    let result = add_named(&s, &pod, &s.conf);
+    let ip = net1_addr(&result);
+    let mut check = s.conf.clone();
+    check["prevResult"] = result;
+    // Past the agent's first ask of the new attachment: only listening can find it now
+    // (the re-check is 300 s away).
+    let host = Node::new(&s.lan);
+    std::thread::sleep(Duration::from_secs(2));
+    cni("CHECK", &s.node, &pod, &check).ok();
+    // The host takes the address and asks the LAN for a neighbour from it (an ARP request
+    // whose sender is the pod's address), as any host using it does.
+    host.ns
+        .ip(&["addr", "add", &format!("{ip}/24"), "dev", "lan0"]);
+    let _ = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &host.ns.name,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "198.51.100.9",
+        ])
+        .output();
+    let started = Instant::now();
+    let reported = within(Duration::from_secs(5), || {
+        cni("CHECK", &s.node, &pod, &check).code != 0
+    });
+    assert!(reported, "not reported within 5 s: {}", s.agent.log());
+    println!("reported {:?} after the request", started.elapsed());
+    let r = cni("CHECK", &s.node, &pod, &check);
+    assert_eq!(r.err_code(), 104);
+    assert!(r.msg().contains(&mac_of(&host.ns, "lan0")), "{}", r.msg());
+    del(&s.node, &pod, &s.conf).ok();
 }

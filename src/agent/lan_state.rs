@@ -74,6 +74,10 @@ pub struct Probed {
     /// Who claimed it, when someone did (an answer to a probe, or any ARP packet since).
     pub claimed_by: Option<[u8; 6]>,
     pub claimed_at_ms: u64,
+    /// The MAC of a pod of this node that holds it (any network, any store), as the agent's
+    /// records say: a fact, not a claim heard, so it does not age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_here_by: Option<[u8; 6]>,
 }
 
 /// One network's upcoming addresses, probed on the master whose MAC it names.
@@ -104,6 +108,9 @@ impl Probes {
         let Some(p) = self.addresses.get(&ip) else {
             return Verdict::Unknown;
         };
+        if let Some(mac) = p.held_here_by {
+            return Verdict::Claimed(mac);
+        }
         let fresh = |at: u64| at > 0 && now_ms.saturating_sub(at) <= FRESH.as_millis() as u64;
         match p.claimed_by {
             Some(mac) if fresh(p.claimed_at_ms) => Verdict::Claimed(mac),
@@ -267,6 +274,7 @@ mod tests {
                 free_at_ms: now - 1000,
                 claimed_by: None,
                 claimed_at_ms: 0,
+                held_here_by: None,
             },
         );
         assert_eq!(p.verdict(mac, ip, now), Verdict::Free);
@@ -284,6 +292,14 @@ mod tests {
         p.addresses.get_mut(&ip).unwrap().claimed_by = Some(other);
         p.addresses.get_mut(&ip).unwrap().claimed_at_ms = now - 10;
         assert_eq!(p.verdict(mac, ip, now), Verdict::Claimed(other));
+        // Held by a pod of this node: claimed however old every probe is.
+        let pod = [2, 0, 0, 0, 0, 7];
+        let held = p.addresses.get_mut(&ip).unwrap();
+        (held.claimed_by, held.free_at_ms, held.held_here_by) = (None, now, Some(pod));
+        assert_eq!(
+            p.verdict(mac, ip, now + 10 * FRESH.as_millis() as u64),
+            Verdict::Claimed(pod)
+        );
     }
 
     #[test]

@@ -51,8 +51,12 @@ use crate::sys::stable_hash::stable_hash;
 pub const AHEAD: usize = 8;
 /// How long a network is probed ahead after its last attachment went.
 pub const REMEMBER: Duration = Duration::from_secs(600);
-/// How often the records are read again.
+/// How often the records are looked at: read again when their directory changed since
+/// (an ADD or a DEL writes or removes a record), and in any case every `RESYNC_EVERY` (a pod
+/// whose interface could not be opened yet is tried again). Reading 110 records every
+/// second was most of an idle agent's CPU.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
 
 /// How the watch paces what it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,10 +224,24 @@ impl Watch {
 
     fn run(mut self, stop: &AtomicBool) {
         let mut last_sync: Option<Instant> = None;
+        let mut last_look = Instant::now();
+        let mut seen_change: Option<std::time::SystemTime> = None;
         while !stop.load(Ordering::SeqCst) {
-            if last_sync.is_none_or(|t| t.elapsed() >= SYNC_EVERY) {
-                self.sync();
-                last_sync = Some(Instant::now());
+            if last_look.elapsed() >= SYNC_EVERY || last_sync.is_none() {
+                last_look = Instant::now();
+                // The directory's mtime moves with every record written (renamed into
+                // place) or removed; one that cannot be read counts as changed.
+                let changed = std::fs::metadata(self.records.path())
+                    .and_then(|m| m.modified())
+                    .ok();
+                if changed.is_none()
+                    || changed != seen_change
+                    || last_sync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY)
+                {
+                    seen_change = changed;
+                    self.sync();
+                    last_sync = Some(Instant::now());
+                }
             }
             self.send_due();
             self.hear(Duration::from_millis(50));
@@ -558,6 +576,7 @@ impl Ahead {
                 free_at_ms: 0,
                 claimed_by: None,
                 claimed_at_ms: 0,
+                held_here_by: None,
             });
         }
     }
@@ -566,12 +585,14 @@ impl Ahead {
     /// store) as claimed by them: the master never hears its own macvlans answer. Returns
     /// whether anything changed.
     fn note_held_here(&mut self, held_here: &HashMap<Ipv4Addr, [u8; 6]>) -> bool {
-        let now = now_ms();
         let mut changed = false;
         for (ip, p) in self.probes.addresses.iter_mut() {
-            if let Some(mac) = held_here.get(ip).filter(|m| **m != self.master_mac) {
-                p.claimed_by = Some(*mac);
-                p.claimed_at_ms = now;
+            let holder = held_here
+                .get(ip)
+                .filter(|m| **m != self.master_mac)
+                .copied();
+            if p.held_here_by != holder {
+                p.held_here_by = holder;
                 changed = true;
             }
         }
