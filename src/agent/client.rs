@@ -122,3 +122,99 @@ impl AgentClient {
         serde_json::from_slice(&reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 }
+
+/// What the plugin asks of the node agent: `AgentClient` over its socket, or a fake that
+/// records the calls in the plugin's unit tests (`fake::FakeAgent`).
+pub trait AgentCalls {
+    /// Where the agent is asked (for the plugin's notes).
+    fn socket(&self) -> &Path;
+    fn hold(&self, record: &MembershipRecord, fd: &OwnedFd) -> io::Result<()>;
+    fn drop_key(&self, key: &str) -> io::Result<()>;
+    fn list(&self) -> io::Result<Vec<MembershipRecord>>;
+    fn relay(
+        &self,
+        record: &RelayRecord,
+        fds: &[RawFd],
+    ) -> io::Result<std::result::Result<(), String>>;
+    fn drop_relay(&self, key: &str) -> io::Result<()>;
+}
+
+impl AgentCalls for AgentClient {
+    fn socket(&self) -> &Path {
+        AgentClient::socket(self)
+    }
+    fn hold(&self, record: &MembershipRecord, fd: &OwnedFd) -> io::Result<()> {
+        AgentClient::hold(self, record, fd)
+    }
+    fn drop_key(&self, key: &str) -> io::Result<()> {
+        AgentClient::drop_key(self, key)
+    }
+    fn list(&self) -> io::Result<Vec<MembershipRecord>> {
+        AgentClient::list(self)
+    }
+    fn relay(
+        &self,
+        record: &RelayRecord,
+        fds: &[RawFd],
+    ) -> io::Result<std::result::Result<(), String>> {
+        AgentClient::relay(self, record, fds)
+    }
+    fn drop_relay(&self, key: &str) -> io::Result<()> {
+        AgentClient::drop_relay(self, key)
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// An agent in memory: every call is recorded (`"hold KEY"`, `"drop KEY"`, `"relay
+    /// KEY"`, `"dropRelay KEY"`, `"list"`); it answers as told (`reachable`), holding nothing.
+    #[derive(Clone, Default)]
+    pub struct FakeAgent {
+        pub calls: Rc<RefCell<Vec<String>>>,
+        pub unreachable: bool,
+    }
+
+    impl FakeAgent {
+        fn call(&self, what: String) -> io::Result<()> {
+            self.calls.borrow_mut().push(what);
+            if self.unreachable {
+                return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
+            }
+            Ok(())
+        }
+
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+    }
+
+    impl AgentCalls for FakeAgent {
+        fn socket(&self) -> &Path {
+            Path::new("/run/ros-macvlan/fake.sock")
+        }
+        fn hold(&self, record: &MembershipRecord, _: &OwnedFd) -> io::Result<()> {
+            self.call(format!("hold {}", record.key()))
+        }
+        fn drop_key(&self, key: &str) -> io::Result<()> {
+            self.call(format!("drop {key}"))
+        }
+        fn list(&self) -> io::Result<Vec<MembershipRecord>> {
+            self.call("list".into()).map(|()| Vec::new())
+        }
+        fn relay(
+            &self,
+            record: &RelayRecord,
+            _: &[RawFd],
+        ) -> io::Result<std::result::Result<(), String>> {
+            self.call(format!("relay {}", record.attachment.key()))
+                .map(Ok)
+        }
+        fn drop_relay(&self, key: &str) -> io::Result<()> {
+            self.call(format!("dropRelay {key}"))
+        }
+    }
+}

@@ -447,10 +447,14 @@ fn undo(
         }
     }
     if progress.relayed {
-        zenoh_relay::release(conf, env, agent);
+        if let Err(e) = zenoh_relay::release(conf, env, agent) {
+            failures.push(e.context("closing the Zenoh relay failed"));
+        }
     }
     if progress.joined {
-        membership::release(conf, env, agent);
+        if let Err(e) = membership::release(conf, env, agent) {
+            failures.push(e.context("letting go of the membership failed"));
+        }
     }
     if progress.ipam {
         if let Err(e) = ipam.del(conf, env) {

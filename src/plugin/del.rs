@@ -52,13 +52,25 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
     } else {
         Vec::new()
     };
-    membership::release(at.conf, at.env, at.agent);
-    // Zenoh relay (issue 24): the pod's listeners close, the agent holds nothing for it.
-    zenoh_relay::release(at.conf, at.env, at.agent);
-    let Some(pod_ns) = pod_ns else {
-        return at.ipam.del(at.conf, at.env);
+    // The agent lets go of the membership and the pod's listeners close, the agent holds
+    // nothing for it; a record that cannot be removed is reported with the rest.
+    let mut released = Vec::new();
+    if let Err(e) = membership::release(at.conf, at.env, at.agent) {
+        released.push(e.context("letting go of the membership failed"));
+    }
+    if let Err(e) = zenoh_relay::release(at.conf, at.env, at.agent) {
+        released.push(e.context("closing the Zenoh relay failed"));
+    }
+    let rest = match pod_ns {
+        Some(pod_ns) => Netlink::connect(&pod_ns)
+            .map_err(Error::from)
+            .and_then(|nl| del_in_pod(at, &nl, &heirs)),
+        None => at.ipam.del(at.conf, at.env),
     };
-    del_in_pod(at, &Netlink::connect(&pod_ns)?, &heirs)
+    if let Err(e) = rest {
+        released.push(e);
+    }
+    Error::all(released)
 }
 
 /// DEL's part in the pod's namespace once its heirs are known: the links retired, the

@@ -88,10 +88,12 @@ pub fn hold(
 /// DEL (and a failed ADD's undo): the record goes and the agent closes the listeners and
 /// their connections. Found by its record, whatever the config says now (DEL's config keeps
 /// no `zenoh`); no record, no relay (ADD writes it before handing the listeners over), so
-/// a DEL of a network that never opted in asks the agent nothing.
-pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) {
+/// a DEL of a network that never opted in asks the agent nothing. An agent that does not
+/// answer closes the relay at its next sweep; a record that cannot be removed is an error.
+pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) -> Result<()> {
     let key = key_of(&conf.name, &env.container_id, &env.ifname);
-    if agent.records::<RelayRecord>().remove(&key) {
+    if agent.records::<RelayRecord>().remove(&key)? {
         let _ = agent.client().drop_relay(&key);
     }
+    Ok(())
 }
