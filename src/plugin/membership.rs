@@ -242,34 +242,24 @@ mod tests {
         }
     }
 
+    /// DEL removes the record and asks the agent to let go; an agent that does not answer
+    /// is no failure of DEL (the record is gone: its sweep lets go).
     #[test]
     fn del_removes_the_record_and_asks_the_agent_to_let_go() {
-        let fake = FakeAgent::default();
-        let (conf, place) = place("release", &fake);
-        place
-            .records
-            .write(&record("ctr", "net1", vec![GROUP]))
-            .unwrap();
-        release(&conf, &env("ctr", "net1"), &place).unwrap();
-        assert!(place.records.list().unwrap().is_empty());
-        assert_eq!(fake.calls(), ["drop ctr:seam:net1"]);
-    }
-
-    /// No agent answering is no failure of DEL: the record is gone, and the agent lets go
-    /// at its next sweep.
-    #[test]
-    fn an_agent_that_does_not_answer_fails_no_del() {
-        let fake = FakeAgent {
-            unreachable: true,
-            ..FakeAgent::default()
-        };
-        let (conf, place) = place("release-unanswered", &fake);
-        place
-            .records
-            .write(&record("ctr", "net1", vec![GROUP]))
-            .unwrap();
-        release(&conf, &env("ctr", "net1"), &place).unwrap();
-        assert!(place.records.list().unwrap().is_empty());
+        for unreachable in [false, true] {
+            let fake = FakeAgent {
+                unreachable,
+                ..FakeAgent::default()
+            };
+            let (conf, place) = place(&format!("release-{unreachable}"), &fake);
+            place
+                .records
+                .write(&record("ctr", "net1", vec![GROUP]))
+                .unwrap();
+            release(&conf, &env("ctr", "net1"), &place).unwrap();
+            assert!(place.records.list().unwrap().is_empty());
+            assert_eq!(fake.calls(), ["drop ctr:seam:net1"]);
+        }
     }
 
     /// A record that cannot be removed (here a directory in its place) is a failure DEL
