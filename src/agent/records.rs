@@ -101,6 +101,18 @@ pub struct Due<R> {
     pub missing: Vec<R>,
 }
 
+impl<R> Due<R> {
+    /// What a holder lets go of, each with why: what it holds with no record left, and what
+    /// it held for a record whose namespace is positively gone.
+    pub fn to_let_go(&mut self) -> Vec<(String, String)> {
+        let unrecorded = self.unrecorded.drain(..);
+        unrecorded
+            .map(|key| (key, "its record is gone".to_owned()))
+            .chain(self.gone.drain(..))
+            .collect()
+    }
+}
+
 impl MembershipRecord {
     /// The record's namespace, if its path still names the namespace ADD saw (the agent
     /// re-creates what the record says only there).

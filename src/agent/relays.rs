@@ -304,18 +304,14 @@ impl Relays {
     /// cannot be listed whole change nothing.
     pub fn reconcile(&mut self) {
         let held: HashSet<String> = self.held.keys().cloned().collect();
-        let Some(due) = self
+        let Some(mut due) = self
             .listing
             .whole("Zenoh relay records", self.records.due(&held))
         else {
             return;
         };
-        for key in due.unrecorded {
-            self.let_go(&key, "its record is gone");
-        }
-        for (key, why) in due.gone {
+        for (key, why) in due.to_let_go() {
             self.let_go(&key, &why);
-            log::info!("agent: forgetting the Zenoh relay of {key}: {why}");
             self.said.remove(&key);
         }
         for (key, why) in due.unsure {
