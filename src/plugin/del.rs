@@ -367,6 +367,45 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// DEL of a pod whose netns is gone: the relay's record goes and the agent is asked to
+    /// close it, and a membership record that cannot be removed is DEL's failure (code 5),
+    /// reported with the rest instead of swallowed (the runtime retries).
+    #[test]
+    fn del_reports_a_record_it_cannot_remove_and_does_the_rest() {
+        use crate::agent::client::fake::FakeAgent;
+        use crate::agent::records::{key_of, RecordDir, RelayRecord};
+        let dir = crate::plugin::attachment::test_support::data_dir("del-records");
+        let mut conf = MacvlanConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"del","type":"ros-macvlan","agentSocket":"/tmp/x.sock"}"#,
+        )
+        .unwrap();
+        conf.agent_socket = dir.join("agent.sock").to_string_lossy().into_owned();
+        let fake = FakeAgent::default();
+        let agent = agent(&conf).with_client(Box::new(fake.clone()));
+        let env = env("ctr-del", "net1");
+        let key = key_of("del", "ctr-del", "net1");
+        let memberships: RecordDir = agent.records();
+        std::fs::create_dir_all(memberships.path().join(format!("{key}.json/inside"))).unwrap();
+        let relays: RecordDir<RelayRecord> = agent.records();
+        std::fs::create_dir_all(relays.path()).unwrap();
+        std::fs::write(relays.path().join(format!("{key}.json")), b"{}").unwrap();
+        let at = Attachment {
+            conf: &conf,
+            env: &env,
+            ipam: &Ipam::None,
+            agent: &agent,
+        };
+        let e = del(&at).unwrap_err();
+        assert_eq!(e.code(), 5, "{e}");
+        assert!(e.to_string().contains("membership"), "{e}");
+        assert!(!relays.path().join(format!("{key}.json")).exists());
+        assert_eq!(
+            fake.calls(),
+            [format!("drop {key}"), format!("dropRelay {key}")]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn retire_makes_the_attachment_inert_and_hands_the_multicast_route_over() {
         let conf = MacvlanConf::parse(
