@@ -806,14 +806,13 @@ mod tests {
     fn undo_hands_back_the_relay_and_the_membership() {
         use crate::agent::client::fake::FakeAgent;
         use crate::agent::records::{MembershipRecord, RecordDir, RelayRecord};
-        let dir = crate::plugin::attachment::test_support::data_dir("undo-agent");
-        let mut conf = MacvlanConf::parse(
-            br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan","agentSocket":"/tmp/x.sock"}"#,
-        )
-        .unwrap();
-        conf.agent_socket = dir.join("agent.sock").to_string_lossy().into_owned();
         let fake = FakeAgent::default();
-        let agent = agent(&conf).with_client(Box::new(fake.clone()));
+        let (conf, agent) = crate::plugin::attachment::test_support::with_fake_agent(
+            "undo-agent",
+            MacvlanConf::parse(br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan"}"#)
+                .unwrap(),
+            &fake,
+        );
         let env = env("ctr-undo", "net1");
         let attachment = MembershipRecord {
             network: "undo".into(),
@@ -863,7 +862,7 @@ mod tests {
             "{}",
             failures[0]
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(memberships.path().parent().unwrap());
     }
 
     #[test]

@@ -177,7 +177,7 @@ fn links_of_attachment(
 mod tests {
     use super::*;
     use crate::ipam::Ipam;
-    use crate::plugin::attachment::test_support::{agent, env, names};
+    use crate::plugin::attachment::test_support::{agent, env, names, with_fake_agent};
     use crate::plugin::config::{MacvlanConf, MulticastConf};
     use crate::sys::netlink::testing::Fake;
     use netlink_packet_route::link::{InfoKind, LinkFlags};
@@ -374,14 +374,13 @@ mod tests {
     fn del_reports_a_record_it_cannot_remove_and_does_the_rest() {
         use crate::agent::client::fake::FakeAgent;
         use crate::agent::records::{key_of, RecordDir, RelayRecord};
-        let dir = crate::plugin::attachment::test_support::data_dir("del-records");
-        let mut conf = MacvlanConf::parse(
-            br#"{"cniVersion":"1.0.0","name":"del","type":"ros-macvlan","agentSocket":"/tmp/x.sock"}"#,
-        )
-        .unwrap();
-        conf.agent_socket = dir.join("agent.sock").to_string_lossy().into_owned();
         let fake = FakeAgent::default();
-        let agent = agent(&conf).with_client(Box::new(fake.clone()));
+        let (conf, agent) = with_fake_agent(
+            "del-records",
+            MacvlanConf::parse(br#"{"cniVersion":"1.0.0","name":"del","type":"ros-macvlan"}"#)
+                .unwrap(),
+            &fake,
+        );
         let env = env("ctr-del", "net1");
         let key = key_of("del", "ctr-del", "net1");
         let memberships: RecordDir = agent.records();
@@ -403,7 +402,7 @@ mod tests {
             fake.calls(),
             [format!("drop {key}"), format!("dropRelay {key}")]
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(agent.records::<RelayRecord>().path().parent().unwrap());
     }
 
     #[test]

@@ -214,19 +214,16 @@ pub fn held_by_agent(client: &dyn AgentCalls, ns: &Netns, ifname: &str) -> bool 
 mod tests {
     use super::*;
     use crate::agent::client::fake::FakeAgent;
-    use crate::plugin::attachment::test_support::{agent, conf_with, data_dir, env};
+    use crate::plugin::attachment::test_support::{conf_with, data_dir, env, with_fake_agent};
 
     const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
 
     /// A network with the discovery group, its agent a fake, its records in a directory of
     /// the test's own.
     fn place(test: &str, fake: &FakeAgent) -> (MacvlanConf, AgentPlace) {
-        let dir = data_dir(test);
-        let mut conf = conf_with(&dir, ("198.51.100.10", "198.51.100.20"));
+        let mut conf = conf_with(&data_dir(test), ("198.51.100.10", "198.51.100.20"));
         conf.multicast.groups = vec![GROUP];
-        conf.agent_socket = dir.join("agent.sock").to_string_lossy().into_owned();
-        let place = agent(&conf).with_client(Box::new(fake.clone()));
-        (conf, place)
+        with_fake_agent(test, conf, fake)
     }
 
     fn record(container: &str, ifname: &str, groups: Vec<Ipv4Addr>) -> MembershipRecord {
