@@ -17,7 +17,7 @@ use std::cell::OnceCell;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::agent::client::{AgentCalls, AgentClient};
+use crate::agent::client::{AgentCalls, AgentClient, CallError};
 use crate::agent::lan_state::LanState;
 use crate::agent::memberships;
 use crate::agent::records::{key_of, pod_prefix, MembershipRecord, RecordDir, Stored, Watched};
@@ -146,12 +146,15 @@ pub fn hold(
     {
         return Ok(Some(format!("membership not held: {e}")));
     }
-    Ok(agent.client.hold(&record, &socket).err().map(|e| {
-        format!(
-            "membership not held: no node agent at {} ({e}); DDS processes join the groups themselves, and the agent holds it once it runs",
-            agent.client.socket().display()
-        )
-    }))
+    Ok(match agent.client.hold(&record, &socket) {
+        Ok(()) => None,
+        Err(CallError::Refused(why)) => Some(format!(
+            "membership not held: the node agent refused it ({why}); DDS processes join the groups themselves"
+        )),
+        Err(unreachable) => Some(format!(
+            "membership not held: {unreachable}; DDS processes join the groups themselves, and the agent holds it once it runs"
+        )),
+    })
 }
 
 /// DEL (and a failed ADD's undo): the record goes, and the agent lets go of the socket at

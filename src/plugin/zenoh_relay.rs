@@ -19,6 +19,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
+use crate::agent::client::CallError;
 use crate::agent::records::{key_of, RelayRecord, Watched};
 use crate::agent::relays::{bind, Unbound};
 use crate::cni::env::CniEnv;
@@ -73,14 +74,13 @@ pub fn hold(
     agent.records::<RelayRecord>().write(&record)?;
     let fds: Vec<RawFd> = bound.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     match agent.client().relay(&record, &fds) {
-        Ok(Ok(())) => Ok(None),
-        Ok(Err(why)) => Err(Error::new(
+        Ok(()) => Ok(None),
+        Err(CallError::Refused(why)) => Err(Error::new(
             Kind::TryAgainLater,
             format!("the node agent refused the Zenoh relay: {why}"),
         )),
-        Err(e) => Ok(Some(format!(
-            "Zenoh relay not held: no node agent at {} ({e}); the agent opens it from its record once it runs",
-            agent.client().socket().display()
+        Err(unreachable) => Ok(Some(format!(
+            "Zenoh relay not held: {unreachable}; the agent opens it from its record once it runs"
         ))),
     }
 }
