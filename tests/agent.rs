@@ -24,6 +24,43 @@ fn within(limit: Duration, mut what: impl FnMut() -> bool) -> Option<Duration> {
     None
 }
 
+/// Two tenants on one node with one agent: pods 11 and 12, each attached by a NAD of its
+/// own namespace (the guide's, and `other-tenant-net` with a store of its own). Dropped in
+/// order: the agent, the pods, the stores, the node, the LAN.
+struct TwoTenants {
+    agent: TestAgent,
+    conf: serde_json::Value,
+    other_conf: serde_json::Value,
+    first: Pod,
+    second: Pod,
+    _data: (DataDir, DataDir),
+    node: Node,
+    _lan: Lan,
+}
+
+impl TwoTenants {
+    fn new() -> TwoTenants {
+        let lan = Lan::create();
+        let node = Node::new(&lan);
+        let (first, second) = (node.pod(11), node.pod(12));
+        let data = (DataDir::create(), DataDir::create());
+        let agent = start_agent();
+        let conf = with_agent(guide(&data.0), &agent);
+        let mut other_conf = with_agent(guide(&data.1), &agent);
+        other_conf["name"] = "other-tenant-net".into();
+        TwoTenants {
+            agent,
+            conf,
+            other_conf,
+            first,
+            second,
+            _data: data,
+            node,
+            _lan: lan,
+        }
+    }
+}
+
 fn held_keys(agent: &Agent) -> Vec<String> {
     AgentClient::new(&agent.socket())
         .list()
@@ -248,18 +285,13 @@ fn an_agent_that_cannot_list_its_records_lets_no_tenant_go() {
     if !require_root() {
         return;
     }
-    let lan = Lan::create();
-    let node = Node::new(&lan);
-    let (first, second) = (node.pod(11), node.pod(12));
-    let (data, other_data) = (DataDir::create(), DataDir::create());
-    let agent = start_agent();
-    let conf = with_agent(guide(&data), &agent);
-    // The second tenant: a NAD of its own namespace, its own network and store.
-    let mut other_conf = with_agent(guide(&other_data), &agent);
-    other_conf["name"] = "other-tenant-net".into();
-    add(&node, &first, &conf).ok();
-    add(&node, &second, &other_conf).ok();
-    assert_eq!(held_keys(&agent).len(), 2);
+    let scene = TwoTenants::new();
+    let (node, agent, conf, other_conf) =
+        (&scene.node, &scene.agent, &scene.conf, &scene.other_conf);
+    let (first, second) = (&scene.first, &scene.second);
+    add(node, first, conf).ok();
+    add(node, second, other_conf).ok();
+    assert_eq!(held_keys(agent).len(), 2);
 
     let limit = agent.exhaust_descriptors();
     let said = within(Duration::from_secs(5), || {
@@ -287,10 +319,10 @@ fn an_agent_that_cannot_list_its_records_lets_no_tenant_go() {
         "{}",
         agent.log()
     );
-    assert_eq!(held_keys(&agent).len(), 2);
-    del(&node, &first, &conf).ok();
-    del(&node, &second, &other_conf).ok();
-    assert!(held_keys(&agent).is_empty());
+    assert_eq!(held_keys(agent).len(), 2);
+    del(node, first, conf).ok();
+    del(node, second, other_conf).ok();
+    assert!(held_keys(agent).is_empty());
 }
 
 /// A runtime that names the pod's netns by a process of it (`/proc/<pid>/ns/net`): once that
@@ -301,20 +333,16 @@ fn a_netns_named_by_a_process_that_exited_is_gone() {
     if !require_root() {
         return;
     }
-    let lan = Lan::create();
-    let node = Node::new(&lan);
-    let (by_process, other) = (node.pod(11), node.pod(12));
-    let (data, other_data) = (DataDir::create(), DataDir::create());
-    let agent = start_agent();
-    let conf = with_agent(guide(&data), &agent);
-    let mut other_conf = with_agent(guide(&other_data), &agent);
-    other_conf["name"] = "other-tenant-net".into();
+    let scene = TwoTenants::new();
+    let (node, agent, conf, other_conf) =
+        (&scene.node, &scene.agent, &scene.conf, &scene.other_conf);
+    let (by_process, other) = (&scene.first, &scene.second);
     let holder = Spawned::start(&by_process.ns, &["sleep", "60"], |_| {});
     let netns = format!("/proc/{}/ns/net", holder.pid());
-    cni_with("ADD", &node, &by_process, &conf, &[("CNI_NETNS", &netns)]).ok();
-    add(&node, &other, &other_conf).ok();
+    cni_with("ADD", node, by_process, conf, &[("CNI_NETNS", &netns)]).ok();
+    add(node, other, other_conf).ok();
     assert!(joined(&by_process.ns, "net1").contains(&GROUP));
-    assert_eq!(held_keys(&agent).len(), 2);
+    assert_eq!(held_keys(agent).len(), 2);
 
     drop(holder);
     let let_go = within(Duration::from_secs(10), || {
@@ -330,13 +358,13 @@ fn a_netns_named_by_a_process_that_exited_is_gone() {
         "{}",
         agent.log()
     );
-    assert_eq!(held_keys(&agent).len(), 1);
+    assert_eq!(held_keys(agent).len(), 1);
     assert!(
         joined(&other.ns, "net1").contains(&GROUP),
         "the other tenant's membership went"
     );
-    cni_with("DEL", &node, &by_process, &conf, &[("CNI_NETNS", &netns)]);
-    del(&node, &other, &other_conf).ok();
+    cni_with("DEL", node, by_process, conf, &[("CNI_NETNS", &netns)]);
+    del(node, other, other_conf).ok();
 }
 
 /// Each client is answered on its own: clients that connect and send nothing do not hold

@@ -21,10 +21,21 @@ const SUB_SECONDS: &str = "14";
 const PUB_SECONDS: &str = "12";
 const SAMPLES: &str = "10";
 
-/// The hub's ZENOH_CONFIG_OVERRIDE on rmw_zenohd's defaults (listen tcp/[::]:7447), as the
-/// DaemonSet gives it: the hubs of the nodes find each other by multicast scouting on the
-/// LAN and connect.
-const HUB_OVERRIDE: &str = r#"scouting/multicast/enabled=true;scouting/multicast/autoconnect={router:["router"],peer:["router","peer"]}"#;
+/// The hub's ZENOH_CONFIG_OVERRIDE on rmw_zenohd's defaults, as the DaemonSet gives it: it
+/// listens only on the node's loopback (for the pods' routers) and on `$address`, the
+/// node's address on the LAN (for the other nodes' hubs), never on every address of the
+/// node; the hubs of the nodes find each other by multicast scouting on the LAN and connect.
+const HUB_OVERRIDE: &str = r#"listen/endpoints=["tcp/127.0.0.1:7447","tcp/$address:7447"];scouting/multicast/enabled=true;scouting/multicast/autoconnect={router:["router"],peer:["router","peer"]}"#;
+
+/// Node `i`'s address on the LAN, where its hub listens for the other nodes' hubs.
+fn hub_address(i: usize) -> String {
+    format!("198.51.100.{}", 240 + i)
+}
+
+/// `HUB_OVERRIDE` for the hub of a node at `address` on the LAN.
+fn hub_override(address: &str) -> String {
+    HUB_OVERRIDE.replace("$address", address)
+}
 /// The first port of the pods' routers (the agent's --zenoh-routers), as in the DaemonSet.
 const FIRST_POD_ROUTER: u16 = 7448;
 /// Routers outlive every exchange of a scene; the scene stops them.
@@ -45,34 +56,31 @@ fn judges() -> Option<PyJudges> {
 
 /// A cluster whose network opts in (`"zenoh": true`), each node's agent running in the
 /// node's namespace (as the DaemonSet's, host network) with `routers` routers for pods
-/// (--zenoh-routers 127.0.0.1:7448-...), each node with an address on the LAN for its hub
-/// (198.51.100.(240 + i)).
+/// (--zenoh-routers 127.0.0.1:7448-...).
 fn zenoh_cluster(pods_per_node: &[u8], routers: u16) -> Cluster {
     let pool = format!(
         "127.0.0.1:{FIRST_POD_ROUTER}-{}",
         FIRST_POD_ROUTER + routers - 1
     );
-    let scene = Cluster::with(
+    Cluster::with(
         Plugin::RosMacvlan,
         pods_per_node,
         |node| TestAgent::start_in(Some(&node.ns.name), &["--zenoh-routers", &pool]),
         |conf| conf["zenoh"] = json!(true),
-    );
-    for (i, n) in scene.nodes.iter().enumerate() {
-        let addr = format!("198.51.100.{}/24", 240 + i);
-        n.node.ns.ip(&["addr", "add", &addr, "dev", "lan0"]);
-    }
-    scene
+    )
 }
 
 /// The node's routers: a hub and `routers` routers for pods, rmw_zenohd's defaults with
-/// the DaemonSet's overrides, on every node.
+/// the DaemonSet's overrides, on every node; each node gets an address on the LAN for its
+/// hub (`hub_address`).
 fn routers(j: &PyJudges, scene: &Cluster, routers: u16) -> Vec<(String, Spawned)> {
     let mut spawned = Vec::new();
     for (i, n) in scene.nodes.iter().enumerate() {
+        let addr = format!("{}/24", hub_address(i));
+        n.node.ns.ip(&["addr", "add", &addr, "dev", "lan0"]);
         spawned.push((
             format!("hub on node {i}"),
-            j.rmw_router(&n.node.ns, ROUTER_SECONDS, HUB_OVERRIDE),
+            j.rmw_router(&n.node.ns, ROUTER_SECONDS, &hub_override(&hub_address(i))),
         ));
         for port in (FIRST_POD_ROUTER..).take(routers.into()) {
             spawned.push((

@@ -12,6 +12,24 @@ use crate::agent::protocol::{Reply, Request, AGENT_WAIT, MAX_MESSAGE};
 use crate::agent::records::{MembershipRecord, RelayRecord};
 use crate::sys::netns::Netns;
 
+/// Why the agent did not do what it was asked: the one error of every call.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No agent answered at the socket (none runs, or not in time, or not in its protocol).
+    #[error("no node agent at {socket} ({source})")]
+    Unreachable {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The agent answered, and refused; its words.
+    #[error("the node agent refused: {0}")]
+    Refused(String),
+}
+
+/// What a call of the agent gives.
+pub type CallResult<T> = std::result::Result<T, CallError>;
+
 /// The agent's client end: one request per connection, bounded in time.
 pub struct AgentClient {
     socket: PathBuf,
@@ -29,12 +47,12 @@ impl AgentClient {
     }
 
     /// Hands `fd` to the agent for `record`'s attachment.
-    pub fn hold(&self, record: &MembershipRecord, fd: &OwnedFd) -> io::Result<()> {
+    pub fn hold(&self, record: &MembershipRecord, fd: &OwnedFd) -> CallResult<()> {
         self.call::<MembershipRecord>(&Request::Hold(Box::new(record.clone())), &[fd.as_raw_fd()])
             .map(drop)
     }
 
-    pub fn drop_key(&self, key: &str) -> io::Result<()> {
+    pub fn drop_key(&self, key: &str) -> CallResult<()> {
         self.call::<MembershipRecord>(
             &Request::Drop {
                 key: key.to_owned(),
@@ -44,23 +62,17 @@ impl AgentClient {
         .map(drop)
     }
 
-    pub fn list(&self) -> io::Result<Vec<MembershipRecord>> {
+    pub fn list(&self) -> CallResult<Vec<MembershipRecord>> {
         self.call(&Request::List, &[]).map(|r| r.held)
     }
 
-    /// Hands the relay's listeners (`fds`, in `record.listen`'s order) to the agent. The
-    /// outer error: no agent answered; the inner one: the agent's refusal, in its words.
-    pub fn relay(
-        &self,
-        record: &RelayRecord,
-        fds: &[RawFd],
-    ) -> io::Result<std::result::Result<(), String>> {
+    /// Hands the relay's listeners (`fds`, in `record.listen`'s order) to the agent.
+    pub fn relay(&self, record: &RelayRecord, fds: &[RawFd]) -> CallResult<()> {
         let request = Request::Relay(Box::new(record.clone()));
-        let reply: Reply<RelayRecord> = self.exchange(&request, fds)?;
-        Ok(reply.into_result().map(drop))
+        self.call::<RelayRecord>(&request, fds).map(drop)
     }
 
-    pub fn drop_relay(&self, key: &str) -> io::Result<()> {
+    pub fn drop_relay(&self, key: &str) -> CallResult<()> {
         self.call::<RelayRecord>(
             &Request::DropRelay {
                 key: key.to_owned(),
@@ -71,7 +83,7 @@ impl AgentClient {
     }
 
     /// The relays the agent holds now.
-    pub fn relays(&self) -> io::Result<Vec<RelayRecord>> {
+    pub fn relays(&self) -> CallResult<Vec<RelayRecord>> {
         self.call(&Request::Relays, &[]).map(|r| r.held)
     }
 
@@ -89,10 +101,14 @@ impl AgentClient {
         &self,
         request: &Request,
         fds: &[RawFd],
-    ) -> io::Result<Reply<T>> {
-        self.exchange::<Reply<T>>(request, fds)?
-            .into_result()
-            .map_err(io::Error::other)
+    ) -> CallResult<Reply<T>> {
+        let reply: Reply<T> =
+            self.exchange(request, fds)
+                .map_err(|source| CallError::Unreachable {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        reply.into_result().map_err(CallError::Refused)
     }
 
     /// One request line (with `fds` passed along) and its reply line, bounded in time.
@@ -120,5 +136,91 @@ impl AgentClient {
         let mut reply = Vec::new();
         (&stream).take(MAX_MESSAGE as u64).read_to_end(&mut reply)?;
         serde_json::from_slice(&reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// What the plugin asks of the node agent: `AgentClient` over its socket, or a fake that
+/// records the calls in the plugin's unit tests (`fake::FakeAgent`).
+pub trait AgentCalls {
+    /// Where the agent is asked (for the plugin's notes).
+    fn socket(&self) -> &Path;
+    fn hold(&self, record: &MembershipRecord, fd: &OwnedFd) -> CallResult<()>;
+    fn drop_key(&self, key: &str) -> CallResult<()>;
+    fn list(&self) -> CallResult<Vec<MembershipRecord>>;
+    fn relay(&self, record: &RelayRecord, fds: &[RawFd]) -> CallResult<()>;
+    fn drop_relay(&self, key: &str) -> CallResult<()>;
+}
+
+impl AgentCalls for AgentClient {
+    fn socket(&self) -> &Path {
+        AgentClient::socket(self)
+    }
+    fn hold(&self, record: &MembershipRecord, fd: &OwnedFd) -> CallResult<()> {
+        AgentClient::hold(self, record, fd)
+    }
+    fn drop_key(&self, key: &str) -> CallResult<()> {
+        AgentClient::drop_key(self, key)
+    }
+    fn list(&self) -> CallResult<Vec<MembershipRecord>> {
+        AgentClient::list(self)
+    }
+    fn relay(&self, record: &RelayRecord, fds: &[RawFd]) -> CallResult<()> {
+        AgentClient::relay(self, record, fds)
+    }
+    fn drop_relay(&self, key: &str) -> CallResult<()> {
+        AgentClient::drop_relay(self, key)
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// An agent in memory: every call is recorded (`"hold KEY"`, `"drop KEY"`, `"relay
+    /// KEY"`, `"dropRelay KEY"`, `"list"`); it answers as told (`reachable`), holding nothing.
+    #[derive(Clone, Default)]
+    pub struct FakeAgent {
+        pub calls: Rc<RefCell<Vec<String>>>,
+        pub unreachable: bool,
+    }
+
+    impl FakeAgent {
+        fn call(&self, what: String) -> CallResult<()> {
+            self.calls.borrow_mut().push(what);
+            if self.unreachable {
+                return Err(CallError::Unreachable {
+                    socket: self.socket().to_owned(),
+                    source: io::Error::from(io::ErrorKind::ConnectionRefused),
+                });
+            }
+            Ok(())
+        }
+
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+    }
+
+    impl AgentCalls for FakeAgent {
+        fn socket(&self) -> &Path {
+            Path::new("/run/ros-macvlan/fake.sock")
+        }
+        fn hold(&self, record: &MembershipRecord, _: &OwnedFd) -> CallResult<()> {
+            self.call(format!("hold {}", record.key()))
+        }
+        fn drop_key(&self, key: &str) -> CallResult<()> {
+            self.call(format!("drop {key}"))
+        }
+        fn list(&self) -> CallResult<Vec<MembershipRecord>> {
+            self.call("list".into()).map(|()| Vec::new())
+        }
+        fn relay(&self, record: &RelayRecord, _: &[RawFd]) -> CallResult<()> {
+            self.call(format!("relay {}", record.attachment.key()))
+        }
+        fn drop_relay(&self, key: &str) -> CallResult<()> {
+            self.call(format!("dropRelay {key}"))
+        }
     }
 }

@@ -89,11 +89,11 @@ async fn serve(opts: Options) -> io::Result<()> {
         )
     };
     let mut lan_watch = watch_lan()?;
-    // Zenoh relay (issue 24): the relays follow their records like the memberships.
     let node_config = match &opts.policy {
         Some((_, dir)) => crate::node::install::mirrored_policy(dir),
         None => crate::node::policy::policy_file(),
     };
+    // Zenoh relay (issue 24): the relays follow their records like the memberships.
     let mut relays = Relays::new(
         &opts.socket,
         opts.zenoh_routers,

@@ -162,18 +162,14 @@ impl Memberships {
     /// listed whole change nothing.
     pub fn reconcile(&mut self) {
         let held: HashSet<String> = self.held.keys().cloned().collect();
-        let Some(due) = self
+        let Some(mut due) = self
             .listing
             .whole("membership records", self.records.due(&held))
         else {
             return;
         };
-        for key in due.unrecorded {
-            self.let_go(&key, "its record is gone");
-        }
-        for (key, why) in due.gone {
+        for (key, why) in due.to_let_go() {
             self.let_go(&key, &why);
-            log::info!("agent: forgetting {key}: {why}");
             self.failing.remove(&key);
         }
         // Said once while a namespace cannot be told present or gone, again if it comes back.

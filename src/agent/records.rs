@@ -124,6 +124,18 @@ pub struct Due<R> {
     pub missing: Vec<R>,
 }
 
+impl<R> Due<R> {
+    /// What a holder lets go of, each with why: what it holds with no record left, and what
+    /// it held for a record whose namespace is positively gone.
+    pub fn to_let_go(&mut self) -> Vec<(String, String)> {
+        let unrecorded = self.unrecorded.drain(..);
+        unrecorded
+            .map(|key| (key, "its record is gone".to_owned()))
+            .chain(self.gone.drain(..))
+            .collect()
+    }
+}
+
 impl MembershipRecord {
     /// The record's namespace, if its path still names the namespace ADD saw (the agent
     /// re-creates what the record says only there).
@@ -242,11 +254,16 @@ impl<R: Stored> RecordDir<R> {
             .map_err(|e| Error::io(format!("{} record {key}", R::DIR), e))
     }
 
-    /// Removes the record of `key`; whether there was one.
-    pub fn remove(&self, key: &str) -> bool {
-        match self.0.open_dir() {
-            Ok(Some(dir)) => dir.remove(&RecordDir::<R>::file(key)).is_ok(),
-            _ => false,
+    /// Removes the record of `key`; whether there was one. A record that is there and
+    /// cannot be removed is an error: the agent would go on holding what it says.
+    pub fn remove(&self, key: &str) -> Result<bool> {
+        let Some(dir) = self.0.open_dir()? else {
+            return Ok(false);
+        };
+        match dir.remove(&RecordDir::<R>::file(key)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(format!("remove the {} record {key}", R::DIR), e)),
         }
     }
 
@@ -268,10 +285,12 @@ impl<R: Stored> RecordDir<R> {
             match record.presence() {
                 Presence::Here if held.contains(&key) => {}
                 Presence::Here => due.missing.push(record),
-                Presence::Gone(why) => {
-                    self.remove(&key);
-                    due.gone.push((key, why));
-                }
+                Presence::Gone(why) => match self.remove(&key) {
+                    Ok(_) => due.gone.push((key, why)),
+                    // Kept (and said) until it can be removed: let go of, it would be
+                    // re-created at the next sweep.
+                    Err(e) => due.unsure.push((key, format!("{why}, but {e}"))),
+                },
                 Presence::Unknown(why) => due.unsure.push((key, why)),
             }
         }
@@ -379,7 +398,8 @@ pub(crate) mod tests {
         let records = RecordDir::beside(&dir.join("agent.sock"));
         records.write(&record()).unwrap();
         assert_eq!(records.list().unwrap(), vec![record()]);
-        records.remove(&record().key());
+        assert!(records.remove(&record().key()).unwrap());
+        assert!(!records.remove(&record().key()).unwrap(), "removed already");
         assert!(records.list().unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -304,18 +304,14 @@ impl Relays {
     /// cannot be listed whole change nothing.
     pub fn reconcile(&mut self) {
         let held: HashSet<String> = self.held.keys().cloned().collect();
-        let Some(due) = self
+        let Some(mut due) = self
             .listing
             .whole("Zenoh relay records", self.records.due(&held))
         else {
             return;
         };
-        for key in due.unrecorded {
-            self.let_go(&key, "its record is gone");
-        }
-        for (key, why) in due.gone {
+        for (key, why) in due.to_let_go() {
             self.let_go(&key, &why);
-            log::info!("agent: forgetting the Zenoh relay of {key}: {why}");
             self.said.remove(&key);
         }
         for (key, why) in due.unsure {
@@ -420,19 +416,17 @@ struct Limits {
 impl Limits {
     /// The leases one more connection needs: a place among the pod's and the node's
     /// connections, and its two descriptors; or why not.
-    fn admit(&self) -> Result<[Lease; 3], &'static str> {
-        let pod = self
-            .pod
-            .lease(1)
-            .ok_or("the pod has MAX_CONNECTIONS_PER_POD relayed already")?;
-        let node = self
-            .node
-            .lease(1)
-            .ok_or("the node has MAX_CONNECTIONS relayed already")?;
+    fn admit(&self) -> Result<[Lease; 3], String> {
+        let pod = self.pod.lease(1).ok_or_else(|| {
+            format!("the pod has {MAX_CONNECTIONS_PER_POD} connections relayed already, its bound")
+        })?;
+        let node = self.node.lease(1).ok_or_else(|| {
+            format!("the node has {MAX_CONNECTIONS} connections relayed already, its bound")
+        })?;
         let descriptors = self
             .descriptors
             .lease(PER_CONNECTION)
-            .ok_or("the agent's descriptors are all in use")?;
+            .ok_or("the agent's descriptors are all in use (its RLIMIT_NOFILE)")?;
         Ok([pod, node, descriptors])
     }
 }

@@ -476,10 +476,14 @@ fn undo(
         }
     }
     if progress.relayed {
-        zenoh_relay::release(conf, env, agent);
+        if let Err(e) = zenoh_relay::release(conf, env, agent) {
+            failures.push(e.context("closing the Zenoh relay failed"));
+        }
     }
     if progress.joined {
-        membership::release(conf, env, agent);
+        if let Err(e) = membership::release(conf, env, agent) {
+            failures.push(e.context("letting go of the membership failed"));
+        }
     }
     if progress.ipam {
         if let Err(e) = ipam.del(conf, env) {
@@ -822,6 +826,72 @@ mod tests {
             assert_eq!(nl.addresses(None).unwrap(), vec![], "after {step}");
             assert_eq!(nl.all_routes(), vec![], "after {step}");
         }
+    }
+
+    /// The undo of an ADD that joined and relayed: both records go and the agent is asked
+    /// to close the relay and let go of the membership (`FakeAgent`); a record that cannot
+    /// be removed is a failure the undo returns.
+    #[test]
+    fn undo_hands_back_the_relay_and_the_membership() {
+        use crate::agent::client::fake::FakeAgent;
+        use crate::agent::records::{MembershipRecord, RecordDir, RelayRecord};
+        let fake = FakeAgent::default();
+        let (conf, agent) = crate::plugin::attachment::test_support::with_fake_agent(
+            "undo-agent",
+            MacvlanConf::parse(br#"{"cniVersion":"1.0.0","name":"undo","type":"ros-macvlan"}"#)
+                .unwrap(),
+            &fake,
+        );
+        let env = env("ctr-undo", "net1");
+        let attachment = MembershipRecord {
+            network: "undo".into(),
+            container_id: "ctr-undo".into(),
+            ifname: "net1".into(),
+            netns: "/var/run/netns/pod".into(),
+            netns_inode: 1,
+            proc_pid_ns: None,
+            groups: conf.multicast.groups.clone(),
+            lan: Default::default(),
+        };
+        let memberships: RecordDir = agent.records();
+        let relays: RecordDir<RelayRecord> = agent.records();
+        memberships.write(&attachment).unwrap();
+        let relay = RelayRecord {
+            attachment: attachment.clone(),
+            listen: vec!["127.0.0.1:7447".parse().unwrap()],
+            router: None,
+        };
+        relays.write(&relay).unwrap();
+        let progress = Progress {
+            joined: true,
+            relayed: true,
+            ..Progress::default()
+        };
+        let at = Attachment {
+            conf: &conf,
+            env: &env,
+            ipam: &Ipam::None,
+            agent: &agent,
+        };
+        assert!(undo(&at, &Fake::new(), &progress).is_empty());
+        assert!(memberships.list().unwrap().is_empty());
+        assert!(relays.list().unwrap().is_empty());
+        let key = attachment.key();
+        assert_eq!(
+            fake.calls(),
+            [format!("dropRelay {key}"), format!("drop {key}")]
+        );
+
+        // A record in the way that cannot be removed: reported, not swallowed.
+        std::fs::create_dir_all(memberships.path().join(format!("{key}.json/inside"))).unwrap();
+        let failures = undo(&at, &Fake::new(), &progress);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].to_string().contains("membership"),
+            "{}",
+            failures[0]
+        );
+        let _ = std::fs::remove_dir_all(memberships.path().parent().unwrap());
     }
 
     #[test]

@@ -246,6 +246,19 @@ pub(crate) mod test_support {
         links.iter().map(|l| l.name.as_str()).collect()
     }
 
+    /// `conf` with its agent's place in a directory of the test's own, the agent asked
+    /// through `fake` (which records the calls).
+    pub fn with_fake_agent(
+        test: &str,
+        mut conf: MacvlanConf,
+        fake: &crate::agent::client::fake::FakeAgent,
+    ) -> (MacvlanConf, AgentPlace) {
+        let dir = data_dir(test);
+        conf.agent_socket = dir.join("agent.sock").to_string_lossy().into_owned();
+        let place = agent(&conf).with_client(Box::new(fake.clone()));
+        (conf, place)
+    }
+
     /// The agent's place; with no groups configured nothing of it is touched.
     pub fn agent(conf: &MacvlanConf) -> AgentPlace {
         let roots = crate::sys::confine::Roots::new(vec![std::env::temp_dir()], 0o755, "");

@@ -52,13 +52,25 @@ pub fn del(at: &Attachment<'_>) -> Result<()> {
     } else {
         Vec::new()
     };
-    membership::release(at.conf, at.env, at.agent);
-    // Zenoh relay (issue 24): the pod's listeners close, the agent holds nothing for it.
-    zenoh_relay::release(at.conf, at.env, at.agent);
-    let Some(pod_ns) = pod_ns else {
-        return at.ipam.del(at.conf, at.env);
+    // The agent lets go of the membership and the pod's listeners close, the agent holds
+    // nothing for it; a record that cannot be removed is reported with the rest.
+    let mut released = Vec::new();
+    if let Err(e) = membership::release(at.conf, at.env, at.agent) {
+        released.push(e.context("letting go of the membership failed"));
+    }
+    if let Err(e) = zenoh_relay::release(at.conf, at.env, at.agent) {
+        released.push(e.context("closing the Zenoh relay failed"));
+    }
+    let rest = match pod_ns {
+        Some(pod_ns) => Netlink::connect(&pod_ns)
+            .map_err(Error::from)
+            .and_then(|nl| del_in_pod(at, &nl, &heirs)),
+        None => at.ipam.del(at.conf, at.env),
     };
-    del_in_pod(at, &Netlink::connect(&pod_ns)?, &heirs)
+    if let Err(e) = rest {
+        released.push(e);
+    }
+    Error::all(released)
 }
 
 /// DEL's part in the pod's namespace once its heirs are known: the links retired, the
@@ -165,7 +177,7 @@ fn links_of_attachment(
 mod tests {
     use super::*;
     use crate::ipam::Ipam;
-    use crate::plugin::attachment::test_support::{agent, env, names};
+    use crate::plugin::attachment::test_support::{agent, env, names, with_fake_agent};
     use crate::plugin::config::{MacvlanConf, MulticastConf};
     use crate::sys::netlink::testing::Fake;
     use netlink_packet_route::link::{InfoKind, LinkFlags};
@@ -353,6 +365,44 @@ mod tests {
         assert!(held(&first).is_empty(), "the retry releases it");
         assert_eq!(held(&second).len(), 1, "net2's kept");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// DEL of a pod whose netns is gone: the relay's record goes and the agent is asked to
+    /// close it, and a membership record that cannot be removed is DEL's failure (code 5),
+    /// reported with the rest instead of swallowed (the runtime retries).
+    #[test]
+    fn del_reports_a_record_it_cannot_remove_and_does_the_rest() {
+        use crate::agent::client::fake::FakeAgent;
+        use crate::agent::records::{key_of, RecordDir, RelayRecord};
+        let fake = FakeAgent::default();
+        let (conf, agent) = with_fake_agent(
+            "del-records",
+            MacvlanConf::parse(br#"{"cniVersion":"1.0.0","name":"del","type":"ros-macvlan"}"#)
+                .unwrap(),
+            &fake,
+        );
+        let env = env("ctr-del", "net1");
+        let key = key_of("del", "ctr-del", "net1");
+        let memberships: RecordDir = agent.records();
+        std::fs::create_dir_all(memberships.path().join(format!("{key}.json/inside"))).unwrap();
+        let relays: RecordDir<RelayRecord> = agent.records();
+        std::fs::create_dir_all(relays.path()).unwrap();
+        std::fs::write(relays.path().join(format!("{key}.json")), b"{}").unwrap();
+        let at = Attachment {
+            conf: &conf,
+            env: &env,
+            ipam: &Ipam::None,
+            agent: &agent,
+        };
+        let e = del(&at).unwrap_err();
+        assert_eq!(e.code(), 5, "{e}");
+        assert!(e.to_string().contains("membership"), "{e}");
+        assert!(!relays.path().join(format!("{key}.json")).exists());
+        assert_eq!(
+            fake.calls(),
+            [format!("drop {key}"), format!("dropRelay {key}")]
+        );
+        let _ = std::fs::remove_dir_all(agent.records::<RelayRecord>().path().parent().unwrap());
     }
 
     #[test]

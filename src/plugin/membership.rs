@@ -17,7 +17,7 @@ use std::cell::OnceCell;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use crate::agent::client::AgentClient;
+use crate::agent::client::{AgentCalls, AgentClient, CallError};
 use crate::agent::lan_state::LanState;
 use crate::agent::memberships;
 use crate::agent::records::{key_of, pod_prefix, MembershipRecord, RecordDir, Stored, Watched};
@@ -60,7 +60,7 @@ pub fn pod_of(env: &CniEnv) -> Option<String> {
 /// Where a config's attachments find the node agent and keep their records: `agentSocket`,
 /// confined to the agent's directory, since a NAD names it and the plugin writes there.
 pub struct AgentPlace {
-    client: AgentClient,
+    client: Box<dyn AgentCalls>,
     records: RecordDir,
     lan: LanState,
     /// The agent's directory as confined, where other kinds of records live too.
@@ -74,7 +74,7 @@ impl AgentPlace {
     pub fn of_config(conf: &MacvlanConf, allowed: &Roots) -> Result<AgentPlace> {
         let (dir, _socket) = allowed.confine_file("agentSocket", &conf.agent_socket)?;
         Ok(AgentPlace {
-            client: AgentClient::new(Path::new(&conf.agent_socket)),
+            client: Box::new(AgentClient::new(Path::new(&conf.agent_socket))),
             lan: LanState::in_dir(dir.clone()),
             records: RecordDir::in_dir(dir.clone()),
             socket_dir: dir,
@@ -82,8 +82,14 @@ impl AgentPlace {
         })
     }
 
-    pub fn client(&self) -> &AgentClient {
-        &self.client
+    pub fn client(&self) -> &dyn AgentCalls {
+        self.client.as_ref()
+    }
+
+    /// The same place, the agent asked through `client` (a fake, in unit tests).
+    #[cfg(test)]
+    pub fn with_client(self, client: Box<dyn AgentCalls>) -> AgentPlace {
+        AgentPlace { client, ..self }
     }
 
     /// What the node agent knows of the LAN (`agent::lan_state`).
@@ -140,25 +146,31 @@ pub fn hold(
     {
         return Ok(Some(format!("membership not held: {e}")));
     }
-    Ok(agent.client.hold(&record, &socket).err().map(|e| {
-        format!(
-            "membership not held: no node agent at {} ({e}); DDS processes join the groups themselves, and the agent holds it once it runs",
-            agent.client.socket().display()
-        )
-    }))
+    Ok(match agent.client.hold(&record, &socket) {
+        Ok(()) => None,
+        Err(CallError::Refused(why)) => Some(format!(
+            "membership not held: the node agent refused it ({why}); DDS processes join the groups themselves"
+        )),
+        Err(unreachable) => Some(format!(
+            "membership not held: {unreachable}; DDS processes join the groups themselves, and the agent holds it once it runs"
+        )),
+    })
 }
 
 /// DEL (and a failed ADD's undo): the record goes, and the agent lets go of the socket at
-/// once (the IGMP leave goes out). An agent that does not answer finds the record gone
-/// at its next sweep.
-pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) {
+/// once (the IGMP leave goes out). An agent that does not answer is no failure: it finds
+/// the record gone at its next sweep. A record that cannot be removed is one (the agent
+/// would hold the membership on): the caller reports it, and the runtime's retry removes it.
+pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) -> Result<()> {
     if conf.multicast.groups.is_empty() {
-        return;
+        return Ok(());
     }
     let key = key_of(&conf.name, &env.container_id, &env.ifname);
-    agent.records.remove(&key);
+    let removed = agent.records.remove(&key);
     agent.lan.remove_conflict(&key);
+    // Asked in any case: a record removed by an earlier, failed DEL may still be held.
     let _ = agent.client.drop_key(&key);
+    removed.map(drop)
 }
 
 /// The interfaces of the pod's other attachments (of any network) that hold memberships of
@@ -191,7 +203,7 @@ pub fn other_members(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) -> Re
 /// attachment `ifname` in the namespace `ns`: then the groups must be joined there (CHECK
 /// and doctor fail when not); without one, DDS processes join them themselves. Looked up
 /// by the namespace's inode, which doctor knows without the attachment's key.
-pub fn held_by_agent(client: &AgentClient, ns: &Netns, ifname: &str) -> bool {
+pub fn held_by_agent(client: &dyn AgentCalls, ns: &Netns, ifname: &str) -> bool {
     let Ok(inode) = ns.inode() else {
         return false;
     };
@@ -199,4 +211,96 @@ pub fn held_by_agent(client: &AgentClient, ns: &Netns, ifname: &str) -> bool {
         held.iter()
             .any(|r| r.netns_inode == inode && r.ifname == ifname)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::client::fake::FakeAgent;
+    use crate::plugin::attachment::test_support::{conf_with, data_dir, env, with_fake_agent};
+
+    const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 0, 1);
+
+    /// A network with the discovery group, its agent a fake, its records in a directory of
+    /// the test's own.
+    fn place(test: &str, fake: &FakeAgent) -> (MacvlanConf, AgentPlace) {
+        let mut conf = conf_with(&data_dir(test), ("198.51.100.10", "198.51.100.20"));
+        conf.multicast.groups = vec![GROUP];
+        with_fake_agent(test, conf, fake)
+    }
+
+    fn record(container: &str, ifname: &str, groups: Vec<Ipv4Addr>) -> MembershipRecord {
+        MembershipRecord {
+            network: "seam".into(),
+            container_id: container.into(),
+            ifname: ifname.into(),
+            netns: "/var/run/netns/pod".into(),
+            netns_inode: 1,
+            proc_pid_ns: None,
+            groups,
+            lan: Watched::default(),
+        }
+    }
+
+    /// DEL removes the record and asks the agent to let go; an agent that does not answer
+    /// is no failure of DEL (the record is gone: its sweep lets go).
+    #[test]
+    fn del_removes_the_record_and_asks_the_agent_to_let_go() {
+        for unreachable in [false, true] {
+            let fake = FakeAgent {
+                unreachable,
+                ..FakeAgent::default()
+            };
+            let (conf, place) = place(&format!("release-{unreachable}"), &fake);
+            place
+                .records
+                .write(&record("ctr", "net1", vec![GROUP]))
+                .unwrap();
+            release(&conf, &env("ctr", "net1"), &place).unwrap();
+            assert!(place.records.list().unwrap().is_empty());
+            assert_eq!(fake.calls(), ["drop ctr:seam:net1"]);
+        }
+    }
+
+    /// A record that cannot be removed (here a directory in its place) is a failure DEL
+    /// reports, not one it swallows: the agent would hold the membership on.
+    #[test]
+    fn a_record_that_cannot_be_removed_fails_del() {
+        let fake = FakeAgent::default();
+        let (conf, place) = place("release-stuck", &fake);
+        let stuck = place.records.path().join("ctr:seam:net1.json");
+        std::fs::create_dir_all(stuck.join("inside")).unwrap();
+        let e = release(&conf, &env("ctr", "net1"), &place).unwrap_err();
+        assert_eq!(e.code(), 5, "{e}");
+        assert_eq!(
+            fake.calls(),
+            ["drop ctr:seam:net1"],
+            "the agent is asked anyway"
+        );
+    }
+
+    #[test]
+    fn the_heirs_are_the_pods_other_attachments_of_a_same_group() {
+        let fake = FakeAgent::default();
+        let (conf, place) = place("heirs", &fake);
+        let other_group = Ipv4Addr::new(239, 255, 0, 2);
+        for r in [
+            record("ctr", "net1", vec![GROUP]),
+            record("ctr", "net2", vec![other_group, GROUP]),
+            record("ctr", "net3", vec![other_group]),
+            record("other-ctr", "net2", vec![GROUP]),
+        ] {
+            place.records.write(&r).unwrap();
+        }
+        let heirs = other_members(&conf, &env("ctr", "net1"), &place).unwrap();
+        assert_eq!(heirs, ["net2"]);
+        // A record of the pod that cannot be read: no heirs guessed, DEL fails.
+        std::os::unix::fs::symlink(
+            "/etc/hostname",
+            place.records.path().join("ctr:x:net9.json"),
+        )
+        .unwrap();
+        assert!(other_members(&conf, &env("ctr", "net1"), &place).is_err());
+        assert!(fake.calls().is_empty(), "heirs come from the records alone");
+    }
 }

@@ -19,6 +19,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
+use crate::agent::client::CallError;
 use crate::agent::records::{key_of, RelayRecord, Watched};
 use crate::agent::relays::{bind, Unbound};
 use crate::cni::env::CniEnv;
@@ -73,14 +74,13 @@ pub fn hold(
     agent.records::<RelayRecord>().write(&record)?;
     let fds: Vec<RawFd> = bound.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
     match agent.client().relay(&record, &fds) {
-        Ok(Ok(())) => Ok(None),
-        Ok(Err(why)) => Err(Error::new(
+        Ok(()) => Ok(None),
+        Err(CallError::Refused(why)) => Err(Error::new(
             Kind::TryAgainLater,
             format!("the node agent refused the Zenoh relay: {why}"),
         )),
-        Err(e) => Ok(Some(format!(
-            "Zenoh relay not held: no node agent at {} ({e}); the agent opens it from its record once it runs",
-            agent.client().socket().display()
+        Err(unreachable) => Ok(Some(format!(
+            "Zenoh relay not held: {unreachable}; the agent opens it from its record once it runs"
         ))),
     }
 }
@@ -88,10 +88,12 @@ pub fn hold(
 /// DEL (and a failed ADD's undo): the record goes and the agent closes the listeners and
 /// their connections. Found by its record, whatever the config says now (DEL's config keeps
 /// no `zenoh`); no record, no relay (ADD writes it before handing the listeners over), so
-/// a DEL of a network that never opted in asks the agent nothing.
-pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) {
+/// a DEL of a network that never opted in asks the agent nothing. An agent that does not
+/// answer closes the relay at its next sweep; a record that cannot be removed is an error.
+pub fn release(conf: &MacvlanConf, env: &CniEnv, agent: &AgentPlace) -> Result<()> {
     let key = key_of(&conf.name, &env.container_id, &env.ifname);
-    if agent.records::<RelayRecord>().remove(&key) {
+    if agent.records::<RelayRecord>().remove(&key)? {
         let _ = agent.client().drop_relay(&key);
     }
+    Ok(())
 }
