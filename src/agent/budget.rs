@@ -48,6 +48,10 @@ pub const PER_CONNECTION: usize = 2;
 /// The most listeners one relay has (127.0.0.1 and ::1).
 pub const LISTENERS_PER_RELAY: usize = 2;
 
+/// The agent's memory: the DaemonSet's container limit (install/base/daemonset.yaml), which
+/// the worst case of every bound together fits in (tests/agent_bounds.rs).
+pub const MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
+
 /// Every bound's descriptors together, and the headroom: the soft limit the agent asks for.
 pub const NEEDED: usize = HEADROOM
     + MAX_CLIENTS
@@ -139,6 +143,11 @@ impl Pool {
     /// How many are leased now.
     pub fn leased(&self) -> usize {
         self.leased.load(Ordering::SeqCst)
+    }
+
+    /// How many it leases at most.
+    pub fn leasable(&self) -> usize {
+        self.leasable
     }
 }
 

@@ -136,6 +136,10 @@ struct AgentArgs {
     /// the address, in seconds (at most 120)
     #[arg(long, default_value_t = crate::agent::lan_state::CONFLICT_EXPIRY.as_secs(), value_parser = clap::value_parser!(u64).range(1..=120))]
     conflict_expiry: u64,
+    /// Where Prometheus metrics are served (GET /metrics), in the agent's network namespace
+    /// (the node's): the loopback by default, so the LAN does not reach them
+    #[arg(long, default_value = crate::agent::metrics::DEFAULT_ADDRESS)]
+    metrics_address: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -274,6 +278,7 @@ pub fn main(args: &[String]) -> i32 {
                 recheck: Duration::from_secs(a.recheck_every),
                 conflict_expiry: Duration::from_secs(a.conflict_expiry),
             },
+            metrics_address: a.metrics_address,
         }),
         Sub::Install(a) => crate::tools::install::main(&crate::tools::install::Options {
             cni_bin_dir: a.cni_bin_dir,
