@@ -136,6 +136,42 @@ fn probe_and_doctor_find_a_pod_by_name_and_refuse_an_unknown_one() {
             "{verb}: the error does not name the known pods:\n{out}"
         );
     }
+    // A pod of a network that joins no group but relays Zenoh: found by its relay's record.
+    let mut zenoh_only = with_agent(
+        guide_config(
+            Some("1.0.0"),
+            "lan0",
+            &data,
+            "198.51.100.200",
+            "198.51.100.210",
+        ),
+        &agent,
+    );
+    zenoh_only["name"] = serde_json::json!("ros-zenoh");
+    zenoh_only["zenoh"] = serde_json::json!(true);
+    zenoh_only["multicast"] = serde_json::json!({ "groups": [] });
+    let t3 = node.pod(3);
+    let args3 = pod_args("robots", "t3");
+    cni_with("ADD", &node, &t3, &zenoh_only, &[("CNI_ARGS", &args3)]).ok();
+    let (code, out) = tool(
+        &node,
+        &[
+            "doctor",
+            "--pod",
+            "robots/t3",
+            "--agent-socket",
+            socket,
+            "--seconds",
+            "1",
+        ],
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("PASS") && l.contains("interface")),
+        "doctor --pod did not find t3's net1 by its relay (exit {code}):\n{out}"
+    );
+    cni_with("DEL", &node, &t3, &zenoh_only, &[("CNI_ARGS", &args3)]).ok();
+
     // Not a pod name at all, and a name beside a netns: clap refuses both.
     let (code, _) = tool(&node, &["probe", "--pod", "t1"]);
     assert_eq!(code, 2);
@@ -153,6 +189,6 @@ fn probe_and_doctor_find_a_pod_by_name_and_refuse_an_unknown_one() {
         &["probe", "--pod", "default/t1", "--agent-socket", socket],
     );
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("known pods: robots/t2 (net1)"), "{out}");
+    assert!(out.contains("known pods: robots/t2 (net1) ("), "{out}");
     cni_with("DEL", &node, &t2, &conf, &[("CNI_ARGS", &args2)]).ok();
 }

@@ -4,9 +4,9 @@
 //! pod by its name; the runtime's netns path (`/var/run/netns/cni-<uuid>`) is nowhere in
 //! `kubectl`'s view.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::agent::records::{MembershipRecord, RecordDir};
+use crate::agent::records::{MembershipRecord, RecordDir, RelayRecord};
 
 /// The pod's attachment that probe and doctor look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,13 +28,7 @@ pub fn parse_name(s: &str) -> Result<String, String> {
 /// The attachment of `pod` (on `ifname` when given) among the records beside
 /// `agent_socket`; an error that says which pods are known when none or several match.
 pub fn find(agent_socket: &Path, pod: &str, ifname: Option<&str>) -> Result<Found, String> {
-    let records = RecordDir::beside(agent_socket);
-    let all = records.list().map_err(|e| {
-        format!(
-            "cannot read the node agent's records in {}: {e}",
-            records.path().display()
-        )
-    })?;
+    let all = recorded(agent_socket)?;
     let found = choose(&all, pod, ifname)?;
     // The path must still name the namespace ADD saw: a reused path is another pod.
     found.open_netns().map_err(|e| {
@@ -47,6 +41,28 @@ pub fn find(agent_socket: &Path, pod: &str, ifname: Option<&str>) -> Result<Foun
         netns: found.netns.clone(),
         ifname: found.ifname.clone(),
     })
+}
+
+/// Every attachment the agent's records name: the memberships', and the Zenoh relays' of
+/// networks that join no group. A listing that fails is an error, never fewer pods.
+fn recorded(agent_socket: &Path) -> Result<Vec<MembershipRecord>, String> {
+    let cannot = |place: PathBuf, e: std::io::Error| {
+        format!(
+            "cannot read the node agent's records in {}: {e}",
+            place.display()
+        )
+    };
+    let memberships = RecordDir::beside(agent_socket);
+    let mut all = memberships
+        .list()
+        .map_err(|e| cannot(memberships.path(), e))?;
+    let relays = RecordDir::<RelayRecord>::kept_beside(agent_socket);
+    for relay in relays.list().map_err(|e| cannot(relays.path(), e))? {
+        if !all.iter().any(|m| m.key() == relay.attachment.key()) {
+            all.push(relay.attachment);
+        }
+    }
+    Ok(all)
 }
 
 /// The one record of `pod` (on `ifname` when given), or why there is not exactly one.
@@ -63,7 +79,7 @@ fn choose<'a>(
     match matching.as_slice() {
         [one] => Ok(one),
         [] => Err(format!(
-            "no attachment of pod {pod}{} on this node; known pods: {}",
+            "no attachment of pod {pod}{} on this node; known pods: {} (a network that joins no group and relays no Zenoh leaves no record: use --netns)",
             ifname.map(|i| format!(" on {i}")).unwrap_or_default(),
             known(all)
         )),
@@ -135,7 +151,9 @@ mod tests {
             e.contains("default/t1 (net1), default/t2 (net1), robots/t1 (net1)"),
             "{e}"
         );
-        assert!(choose(&[], "a/b", None).unwrap_err().ends_with("none"));
+        assert!(choose(&[], "a/b", None)
+            .unwrap_err()
+            .contains("known pods: none"));
     }
 
     #[test]
