@@ -36,6 +36,8 @@ pub const MAX_HELD_PER_NAMESPACE: usize = MAX_HELD / 4;
 
 /// Clients answered at once (each one descriptor while its request is read and answered).
 pub const MAX_CLIENTS: usize = 64;
+/// Metrics scrapes served at once (each one descriptor while it is answered).
+pub const MAX_SCRAPES: usize = 4;
 /// Networks probed ahead on their masters at once (an ARP socket each, `AHEAD_SOCKET`).
 pub const MAX_AHEAD: usize = 64;
 pub const AHEAD_SOCKET: usize = 1;
@@ -55,6 +57,7 @@ pub const MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
 /// Every bound's descriptors together, and the headroom: the soft limit the agent asks for.
 pub const NEEDED: usize = HEADROOM
     + MAX_CLIENTS
+    + MAX_SCRAPES
     + AHEAD_SOCKET * MAX_AHEAD
     + (MEMBERSHIP + POD_WATCHED) * MAX_HELD
     + LISTENERS_PER_RELAY * MAX_ROUTERS

@@ -27,8 +27,8 @@ use crate::agent::budget::Pool;
 /// A scrape's request to the agent's loop: where the encoded metrics go.
 pub type Scrape = oneshot::Sender<String>;
 
-/// Connections served at once; more are closed at accept.
-pub const SCRAPES_AT_ONCE: usize = 4;
+/// Connections served at once (the agent's bounds count them); more are closed at accept.
+pub const SCRAPES_AT_ONCE: usize = crate::agent::budget::MAX_SCRAPES;
 /// How long one connection may take, from accept to its answer written.
 pub const CONNECTION_WAIT: Duration = Duration::from_secs(10);
 
