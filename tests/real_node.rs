@@ -608,6 +608,56 @@ fn readme_image_built_and_imported_is_the_one_the_rendered_daemonsets_name() {
     }
 }
 
+/// The DaemonSet's metrics on a real node: with its command as written, the agent in its
+/// container answers on the node's loopback at the declared port; the guide's pods show
+/// under their names (from containerd's CNI_ARGS) with their ADDs counted, and are gone
+/// from the metrics once kubelet has deleted them.
+#[test]
+fn the_daemonsets_metrics_show_the_pods_by_name_on_the_nodes_loopback() {
+    let Some(mut node) = node_with_agent(Nad::RosMacvlan) else {
+        return;
+    };
+    let Some(_) = require_tool("curl") else {
+        return;
+    };
+    let node_ns = node.node.ns.name.clone();
+    let scrape = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &node_ns, "curl", "-sf", "-m", "5"])
+            .arg("http://127.0.0.1:9470/metrics")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pods = node.pods("conf/example4-talkers-listener.yaml");
+    let names = ["listener", "talker-1", "talker-2"];
+    let held = |text: &str, pod: &str| {
+        text.contains(&format!(
+            "ros_macvlan_memberships_held{{namespace=\"default\",pod=\"{pod}\"}} 1\n"
+        ))
+    };
+    let mut text = String::new();
+    let shown = within(Duration::from_secs(10), || {
+        text = scrape();
+        names.iter().all(|p| held(&text, p))
+    });
+    assert!(shown, "the pods are not in the agent's metrics:\n{text}");
+    assert!(
+        text.contains("ros_macvlan_cni_calls_total{network=\"ros-net\",verb=\"ADD\"} 3\n"),
+        "{text}"
+    );
+    for pod in &pods {
+        node.delete(pod)
+            .unwrap_or_else(|e| panic!("deleting {}: {e}\n{}", pod.name, node.plugin_log()));
+    }
+    let text = scrape();
+    assert!(!text.contains("pod=\""), "{text}");
+    assert!(
+        text.contains("ros_macvlan_cni_calls_total{network=\"ros-net\",verb=\"DEL\"}"),
+        "{text}"
+    );
+}
+
 /// An upgrade as README describes it: the guide's pods attached under image A, the
 /// DaemonSet's pod replaced by one of image B (another build of the plugin), as a rolling
 /// update replaces it. B's container installs its plugin over A's, its agent takes over
