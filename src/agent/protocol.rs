@@ -188,6 +188,11 @@ mod tests {
                 ..
             }
         ));
+        // An agent of an earlier version (during an upgrade) reads the new hold as the
+        // record it knows: the report is one more field it ignores.
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let earlier: MembershipRecord = serde_json::from_value(value["hold"].clone()).unwrap();
+        assert_eq!(earlier, record());
     }
 
     #[test]
