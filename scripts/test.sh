@@ -42,6 +42,9 @@ declare -A needs=(
   [protoc]=protobuf-compiler
   [nsenter]=util-linux
   [/usr/bin/python3]=python3
+  # The agent's metrics are checked by Prometheus' own parser (tests/metrics.rs).
+  [promtool]=prometheus
+  [curl]=curl
 )
 missing=()
 for what in "${!needs[@]}"; do

@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ros_macvlan::agent::client::AgentClient;
@@ -19,41 +18,6 @@ use support::*;
 const GROUP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(239, 255, 0, 1);
 /// The node's routers for pods, as the agent's --zenoh-routers names them.
 const ROUTERS: std::ops::RangeInclusive<u16> = 7448..=7463;
-
-/// The node's routers for pods, stood in for by listeners in the node's namespace, each
-/// served by `serve` on a thread of its own (`serve_echo`, `serve_sink`); stopped on drop.
-struct StandInRouters {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl StandInRouters {
-    fn start(ns: &Ns, serve: fn(TcpListener, &Arc<AtomicBool>)) -> StandInRouters {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = ROUTERS
-            .map(|port| {
-                let listener = ns
-                    .handle()
-                    .run(|| TcpListener::bind(("127.0.0.1", port)))
-                    .unwrap()
-                    .unwrap();
-                listener.set_nonblocking(true).unwrap();
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || serve(listener, &stop))
-            })
-            .collect();
-        StandInRouters { stop, threads }
-    }
-}
-
-impl Drop for StandInRouters {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A router that echoes what it gets.
 fn serve_echo(listener: TcpListener, stop: &Arc<AtomicBool>) {
@@ -154,7 +118,7 @@ fn a_pod_opening_all_it_can_leaves_the_agent_descriptors_and_the_other_tenant_it
         Some(&node.ns.name),
         &["--zenoh-routers", &pool],
     );
-    let _routers = StandInRouters::start(&node.ns, serve_echo);
+    let _routers = StandInRouters::start(&node.ns, ROUTERS, serve_echo);
     let data = DataDir::create();
 
     // The second tenant: one attachment, a membership and a relay, a connection open.
@@ -378,7 +342,7 @@ fn the_agent_lives_in_32_mib_with_every_connection_pushing_data() {
         Some(&node.ns.name),
         &["--zenoh-routers", &pool],
     );
-    let _routers = StandInRouters::start(&node.ns, serve_sink);
+    let _routers = StandInRouters::start(&node.ns, ROUTERS, serve_sink);
     let data = DataDir::create();
     let conf = zenoh_net(&data, &agent, "zenoh-net", 7447, 100);
     let mut conf = conf;

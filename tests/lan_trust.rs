@@ -6,35 +6,10 @@
 
 mod support;
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::*;
-
-fn mac_bytes(text: &str) -> [u8; 6] {
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(part, 16).unwrap();
-    }
-    mac
-}
-
-/// Sends `count` gratuitous ARPs for `ip` from `host`'s `lan0`, `gap` apart, as a pod with
-/// NET_RAW on another node could.
-fn announce_from(host: &Node, ip: Ipv4Addr, count: usize, gap: Duration) {
-    let ifindex = host.ns.ip_json(&["link", "show", "lan0"])[0]["ifindex"]
-        .as_u64()
-        .unwrap() as u32;
-    let mac = mac_bytes(&mac_of(&host.ns, "lan0"));
-    let netns = host.ns.handle();
-    for i in 0..count {
-        if i > 0 {
-            std::thread::sleep(gap);
-        }
-        ros_macvlan::node::duplicate::announce(&netns, ifindex, mac, ip).unwrap();
-    }
-}
 
 /// ADD of `pod` with a pod name in CNI_ARGS, as Multus passes it; returns the result.
 fn add_named(s: &WatchedLan, pod: &Pod, conf: &Value) -> Value {

@@ -131,6 +131,12 @@ fn kustomize_renders_base_and_microk8s_overlay() {
         for duty in ["--socket", "--cni-bin-dir", "--policy", "--gc-data-dir"] {
             assert!(command.contains(&duty), "the agent is not given {duty}");
         }
+        // Metrics on the declared port, on the node's loopback (hostNetwork: not the LAN).
+        let at = command.iter().position(|a| *a == "--metrics-address");
+        let address = at.and_then(|at| command.get(at + 1)).copied();
+        assert_eq!(address, Some("127.0.0.1:9470"), "{dir}");
+        assert_eq!(c["ports"][0]["name"], "metrics", "{dir}");
+        assert_eq!(c["ports"][0]["containerPort"].as_u64(), Some(9470), "{dir}");
         assert!(
             c["resources"]["limits"]["memory"].is_string()
                 && c["resources"]["requests"]["cpu"].is_string()

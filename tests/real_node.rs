@@ -435,20 +435,69 @@ fn lost_del_claim_released_by_the_agents_gc_live_pods_kept() {
     assert_eq!(left, expected, "a live pod's claim was released");
 }
 
-/// README's uninstall command, as it runs in the DaemonSet's container: the words after
-/// `kubectl exec ... --`.
-fn readme_uninstall_command() -> Vec<String> {
+/// README's `kubectl exec ... -- /ros-macvlan VERB ...` command for `verb`, as it runs in the
+/// DaemonSet's container: the words after `--`.
+fn readme_exec_command(verb: &str) -> Vec<String> {
     let readme = std::fs::read_to_string(format!("{REPO}/README.md")).unwrap();
     let line = readme
         .lines()
-        .find(|l| l.contains("-- /ros-macvlan uninstall"))
-        .expect("README uninstalls through kubectl exec");
+        .find(|l| l.contains(&format!("-- /ros-macvlan {verb} ")))
+        .unwrap_or_else(|| panic!("README runs {verb} through kubectl exec"));
     line.split(" -- ")
         .nth(1)
         .unwrap()
         .split_whitespace()
         .map(str::to_owned)
         .collect()
+}
+
+/// README's uninstall command, as it runs in the DaemonSet's container.
+fn readme_uninstall_command() -> Vec<String> {
+    readme_exec_command("uninstall")
+}
+
+/// README's doctor and probe by pod name (`--pod default/listener`), run in the DaemonSet's
+/// container as `kubectl exec` runs them: the pod attached through containerd's CNI_ARGS and
+/// the Multus stand-in is found in the agent's records, its net1 and membership pass; an
+/// unknown name is refused, naming the pods the node has.
+#[test]
+fn readme_doctor_and_probe_find_a_pod_by_name_in_the_agents_container() {
+    let Some(mut node) = node_with_agent(Nad::RosMacvlan) else {
+        return;
+    };
+    let pods = node.pods("conf/example4-talkers-listener.yaml");
+    let mut doctor = readme_exec_command("doctor");
+    assert!(
+        doctor.contains(&"default/listener".to_owned()),
+        "{doctor:?}"
+    );
+    doctor.extend(["--seconds", "2"].map(String::from));
+    let (code, out) = node.exec_in_agent(&doctor);
+    for check in ["interface", "membership"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("PASS") && l.contains(check)),
+            "{doctor:?} (exit {code}): {check} did not pass:\n{out}"
+        );
+    }
+    let mut probe = readme_exec_command("probe");
+    probe.extend(["--seconds", "1", "--json"].map(String::from));
+    let (code, out) = node.exec_in_agent(&probe);
+    assert_eq!(code, 0, "{probe:?}: {out}");
+
+    let unknown = ["/ros-macvlan", "doctor", "--pod", "default/nope"].map(String::from);
+    let (code, out) = node.exec_in_agent(&unknown);
+    assert_eq!(code, 2, "{out}");
+    for pod in ["default/listener", "default/talker-1", "default/talker-2"] {
+        assert!(
+            out.contains(&format!("{pod} (net1)")),
+            "{pod} not named: {out}"
+        );
+    }
+    for pod in &pods {
+        node.delete(pod)
+            .unwrap_or_else(|e| panic!("deleting {}: {e}\n{}", pod.name, node.plugin_log()));
+    }
 }
 
 /// README's uninstall, run in the DaemonSet's container as `kubectl exec` runs it: with the
@@ -559,52 +608,54 @@ fn readme_image_built_and_imported_is_the_one_the_rendered_daemonsets_name() {
     }
 }
 
-/// README's "See it work" on a real node: the agent's record of the pod names it by
-/// `namespace/name` (as README's grep finds it) and its netns, and README's doctor and probe
-/// commands, run in the DaemonSet's container with that netns, examine the pod's net1.
+/// The DaemonSet's metrics on a real node: with its command as written, the agent in its
+/// container answers on the node's loopback at the declared port; the guide's pods show
+/// under their names (from containerd's CNI_ARGS) with their ADDs counted, and are gone
+/// from the metrics once kubelet has deleted them.
 #[test]
-fn readme_doctor_and_probe_in_the_agents_container_find_the_pod_by_its_record() {
+fn the_daemonsets_metrics_show_the_pods_by_name_on_the_nodes_loopback() {
     let Some(mut node) = node_with_agent(Nad::RosMacvlan) else {
         return;
     };
+    let Some(_) = require_tool("curl") else {
+        return;
+    };
+    let node_ns = node.node.ns.name.clone();
+    let scrape = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &node_ns, "curl", "-sf", "-m", "5"])
+            .arg("http://127.0.0.1:9470/metrics")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let pods = node.pods("conf/example4-talkers-listener.yaml");
-    let listener = pods.iter().find(|p| p.name == "listener").unwrap();
-    // README: `sudo grep -h default/listener /run/ros-macvlan/memberships/*.json`.
-    let records = node.agent_socket().parent().unwrap().join("memberships");
-    let record: Value = std::fs::read_dir(&records)
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .find(|text| text.contains("default/listener"))
-        .map(|text| serde_json::from_str(&text).unwrap())
-        .expect("no record names default/listener");
-    assert_eq!(record["netns"], listener.netns.as_str());
-    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).unwrap();
-    for verb in ["doctor", "probe"] {
-        let line = readme
-            .lines()
-            .find(|l| l.contains(&format!("-- /ros-macvlan {verb} --netns")))
-            .unwrap_or_else(|| panic!("README runs {verb} through kubectl exec"));
-        let mut command: Vec<String> = line
-            .split(" -- ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        let at = command.iter().position(|w| w == "--netns").unwrap() + 1;
-        command[at] = listener.netns.clone();
-        command.extend(["--seconds".into(), "1".into()]);
-        let (code, out) = node.exec_in_agent(&command);
-        assert!(!out.contains("cannot"), "{command:?}: {out}");
-        if verb == "doctor" {
-            for found in ["PASS interface", "PASS membership"] {
-                assert!(out.contains(found), "{command:?}: {out}");
-            }
-            assert_eq!(code, 0, "{command:?}: {out}");
-        } else {
-            assert_eq!(code, 0, "{command:?}: {out}");
-        }
+    let names = ["listener", "talker-1", "talker-2"];
+    let held = |text: &str, pod: &str| {
+        text.contains(&format!(
+            "ros_macvlan_memberships_held{{namespace=\"default\",pod=\"{pod}\"}} 1\n"
+        ))
+    };
+    let mut text = String::new();
+    let shown = within(Duration::from_secs(10), || {
+        text = scrape();
+        names.iter().all(|p| held(&text, p))
+    });
+    assert!(shown, "the pods are not in the agent's metrics:\n{text}");
+    assert!(
+        text.contains("ros_macvlan_cni_calls_total{network=\"ros-net\",verb=\"ADD\"} 3\n"),
+        "{text}"
+    );
+    for pod in &pods {
+        node.delete(pod)
+            .unwrap_or_else(|e| panic!("deleting {}: {e}\n{}", pod.name, node.plugin_log()));
     }
+    let text = scrape();
+    assert!(!text.contains("pod=\""), "{text}");
+    assert!(
+        text.contains("ros_macvlan_cni_calls_total{network=\"ros-net\",verb=\"DEL\"}"),
+        "{text}"
+    );
 }
 
 /// An upgrade as README describes it: the guide's pods attached under image A, the

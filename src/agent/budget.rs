@@ -36,6 +36,8 @@ pub const MAX_HELD_PER_NAMESPACE: usize = MAX_HELD / 4;
 
 /// Clients answered at once (each one descriptor while its request is read and answered).
 pub const MAX_CLIENTS: usize = 64;
+/// Metrics scrapes served at once (each one descriptor while it is answered).
+pub const MAX_SCRAPES: usize = 4;
 /// Networks probed ahead on their masters at once (an ARP socket each, `AHEAD_SOCKET`).
 pub const MAX_AHEAD: usize = 64;
 pub const AHEAD_SOCKET: usize = 1;
@@ -48,9 +50,14 @@ pub const PER_CONNECTION: usize = 2;
 /// The most listeners one relay has (127.0.0.1 and ::1).
 pub const LISTENERS_PER_RELAY: usize = 2;
 
+/// The agent's memory: the DaemonSet's container limit (install/base/daemonset.yaml), which
+/// the worst case of every bound together fits in (tests/agent_bounds.rs).
+pub const MEMORY_LIMIT: u64 = 32 * 1024 * 1024;
+
 /// Every bound's descriptors together, and the headroom: the soft limit the agent asks for.
 pub const NEEDED: usize = HEADROOM
     + MAX_CLIENTS
+    + MAX_SCRAPES
     + AHEAD_SOCKET * MAX_AHEAD
     + (MEMBERSHIP + POD_WATCHED) * MAX_HELD
     + LISTENERS_PER_RELAY * MAX_ROUTERS
@@ -139,6 +146,11 @@ impl Pool {
     /// How many are leased now.
     pub fn leased(&self) -> usize {
         self.leased.load(Ordering::SeqCst)
+    }
+
+    /// How many it leases at most.
+    pub fn leasable(&self) -> usize {
+        self.leasable
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::de::DeserializeOwned;
 
-use crate::agent::protocol::{Reply, Request, AGENT_WAIT, MAX_MESSAGE};
+use crate::agent::protocol::{CallReport, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
 use crate::agent::records::{MembershipRecord, RelayRecord};
 use crate::sys::netns::Netns;
 
@@ -46,9 +46,14 @@ impl AgentClient {
         &self.socket
     }
 
-    /// Hands `fd` to the agent for `record`'s attachment.
+    /// Hands `fd` to the agent for `record`'s attachment (with this call's report, when it
+    /// is a plugin call).
     pub fn hold(&self, record: &MembershipRecord, fd: &OwnedFd) -> CallResult<()> {
-        self.call::<MembershipRecord>(&Request::Hold(Box::new(record.clone())), &[fd.as_raw_fd()])
+        let request = Request::Hold {
+            record: Box::new(record.clone()),
+            report: CallReport::of_this_call(),
+        };
+        self.call::<MembershipRecord>(&request, &[fd.as_raw_fd()])
             .map(drop)
     }
 
@@ -56,6 +61,7 @@ impl AgentClient {
         self.call::<MembershipRecord>(
             &Request::Drop {
                 key: key.to_owned(),
+                report: CallReport::of_this_call(),
             },
             &[],
         )

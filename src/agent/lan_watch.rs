@@ -693,6 +693,7 @@ impl PodWatch {
                 known.confirmed_at_ms = now;
             }
             _ => {
+                CONFLICTS_FOUND.fetch_add(1, Ordering::Relaxed);
                 log::error!(
                     "agent: lan watch: address {} of pod {} ({key}) is claimed on the LAN by {}: another host uses it",
                     c.ip,
@@ -708,6 +709,14 @@ impl PodWatch {
             }
         }
     }
+}
+
+/// Conflicts the watch has found since the agent started (a new MAC claiming a pod's
+/// address), for the agent's metrics.
+static CONFLICTS_FOUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn conflicts_found() -> u64 {
+    CONFLICTS_FOUND.load(Ordering::Relaxed)
 }
 
 /// The index of interface `name` in this namespace, if it has MAC `mac`.

@@ -1,5 +1,6 @@
 //! `ros-macvlan agent`: the agent's lifecycle, which owns every duty (`agent`'s modules):
-//! the memberships, the Zenoh relays, the LAN watch, host access and leak collection;
+//! the memberships, the Zenoh relays, the LAN watch, host access and leak collection, and
+//! the metrics of them all;
 //! optionally also the DaemonSet's other jobs (the plugin copied into the CNI bin dir at
 //! start, the node policy mirrored from its ConfigMap). It serves the socket and stops
 //! them all.
@@ -27,8 +28,10 @@ use crate::agent::host_keeper::Keeper;
 use crate::agent::lan_state::LanState;
 use crate::agent::lan_watch::LanWatch;
 use crate::agent::memberships::Memberships;
+use crate::agent::metrics::{Held, Metrics};
+use crate::agent::metrics_endpoint::{self, Scrape, SCRAPES_AT_ONCE};
 use crate::agent::protocol::{self, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
-use crate::agent::records::{MembershipRecord, RecordDir};
+use crate::agent::records::{network_of_key, MembershipRecord, RecordDir};
 use crate::agent::relays::{Relays, RouterPool};
 
 /// How often the agent compares what it holds with the records and the pods' namespaces.
@@ -51,6 +54,8 @@ pub struct Options {
     pub zenoh_routers: RouterPool,
     /// How duplicate detection paces what it sends.
     pub lan_pace: crate::agent::lan_watch::Pace,
+    /// Where the metrics are served (`metrics_endpoint`).
+    pub metrics_address: std::net::SocketAddr,
 }
 
 pub fn run(opts: Options) -> i32 {
@@ -104,6 +109,27 @@ async fn serve(opts: Options) -> io::Result<()> {
     let agent_dir = opts.socket.parent().unwrap_or(Path::new("/"));
     let keeper = || Keeper::new(node_config.clone(), agent_dir);
     let mut host = keeper();
+    let mut metrics = Metrics::new(&opts.socket);
+    let (scraping, mut scrapes) = mpsc::channel::<Scrape>(SCRAPES_AT_ONCE);
+    // Metrics are for the operator: an address that cannot be bound leaves the agent
+    // serving its tenants without them, said.
+    let endpoint = match tokio::net::TcpListener::bind(opts.metrics_address).await {
+        Ok(l) => {
+            log::info!("agent: metrics on http://{}/metrics", opts.metrics_address);
+            Some(tokio::spawn(metrics_endpoint::serve(
+                l,
+                scraping.clone(),
+                descriptors.clone(),
+            )))
+        }
+        Err(e) => {
+            log::error!(
+                "agent: cannot serve metrics on {} ({e}); going on without them",
+                opts.metrics_address
+            );
+            None
+        }
+    };
 
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut policy = opts
@@ -144,8 +170,18 @@ async fn serve(opts: Options) -> io::Result<()> {
             },
             Some(Asked { request, fds, answer }) = asked.recv() => {
                 let line = match request {
-                    Request::Hold(record) => reply_line(&memberships.take(*record, fds)),
-                    Request::Drop { key } => reply_line(&memberships.drop_key(&key)),
+                    Request::Hold { record, report } => {
+                        if let Some(report) = report {
+                            metrics.reported("ADD", &record.network, &report);
+                        }
+                        reply_line(&memberships.take(*record, fds))
+                    }
+                    Request::Drop { key, report } => {
+                        if let Some((report, network)) = report.zip(network_of_key(&key)) {
+                            metrics.reported("DEL", network, &report);
+                        }
+                        reply_line(&memberships.drop_key(&key))
+                    }
                     Request::List => reply_line(&memberships.listing()),
                     Request::Relay(record) => reply_line(&relays.take(*record, fds)),
                     Request::DropRelay { key } => reply_line(&relays.drop_key(&key)),
@@ -153,9 +189,22 @@ async fn serve(opts: Options) -> io::Result<()> {
                 };
                 let _ = answer.send(line);
             }
+            Some(scrape) = scrapes.recv() => {
+                let held = memberships.listing().held;
+                let (relays_held, relayed) = relays.relayed();
+                let _ = scrape.send(metrics.scrape(&Held {
+                    memberships: &held,
+                    relays: &relays_held,
+                    relayed: &relayed,
+                    descriptors: &descriptors,
+                }));
+            }
             _ = sweep.tick() => {
-                memberships.reconcile();
-                relays.reconcile();
+                let whole = [
+                    ("memberships", memberships.reconcile()),
+                    ("zenoh-relays", relays.reconcile()),
+                ];
+                metrics.swept(&whole);
                 host = reconcile_host(host).await.unwrap_or_else(keeper);
                 if lan_watch.has_ended() {
                     lan_watch.join();
@@ -185,6 +234,10 @@ async fn serve(opts: Options) -> io::Result<()> {
     // descriptors, the LAN watch stopped and joined. The records stay: the next agent
     // re-creates what they say.
     log::info!("agent: stopping");
+    if let Some(endpoint) = endpoint {
+        endpoint.abort();
+    }
+    drop(scraping);
     drop(listener);
     let _ = std::fs::remove_file(&opts.socket);
     clients.shutdown().await;

@@ -159,14 +159,14 @@ impl Memberships {
     /// is another namespace now) is removed with its membership; a held membership without
     /// a record (its DEL's message was lost) ends; a record not held is joined again. A
     /// netns that cannot be told gone is kept, and said once. Records that cannot be
-    /// listed whole change nothing.
-    pub fn reconcile(&mut self) {
+    /// listed whole change nothing (and make it false).
+    pub fn reconcile(&mut self) -> bool {
         let held: HashSet<String> = self.held.keys().cloned().collect();
         let Some(mut due) = self
             .listing
             .whole("membership records", self.records.due(&held))
         else {
-            return;
+            return false;
         };
         for (key, why) in due.to_let_go() {
             self.let_go(&key, &why);
@@ -200,6 +200,7 @@ impl Memberships {
                 }
             }
         }
+        true
     }
 }
 

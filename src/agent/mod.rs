@@ -10,6 +10,8 @@
 //!   memberships), `relays` (the pods' Zenoh relays), `lan_watch` with `lan_state` (probing
 //!   ahead and watching the pods' addresses on the LAN, and the files ADD reads of it),
 //!   `host_keeper` (host access) and `leaks` (claims of pods that are gone);
+//! - `metrics` and `metrics_endpoint`: what it holds and does, for Prometheus, and the
+//!   HTTP endpoint that serves them;
 //! - `lifecycle`: the one loop that owns every duty, serves the socket and stops them all.
 //!
 //! The plugin imports this module's protocol, client and records; no duty imports the
@@ -23,6 +25,8 @@ pub mod lan_watch;
 pub mod leaks;
 pub mod lifecycle;
 pub mod memberships;
+pub mod metrics;
+pub mod metrics_endpoint;
 pub mod protocol;
 pub mod records;
 pub mod relays;

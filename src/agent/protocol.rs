@@ -22,10 +22,21 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Request {
-    /// Hold the socket passed with this message (SCM_RIGHTS) for this attachment.
-    Hold(Box<MembershipRecord>),
-    /// Let go of the attachment's socket: its memberships end (the IGMP leave goes out).
-    Drop { key: String },
+    /// Hold the socket passed with this message (SCM_RIGHTS) for this attachment; ADD's
+    /// report for the agent's metrics (absent from plugins of earlier versions).
+    Hold {
+        #[serde(flatten)]
+        record: Box<MembershipRecord>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        report: Option<CallReport>,
+    },
+    /// Let go of the attachment's socket: its memberships end (the IGMP leave goes out);
+    /// DEL's report, likewise.
+    Drop {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        report: Option<CallReport>,
+    },
     /// The memberships held now.
     List,
     /// Relay the listening sockets passed with this message (SCM_RIGHTS, in `listen`'s order).
@@ -34,6 +45,27 @@ pub enum Request {
     DropRelay { key: String },
     /// The relays held now.
     Relays,
+}
+
+/// What a plugin call tells the agent of itself when it hands over (ADD) or lets go (DEL),
+/// for the agent's metrics: the call's time so far (the hand-over comes at its end) and
+/// the ARP frames it sent for duplicate detection. The network is the attachment's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallReport {
+    pub seconds: f64,
+    #[serde(default)]
+    pub arp_frames: u64,
+}
+
+impl CallReport {
+    /// This process's report, when it is a plugin call (`cni::skel` started its clock).
+    pub fn of_this_call() -> Option<CallReport> {
+        Some(CallReport {
+            seconds: crate::cni::skel::call_elapsed()?.as_secs_f64(),
+            arp_frames: crate::node::duplicate::arp_frames_sent(),
+        })
+    }
 }
 
 impl Request {
@@ -111,16 +143,56 @@ mod tests {
 
     #[test]
     fn requests_are_one_json_line_each() {
-        let line = serde_json::to_string(&Request::Hold(Box::new(record()))).unwrap();
+        let hold = Request::Hold {
+            record: Box::new(record()),
+            report: None,
+        };
+        let line = serde_json::to_string(&hold).unwrap();
         assert!(!line.contains('\n'));
         assert!(
-            matches!(Request::parse(line.as_bytes()).unwrap(), Request::Hold(r) if *r == record())
+            matches!(Request::parse(line.as_bytes()).unwrap(), Request::Hold { record: r, report: None } if *r == record())
         );
         assert!(matches!(
             Request::parse(br#"{"drop":{"key":"a:b:c"}}"#).unwrap(),
-            Request::Drop { key } if key == "a:b:c"
+            Request::Drop { key, report: None } if key == "a:b:c"
         ));
         assert!(Request::parse(b"{\"hold\":").is_err());
+    }
+
+    #[test]
+    fn reports_ride_along_and_old_requests_have_none() {
+        // A hold as a plugin of an earlier version writes it: the record's fields alone.
+        let old = serde_json::to_string(&record()).unwrap();
+        let parsed = Request::parse(format!(r#"{{"hold":{old}}}"#).as_bytes()).unwrap();
+        assert!(matches!(parsed, Request::Hold { report: None, .. }));
+        let hold = Request::Hold {
+            record: Box::new(record()),
+            report: Some(CallReport {
+                seconds: 0.012,
+                arp_frames: 3,
+            }),
+        };
+        let line = serde_json::to_string(&hold).unwrap();
+        assert!(
+            line.contains(r#""report":{"seconds":0.012,"arpFrames":3}"#),
+            "{line}"
+        );
+        assert!(matches!(
+            Request::parse(line.as_bytes()).unwrap(),
+            Request::Hold { record: r, report: Some(CallReport { arp_frames: 3, .. }) } if *r == record()
+        ));
+        assert!(matches!(
+            Request::parse(br#"{"drop":{"key":"a:b:c","report":{"seconds":0.5}}}"#).unwrap(),
+            Request::Drop {
+                report: Some(CallReport { arp_frames: 0, .. }),
+                ..
+            }
+        ));
+        // An agent of an earlier version (during an upgrade) reads the new hold as the
+        // record it knows: the report is one more field it ignores.
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let earlier: MembershipRecord = serde_json::from_value(value["hold"].clone()).unwrap();
+        assert_eq!(earlier, record());
     }
 
     #[test]

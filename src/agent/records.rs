@@ -171,6 +171,13 @@ pub fn key_of(network: &str, container_id: &str, ifname: &str) -> String {
     format!("{}{network}:{ifname}", pod_prefix(container_id))
 }
 
+/// The network an attachment's key names (`key_of`'s middle part).
+pub fn network_of_key(key: &str) -> Option<&str> {
+    let mut parts = key.splitn(3, ':');
+    let (_container, network) = (parts.next()?, parts.next()?);
+    parts.next().map(|_ifname| network)
+}
+
 /// How the keys of one pod's attachments start: the container first, so a pod's records
 /// are found by their names alone.
 pub(crate) fn pod_prefix(container_id: &str) -> String {

@@ -38,7 +38,7 @@ use crate::agent::budget::{
     PER_CONNECTION,
 };
 use crate::agent::protocol::Reply;
-use crate::agent::records::{ListingHealth, RecordDir, RelayRecord, Stored};
+use crate::agent::records::{ListingHealth, MembershipRecord, RecordDir, RelayRecord, Stored};
 use crate::node::policy::Policy;
 use crate::sys::netns::Netns;
 
@@ -200,6 +200,22 @@ impl Relays {
         }
     }
 
+    /// The relays held (their attachments), and the connections relayed now for each pod
+    /// (by one attachment of the pod: a pod's relays share its count), for the metrics.
+    pub fn relayed(&self) -> (Vec<&MembershipRecord>, Vec<(&MembershipRecord, usize)>) {
+        let held: Vec<&MembershipRecord> =
+            self.held.values().map(|r| &r.record.attachment).collect();
+        let per_pod = self
+            .pods
+            .iter()
+            .filter_map(|(container, pool)| {
+                let of_pod = held.iter().find(|a| &a.container_id == container)?;
+                Some((*of_pod, pool.leased()))
+            })
+            .collect();
+        (held, per_pod)
+    }
+
     /// How many relays one pod may have, and one Kubernetes namespace: the node policy's
     /// `zenohRelaysPerPod` (1 when it says nothing or cannot be read) and
     /// `zenohRelaysPerNamespace` (half the routers).
@@ -301,14 +317,14 @@ impl Relays {
     /// Makes the relays match the records, as `Memberships::reconcile` does for memberships:
     /// a relay without a record closes, a record whose netns is gone goes with its relay,
     /// a record not relayed is re-opened (retried every sweep, said once). Records that
-    /// cannot be listed whole change nothing.
-    pub fn reconcile(&mut self) {
+    /// cannot be listed whole change nothing (and make it false).
+    pub fn reconcile(&mut self) -> bool {
         let held: HashSet<String> = self.held.keys().cloned().collect();
         let Some(mut due) = self
             .listing
             .whole("Zenoh relay records", self.records.due(&held))
         else {
-            return;
+            return false;
         };
         for (key, why) in due.to_let_go() {
             self.let_go(&key, &why);
@@ -328,6 +344,7 @@ impl Relays {
                 );
             }
         }
+        true
     }
 
     fn say_once(&mut self, key: &str, line: String) {

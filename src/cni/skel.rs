@@ -61,6 +61,14 @@ pub trait Plugin {
     }
 }
 
+/// When this process's CNI call started; unset in a process that is no CNI call.
+static CALL_STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// How long this process's CNI call has run so far; None when it is no CNI call.
+pub fn call_elapsed() -> Option<Duration> {
+    CALL_STARTED.get().map(Instant::elapsed)
+}
+
 /// Runs one CNI invocation of `plugin`: environment from `lookup`, config from `stdin`.
 pub fn run<P: Plugin>(
     plugin: &mut P,
@@ -68,6 +76,8 @@ pub fn run<P: Plugin>(
     stdin: &[u8],
 ) -> Outcome {
     let started = Instant::now();
+    // One call per process: what the call reports of itself (its time so far) starts here.
+    let _ = CALL_STARTED.set(started);
     let input = config::decode(stdin);
     // Errors are reported in the config's version, when it names one we speak.
     let reply_version = requested_version(input.as_ref().ok());

@@ -165,6 +165,15 @@ pub struct Claim {
     pub probe: bool,
 }
 
+/// Every ARP frame this process has broadcast (probes and announcements): each costs every
+/// host of the LAN, so the agent's metrics show them, and ADD reports its own.
+static ARP_FRAMES_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many ARP frames this process has broadcast so far.
+pub fn arp_frames_sent() -> u64 {
+    ARP_FRAMES_SENT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A packet socket for ARP on one interface of the namespace it was opened in (it stays
 /// there): sends probes and announcements, and hears every ARP packet the interface
 /// receives. Non-blocking, so one thread can watch many.
@@ -201,6 +210,7 @@ impl ArpSocket {
             &broadcast,
             MsgFlags::empty(),
         )?;
+        ARP_FRAMES_SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

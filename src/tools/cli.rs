@@ -67,12 +67,8 @@ enum Sub {
         pod: PodArgs,
         /// Check the node's host access instead (run on the node): shims, routes, which
         /// interface the node's DDS would pick, and a live probe from the shim
-        #[arg(long, conflicts_with_all = ["netns", "iface", "agent_socket"])]
+        #[arg(long, conflicts_with_all = ["netns", "pod", "iface", "agent_socket"])]
         host: bool,
-        /// Where the node agent answers (its --socket; a NAD's agentSocket): a membership
-        /// it holds for the pod's interface must be joined, or the membership check fails
-        #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
-        agent_socket: PathBuf,
     },
     /// (root, on a node) Let the node's own processes reach its pods: a shim macvlan on the
     /// master with an address of its own and a route for each pod range through it
@@ -92,9 +88,17 @@ struct PodArgs {
     /// The pod's netns (a path such as /var/run/netns/cni-1234 or /proc/PID/ns/net); default: this one
     #[arg(long)]
     netns: Option<String>,
-    /// The pod's macvlan interface
-    #[arg(long, default_value = "net1")]
-    iface: String,
+    /// The pod by its name (NAMESPACE/NAME): its netns and interface are found in the node
+    /// agent's records (run where they are: on the node, or in the agent's container)
+    #[arg(long, conflicts_with = "netns", value_parser = crate::tools::pod::parse_name)]
+    pod: Option<String>,
+    /// The pod's macvlan interface (default: net1, or the one attachment of --pod)
+    #[arg(long)]
+    iface: Option<String>,
+    /// Where the node agent answers (its --socket; a NAD's agentSocket): --pod reads its
+    /// records; doctor expects a membership it holds for the pod's interface to be joined
+    #[arg(long, default_value = DEFAULT_AGENT_SOCKET)]
+    agent_socket: PathBuf,
     /// ROS_DOMAIN_ID
     #[arg(long, default_value_t = 0, value_parser = domain)]
     domain: u16,
@@ -132,6 +136,10 @@ struct AgentArgs {
     /// the address, in seconds (at most 120)
     #[arg(long, default_value_t = crate::agent::lan_state::CONFLICT_EXPIRY.as_secs(), value_parser = clap::value_parser!(u64).range(1..=120))]
     conflict_expiry: u64,
+    /// Where Prometheus metrics are served (GET /metrics), in the agent's network namespace
+    /// (the node's): the loopback by default, so the LAN does not reach them
+    #[arg(long, default_value = crate::agent::metrics::DEFAULT_ADDRESS)]
+    metrics_address: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -195,6 +203,30 @@ struct PolicyArgs {
     policy_dir: Option<PathBuf>,
 }
 
+impl PodArgs {
+    /// The netns (None: this one) and interface to look at: as given, or found by --pod.
+    fn target(&self) -> Result<(Option<String>, String), String> {
+        match &self.pod {
+            Some(pod) => crate::tools::pod::find(&self.agent_socket, pod, self.iface.as_deref())
+                .map(|found| (Some(found.netns), found.ifname)),
+            None => Ok((
+                self.netns.clone(),
+                self.iface.clone().unwrap_or_else(|| DEFAULT_IFNAME.into()),
+            )),
+        }
+    }
+}
+
+/// The interface probe and doctor look at unless told (the CNI_IFNAME Multus gives the
+/// first secondary network).
+const DEFAULT_IFNAME: &str = "net1";
+
+/// A --pod that names no single attachment: said, and exit code 2 as for a bad argument.
+fn unknown_pod(tool: &str, why: &str) -> i32 {
+    log::error!("{tool}: {why}");
+    2
+}
+
 impl PolicyArgs {
     fn pair(&self) -> Option<(PathBuf, PathBuf)> {
         self.policy.clone().zip(self.policy_dir.clone())
@@ -246,6 +278,7 @@ pub fn main(args: &[String]) -> i32 {
                 recheck: Duration::from_secs(a.recheck_every),
                 conflict_expiry: Duration::from_secs(a.conflict_expiry),
             },
+            metrics_address: a.metrics_address,
         }),
         Sub::Install(a) => crate::tools::install::main(&crate::tools::install::Options {
             cni_bin_dir: a.cni_bin_dir,
@@ -266,19 +299,22 @@ pub fn main(args: &[String]) -> i32 {
             json,
             silent,
             announce: _,
-        } => probe(crate::tools::probe::Options {
-            netns: pod.netns,
-            iface: pod.iface,
-            domains: if all_domains {
-                (0..=MAX_DOMAIN).collect()
-            } else {
-                vec![pod.domain]
-            },
-            seconds: pod.seconds,
-            json,
-            announce: !silent,
-            live: true,
-        }),
+        } => match pod.target() {
+            Ok((netns, iface)) => probe(crate::tools::probe::Options {
+                netns,
+                iface,
+                domains: if all_domains {
+                    (0..=MAX_DOMAIN).collect()
+                } else {
+                    vec![pod.domain]
+                },
+                seconds: pod.seconds,
+                json,
+                announce: !silent,
+                live: true,
+            }),
+            Err(e) => unknown_pod("probe", &e),
+        },
         Sub::Doctor {
             pod, host: true, ..
         } => crate::tools::doctor::print(&crate::tools::doctor::host(
@@ -286,19 +322,18 @@ pub fn main(args: &[String]) -> i32 {
             pod.seconds.min(60.0),
         )),
         Sub::HostAccess(a) => host_access(a),
-        Sub::Doctor {
-            pod,
-            host: false,
-            agent_socket,
-        } => crate::tools::doctor::print(&crate::tools::doctor::run(
-            &crate::tools::doctor::Options {
-                netns: pod.netns,
-                iface: pod.iface,
-                agent_socket,
-                domain: pod.domain,
-                seconds: pod.seconds.min(60.0),
-            },
-        )),
+        Sub::Doctor { pod, host: false } => match pod.target() {
+            Ok((netns, iface)) => crate::tools::doctor::print(&crate::tools::doctor::run(
+                &crate::tools::doctor::Options {
+                    netns,
+                    iface,
+                    agent_socket: pod.agent_socket,
+                    domain: pod.domain,
+                    seconds: pod.seconds.min(60.0),
+                },
+            )),
+            Err(e) => unknown_pod("doctor", &e),
+        },
         Sub::Ports { domain } => crate::tools::ports::print(domain),
         Sub::Version => {
             println!("ros-macvlan {}", env!("CARGO_PKG_VERSION"));

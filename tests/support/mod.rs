@@ -10,6 +10,7 @@ mod cluster;
 pub mod cri;
 mod lan;
 pub mod node;
+mod routers;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ pub use cluster::*;
 #[allow(unused_imports)] // a tests/*.rs crate may use none of it
 pub use lan::*;
 pub use ros_macvlan::tools::demo::scene::*;
+#[allow(unused_imports)] // a tests/*.rs crate may use none of it
+pub use routers::StandInRouters;
 
 /// Root is needed for namespaces. Without it a test prints SKIPPED and passes, unless
 /// ROS_MACVLAN_REQUIRE_PRIVILEGED=1 (CI), where skipping would hide a failure.
