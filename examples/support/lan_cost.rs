@@ -2,7 +2,8 @@
 //! idle node sends on its uplink with 3, 30 and 110 pods attached (counted on the switch from
 //! 10 s after the last ADD, for 20 s), the frames one ADD on a quiet network brings, the
 //! agent's CPU while idle, and ADD with the default config after a quiet spell, pods 0.3 s
-//! apart and ten at once, each against the reference doing the same.
+//! apart, ten at once, and ten at once while the network is busy, each against the reference
+//! doing the same.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -74,9 +75,16 @@ pub fn measure(bin: &Path, reference: &Path, work: &Path) -> Vec<(String, f64, f
     }
 
     // ADD after a quiet spell (a pod of the network attached all along): ten pods 0.3 s
-    // apart, then ten at once; the reference the same, right after.
+    // apart, then ten at once; then ten at once again 1 s after the last of those, while the
+    // network is busy (the agent probes ahead); the reference the same, right after.
     let spaced: Vec<Pod> = (0..10).map(|i| node.pod(200 + i)).collect();
     let burst: Vec<Pod> = (0..10).map(|i| node.pod(220 + i)).collect();
+    let busy_burst: Vec<Pod> = (0..10).map(|i| node.pod(240 + i)).collect();
+    let rows_of = [
+        "ADD median after a quiet spell, 0.3 s apart (ms)",
+        "ADD median after a quiet spell, 10 at once (ms)",
+        "ADD median while busy (1 s after an ADD), 10 at once (ms)",
+    ];
     for (kind, plugin) in [
         ("ros-macvlan", bin),
         ("macvlan", &reference.join("macvlan")),
@@ -85,6 +93,23 @@ pub fn measure(bin: &Path, reference: &Path, work: &Path) -> Vec<(String, f64, f
             conf(kind, "lan-cost-reference")
         } else {
             ours.clone()
+        };
+        let at_once = |pods: &[Pod]| -> f64 {
+            let took: Vec<Duration> = std::thread::scope(|s| {
+                let handles: Vec<_> = pods
+                    .iter()
+                    .map(|p| {
+                        let (c, node) = (&c, &node);
+                        s.spawn(move || {
+                            let started = Instant::now();
+                            assert!(add(node, plugin, p, c), "{kind} ADD failed");
+                            started.elapsed()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            median_ms(took)
         };
         std::thread::sleep(QUIET);
         let mut took = Vec::new();
@@ -96,38 +121,21 @@ pub fn measure(bin: &Path, reference: &Path, work: &Path) -> Vec<(String, f64, f
         }
         let spaced_median = median_ms(took);
         std::thread::sleep(QUIET);
-        let took: Vec<Duration> = std::thread::scope(|s| {
-            let handles: Vec<_> = burst
-                .iter()
-                .map(|p| {
-                    let (c, node) = (&c, &node);
-                    s.spawn(move || {
-                        let started = Instant::now();
-                        assert!(add(node, plugin, p, c), "{kind} ADD failed");
-                        started.elapsed()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        let burst_median = median_ms(took);
-        for p in spaced.iter().chain(&burst) {
+        let burst_median = at_once(&burst);
+        std::thread::sleep(Duration::from_secs(1));
+        let busy_median = at_once(&busy_burst);
+        let medians = [spaced_median, burst_median, busy_median];
+        for p in spaced.iter().chain(&burst).chain(&busy_burst) {
             del(&node, plugin, p, &c);
         }
-        let (spaced_row, burst_row) = (
-            "ADD median after a quiet spell, 0.3 s apart (ms)",
-            "ADD median after a quiet spell, 10 at once (ms)",
-        );
-        if kind == "macvlan" {
-            rows.iter_mut()
-                .filter(|r| r.0 == spaced_row)
-                .for_each(|r| r.2 = spaced_median);
-            rows.iter_mut()
-                .filter(|r| r.0 == burst_row)
-                .for_each(|r| r.2 = burst_median);
-        } else {
-            rows.push((spaced_row.into(), spaced_median, f64::NAN));
-            rows.push((burst_row.into(), burst_median, f64::NAN));
+        for (row, median) in rows_of.iter().zip(medians) {
+            if kind == "macvlan" {
+                rows.iter_mut()
+                    .filter(|r| r.0 == *row)
+                    .for_each(|r| r.2 = median);
+            } else {
+                rows.push(((*row).into(), median, f64::NAN));
+            }
         }
     }
     for p in &pods {
