@@ -221,6 +221,7 @@ fn main() {
             PathBuf::from("/var/lib/cni").join(format!("ros-macvlan-bench-{}", std::process::id()));
         let rows = agent_cost::measure(&ours.bin, &work);
         let _ = std::fs::remove_dir_all(&work);
+        print_machine();
         print_costs(AGENT_COST, &rows);
         return;
     }
@@ -487,12 +488,7 @@ fn main() {
     let agent_cost = agent_cost::measure(&ours.bin, &work);
     let _ = std::fs::remove_dir_all(&work);
 
-    println!(
-        "machine: {} cores, {}; kernel {}",
-        num_cpus(),
-        cpu_model(),
-        kernel()
-    );
+    print_machine();
     println!(
         "{:<40} {:>12} {:>12} {:>8}  note",
         "figure", "ros-macvlan", "reference", "ratio"
@@ -522,6 +518,15 @@ fn main() {
     print_costs(AGENT_COST, &agent_cost);
     println!("results row (docs/performance.md):");
     println!("{}", results_row(&rows, collisions));
+}
+
+fn print_machine() {
+    println!(
+        "machine: {} cores, {}; kernel {}",
+        num_cpus(),
+        cpu_model(),
+        kernel()
+    );
 }
 
 /// Rows of one cost against the reference's (NaN where it has no such thing).
