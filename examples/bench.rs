@@ -4,7 +4,8 @@
 //! Figures: ADD and DEL latency (min, median, p95), 50 ADDs at once (wall time), DEL with
 //! 1, 100 and 1000 claims in the store, peak memory (max RSS) per invocation, and the floor:
 //! the same kernel operations done by `ip -batch`. `--only lan-cost` runs duplicate
-//! detection's cost on the LAN alone.
+//! detection's cost on the LAN alone; `--only agent-cost` the node agent's memory and
+//! descriptors beside the DaemonSet's limits alone.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ros_macvlan::sys::netlink::{Netlink, Rtnl};
-use ros_macvlan::tools::demo::scene::{Agent, Lan, Node, Pod};
+use ros_macvlan::tools::demo::scene::{Agent, Lan, Node, Ns, Pod};
 use serde_json::{json, Value};
 
 // Zenoh relay (issue 24): its cost against a direct connection.
@@ -21,8 +22,15 @@ mod relay;
 // Duplicate detection's cost on the LAN (issue 32).
 #[path = "support/lan_cost.rs"]
 mod lan_cost;
+// The node agent's memory and descriptors (issue 31), on the tests' stand-in routers.
+#[path = "support/agent_cost.rs"]
+mod agent_cost;
+#[path = "../tests/support/routers.rs"]
+mod routers;
 
 const CYCLES: usize = 50;
+const LAN_COST: &str = "duplicate detection's cost";
+const AGENT_COST: &str = "the node agent's cost, and its limits";
 const REFERENCE: &str = "/usr/lib/cni";
 
 /// One finished invocation: how long it took, what it printed.
@@ -113,7 +121,7 @@ fn peak_rss(node: &Node, bin: &Path, verb: &str, pod: &Pod, conf: &Value) -> u64
             loop {
                 match waitpid(pid, None).unwrap() {
                     WaitStatus::PtraceEvent(_, _, _) => {
-                        peak = vm_hwm(pid.as_raw());
+                        peak = status_kib(pid.as_raw() as u32, "VmHWM:");
                         ptrace::cont(pid, None).unwrap();
                     }
                     WaitStatus::Stopped(_, sig) => ptrace::cont(pid, Some(sig)).unwrap(),
@@ -126,13 +134,23 @@ fn peak_rss(node: &Node, bin: &Path, verb: &str, pod: &Pod, conf: &Value) -> u64
         .unwrap()
 }
 
-fn vm_hwm(pid: i32) -> u64 {
+/// A figure in KiB of `pid`'s /proc status (`VmHWM:`, `VmRSS:`).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// A node agent of `bin` in `node`'s namespace, as the DaemonSet runs one in the node's.
+fn agent_in(node: &Node, bin: &Path) -> Agent {
+    let mut agent = Agent::vacant();
+    let mut in_node = Command::new("ip");
+    in_node.args(["netns", "exec", &node.ns.name]).arg(bin);
+    agent.launch(in_node, &[]);
+    agent
 }
 
 /// The node agent's socket, as the DaemonSet runs one beside the plugin: an ADD hands it the
@@ -194,7 +212,17 @@ fn main() {
             PathBuf::from("/var/lib/cni").join(format!("ros-macvlan-bench-{}", std::process::id()));
         let rows = lan_cost::measure(&ours.bin, Path::new(REFERENCE), &work);
         let _ = std::fs::remove_dir_all(&work);
-        print_lan_cost(&rows);
+        print_costs(LAN_COST, &rows);
+        return;
+    }
+    // `--only agent-cost`: the node agent's memory and descriptors alone (about two minutes).
+    if std::env::args().any(|a| a == "agent-cost") {
+        let work =
+            PathBuf::from("/var/lib/cni").join(format!("ros-macvlan-bench-{}", std::process::id()));
+        let rows = agent_cost::measure(&ours.bin, &work);
+        let _ = std::fs::remove_dir_all(&work);
+        print_machine();
+        print_costs(AGENT_COST, &rows);
         return;
     }
     let lan = Lan::create();
@@ -457,14 +485,10 @@ fn main() {
     // Zenoh relay (issue 24).
     let relayed = relay::measure(&lan, &ours.bin, &work);
     let lan_cost = lan_cost::measure(&ours.bin, Path::new(REFERENCE), &work);
+    let agent_cost = agent_cost::measure(&ours.bin, &work);
     let _ = std::fs::remove_dir_all(&work);
 
-    println!(
-        "machine: {} cores, {}; kernel {}",
-        num_cpus(),
-        cpu_model(),
-        kernel()
-    );
+    print_machine();
     println!(
         "{:<40} {:>12} {:>12} {:>8}  note",
         "figure", "ros-macvlan", "reference", "ratio"
@@ -490,18 +514,26 @@ fn main() {
             through / direct
         );
     }
-    print_lan_cost(&lan_cost);
+    print_costs(LAN_COST, &lan_cost);
+    print_costs(AGENT_COST, &agent_cost);
     println!("results row (docs/performance.md):");
     println!("{}", results_row(&rows, collisions));
 }
 
-fn print_lan_cost(rows: &[(String, f64, f64)]) {
+fn print_machine() {
     println!(
-        "{:<52} {:>12} {:>12}",
-        "duplicate detection's cost", "ros-macvlan", "reference"
+        "machine: {} cores, {}; kernel {}",
+        num_cpus(),
+        cpu_model(),
+        kernel()
     );
+}
+
+/// Rows of one cost against the reference's (NaN where it has no such thing).
+fn print_costs(title: &str, rows: &[(String, f64, f64)]) {
+    println!("{title:<60} {:>12} {:>12}", "ros-macvlan", "reference");
     for (name, ours, reference) in rows {
-        println!("{name:<52} {ours:>12.2} {reference:>12.2}");
+        println!("{name:<60} {ours:>12.2} {reference:>12.2}");
     }
 }
 

@@ -57,6 +57,7 @@ for t in $targets; do
     dict=dicts/cni.dict
     [[ $t == rtps_* ]] && dict=dicts/rtps.dict
     [[ $t == arp_* ]] && dict=dicts/arp.dict
+    [[ $t == agent_* ]] && dict=dicts/agent.dict
     status=0
     timeout --kill-after=10 $((secs + 120)) "${fence[@]}" nice -n 19 "$dir/$t" \
         -max_total_time="$secs" -timeout="$timeout_s" -rss_limit_mb="$rss_mb" \

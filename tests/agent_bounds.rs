@@ -311,18 +311,6 @@ impl Drop for MemoryCgroup {
     }
 }
 
-/// A router that accepts and never reads: what the pods send piles up in the agent's
-/// relays.
-fn serve_sink(listener: TcpListener, stop: &Arc<AtomicBool>) {
-    let mut held = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((s, _)) => held.push(s),
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-}
-
 /// The agent in the DaemonSet's memory limit (32 MiB): sixteen pods each relaying as many
 /// connections as they may (the node's 1024 in all), each pushing data that the routers do
 /// not take, leave the agent alive and answering.

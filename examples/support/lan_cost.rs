@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ros_macvlan::tools::demo::scene::{Agent, Lan, Node, Pod};
+use ros_macvlan::tools::demo::scene::{Lan, Node, Pod};
 use serde_json::{json, Value};
 
 /// From the last ADD to the start of counting: the busy spell (8 s) and a margin.
@@ -21,10 +21,7 @@ const QUIET: Duration = Duration::from_secs(12);
 pub fn measure(bin: &Path, reference: &Path, work: &Path) -> Vec<(String, f64, f64)> {
     let lan = Lan::create();
     let node = Node::new(&lan);
-    let mut agent = Agent::vacant();
-    let mut in_node = Command::new("ip");
-    in_node.args(["netns", "exec", &node.ns.name]).arg(bin);
-    agent.launch(in_node, &[]);
+    let agent = super::agent_in(&node, bin);
     let conf = |kind: &str, name: &str| {
         json!({
             "cniVersion": "1.0.0", "name": name, "type": kind, "master": "lan0",

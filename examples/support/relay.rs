@@ -7,10 +7,9 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ros_macvlan::tools::demo::scene::{Agent, Lan, Node, Ns};
+use ros_macvlan::tools::demo::scene::{Lan, Node, Ns};
 use serde_json::json;
 
 const ROUND_TRIPS: usize = 2000;
@@ -24,10 +23,7 @@ const ROUTER: &str = "127.0.0.1:7448";
 pub fn measure(lan: &Lan, bin: &Path, work: &Path) -> Vec<(String, f64, f64)> {
     let node = Node::new(lan);
     let pod = node.pod(40);
-    let mut agent = Agent::vacant();
-    let mut in_node = Command::new("ip");
-    in_node.args(["netns", "exec", &node.ns.name]).arg(bin);
-    agent.launch(in_node, &[]);
+    let agent = super::agent_in(&node, bin);
     let listener = node
         .ns
         .handle()

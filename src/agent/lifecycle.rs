@@ -168,26 +168,9 @@ async fn serve(opts: Options) -> io::Result<()> {
                 }
                 Err(e) => log::warn!("agent: accept: {e}"),
             },
-            Some(Asked { request, fds, answer }) = asked.recv() => {
-                let line = match request {
-                    Request::Hold { record, report } => {
-                        if let Some(report) = report {
-                            metrics.reported("ADD", &record.network, &report);
-                        }
-                        reply_line(&memberships.take(*record, fds))
-                    }
-                    Request::Drop { key, report } => {
-                        if let Some((report, network)) = report.zip(network_of_key(&key)) {
-                            metrics.reported("DEL", network, &report);
-                        }
-                        reply_line(&memberships.drop_key(&key))
-                    }
-                    Request::List => reply_line(&memberships.listing()),
-                    Request::Relay(record) => reply_line(&relays.take(*record, fds)),
-                    Request::DropRelay { key } => reply_line(&relays.drop_key(&key)),
-                    Request::Relays => reply_line(&relays.listing()),
-                };
-                let _ = answer.send(line);
+            Some(Asked { request, fds, answer: answered }) = asked.recv() => {
+                let line = answer(request, fds, &mut memberships, &mut relays, &mut metrics);
+                let _ = answered.send(line);
             }
             Some(scrape) = scrapes.recv() => {
                 let held = memberships.listing().held;
@@ -246,6 +229,36 @@ async fn serve(opts: Options) -> io::Result<()> {
     lan_watch.join();
     log::info!("agent: stopped");
     Ok(())
+}
+
+/// What the agent does for a request a client sent (with the descriptors passed along), on
+/// the duties it reaches: the reply line the client reads. Called in the agent's runtime
+/// (a relay's listeners are accepted on it).
+pub fn answer(
+    request: Request,
+    fds: Vec<OwnedFd>,
+    memberships: &mut Memberships,
+    relays: &mut Relays,
+    metrics: &mut Metrics,
+) -> Vec<u8> {
+    match request {
+        Request::Hold { record, report } => {
+            if let Some(report) = report {
+                metrics.reported("ADD", &record.network, &report);
+            }
+            reply_line(&memberships.take(*record, fds))
+        }
+        Request::Drop { key, report } => {
+            if let Some((report, network)) = report.zip(network_of_key(&key)) {
+                metrics.reported("DEL", network, &report);
+            }
+            reply_line(&memberships.drop_key(&key))
+        }
+        Request::List => reply_line(&memberships.listing()),
+        Request::Relay(record) => reply_line(&relays.take(*record, fds)),
+        Request::DropRelay { key } => reply_line(&relays.drop_key(&key)),
+        Request::Relays => reply_line(&relays.listing()),
+    }
 }
 
 /// A request a client task read, for the loop to act on, and where its reply line goes.
@@ -330,8 +343,7 @@ async fn client(stream: UnixStream, _leases: (Lease, Lease), asking: mpsc::Sende
     let (line, fds) = line;
     let reply = match stream.peer_cred() {
         Ok(cred) if cred.uid() == 0 => {
-            let first = line.split(|b| *b == b'\n').next().unwrap_or(&[]);
-            match Request::parse(first) {
+            match protocol::decode_request(&line) {
                 Ok(request) => {
                     let (answer, answered) = oneshot::channel();
                     let asked = Asked {
@@ -368,9 +380,10 @@ async fn client(stream: UnixStream, _leases: (Lease, Lease), asking: mpsc::Sende
     let _ = tokio::time::timeout(AGENT_WAIT, stream.write_all(&reply)).await;
 }
 
-/// A request line and the descriptors passed along with it; None when the client failed.
-/// The request is read in any case, so a refused client reads its refusal instead of a
-/// closed socket.
+/// What a client sent, up to its first newline or `MAX_MESSAGE` bytes (a chunk more at
+/// most; `protocol::decode_request` takes the line), and the descriptors passed along with
+/// it; None when the client failed. The request is read in any case, so a refused client
+/// reads its refusal instead of a closed socket.
 async fn read_request(stream: &UnixStream) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
     let mut line = Vec::new();
     let mut fds = Vec::new();

@@ -15,7 +15,8 @@ use crate::agent::records::{MembershipRecord, RelayRecord};
 /// How long ADD and DEL wait for the agent at most: a pod start is never held up longer.
 pub const AGENT_WAIT: Duration = Duration::from_millis(1000);
 
-/// A request or reply is one JSON line; anything longer is not ours.
+/// A request or reply is one JSON line shorter than this (its newline included); anything
+/// longer is not ours.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
 /// Every request the agent answers, tagged by its name (`{"hold": {...}}`, `"list"`).
@@ -73,6 +74,21 @@ impl Request {
     pub fn parse(line: &[u8]) -> io::Result<Request> {
         serde_json::from_slice(line).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
+}
+
+/// The request in what a client sent on its connection (`receive_chunk`'s bytes, as many
+/// as the agent read): its first line, which with its newline must be shorter than
+/// `MAX_MESSAGE`; whatever follows the newline is not read. A line that does not end
+/// within `MAX_MESSAGE` is refused however the client's bytes arrived.
+pub fn decode_request(received: &[u8]) -> io::Result<Request> {
+    let line = received.split(|b| *b == b'\n').next().unwrap_or(&[]);
+    if line.len() + 1 >= MAX_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a request is one line shorter than {MAX_MESSAGE} bytes"),
+        ));
+    }
+    Request::parse(line)
 }
 
 /// The agent's one answer to every request: done or refused (and why), and what it holds,
@@ -211,5 +227,29 @@ mod tests {
             Request::Relays
         ));
         assert!(Request::parse(br#"{"relays":{"key":"a:b:c"},"x":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_request_is_its_first_line_shorter_than_max_message() {
+        assert!(matches!(
+            decode_request(b"\"list\"\n{\"drop\":").unwrap(),
+            Request::List
+        ));
+        assert!(matches!(
+            decode_request(b"\"list\"").unwrap(),
+            Request::List
+        ));
+        assert!(decode_request(b"").is_err());
+        // Padded (JSON allows the spaces) to the bound: refused however it arrived.
+        let padded = |len: usize| {
+            let mut line = b"\"list\"".to_vec();
+            line.resize(len, b' ');
+            line.push(b'\n');
+            line
+        };
+        assert!(decode_request(&padded(MAX_MESSAGE - 2)).is_ok());
+        assert!(decode_request(&padded(MAX_MESSAGE - 1)).is_err());
+        let unended = &padded(MAX_MESSAGE + 100)[..MAX_MESSAGE + 50];
+        assert!(decode_request(unended).is_err());
     }
 }

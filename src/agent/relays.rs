@@ -262,6 +262,17 @@ impl Relays {
                 "the agent's descriptors are all in use (its RLIMIT_NOFILE); not relayed",
             )
         })?;
+        // Every listener made the runtime's before anything is kept or spawned: a descriptor
+        // that is no listener (or cannot be watched) refuses the relay whole, leaving no
+        // acceptor running and no pod counted for it.
+        let listeners_accepting = fds
+            .into_iter()
+            .map(|fd| {
+                let std_listener = std::net::TcpListener::from(fd);
+                std_listener.set_nonblocking(true)?;
+                TcpListener::from_std(std_listener)
+            })
+            .collect::<io::Result<Vec<TcpListener>>>()?;
         let limits = Arc::new(Limits {
             router,
             descriptors: Arc::clone(&self.descriptors),
@@ -274,13 +285,10 @@ impl Relays {
             router_down: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
         });
-        let mut acceptors = Vec::new();
-        for fd in fds {
-            let std_listener = std::net::TcpListener::from(fd);
-            std_listener.set_nonblocking(true)?;
-            let listener = TcpListener::from_std(std_listener)?;
-            acceptors.push(tokio::spawn(accept(listener, Arc::clone(&limits))));
-        }
+        let acceptors = listeners_accepting
+            .into_iter()
+            .map(|listener| tokio::spawn(accept(listener, Arc::clone(&limits))))
+            .collect();
         log::info!(
             "agent: relaying {key}: {:?} in {} to the Zenoh router at {router} ({why})",
             record.listen,
@@ -582,6 +590,7 @@ fn said_down(router: SocketAddr, router_down: &AtomicBool, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn a_pool_is_one_host_and_rising_ports() {
@@ -618,5 +627,37 @@ mod tests {
         assert_eq!(pool.free(&taken), None);
         taken.remove(&SocketAddr::new(pool.host, 7449));
         assert_eq!(pool.free(&taken).map(|a| a.port()), Some(7449));
+    }
+
+    #[test]
+    fn a_relay_with_one_descriptor_no_listener_is_refused_whole() {
+        let runtime = crate::sys::runtime::build().unwrap();
+        let _in_it = runtime.enter();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let good = listener.local_addr().unwrap();
+        let no_listener = std::fs::File::open("/dev/null").unwrap();
+        let record = RelayRecord {
+            attachment: crate::agent::records::tests::record(),
+            listen: vec![good, "[::1]:7447".parse().unwrap()],
+            router: None,
+        };
+        let descriptors = Pool::leasing(16);
+        let mut relays = Relays::new(
+            Path::new("/dev/null/no-agent/agent.sock"),
+            "127.0.0.1:7448".parse().unwrap(),
+            descriptors.clone(),
+            "/dev/null/no-policy".into(),
+        );
+        let fds = vec![OwnedFd::from(listener), OwnedFd::from(no_listener)];
+        let reply = relays.take(record, fds);
+        assert!(!reply.ok, "{:?}", reply.error);
+        assert!(relays.held.is_empty() && relays.pods.is_empty());
+        assert_eq!(descriptors.leased(), 0);
+        // The good listener was closed with the refusal, not left to an acceptor.
+        runtime.block_on(tokio::task::yield_now());
+        assert!(
+            std::net::TcpStream::connect(good).is_err(),
+            "still listening"
+        );
     }
 }

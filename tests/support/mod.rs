@@ -24,7 +24,7 @@ pub use cluster::*;
 pub use lan::*;
 pub use ros_macvlan::tools::demo::scene::*;
 #[allow(unused_imports)] // a tests/*.rs crate may use none of it
-pub use routers::StandInRouters;
+pub use routers::{serve_sink, StandInRouters};
 
 /// Root is needed for namespaces. Without it a test prints SKIPPED and passes, unless
 /// ROS_MACVLAN_REQUIRE_PRIVILEGED=1 (CI), where skipping would hide a failure.

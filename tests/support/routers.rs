@@ -1,10 +1,12 @@
 //! Stand-ins for the node's Zenoh routers for pods (the agent's --zenoh-routers): listeners
 //! in the node's namespace, each served by a function of the test's on a thread of its own.
+//! The benchmark includes this file too (examples/bench.rs), its `super::Ns` the scene's.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::Ns;
 
@@ -44,6 +46,18 @@ impl Drop for StandInRouters {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+/// A router that accepts and never reads: what the pods send piles up in the agent's
+/// relays (their worst case: tests/agent_bounds.rs, the benchmark's agent cost).
+pub fn serve_sink(listener: TcpListener, stop: &Arc<AtomicBool>) {
+    let mut held = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((s, _)) => held.push(s),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
 }
