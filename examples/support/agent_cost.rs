@@ -3,7 +3,7 @@
 //! worst case (those 110, and sixteen pods each relaying as many connections as a pod may,
 //! 64: the node's 1024, all pushing data that the routers never read, as
 //! tests/agent_bounds.rs drives it: RSS sampled while they push, its largest), and the size
-//! of its listing reply with 110 attachments against `MAX_MESSAGE`. The reference has no
+//! of its whole listing reply with 110 attachments against `MAX_REPLY`. The reference has no
 //! agent: its column is empty. (VmHWM is not used: the kernel updates it lazily, and it read
 //! below a VmRSS sampled before it.)
 
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ros_macvlan::agent::budget::{HEADROOM, MEMORY_LIMIT, NEEDED};
 use ros_macvlan::agent::budget::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_POD};
-use ros_macvlan::agent::protocol::MAX_MESSAGE;
+use ros_macvlan::agent::protocol::MAX_REPLY;
 use ros_macvlan::tools::demo::scene::{Lan, Node, Pod};
 use serde_json::json;
 
@@ -125,8 +125,8 @@ pub fn measure(bin: &Path, work: &Path) -> Vec<(String, f64, f64)> {
         f64::NAN,
     ));
     rows.push((
-        "limit: a request or reply line (MAX_MESSAGE, bytes)".into(),
-        MAX_MESSAGE as f64,
+        "limit: a reply the client reads (MAX_REPLY, bytes)".into(),
+        MAX_REPLY as f64,
         f64::NAN,
     ));
     rows

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::de::DeserializeOwned;
 
-use crate::agent::protocol::{CallReport, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
+use crate::agent::protocol::{CallReport, Reply, Request, AGENT_WAIT, MAX_REPLY};
 use crate::agent::records::{MembershipRecord, RelayRecord};
 use crate::sys::netns::Netns;
 
@@ -68,8 +68,23 @@ impl AgentClient {
         .map(drop)
     }
 
+    /// Every membership the agent holds (the operator's tools; grows with the node).
     pub fn list(&self) -> CallResult<Vec<MembershipRecord>> {
         self.call(&Request::List, &[]).map(|r| r.held)
+    }
+
+    /// The memberships the agent holds for attachments in the namespace of `netns_inode`.
+    /// An agent of an earlier version refuses the question (an upgrade's window): then
+    /// its whole listing, filtered here.
+    pub fn held_in(&self, netns_inode: u64) -> CallResult<Vec<MembershipRecord>> {
+        match self.call(&Request::HeldIn { netns_inode }, &[]) {
+            Err(CallError::Refused(_)) => Ok(self
+                .list()?
+                .into_iter()
+                .filter(|r| r.netns_inode == netns_inode)
+                .collect()),
+            reply => reply.map(|r| r.held),
+        }
     }
 
     /// Hands the relay's listeners (`fds`, in `record.listen`'s order) to the agent.
@@ -93,13 +108,16 @@ impl AgentClient {
         self.call(&Request::Relays, &[]).map(|r| r.held)
     }
 
-    /// The relay the agent holds in the namespace `ns`, if any (doctor's question).
+    /// The relay the agent holds in the namespace `ns`, if any (doctor's question); from an
+    /// agent of an earlier version, which refuses the question, its whole listing.
     pub fn relay_in(&self, ns: &Netns) -> Option<RelayRecord> {
-        let inode = ns.inode().ok()?;
-        self.relays()
-            .ok()?
-            .into_iter()
-            .find(|r| r.attachment.netns_inode == inode)
+        let netns_inode = ns.inode().ok()?;
+        let held = match self.call::<RelayRecord>(&Request::RelaysIn { netns_inode }, &[]) {
+            Err(CallError::Refused(_)) => self.relays().ok()?,
+            reply => reply.ok()?.held,
+        };
+        held.into_iter()
+            .find(|r| r.attachment.netns_inode == netns_inode)
     }
 
     /// One request, its refusal an error.
@@ -140,7 +158,7 @@ impl AgentClient {
         .map_err(io::Error::from)?;
         (&stream).write_all(&line[sent..])?;
         let mut reply = Vec::new();
-        (&stream).take(MAX_MESSAGE as u64).read_to_end(&mut reply)?;
+        (&stream).take(MAX_REPLY as u64).read_to_end(&mut reply)?;
         serde_json::from_slice(&reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 }
@@ -152,7 +170,7 @@ pub trait AgentCalls {
     fn socket(&self) -> &Path;
     fn hold(&self, record: &MembershipRecord, fd: &OwnedFd) -> CallResult<()>;
     fn drop_key(&self, key: &str) -> CallResult<()>;
-    fn list(&self) -> CallResult<Vec<MembershipRecord>>;
+    fn held_in(&self, netns_inode: u64) -> CallResult<Vec<MembershipRecord>>;
     fn relay(&self, record: &RelayRecord, fds: &[RawFd]) -> CallResult<()>;
     fn drop_relay(&self, key: &str) -> CallResult<()>;
 }
@@ -167,8 +185,8 @@ impl AgentCalls for AgentClient {
     fn drop_key(&self, key: &str) -> CallResult<()> {
         AgentClient::drop_key(self, key)
     }
-    fn list(&self) -> CallResult<Vec<MembershipRecord>> {
-        AgentClient::list(self)
+    fn held_in(&self, netns_inode: u64) -> CallResult<Vec<MembershipRecord>> {
+        AgentClient::held_in(self, netns_inode)
     }
     fn relay(&self, record: &RelayRecord, fds: &[RawFd]) -> CallResult<()> {
         AgentClient::relay(self, record, fds)
@@ -185,7 +203,7 @@ pub mod fake {
     use std::rc::Rc;
 
     /// An agent in memory: every call is recorded (`"hold KEY"`, `"drop KEY"`, `"relay
-    /// KEY"`, `"dropRelay KEY"`, `"list"`); it answers as told (`reachable`), holding nothing.
+    /// KEY"`, `"dropRelay KEY"`, `"heldIn INODE"`); it answers as told (`reachable`), holding nothing.
     #[derive(Clone, Default)]
     pub struct FakeAgent {
         pub calls: Rc<RefCell<Vec<String>>>,
@@ -219,8 +237,9 @@ pub mod fake {
         fn drop_key(&self, key: &str) -> CallResult<()> {
             self.call(format!("drop {key}"))
         }
-        fn list(&self) -> CallResult<Vec<MembershipRecord>> {
-            self.call("list".into()).map(|()| Vec::new())
+        fn held_in(&self, netns_inode: u64) -> CallResult<Vec<MembershipRecord>> {
+            self.call(format!("heldIn {netns_inode}"))
+                .map(|()| Vec::new())
         }
         fn relay(&self, record: &RelayRecord, _: &[RawFd]) -> CallResult<()> {
             self.call(format!("relay {}", record.attachment.key()))
@@ -228,5 +247,70 @@ pub mod fake {
         fn drop_relay(&self, key: &str) -> CallResult<()> {
             self.call(format!("dropRelay {key}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::records::tests::record;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+
+    /// An agent of an earlier version: it refuses `heldIn` as no request it knows, and
+    /// answers `list` with every membership.
+    fn an_earlier_agent(
+        socket: &Path,
+        held: Vec<MembershipRecord>,
+    ) -> std::thread::JoinHandle<Vec<String>> {
+        let listener = UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line).unwrap();
+                let reply = if line.trim() == r#""list""# {
+                    Reply {
+                        held: held.clone(),
+                        ..Reply::accepted()
+                    }
+                } else {
+                    Reply::refused("not a request: unknown variant".into())
+                };
+                asked.push(line.trim().to_owned());
+                (&stream)
+                    .write_all(&serde_json::to_vec(&reply).unwrap())
+                    .unwrap();
+            }
+            asked
+        })
+    }
+
+    #[test]
+    fn held_in_asks_for_one_namespace_and_falls_back_on_an_earlier_agent() {
+        let dir = std::env::temp_dir().join(format!("rm-held-in-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("agent.sock");
+        let here = MembershipRecord {
+            netns_inode: 7,
+            ..record()
+        };
+        let elsewhere = MembershipRecord {
+            netns_inode: 8,
+            container_id: "other".into(),
+            ..record()
+        };
+        let agent = an_earlier_agent(&socket, vec![here.clone(), elsewhere]);
+        let held = AgentClient::new(&socket).held_in(7).unwrap();
+        assert_eq!(held, vec![here], "the earlier agent's listing, filtered");
+        assert_eq!(
+            agent.join().unwrap(),
+            vec![
+                r#"{"heldIn":{"netnsInode":7}}"#.to_owned(),
+                r#""list""#.to_owned()
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

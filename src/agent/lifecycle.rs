@@ -173,7 +173,7 @@ async fn serve(opts: Options) -> io::Result<()> {
                 let _ = answered.send(line);
             }
             Some(scrape) = scrapes.recv() => {
-                let held = memberships.listing().held;
+                let held = memberships.listing(None).held;
                 let (relays_held, relayed) = relays.relayed();
                 let _ = scrape.send(metrics.scrape(&Held {
                     memberships: &held,
@@ -254,10 +254,12 @@ pub fn answer(
             }
             reply_line(&memberships.drop_key(&key))
         }
-        Request::List => reply_line(&memberships.listing()),
+        Request::List => reply_line(&memberships.listing(None)),
+        Request::HeldIn { netns_inode } => reply_line(&memberships.listing(Some(netns_inode))),
         Request::Relay(record) => reply_line(&relays.take(*record, fds)),
         Request::DropRelay { key } => reply_line(&relays.drop_key(&key)),
-        Request::Relays => reply_line(&relays.listing()),
+        Request::Relays => reply_line(&relays.listing(None)),
+        Request::RelaysIn { netns_inode } => reply_line(&relays.listing(Some(netns_inode))),
     }
 }
 

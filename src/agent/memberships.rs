@@ -101,10 +101,16 @@ impl Memberships {
         Reply::accepted()
     }
 
-    /// `Request::List`: the memberships held now.
-    pub fn listing(&self) -> Reply {
+    /// `Request::List`: the memberships held now; `Request::HeldIn`: those in the namespace
+    /// of `netns_inode`.
+    pub fn listing(&self, netns_inode: Option<u64>) -> Reply {
         Reply {
-            held: self.held.values().map(|h| h.record.clone()).collect(),
+            held: self
+                .held
+                .values()
+                .filter(|h| netns_inode.is_none_or(|i| h.record.netns_inode == i))
+                .map(|h| h.record.clone())
+                .collect(),
             ..Reply::accepted()
         }
     }
@@ -279,6 +285,30 @@ mod tests {
             [kept.key()].into(),
             "whole again: the unrecorded one goes"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// CHECK's and doctor's question names one namespace: the reply holds its attachments
+    /// only, however many the node has (a whole listing of 110 fills a request line).
+    #[test]
+    fn a_listing_in_one_namespace_holds_only_its_attachments() {
+        let dir = std::env::temp_dir().join(format!("rm-listing-in-{}", std::process::id()));
+        let mut memberships =
+            Memberships::new(RecordDir::beside(&dir.join("agent.sock")), Pool::leasing(8));
+        let here = in_this_netns("here");
+        let elsewhere = MembershipRecord {
+            container_id: "elsewhere".into(),
+            netns_inode: here.netns_inode + 1,
+            ..here.clone()
+        };
+        for record in [&here, &elsewhere] {
+            let lease = memberships.room_for(record).unwrap();
+            memberships.hold(record.clone(), a_socket(), lease, "test");
+        }
+        assert_eq!(memberships.listing(None).held.len(), 2);
+        let inode = here.netns_inode;
+        assert_eq!(memberships.listing(Some(inode)).held, vec![here]);
+        assert!(memberships.listing(Some(inode + 2)).held.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -15,9 +15,15 @@ use crate::agent::records::{MembershipRecord, RelayRecord};
 /// How long ADD and DEL wait for the agent at most: a pod start is never held up longer.
 pub const AGENT_WAIT: Duration = Duration::from_millis(1000);
 
-/// A request or reply is one JSON line shorter than this (its newline included); anything
-/// longer is not ours.
+/// A request is one JSON line shorter than this (its newline included); anything longer is
+/// not ours.
 pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// The longest reply a client reads. A whole listing grows with the node (about 600 bytes a
+/// membership: 110 attachments fill `MAX_MESSAGE`), so the plugin and doctor ask only for
+/// one namespace's (`HeldIn`, `RelaysIn`); whole listings are for the operator's tools and
+/// tests, and `budget::MAX_HELD` of typical records fit in this.
+pub const MAX_REPLY: usize = 16 * 1024 * 1024;
 
 /// Every request the agent answers, tagged by its name (`{"hold": {...}}`, `"list"`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,12 +46,19 @@ pub enum Request {
     },
     /// The memberships held now.
     List,
+    /// The memberships held now for attachments in the namespace of this inode (CHECK's and
+    /// doctor's question, whose reply stays small however many pods the node has).
+    #[serde(rename_all = "camelCase")]
+    HeldIn { netns_inode: u64 },
     /// Relay the listening sockets passed with this message (SCM_RIGHTS, in `listen`'s order).
     Relay(Box<RelayRecord>),
     /// Close the attachment's listeners and its connections.
     DropRelay { key: String },
     /// The relays held now.
     Relays,
+    /// The relays held now for attachments in the namespace of this inode.
+    #[serde(rename_all = "camelCase")]
+    RelaysIn { netns_inode: u64 },
 }
 
 /// What a plugin call tells the agent of itself when it hands over (ADD) or lets go (DEL),

@@ -192,10 +192,16 @@ impl Relays {
         RelayReply::accepted()
     }
 
-    /// `Request::Relays`: the relays held now.
-    pub fn listing(&self) -> RelayReply {
+    /// `Request::Relays`: the relays held now; `Request::RelaysIn`: those in the namespace
+    /// of `netns_inode`.
+    pub fn listing(&self, netns_inode: Option<u64>) -> RelayReply {
         RelayReply {
-            held: self.held.values().map(|r| r.record.clone()).collect(),
+            held: self
+                .held
+                .values()
+                .filter(|r| netns_inode.is_none_or(|i| r.record.attachment.netns_inode == i))
+                .map(|r| r.record.clone())
+                .collect(),
             ..RelayReply::accepted()
         }
     }

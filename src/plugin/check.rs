@@ -358,7 +358,7 @@ mod tests {
                 std::io::BufReader::new(&stream)
                     .read_line(&mut line)
                     .unwrap();
-                assert!(line.contains("list"), "{line}");
+                assert!(line.contains("heldIn"), "{line}");
                 let reply = Reply {
                     ok: true,
                     error: None,

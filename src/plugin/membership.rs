@@ -207,10 +207,9 @@ pub fn held_by_agent(client: &dyn AgentCalls, ns: &Netns, ifname: &str) -> bool 
     let Ok(inode) = ns.inode() else {
         return false;
     };
-    client.list().is_ok_and(|held| {
-        held.iter()
-            .any(|r| r.netns_inode == inode && r.ifname == ifname)
-    })
+    client
+        .held_in(inode)
+        .is_ok_and(|held| held.iter().any(|r| r.ifname == ifname))
 }
 
 #[cfg(test)]
