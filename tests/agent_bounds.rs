@@ -277,17 +277,28 @@ fn one_relay_per_pod_and_half_the_routers_per_namespace() {
     }
 }
 
-/// A memory cgroup of the test's own (cgroups v1), `limit` bytes; removed on drop, once the
-/// processes put in it are gone.
-struct MemoryCgroup(std::path::PathBuf);
+/// A cgroup of the test's own under one controller of cgroups v1 (`memory`, `cpu`), with
+/// its limits written; removed on drop, once the processes put in it are gone.
+struct Cgroup(std::path::PathBuf);
 
-impl MemoryCgroup {
-    fn create(limit: u64) -> MemoryCgroup {
-        let dir = std::path::Path::new("/sys/fs/cgroup/memory").join(unique("rmtest"));
-        std::fs::create_dir(&dir).expect("create a memory cgroup (cgroups v1)");
-        let group = MemoryCgroup(dir);
-        std::fs::write(group.0.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+impl Cgroup {
+    fn create(controller: &str, limits: &[(&str, String)]) -> Cgroup {
+        let dir = std::path::Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(unique("rmtest"));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| {
+            panic!("create a {controller} cgroup (cgroups v1) at {dir:?}: {e}")
+        });
+        let group = Cgroup(dir);
+        for (file, value) in limits {
+            std::fs::write(group.0.join(file), value).unwrap();
+        }
         group
+    }
+
+    /// `limit` bytes of memory.
+    fn memory(limit: u64) -> Cgroup {
+        Cgroup::create("memory", &[("memory.limit_in_bytes", limit.to_string())])
     }
 
     /// A command that moves itself into the group and runs the rest (`TestAgent::start_under`).
@@ -300,7 +311,7 @@ impl MemoryCgroup {
     }
 }
 
-impl Drop for MemoryCgroup {
+impl Drop for Cgroup {
     fn drop(&mut self) {
         for _ in 0..50 {
             if std::fs::remove_dir(&self.0).is_ok() {
@@ -331,7 +342,7 @@ fn the_agent_lives_in_32_mib_with_every_connection_pushing_data() {
     if !require_root() {
         return;
     }
-    let cgroup = MemoryCgroup::create(32 << 20);
+    let cgroup = Cgroup::memory(32 << 20);
     let lan = Lan::create();
     let node = Node::new(&lan);
     let pods: Vec<Pod> = (11..27).map(|n| node.pod(n)).collect();
