@@ -522,8 +522,9 @@ async fn forward(pod: TcpStream, limits: &Limits) {
 }
 
 /// Copies what `from` sends to `to`, a chunk at a time, each chunk's buffer allocated when
-/// bytes are there and freed once written on; ends when `from` closes or fails, or when
-/// neither direction has carried anything for `IDLE_WAIT` (`last_heard`, shared by both).
+/// bytes are there and freed once written on, one chunk a turn of the runtime's; ends when
+/// `from` closes or fails, or when neither direction has carried anything for `IDLE_WAIT`
+/// (`last_heard`, shared by both).
 async fn pump(from: &OwnedReadHalf, to: &mut OwnedWriteHalf, last_heard: &Heard) -> io::Result<()> {
     loop {
         let deadline = last_heard.at() + IDLE_WAIT;
@@ -542,6 +543,17 @@ async fn pump(from: &OwnedReadHalf, to: &mut OwnedWriteHalf, last_heard: &Heard)
             Ok(_) => {
                 last_heard.set();
                 to.write_all(&chunk).await?;
+                // One chunk a turn. All relays, the clients (ADD, DEL) and the agent's
+                // loop share one thread (sys::runtime); a connection whose bytes keep
+                // coming would otherwise go on until tokio's budget ran out (128 reads and
+                // writes: some 256 KiB) before any other task ran. One pod pushing on its
+                // 64 connections then made every other task wait for rounds of megabytes:
+                // in the DaemonSet's CPU limit another tenant's relay answered once a
+                // second and its ADD took 2 s (tests/agent_bounds.rs). A round is now one
+                // chunk per busy connection (at most 4 MiB for the node's 1024). Four
+                // chunks a turn kept more of the pusher's rate but left the other tenant's
+                // median round trip at 10 to 80 ms instead of 2 to 5 ms.
+                tokio::task::yield_now().await;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
