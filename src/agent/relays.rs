@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -39,6 +40,7 @@ use crate::agent::budget::{
 };
 use crate::agent::protocol::Reply;
 use crate::agent::records::{ListingHealth, MembershipRecord, RecordDir, RelayRecord, Stored};
+use crate::agent::supervise;
 use crate::node::policy::Policy;
 use crate::sys::netns::Netns;
 
@@ -319,6 +321,7 @@ impl Relays {
     /// a record not relayed is re-opened (retried every sweep, said once). Records that
     /// cannot be listed whole change nothing (and make it false).
     pub fn reconcile(&mut self) -> bool {
+        self.let_go_of_ended();
         let held: HashSet<String> = self.held.keys().cloned().collect();
         let Some(mut due) = self
             .listing
@@ -345,6 +348,29 @@ impl Relays {
             }
         }
         true
+    }
+
+    /// Lets go of every relay one of whose acceptors ended (they only end by panicking; the
+    /// listeners went with it), said: its record is still there, so `reconcile` re-opens it
+    /// at once, in the same sweep.
+    fn let_go_of_ended(&mut self) {
+        let ended: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, r)| r.acceptors.iter().any(JoinHandle::is_finished))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in ended {
+            if let Some(relay) = self.held.get_mut(&key) {
+                for acceptor in relay.acceptors.iter_mut().filter(|a| a.is_finished()) {
+                    if let Some(result) = acceptor.now_or_never() {
+                        let what = format!("the Zenoh relay of {key}");
+                        supervise::ended(&what, result, "re-opening it from its record");
+                    }
+                }
+            }
+            self.let_go(&key, "its acceptor had ended");
+        }
     }
 
     fn say_once(&mut self, key: &str, line: String) {
@@ -454,8 +480,14 @@ impl Limits {
 async fn accept(listener: TcpListener, limits: Arc<Limits>) {
     let mut connections = JoinSet::new();
     loop {
-        let accepted = listener.accept().await;
-        while connections.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                // The pod's session sees its connection close, and connects again.
+                supervise::ended("a relayed connection", done, "it is closed");
+                continue;
+            }
+        };
         let pod = match accepted {
             Ok((pod, _)) => pod,
             Err(e) => {
