@@ -112,11 +112,7 @@ impl LanWatch {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             if let Err(panic) = thread.join() {
-                let why = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
+                let why = crate::agent::supervise::panic_message(&*panic);
                 log::error!("agent: lan watch: it had stopped: {why}");
             }
         }

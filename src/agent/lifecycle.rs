@@ -33,6 +33,7 @@ use crate::agent::metrics_endpoint::{self, Scrape, SCRAPES_AT_ONCE};
 use crate::agent::protocol::{self, Reply, Request, AGENT_WAIT, MAX_MESSAGE};
 use crate::agent::records::{network_of_key, MembershipRecord, RecordDir};
 use crate::agent::relays::{Relays, RouterPool};
+use crate::agent::supervise;
 
 /// How often the agent compares what it holds with the records and the pods' namespaces.
 /// A lost DEL is noticed within this (the issue asks for 10 s at most).
@@ -66,10 +67,23 @@ pub fn run(opts: Options) -> i32 {
             return 1;
         }
     };
-    match runtime.block_on(serve(opts)) {
-        Ok(()) => 0,
-        Err(e) => {
+    // The loop owns the memberships' and relays' state: a panic there (or in what it
+    // calls) leaves it unknown, so the agent stops, said, and the DaemonSet starts it again;
+    // the records bring back what it held (supervise, docs/agent.md).
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(serve(opts))
+    }));
+    match served {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
             log::error!("agent: {e}");
+            1
+        }
+        Err(panic) => {
+            log::error!(
+                "agent: its loop panicked ({}); stopping, to be started again",
+                supervise::panic_message(&*panic)
+            );
             1
         }
     }
@@ -111,25 +125,8 @@ async fn serve(opts: Options) -> io::Result<()> {
     let mut host = keeper();
     let mut metrics = Metrics::new(&opts.socket);
     let (scraping, mut scrapes) = mpsc::channel::<Scrape>(SCRAPES_AT_ONCE);
-    // Metrics are for the operator: an address that cannot be bound leaves the agent
-    // serving its tenants without them, said.
-    let endpoint = match tokio::net::TcpListener::bind(opts.metrics_address).await {
-        Ok(l) => {
-            log::info!("agent: metrics on http://{}/metrics", opts.metrics_address);
-            Some(tokio::spawn(metrics_endpoint::serve(
-                l,
-                scraping.clone(),
-                descriptors.clone(),
-            )))
-        }
-        Err(e) => {
-            log::error!(
-                "agent: cannot serve metrics on {} ({e}); going on without them",
-                opts.metrics_address
-            );
-            None
-        }
-    };
+    let metrics_served = || serve_metrics(opts.metrics_address, &scraping, &descriptors);
+    let mut endpoint = metrics_served().await;
 
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     let mut policy = opts
@@ -153,7 +150,6 @@ async fn serve(opts: Options) -> io::Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    while clients.try_join_next().is_some() {}
                     let leases = clients_at_once.lease(1).zip(descriptors.lease(1));
                     match leases {
                         Some(leases) => {
@@ -168,6 +164,11 @@ async fn serve(opts: Options) -> io::Result<()> {
                 }
                 Err(e) => log::warn!("agent: accept: {e}"),
             },
+            Some(done) = clients.join_next(), if !clients.is_empty() => {
+                // Its client saw the connection close: the plugin fails, and the
+                // runtime calls it again.
+                supervise::ended("a client's task", done, "its client's connection closed");
+            }
             Some(Asked { request, fds, answer: answered }) = asked.recv() => {
                 let line = answer(request, fds, &mut memberships, &mut relays, &mut metrics);
                 let _ = answered.send(line);
@@ -191,20 +192,30 @@ async fn serve(opts: Options) -> io::Result<()> {
                 host = reconcile_host(host).await.unwrap_or_else(keeper);
                 if lan_watch.has_ended() {
                     lan_watch.join();
+                    log::warn!("agent: starting the lan watch again");
                     lan_watch = watch_lan()?;
+                }
+                if let Some(ended) = endpoint.take_if(|e| e.is_finished()) {
+                    let result = ended.await;
+                    supervise::ended("the metrics endpoint", result, "serving it again");
+                    endpoint = metrics_served().await;
                 }
             }
             _ = tick(&mut policy) => {
                 if let Some((source, dir)) = &opts.policy {
-                    policy_said = mirror_policy(source, dir, policy_said);
+                    policy_said = supervise::round("the policy's mirror", || {
+                        mirror_policy(source, dir, policy_said)
+                    })
+                    .flatten();
                     host = reconcile_host(host).await.unwrap_or_else(keeper);
                 }
             }
             _ = tick(&mut gc) => {
                 if let Some((data_dir, _)) = &opts.gc {
-                    match crate::agent::leaks::once(data_dir) {
-                        Ok(report) => report.iter().for_each(|l| log::info!("{l}")),
-                        Err(e) => log::warn!("{e}"),
+                    match supervise::round("leak collection", || crate::agent::leaks::once(data_dir)) {
+                        Some(Ok(report)) => report.iter().for_each(|l| log::info!("{l}")),
+                        Some(Err(e)) => log::warn!("{e}"),
+                        None => {}
                     }
                 }
             }
@@ -260,6 +271,29 @@ pub fn answer(
         Request::DropRelay { key } => reply_line(&relays.drop_key(&key)),
         Request::Relays => reply_line(&relays.listing(None)),
         Request::RelaysIn { netns_inode } => reply_line(&relays.listing(Some(netns_inode))),
+    }
+}
+
+/// Serves the metrics on `address` (`metrics_endpoint`). Metrics are for the operator: an
+/// address that cannot be bound leaves the agent serving its tenants without them, said.
+async fn serve_metrics(
+    address: std::net::SocketAddr,
+    scraping: &mpsc::Sender<Scrape>,
+    descriptors: &std::sync::Arc<Pool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(l) => {
+            log::info!("agent: metrics on http://{address}/metrics");
+            Some(tokio::spawn(metrics_endpoint::serve(
+                l,
+                scraping.clone(),
+                descriptors.clone(),
+            )))
+        }
+        Err(e) => {
+            log::error!("agent: cannot serve metrics on {address} ({e}); going on without them");
+            None
+        }
     }
 }
 

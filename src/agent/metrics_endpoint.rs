@@ -49,7 +49,9 @@ pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>, descrip
                 continue;
             }
         };
-        while connections.try_join_next().is_some() {}
+        while let Some(done) = connections.try_join_next() {
+            crate::agent::supervise::ended("a metrics scrape", done, "its connection closed");
+        }
         // Without room the stream is dropped here: the scraper sees it closed.
         let Some(leases) = at_once.lease(1).zip(descriptors.lease(1)) else {
             continue;

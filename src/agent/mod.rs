@@ -12,7 +12,9 @@
 //!   `host_keeper` (host access) and `leaks` (claims of pods that are gone);
 //! - `metrics` and `metrics_endpoint`: what it holds and does, for Prometheus, and the
 //!   HTTP endpoint that serves them;
-//! - `lifecycle`: the one loop that owns every duty, serves the socket and stops them all.
+//! - `lifecycle`: the one loop that owns every duty, serves the socket and stops them all;
+//!   `supervise`: what it does when a duty fails (logged, then started again or the agent
+//!   stops).
 //!
 //! The plugin imports this module's protocol, client and records; no duty imports the
 //! plugin.
@@ -30,3 +32,4 @@ pub mod metrics_endpoint;
 pub mod protocol;
 pub mod records;
 pub mod relays;
+pub mod supervise;

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -39,6 +40,7 @@ use crate::agent::budget::{
 };
 use crate::agent::protocol::Reply;
 use crate::agent::records::{ListingHealth, MembershipRecord, RecordDir, RelayRecord, Stored};
+use crate::agent::supervise;
 use crate::node::policy::Policy;
 use crate::sys::netns::Netns;
 
@@ -333,6 +335,7 @@ impl Relays {
     /// a record not relayed is re-opened (retried every sweep, said once). Records that
     /// cannot be listed whole change nothing (and make it false).
     pub fn reconcile(&mut self) -> bool {
+        self.let_go_of_ended();
         let held: HashSet<String> = self.held.keys().cloned().collect();
         let Some(mut due) = self
             .listing
@@ -359,6 +362,29 @@ impl Relays {
             }
         }
         true
+    }
+
+    /// Lets go of every relay one of whose acceptors ended (they only end by panicking; the
+    /// listeners went with it), said: its record is still there, so `reconcile` re-opens it
+    /// at once, in the same sweep.
+    fn let_go_of_ended(&mut self) {
+        let ended: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, r)| r.acceptors.iter().any(JoinHandle::is_finished))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in ended {
+            if let Some(relay) = self.held.get_mut(&key) {
+                for acceptor in relay.acceptors.iter_mut().filter(|a| a.is_finished()) {
+                    if let Some(result) = acceptor.now_or_never() {
+                        let what = format!("the Zenoh relay of {key}");
+                        supervise::ended(&what, result, "re-opening it from its record");
+                    }
+                }
+            }
+            self.let_go(&key, "its acceptor had ended");
+        }
     }
 
     fn say_once(&mut self, key: &str, line: String) {
@@ -468,8 +494,14 @@ impl Limits {
 async fn accept(listener: TcpListener, limits: Arc<Limits>) {
     let mut connections = JoinSet::new();
     loop {
-        let accepted = listener.accept().await;
-        while connections.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                // The pod's session sees its connection close, and connects again.
+                supervise::ended("a relayed connection", done, "it is closed");
+                continue;
+            }
+        };
         let pod = match accepted {
             Ok((pod, _)) => pod,
             Err(e) => {
@@ -536,8 +568,9 @@ async fn forward(pod: TcpStream, limits: &Limits) {
 }
 
 /// Copies what `from` sends to `to`, a chunk at a time, each chunk's buffer allocated when
-/// bytes are there and freed once written on; ends when `from` closes or fails, or when
-/// neither direction has carried anything for `IDLE_WAIT` (`last_heard`, shared by both).
+/// bytes are there and freed once written on, one chunk a turn of the runtime's; ends when
+/// `from` closes or fails, or when neither direction has carried anything for `IDLE_WAIT`
+/// (`last_heard`, shared by both).
 async fn pump(from: &OwnedReadHalf, to: &mut OwnedWriteHalf, last_heard: &Heard) -> io::Result<()> {
     loop {
         let deadline = last_heard.at() + IDLE_WAIT;
@@ -556,6 +589,17 @@ async fn pump(from: &OwnedReadHalf, to: &mut OwnedWriteHalf, last_heard: &Heard)
             Ok(_) => {
                 last_heard.set();
                 to.write_all(&chunk).await?;
+                // One chunk a turn. All relays, the clients (ADD, DEL) and the agent's
+                // loop share one thread (sys::runtime); a connection whose bytes keep
+                // coming would otherwise go on until tokio's budget ran out (128 reads and
+                // writes: some 256 KiB) before any other task ran. One pod pushing on its
+                // 64 connections then made every other task wait for rounds of megabytes:
+                // in the DaemonSet's CPU limit another tenant's relay answered once a
+                // second and its ADD took 2 s (tests/agent_bounds.rs). A round is now one
+                // chunk per busy connection (at most 4 MiB for the node's 1024). Four
+                // chunks a turn kept more of the pusher's rate but left the other tenant's
+                // median round trip at 10 to 80 ms instead of 2 to 5 ms.
+                tokio::task::yield_now().await;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
