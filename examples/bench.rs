@@ -630,7 +630,9 @@ fn announce(host: &Node, ip: &str) {
             (index, mac)
         })
         .unwrap();
-    ros_macvlan::node::duplicate::announce(&netns, ifindex, mac, ip).unwrap();
+    ros_macvlan::node::duplicate::ArpSocket::open_in(&netns, ifindex)
+        .and_then(|arp| arp.announce(mac, ip))
+        .unwrap();
 }
 
 /// Three nodes sharing one range, ten ADDs each in turn (duplicate detection on): collisions

@@ -121,40 +121,6 @@ impl Detection {
     }
 }
 
-/// The MAC of another host that answers for `ip` on the interface, probing from `mac`, if
-/// one does.
-pub fn answered_by(
-    ns: &Netns,
-    ifindex: u32,
-    mac: [u8; 6],
-    ip: Ipv4Addr,
-    d: &Detection,
-) -> Result<Option<[u8; 6]>> {
-    let d = *d;
-    ns.run(move || probe(ifindex, mac, ip, &d))?
-        .map_err(|e| Error::io(format!("ARP probe for {ip}"), e))
-}
-
-fn probe(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, d: &Detection) -> io::Result<Option<[u8; 6]>> {
-    let sock = ArpSocket::open(ifindex)?;
-    let interval = Duration::from_millis(d.interval_ms);
-    for _ in 0..d.probes {
-        sock.send(&arp_probe(mac, ip))?;
-        if let Some(by) = heard_claim(&sock.fd, mac, ip, Instant::now() + interval)? {
-            return Ok(Some(by));
-        }
-    }
-    Ok(None)
-}
-
-/// Announces `ip` on the interface (RFC 5227 announcement: a gratuitous ARP request whose
-/// sender and target are the address), so neighbours' caches and the other nodes' agents,
-/// which listen to every ARP on the LAN, learn at once that it is taken.
-pub fn announce(ns: &Netns, ifindex: u32, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
-    ns.run(move || ArpSocket::open(ifindex).and_then(|s| s.send(&arp_announcement(mac, ip))))?
-        .map_err(|e| Error::io(format!("ARP announcement of {ip}"), e))
-}
-
 /// Someone's ARP packet saying it has an address: the address and the sender's MAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
@@ -195,6 +161,48 @@ impl ArpSocket {
         )?;
         bind(fd.as_raw_fd(), &link_addr(ifindex, [0; 6], 0))?;
         Ok(ArpSocket { fd, ifindex })
+    }
+
+    /// Opens it on interface `ifindex` of the namespace `ns` (ADD's, on the pod's new link).
+    pub fn open_in(ns: &Netns, ifindex: u32) -> Result<ArpSocket> {
+        ns.run(move || ArpSocket::open(ifindex))?
+            .map_err(|e| Error::io("open an ARP socket on the new link", e))
+    }
+
+    /// The MAC of another host that answers for `ip`, probing from `mac` as `d` says, if
+    /// one does.
+    pub fn answered_by(
+        &self,
+        mac: [u8; 6],
+        ip: Ipv4Addr,
+        d: &Detection,
+    ) -> Result<Option<[u8; 6]>> {
+        let interval = Duration::from_millis(d.interval_ms);
+        let probed = || -> io::Result<Option<[u8; 6]>> {
+            for _ in 0..d.probes {
+                self.probe(mac, ip)?;
+                if let Some(by) = heard_claim(&self.fd, mac, ip, Instant::now() + interval)? {
+                    return Ok(Some(by));
+                }
+            }
+            Ok(None)
+        };
+        probed().map_err(|e| Error::io(format!("ARP probe for {ip}"), e))
+    }
+
+    /// Announces `ip` (RFC 5227 announcement: a gratuitous ARP request whose sender and
+    /// target are the address), so neighbours' caches and the other nodes' agents, which
+    /// listen to every ARP on the LAN, learn at once that it is taken.
+    pub fn announce(&self, mac: [u8; 6], ip: Ipv4Addr) -> Result<()> {
+        self.send(&arp_announcement(mac, ip))
+            .map_err(|e| Error::io(format!("ARP announcement of {ip}"), e))
+    }
+
+    /// The socket, to be closed elsewhere: closing a packet socket waits for the kernel's
+    /// grace period (packet_release's synchronize_net, 8 to 20 ms here), which ADD hands to
+    /// a detached process (`plugin::reaper::close_detached`).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
     }
 
     /// Broadcasts an RFC 5227 probe for `ip` from `mac`.

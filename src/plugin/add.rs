@@ -11,12 +11,12 @@ use crate::cni::env::CniEnv;
 use crate::cni::result::{CniResult, Interface, IpConfig, Route};
 use crate::cni::{Error, Kind, Result};
 use crate::ipam::{Hints, Ipam};
-use crate::node::duplicate;
+use crate::node::duplicate::{self, ArpSocket};
 use crate::node::policy::Policy;
 use crate::plugin::attachment::{Attachment, Namespaces};
 use crate::plugin::config::MacvlanConf;
 use crate::plugin::master::resolve_master;
-use crate::plugin::{dad, membership, multicast, zenoh_relay};
+use crate::plugin::{dad, membership, multicast, reaper, zenoh_relay};
 use crate::sys::netlink::{
     format_mac, read_back, Ipv4Setting, Link, LinkChange, MacvlanMode, NewMacvlan, Op,
 };
@@ -165,7 +165,20 @@ impl Adding<'_> {
         self.progress.link = Some(link.index);
         fault_point(self.at.env, "created");
 
-        let mut result = self.claim_unused_addresses(&link)?;
+        // One ARP socket on the new link for the whole ADD (its probes, its announcements),
+        // closed by a detached process: a packet socket's close waits for a grace period.
+        let arp = match self.detection() {
+            Some(_) => {
+                // Probing needs the link up (it has no address yet, as RFC 5227 wants), and
+                // so does the socket: bound to a link that is down, its first send fails.
+                self.ns
+                    .pod_nl
+                    .apply(vec![LinkChange::of(link.index).up().op()])?;
+                Some(ArpSocket::open_in(&self.ns.pod_ns, link.index)?)
+            }
+            None => None,
+        };
+        let mut result = self.claim_unused_addresses(&link, arp.as_ref())?;
         if let Some(p) = &self.plan.policy {
             for ip in &result.ips {
                 p.check_address(ip.address.ip())?;
@@ -194,12 +207,13 @@ impl Adding<'_> {
         ops.extend(multicast::route_ops(link.index, &self.at.conf.multicast));
         self.ns.pod_nl.apply(ops)?;
         let lan = self.watched(&link, &result);
-        if self.detection().is_some() {
+        if let Some(arp) = arp {
             // RFC 5227's announcement: the other nodes' agents hear it and pass the address
             // over in their probes ahead; neighbours' caches learn the new MAC.
             for ip in &lan.addresses {
-                duplicate::announce(&self.ns.pod_ns, link.index, mac_of(&link), *ip)?;
+                arp.announce(mac_of(&link), *ip)?;
             }
+            reaper::close_detached(arp.into_fd());
         }
         // As the reference: IPv6 addresses are usable (not tentative) when ADD returns.
         if result.ips.iter().any(|ip| ip.address.is_ipv6()) {
@@ -319,19 +333,17 @@ impl Adding<'_> {
     /// A claim the agent merely heard is asked about like any other (heard is not true: a
     /// spoofer's announcements alone cannot make ADD fail). An address someone answers for is
     /// released and passed over.
-    fn claim_unused_addresses(&mut self, link: &Link) -> Result<CniResult> {
+    fn claim_unused_addresses(
+        &mut self,
+        link: &Link,
+        arp: Option<&ArpSocket>,
+    ) -> Result<CniResult> {
         use crate::agent::lan_state::{now_ms, Verdict};
         let detection = self.detection();
         let probes = match self.probe_ahead() {
             Some(p) => self.at.agent.lan().probes(&p.identity(&self.at.conf.name)),
             None => Default::default(),
         };
-        if detection.is_some() {
-            // Probing needs the link up; it has no address yet, as RFC 5227 wants.
-            self.ns
-                .pod_nl
-                .apply(vec![LinkChange::of(link.index).up().op()])?;
-        }
         let mut avoid: Vec<IpAddr> = Vec::new();
         let mut answered: Vec<(IpAddr, [u8; 6])> = Vec::new();
         let config = self.at.conf.claim_identity();
@@ -346,7 +358,7 @@ impl Adding<'_> {
             let result = self.at.ipam.add(self.at.conf, self.at.env, hints)?;
             self.progress.ipam = true;
             fault_point(self.at.env, "claimed");
-            let Some(d) = detection else {
+            let (Some(d), Some(arp)) = (detection, arp) else {
                 return Ok(result);
             };
             let mac = mac_of(link);
@@ -365,8 +377,7 @@ impl Adding<'_> {
                         format_mac(&by)
                     );
                 }
-                if let Some(by) = duplicate::answered_by(&self.ns.pod_ns, link.index, mac, v4, &d)?
-                {
+                if let Some(by) = arp.answered_by(mac, v4, &d)? {
                     log::warn!(
                         "ros-macvlan: {v4} in use on the LAN ({} answered ARP); trying another address",
                         format_mac(&by)

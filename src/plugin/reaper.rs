@@ -1,10 +1,19 @@
-//! The last step of DEL: removing links. The kernel's removal of a link waits for RCU grace
-//! periods, about 20 ms and most of a DEL, while the link is already inert (`macvlan::del`
-//! took it down and out of the way). So by default a child process, detached from the
-//! runtime's pipes, waits for that, and DEL returns at once; with `waitForLinkRemoval`
-//! DEL waits itself.
+//! What the kernel is slow to tear down, left to a detached child process so that the
+//! plugin's call does not wait for it (a runtime waits for the plugin to exit, and exit
+//! would wait too):
+//! - DEL's last step, removing links. The kernel's removal of a link waits for RCU grace
+//!   periods, about 20 ms and most of a DEL, while the link is already inert
+//!   (`macvlan::del` took it down and out of the way); with `waitForLinkRemoval` DEL waits
+//!   itself.
+//! - ADD's ARP socket (duplicate detection): closing a packet socket waits for a grace
+//!   period too (packet_release's synchronize_net, 8 to 20 ms here), more than the rest of
+//!   an ADD.
 
-use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid, ForkResult};
+use std::os::fd::OwnedFd;
+
+use nix::unistd::{
+    close, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, read, setsid, ForkResult,
+};
 
 use crate::cni::Result;
 use crate::sys::netlink::{Op, Rtnl};
@@ -37,6 +46,36 @@ pub fn delete_links(nl: &dyn Rtnl, links: &[u32], wait: bool) -> Result<()> {
     }
 }
 
+/// Closes `fd` in a detached child, after this process closed its copy (so the child's
+/// close is the last, the one that waits); here when no child can be made.
+pub fn close_detached(fd: OwnedFd) {
+    let Ok((parent_open, child_wait)) = pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        return drop(fd);
+    };
+    // SAFETY: the child calls only async-signal-safe functions (setsid, close, read, _exit;
+    // no allocation), so it is sound even if the plugin had other threads.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let _ = setsid();
+            for stdio in 0..=2 {
+                // The runtime reads the plugin's output until every writer is gone.
+                let _ = close(stdio);
+            }
+            drop(parent_open);
+            // Returns (end of file) once the parent closed its end, after its copy of `fd`.
+            let _ = read(&child_wait, &mut [0u8; 1]);
+            drop(fd);
+            // SAFETY: as in `delete_links`.
+            unsafe { nix::libc::_exit(0) }
+        }
+        Ok(ForkResult::Parent { .. }) => {
+            drop(fd);
+            drop(parent_open);
+        }
+        Err(_) => drop(fd),
+    }
+}
+
 /// Leaves the runtime's session and pipes: the runtime waits for the plugin's output to
 /// close, and must not wait for this child.
 fn detach() {
@@ -57,6 +96,23 @@ mod tests {
     use super::*;
     use crate::sys::netlink::testing::{Fake, Request};
     use netlink_packet_route::link::{InfoKind, LinkFlags};
+
+    /// The child closes the descriptor, and it is the last to: the read end of a pipe whose
+    /// write end went to `close_detached` sees its end of file.
+    #[test]
+    fn a_descriptor_closed_detached_is_closed_by_the_child_last() {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let (reading, writing) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        close_detached(writing);
+        let mut fds = [PollFd::new(reading.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(
+            poll(&mut fds, PollTimeout::from(5000u16)).unwrap(),
+            1,
+            "closed within 5 s"
+        );
+        assert_eq!(read(&reading, &mut [0u8; 1]).unwrap(), 0, "end of file");
+    }
 
     #[test]
     fn waiting_deletes_every_link_in_one_exchange_and_nothing_asks_nothing() {

@@ -59,12 +59,12 @@ pub fn announce_from(host: &Node, ip: Ipv4Addr, count: usize, gap: Duration) {
         .as_u64()
         .unwrap() as u32;
     let mac = mac_bytes(&mac_of(&host.ns, "lan0"));
-    let netns = host.ns.handle();
+    let arp = ros_macvlan::node::duplicate::ArpSocket::open_in(&host.ns.handle(), ifindex).unwrap();
     for i in 0..count {
         if i > 0 {
             std::thread::sleep(gap);
         }
-        ros_macvlan::node::duplicate::announce(&netns, ifindex, mac, ip).unwrap();
+        arp.announce(mac, ip).unwrap();
     }
 }
 
