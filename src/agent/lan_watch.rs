@@ -29,6 +29,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,12 +52,22 @@ use crate::sys::stable_hash::stable_hash;
 pub const AHEAD: usize = 8;
 /// How long a network is probed ahead after its last attachment went.
 pub const REMEMBER: Duration = Duration::from_secs(600);
-/// How often the records are looked at: read again when their directory changed since
-/// (an ADD or a DEL writes or removes a record), and in any case every `RESYNC_EVERY` (a pod
-/// whose interface could not be opened yet is tried again). Reading 110 records every
-/// second was most of an idle agent's CPU.
+/// When the records are read again: at once when the kernel says their directory changed
+/// (inotify: an ADD or a DEL renames in or removes a record), so the first ADD of a busy
+/// spell starts the probes ahead at once and the next ADD, 0.3 s later, finds them (with
+/// a look every second, the next two probed for themselves); when a look (one stat, every
+/// `SYNC_EVERY`) finds its mtime moved, where inotify cannot watch it; and in any case every
+/// `RESYNC_EVERY` (a pod whose interface could not be opened yet is tried again). Reading
+/// 110 records every second was most of an idle agent's CPU.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// How long the loop waits for packets while something is timed (a round of probes ahead,
+/// a conflict's verification): the finest step of `intervalMs` it keeps.
+const TICK: Duration = Duration::from_millis(50);
+/// How long it waits at most otherwise (packets and record changes wake it at once): few
+/// wake-ups while idle, and a stop heard within this.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
 
 /// How the watch paces what it sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +210,8 @@ struct Watch {
     synced_once: bool,
     /// What was said once and need not be said every sync.
     said: HashSet<String>,
+    /// The kernel's word when the records' directory changes, once it could be watched.
+    record_changes: Option<Inotify>,
 }
 
 impl Watch {
@@ -215,22 +228,60 @@ impl Watch {
             held_here: HashMap::new(),
             synced_once: false,
             said: HashSet::new(),
+            record_changes: None,
         }
+    }
+
+    /// Watches the records' directory for records renamed in or removed, once it exists
+    /// (the first ADD makes it); without inotify, the looks every `SYNC_EVERY` do.
+    fn watch_records(&mut self) {
+        if self.record_changes.is_some() {
+            return;
+        }
+        let Ok(inotify) = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) else {
+            return;
+        };
+        let changes =
+            AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_DELETE;
+        if inotify.add_watch(&self.records.path(), changes).is_ok() {
+            self.record_changes = Some(inotify);
+        }
+    }
+
+    /// How long to wait for packets before something is due: a `TICK` while a network is
+    /// probed ahead or a conflict is on file, else until the next pod's re-check, at most
+    /// `IDLE_WAIT`.
+    fn wait(&self, now: Instant) -> Duration {
+        let timed = self
+            .ahead
+            .values()
+            .any(|a| a.round.is_some() || now < a.active_until)
+            || self.pods.values().any(|w| w.conflict.is_some());
+        if timed {
+            return TICK;
+        }
+        self.pods
+            .values()
+            .map(|w| w.next_probe.saturating_duration_since(now))
+            .fold(IDLE_WAIT, Duration::min)
     }
 
     fn run(mut self, stop: &AtomicBool) {
         let mut last_sync: Option<Instant> = None;
         let mut last_look = Instant::now();
         let mut seen_change: Option<std::time::SystemTime> = None;
+        let mut records_changed = false;
         while !stop.load(Ordering::SeqCst) {
-            if last_look.elapsed() >= SYNC_EVERY || last_sync.is_none() {
+            if records_changed || last_look.elapsed() >= SYNC_EVERY || last_sync.is_none() {
                 last_look = Instant::now();
+                self.watch_records();
                 // The directory's mtime moves with every record written (renamed into
                 // place) or removed; one that cannot be read counts as changed.
                 let changed = std::fs::metadata(self.records.path())
                     .and_then(|m| m.modified())
                     .ok();
-                if changed.is_none()
+                if records_changed
+                    || changed.is_none()
                     || changed != seen_change
                     || last_sync.is_none_or(|t| t.elapsed() >= RESYNC_EVERY)
                 {
@@ -240,7 +291,7 @@ impl Watch {
                 }
             }
             self.send_due();
-            self.hear(Duration::from_millis(50));
+            records_changed = self.hear(self.wait(Instant::now()));
             self.conclude_rounds();
         }
     }
@@ -494,24 +545,32 @@ impl Watch {
         }
     }
 
-    /// Waits up to `at_most` for ARP packets, and takes in what they claim.
-    fn hear(&mut self, at_most: Duration) {
+    /// Waits up to `at_most` for ARP packets or a change of the records, and takes in what
+    /// the packets claim; returns whether the records changed.
+    fn hear(&mut self, at_most: Duration) -> bool {
         let mut fds: Vec<PollFd> = self
-            .ahead
-            .values()
-            .map(|a| a.socket.as_fd())
+            .record_changes
+            .iter()
+            .map(|i| i.as_fd())
+            .chain(self.ahead.values().map(|a| a.socket.as_fd()))
             .chain(self.pods.values().map(|w| w.socket.as_fd()))
             .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
             .collect();
         if fds.is_empty() {
             std::thread::sleep(at_most);
-            return;
+            return false;
         }
         let timeout = PollTimeout::try_from(at_most).unwrap_or(PollTimeout::MAX);
         if poll(&mut fds, timeout).unwrap_or(0) == 0 {
-            return;
+            return false;
         }
         drop(fds);
+        // Every event read (none left to wake the next poll); what they say is only that
+        // the records are to be read again.
+        let records_changed = self
+            .record_changes
+            .as_ref()
+            .is_some_and(|i| i.read_events().is_ok_and(|events| !events.is_empty()));
         for a in self.ahead.values_mut() {
             let claims = a.socket.claims();
             if a.take_claims(&claims) {
@@ -536,6 +595,7 @@ impl Watch {
                 w.claimed(key, c, self.pace.conflict_expiry, &self.lan);
             }
         }
+        records_changed
     }
 
     fn conclude_rounds(&mut self) {
