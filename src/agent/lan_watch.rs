@@ -566,11 +566,20 @@ impl Watch {
         }
         drop(fds);
         // Every event read (none left to wake the next poll); what they say is only that
-        // the records are to be read again.
-        let records_changed = self
+        // the records are to be read again, or that the directory itself went (removed and
+        // made anew, say): then it is watched again at the next look.
+        let events = self
             .record_changes
             .as_ref()
-            .is_some_and(|i| i.read_events().is_ok_and(|events| !events.is_empty()));
+            .and_then(|i| i.read_events().ok())
+            .unwrap_or_default();
+        if events
+            .iter()
+            .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
+        {
+            self.record_changes = None;
+        }
+        let records_changed = !events.is_empty();
         for a in self.ahead.values_mut() {
             let claims = a.socket.claims();
             if a.take_claims(&claims) {
