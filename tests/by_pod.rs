@@ -40,10 +40,7 @@ impl Drop for Killed {
 
 /// The pod's net1 IPv4 address.
 fn net1_of(pod: &Pod) -> String {
-    pod.ns.ip_json(&["-4", "addr", "show", "net1"])[0]["addr_info"][0]["local"]
-        .as_str()
-        .expect("net1 has an IPv4 address")
-        .to_owned()
+    net1_ipv4(&pod.ns).expect("net1 has an IPv4 address")
 }
 
 #[test]

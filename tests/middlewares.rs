@@ -267,12 +267,7 @@ fn net1_addrs(scene: &Cluster) -> Vec<String> {
     scene
         .pods
         .iter()
-        .map(|(_, p)| {
-            p.ns.ip_json(&["-4", "addr", "show", "net1"])[0]["addr_info"][0]["local"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
+        .map(|(_, p)| net1_ipv4(&p.ns).unwrap_or_default())
         .collect()
 }
 

@@ -611,6 +611,13 @@ pub fn pings(from: &Ns, to: &str) -> bool {
 }
 
 /// Whether the pod has a `net1`.
+/// The IPv4 address on `net1` in the namespace, if it has one.
+pub fn net1_ipv4(ns: &Ns) -> Option<String> {
+    ns.ip_json(&["-4", "addr", "show", "net1"])[0]["addr_info"][0]["local"]
+        .as_str()
+        .map(str::to_owned)
+}
+
 pub fn has_net1(pod: &Pod) -> bool {
     pod.ns.link_names().iter().any(|n| n == "net1")
 }
