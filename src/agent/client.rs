@@ -74,14 +74,29 @@ impl AgentClient {
     }
 
     /// The memberships the agent holds for attachments in the namespace of `netns_inode`.
-    /// An agent of an earlier version refuses the question (an upgrade's window): then
-    /// its whole listing, filtered here.
     pub fn held_in(&self, netns_inode: u64) -> CallResult<Vec<MembershipRecord>> {
-        match self.call(&Request::HeldIn { netns_inode }, &[]) {
+        self.one_namespace(
+            &Request::HeldIn { netns_inode },
+            &Request::List,
+            |r: &MembershipRecord| r.netns_inode == netns_inode,
+        )
+    }
+
+    /// What `asked` (a listing of one namespace) returns. An agent of an earlier version
+    /// refuses the question (an upgrade's window): then its whole listing (`whole`),
+    /// filtered here by `in_it`.
+    fn one_namespace<T: DeserializeOwned>(
+        &self,
+        asked: &Request,
+        whole: &Request,
+        in_it: impl Fn(&T) -> bool,
+    ) -> CallResult<Vec<T>> {
+        match self.call::<T>(asked, &[]) {
             Err(CallError::Refused(_)) => Ok(self
-                .list()?
+                .call::<T>(whole, &[])?
+                .held
                 .into_iter()
-                .filter(|r| r.netns_inode == netns_inode)
+                .filter(in_it)
                 .collect()),
             reply => reply.map(|r| r.held),
         }
@@ -108,16 +123,14 @@ impl AgentClient {
         self.call(&Request::Relays, &[]).map(|r| r.held)
     }
 
-    /// The relay the agent holds in the namespace `ns`, if any (doctor's question); from an
-    /// agent of an earlier version, which refuses the question, its whole listing.
+    /// The relay the agent holds in the namespace `ns`, if any (doctor's question).
     pub fn relay_in(&self, ns: &Netns) -> Option<RelayRecord> {
         let netns_inode = ns.inode().ok()?;
-        let held = match self.call::<RelayRecord>(&Request::RelaysIn { netns_inode }, &[]) {
-            Err(CallError::Refused(_)) => self.relays().ok()?,
-            reply => reply.ok()?.held,
-        };
-        held.into_iter()
-            .find(|r| r.attachment.netns_inode == netns_inode)
+        let in_it = |r: &RelayRecord| r.attachment.netns_inode == netns_inode;
+        self.one_namespace(&Request::RelaysIn { netns_inode }, &Request::Relays, in_it)
+            .ok()?
+            .into_iter()
+            .find(in_it)
     }
 
     /// One request, its refusal an error.
