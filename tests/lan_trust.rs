@@ -90,6 +90,40 @@ fn an_idle_node_with_three_networks_sends_almost_no_arp() {
     an_idle_node_with_three_pods_on(3);
 }
 
+/// Over time an idle node asks for each address once a period (`--recheck-every`, 300 s by
+/// default; 5 s here): each pod's, and each of the 8 its network hands out next (the probes
+/// ADD then takes without asking, however long the quiet spell). So with the default the
+/// node sends (3 + 8) / 300 s = 0.04 frames/s for 3 pods, (110 + 8) / 300 s = 0.39 for 110.
+#[test]
+fn an_idle_node_asks_for_each_address_about_once_a_period() {
+    if !require_root() {
+        return;
+    }
+    const PERIOD: u64 = 5;
+    let s = WatchedLan::with_agent(&["--recheck-every", &PERIOD.to_string()]);
+    let pods: Vec<Pod> = (0..3).map(|i| s.node.pod(31 + i)).collect();
+    for p in &pods {
+        add(&s.node, p, &s.conf).ok();
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = Capture::start(&s.lan.switch, "br0", &["-e", "arp"]);
+    let window = Duration::from_secs(30);
+    std::thread::sleep(window);
+    let seen = idle.stop();
+    let frames = arp_frames(&seen) as f64;
+    let expected = (3.0 + 8.0) * window.as_secs_f64() / PERIOD as f64;
+    println!(
+        "ARP frames from an idle node with 3 pods, a period of {PERIOD} s: {frames} in {window:?} ({expected} expected)"
+    );
+    assert!(
+        (0.7 * expected..=1.3 * expected).contains(&frames),
+        "{frames} ARP frames where {expected} were expected:\n{seen}"
+    );
+    for p in &pods {
+        del(&s.node, p, &s.conf).ok();
+    }
+}
+
 #[test]
 fn a_burst_of_spoofed_announcements_fails_check_only_until_it_expires() {
     if !require_root() {

@@ -38,21 +38,137 @@ fn add_takes_an_address_the_agent_probed_ahead_without_probing_itself() {
     assert_eq!(b, next);
     let pod_mac = mac_of(&second.ns, "net1");
     println!("ADD with a fresh probe at hand took {took:?}");
-    // ADD sent no probe of its own (sender 0.0.0.0) before its announcement; the probe
-    // after it is the agent's first ask from the new pod's interface, once it watches it.
-    let from_pod: Vec<&str> = seen
+    assert!(!probed_for_itself(&seen, &pod_mac, b), "{seen}");
+    del(&s.node, &first, &s.conf).ok();
+    del(&s.node, &second, &s.conf).ok();
+}
+
+/// Whether the pod with `pod_mac` sent an ARP probe (sender 0.0.0.0) before announcing
+/// `ip`, in a capture with link-level headers; panics when it never announced. A probe after
+/// the announcement is the agent's first ask from the new pod's interface, once it watches it.
+fn probed_for_itself(capture: &str, pod_mac: &str, ip: Ipv4Addr) -> bool {
+    let from_pod: Vec<&str> = capture
         .lines()
         .filter(|l| l.contains(&format!("{pod_mac} >")))
         .collect();
     let announced = from_pod
         .iter()
-        .position(|l| l.contains(&format!("who-has {b} tell {b}")));
-    assert!(announced.is_some(), "ADD announced {b}: {seen}");
+        .position(|l| l.contains(&format!("who-has {ip} tell {ip}")))
+        .unwrap_or_else(|| panic!("{pod_mac} never announced {ip}: {capture}"));
+    from_pod[..announced]
+        .iter()
+        .any(|l| l.contains("tell 0.0.0.0"))
+}
+
+/// The agent's busy spell (`lan_state::ACTIVE`, 8 s) and `lan_state::FRESH` (5 s) over,
+/// with a margin: what the probes ahead hold now, they hold because the agent listened.
+const QUIET_SPELL: Duration = Duration::from_secs(15);
+
+/// With a re-check period of 3 s (300 s by default), the probes ahead hold 4.5 s while the
+/// agent listens: what they hold after the quiet spell, they hold because the idle agent
+/// probed each address again.
+#[test]
+fn after_a_quiet_spell_a_burst_of_adds_takes_addresses_the_agent_probed_ahead() {
+    if !require_root() {
+        return;
+    }
+    let s = WatchedLan::with_agent(&["--recheck-every", "3"]);
+    let first = s.node.pod(16);
+    let a = net1_addr(add(&s.node, &first, &s.conf).ok());
     assert!(
-        !from_pod[..announced.unwrap()]
+        s.probed_free(guide_next(a)),
+        "{}",
+        probes(&s.agent, "ros-net")
+    );
+    std::thread::sleep(QUIET_SPELL);
+    let burst: Vec<Pod> = (0..5).map(|i| s.node.pod(17 + i)).collect();
+    let arp = Capture::start(&s.lan.switch, "br0", &["-e", "arp"]);
+    let addrs: Vec<Ipv4Addr> = std::thread::scope(|scope| {
+        let adds: Vec<_> = burst
             .iter()
-            .any(|l| l.contains("tell 0.0.0.0")),
-        "ADD probed for itself: {from_pod:?}"
+            .map(|pod| scope.spawn(|| net1_addr(add(&s.node, pod, &s.conf).ok())))
+            .collect();
+        adds.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = arp.stop();
+    let distinct: HashSet<_> = addrs.iter().chain([&a]).collect();
+    assert_eq!(distinct.len(), 6, "{addrs:?} beside {a}");
+    for (pod, ip) in burst.iter().zip(&addrs) {
+        assert!(
+            !probed_for_itself(&seen, &mac_of(&pod.ns, "net1"), *ip),
+            "an ADD after a quiet spell probed {ip} for itself, though the agent listened all along: {seen}"
+        );
+        del(&s.node, pod, &s.conf).ok();
+    }
+    del(&s.node, &first, &s.conf).ok();
+}
+
+#[test]
+fn probes_ahead_hold_past_a_few_seconds_only_while_the_agent_listens() {
+    if !require_root() {
+        return;
+    }
+    let mut s = WatchedLan::new();
+    let (first, second) = (s.node.pod(22), s.node.pod(23));
+    let a = net1_addr(add(&s.node, &first, &s.conf).ok());
+    let next = guide_next(a);
+    assert!(s.probed_free(next), "{}", probes(&s.agent, "ros-net"));
+    // Gone without a word: what it would have heard since, nobody wrote down.
+    s.agent.kill();
+    std::thread::sleep(Duration::from_secs(6));
+    let arp = Capture::start(&s.lan.switch, "br0", &["-e", "arp"]);
+    let b = net1_addr(add(&s.node, &second, &s.conf).ok());
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = arp.stop();
+    assert_eq!(b, next);
+    assert!(
+        probed_for_itself(&seen, &mac_of(&second.ns, "net1"), b),
+        "ADD took {b} on the word of an agent that no longer listens: {seen}"
+    );
+    del(&s.node, &first, &s.conf).ok();
+    del(&s.node, &second, &s.conf).ok();
+}
+
+/// A host that takes an upcoming address while the network is idle, and only answers, is
+/// found by the agent's rare probe of it (`--recheck-every`, 300 s by default; 3 s here),
+/// and the next ADD passes it over.
+#[test]
+fn a_silent_lan_host_taking_an_upcoming_address_while_idle_is_found_before_add() {
+    if !require_root() {
+        return;
+    }
+    let s = WatchedLan::with_agent(&["--recheck-every", "3"]);
+    let (first, second) = (s.node.pod(24), s.node.pod(25));
+    let a = net1_addr(add(&s.node, &first, &s.conf).ok());
+    let next = guide_next(a);
+    assert!(s.probed_free(next), "{}", probes(&s.agent, "ros-net"));
+    // After the busy spell, when only the rare probes ask.
+    std::thread::sleep(Duration::from_secs(9));
+    let host = s.lan_host_with(next);
+    let host_mac = mac_of(&host.ns, "lan0");
+    let claimed =
+        || probes(&s.agent, "ros-net")["addresses"][next.to_string()]["claimedBy"].is_array();
+    let started = Instant::now();
+    // Within the period and its jitter (3 s + 20 %), and the answer.
+    assert!(
+        within(Duration::from_secs(5), claimed),
+        "the agent's rare probe never found {next} taken: {}",
+        probes(&s.agent, "ros-net")
+    );
+    println!("found {:?} after the host took it", started.elapsed());
+    let r = add(&s.node, &second, &s.conf);
+    assert_ne!(
+        net1_addr(r.ok()),
+        next,
+        "ADD handed out an address a LAN host holds"
+    );
+    assert!(
+        r.stderr.contains(&format!(
+            "{next} in use on the LAN ({host_mac} answered ARP)"
+        )),
+        "{}",
+        r.stderr
     );
     del(&s.node, &first, &s.conf).ok();
     del(&s.node, &second, &s.conf).ok();

@@ -2,32 +2,49 @@
 //! doctor read without asking it (nothing waits on the agent):
 //!
 //! - `probes/<identity>.json`: the addresses each network will hand out next, ARP-probed
-//!   ahead of time by the agent on the master while the network is busy (`ACTIVE` after its
-//!   last ADD), and whether anyone claimed one since. ADD takes an address whose probe is
-//!   fresh (`FRESH`) without probing it itself, so duplicate detection costs a burst of pod
-//!   starts nothing. The file is named by the network's identity (`ProbeAhead::identity`),
-//!   not its name alone, so no second config under the same name reads or overrides it.
+//!   by the agent on the master (in rounds while the network is busy, `ACTIVE` after its
+//!   last ADD; one address at a time, each about once a re-check period, while it is idle),
+//!   and whether anyone claimed one since. ADD takes an address whose probe holds
+//!   (`Probes::verdict`) without probing it itself, so duplicate detection costs a burst
+//!   of pod starts nothing, after a quiet spell too. The file is named by the network's
+//!   identity (`ProbeAhead::identity`), not its name alone, so no second config under the
+//!   same name reads or overrides it.
+//! - `listening`: held locked by the agent's LAN watch while it hears every ARP packet on
+//!   the masters, and naming that watch. A probe holds for `FRESH` on its own, and for as
+//!   long as its file says (`Probes::holds_ms`) while the watch that made it still listens:
+//!   what it would have heard claim the address since would be in the file.
 //! - `conflicts/<attachment key>.json`: someone else on the LAN claims a pod's address
 //!   (announces it, sends from it, answers for it), seen by the agent's watch after ADD. A
 //!   conflict counts while someone keeps confirming it (`Conflict::is_current`): heard is not
 //!   true, and a spoofer who falls silent stops failing the pod.
 //!
-//! Both are written whole and renamed into place by the agent (`agent::lan_watch`).
+//! The JSON files are written whole and renamed into place by the agent (`agent::lan_watch`).
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use serde::{Deserialize, Serialize};
 
 use crate::sys::confine::ConfinedPath;
 use crate::sys::netlink::format_mac;
 
-/// How old a probe may be for ADD to rely on it. The agent probes each upcoming address
-/// every `reprobe_every`, and hears every ARP packet on the master in between: a claim made
-/// since the probe is in the file within milliseconds.
+/// How old a probe may be for ADD to rely on it whoever listens: while a network is busy the
+/// agent probes each upcoming address every `reprobe_every`, and hears every ARP packet on
+/// the master in between (a claim made since the probe is in the file within milliseconds).
 pub const FRESH: Duration = Duration::from_secs(5);
+
+/// How long a probe holds while the watch that made it still listens (`Probes::holds_ms`),
+/// for a watch that re-probes each idle upcoming address once every `recheck` (±20 %): the
+/// slowest re-probe, with room for one answer's wait. RFC 5227's model, as for the pods'
+/// own addresses: a claim is heard, and the rare probe finds a host that stays silent but
+/// for answering.
+pub fn holds_for(recheck: Duration) -> Duration {
+    recheck.mul_f64(1.5).max(FRESH)
+}
 
 /// How often, while a network is busy, the agent probes its upcoming addresses again: as
 /// seldom as keeps them fresh (a round's verdict dates from its start, and the round takes
@@ -55,8 +72,11 @@ pub const VERIFY_EVERY: Duration = Duration::from_secs(5);
 
 const PROBES: &str = "probes";
 const CONFLICTS: &str = "conflicts";
+const LISTENING: &str = "listening";
 /// The directories the LAN state keeps beside the agent's socket.
 pub const DIRS: &[&str] = &[PROBES, CONFLICTS];
+/// The files it keeps there.
+pub const FILES: &[&str] = &[LISTENING];
 
 /// Milliseconds since the epoch: the files' clock (wall time, as two processes share it).
 pub fn now_ms() -> u64 {
@@ -86,22 +106,37 @@ pub struct Probed {
 pub struct Probes {
     pub master_mac: [u8; 6],
     pub addresses: BTreeMap<Ipv4Addr, Probed>,
+    /// The watch that probed them and listens since (`Listening::id`; 0: none named, as in
+    /// the files of earlier agents).
+    #[serde(default)]
+    pub listener: u64,
+    /// How long its probes hold while that watch still listens (`holds_for`).
+    #[serde(default)]
+    pub holds_ms: u64,
 }
 
 /// What ADD may conclude from the agent's probes of an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Probed with no answer within `FRESH`, and claimed by nobody since.
+    /// Probed with no answer lately (within `FRESH`, or `holds_ms` while its listener
+    /// listens), and claimed by nobody since.
     Free,
-    /// Someone claimed it within `FRESH`.
+    /// Someone claimed it since it was last probed free, that lately.
     Claimed([u8; 6]),
     /// Nothing fresh is known: ADD probes itself.
     Unknown,
 }
 
 impl Probes {
-    /// The verdict on `ip` for a link on the master with `master_mac`, at `now_ms`.
-    pub fn verdict(&self, master_mac: [u8; 6], ip: Ipv4Addr, now_ms: u64) -> Verdict {
+    /// The verdict on `ip` for a link on the master with `master_mac`, at `now_ms`, when
+    /// `listening` is the watch that listens now (`LanState::listener`).
+    pub fn verdict(
+        &self,
+        master_mac: [u8; 6],
+        ip: Ipv4Addr,
+        now_ms: u64,
+        listening: Option<u64>,
+    ) -> Verdict {
         if self.master_mac != master_mac {
             return Verdict::Unknown;
         }
@@ -111,10 +146,20 @@ impl Probes {
         if let Some(mac) = p.held_here_by {
             return Verdict::Claimed(mac);
         }
-        let fresh = |at: u64| at > 0 && now_ms.saturating_sub(at) <= FRESH.as_millis() as u64;
+        // Heard all along by the watch that probed: what it heard since is in the file. A
+        // watch that stopped (the agent restarted, say) may have missed a claim meanwhile.
+        let heard_since = self.listener != 0 && listening == Some(self.listener);
+        let holds = if heard_since {
+            self.holds_ms.max(FRESH.as_millis() as u64)
+        } else {
+            FRESH.as_millis() as u64
+        };
+        let fresh = |at: u64| at > 0 && now_ms.saturating_sub(at) <= holds;
+        // A probe that went unanswered after the last claim heard outweighs it (the agent
+        // dates a probe free only when nothing claimed the address while it waited).
         match p.claimed_by {
+            _ if fresh(p.free_at_ms) && p.free_at_ms > p.claimed_at_ms => Verdict::Free,
             Some(mac) if fresh(p.claimed_at_ms) => Verdict::Claimed(mac),
-            _ if fresh(p.free_at_ms) && p.free_at_ms >= p.claimed_at_ms => Verdict::Free,
             _ => Verdict::Unknown,
         }
     }
@@ -177,6 +222,13 @@ impl Conflict {
     }
 }
 
+/// The agent's LAN watch, listening: held while it hears every ARP packet on the masters.
+#[derive(Debug)]
+pub struct Listening {
+    _lock: Flock<File>,
+    pub id: u64,
+}
+
 /// The agent's directory (where its socket lives), as ADD and the agent both name it.
 #[derive(Debug, Clone)]
 pub struct LanState(ConfinedPath);
@@ -199,6 +251,39 @@ impl LanState {
 
     pub fn write_probes(&self, identity: &str, probes: &Probes) -> std::io::Result<()> {
         self.write(PROBES, identity, probes)
+    }
+
+    /// Marks the agent's LAN watch as listening, for as long as the value lives (its lock
+    /// goes with its descriptor, when the watch ends or the agent dies). `id` names it in
+    /// the probes it writes; another watch listening here already is an error.
+    pub fn listen(&self, id: u64) -> std::io::Result<Listening> {
+        let dir = self
+            .0
+            .create_dir()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let file = dir.open(OsStr::new(LISTENING), OFlag::O_RDWR | OFlag::O_CREAT)?;
+        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            std::io::Error::other(format!("another agent listens on this directory ({e})"))
+        })?;
+        lock.set_len(0)?;
+        std::io::Write::write_all(&mut *lock, id.to_string().as_bytes())?;
+        Ok(Listening { _lock: lock, id })
+    }
+
+    /// The watch that listens now, if one does: its file is locked (a lock this process
+    /// cannot share), and names it.
+    pub fn listener(&self) -> Option<u64> {
+        let dir = self.0.open_dir().ok()??;
+        let file = dir.open(OsStr::new(LISTENING), OFlag::O_RDONLY).ok()?;
+        let mut file = match Flock::lock(file, FlockArg::LockSharedNonblock) {
+            // Nobody holds it: nobody listens (dropping the shared lock releases it).
+            Ok(_) => return None,
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
+            Err(_) => return None,
+        };
+        let mut id = String::new();
+        std::io::Read::read_to_string(&mut file, &mut id).ok()?;
+        id.trim().parse().ok().filter(|id| *id != 0)
     }
 
     /// The conflict reported for an attachment, if one is on file and still counts.
@@ -267,7 +352,11 @@ mod tests {
             master_mac: mac,
             ..Probes::default()
         };
-        assert_eq!(p.verdict(mac, ip, now), Verdict::Unknown, "never probed");
+        assert_eq!(
+            p.verdict(mac, ip, now, None),
+            Verdict::Unknown,
+            "never probed"
+        );
         p.addresses.insert(
             ip,
             Probed {
@@ -277,29 +366,102 @@ mod tests {
                 held_here_by: None,
             },
         );
-        assert_eq!(p.verdict(mac, ip, now), Verdict::Free);
+        assert_eq!(p.verdict(mac, ip, now, None), Verdict::Free);
         assert_eq!(
-            p.verdict([2, 0, 0, 0, 0, 2], ip, now),
+            p.verdict([2, 0, 0, 0, 0, 2], ip, now, None),
             Verdict::Unknown,
             "another master's probes say nothing of this one's LAN"
         );
         assert_eq!(
-            p.verdict(mac, ip, now + FRESH.as_millis() as u64),
+            p.verdict(mac, ip, now + FRESH.as_millis() as u64, None),
             Verdict::Unknown,
             "stale"
         );
         let other = [2, 0, 0, 0, 0, 9];
         p.addresses.get_mut(&ip).unwrap().claimed_by = Some(other);
         p.addresses.get_mut(&ip).unwrap().claimed_at_ms = now - 10;
-        assert_eq!(p.verdict(mac, ip, now), Verdict::Claimed(other));
+        assert_eq!(p.verdict(mac, ip, now, None), Verdict::Claimed(other));
         // Held by a pod of this node: claimed however old every probe is.
         let pod = [2, 0, 0, 0, 0, 7];
         let held = p.addresses.get_mut(&ip).unwrap();
         (held.claimed_by, held.free_at_ms, held.held_here_by) = (None, now, Some(pod));
         assert_eq!(
-            p.verdict(mac, ip, now + 10 * FRESH.as_millis() as u64),
+            p.verdict(mac, ip, now + 10 * FRESH.as_millis() as u64, None),
             Verdict::Claimed(pod)
         );
+    }
+
+    #[test]
+    fn a_probe_holds_longer_only_while_the_watch_that_made_it_listens() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let ip = Ipv4Addr::new(198, 51, 100, 161);
+        let probed = 1_000_000;
+        let holds = holds_for(RECHECK).as_millis() as u64;
+        let mut p = Probes {
+            master_mac: mac,
+            listener: 7,
+            holds_ms: holds,
+            ..Probes::default()
+        };
+        p.addresses.insert(
+            ip,
+            Probed {
+                free_at_ms: probed,
+                claimed_by: None,
+                claimed_at_ms: 0,
+                held_here_by: None,
+            },
+        );
+        let later = probed + 60_000;
+        assert_eq!(p.verdict(mac, ip, later, Some(7)), Verdict::Free);
+        assert_eq!(
+            p.verdict(mac, ip, later, Some(8)),
+            Verdict::Unknown,
+            "another watch listens now: this one may have missed a claim while none did"
+        );
+        assert_eq!(p.verdict(mac, ip, later, None), Verdict::Unknown);
+        assert_eq!(
+            p.verdict(mac, ip, probed + holds + 1, Some(7)),
+            Verdict::Unknown,
+            "past what the file says it holds"
+        );
+        // A claim heard after the probe stands until a later probe finds it free again.
+        let other = [2, 0, 0, 0, 0, 9];
+        (
+            p.addresses.get_mut(&ip).unwrap().claimed_by,
+            p.addresses.get_mut(&ip).unwrap().claimed_at_ms,
+        ) = (Some(other), probed + 1);
+        assert_eq!(p.verdict(mac, ip, later, Some(7)), Verdict::Claimed(other));
+        p.addresses.get_mut(&ip).unwrap().free_at_ms = probed + 2;
+        assert_eq!(p.verdict(mac, ip, later, Some(7)), Verdict::Free);
+        // A file of an earlier agent names no watch: its probes hold for FRESH only.
+        p.listener = 0;
+        assert_eq!(p.verdict(mac, ip, later, Some(0)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn the_listener_is_named_while_its_lock_is_held_and_not_after() {
+        let dir =
+            std::env::temp_dir().join(format!("ros-macvlan-listening-{}", std::process::id()));
+        let lan = LanState::in_dir(ConfinedPath::trusted("test", &dir, 0o700));
+        assert_eq!(lan.listener(), None, "no file: nobody listens");
+        let listening = lan.listen(42).unwrap();
+        assert_eq!(listening.id, 42);
+        assert_eq!(lan.listener(), Some(42));
+        assert!(
+            lan.listen(43).is_err(),
+            "one watch listens on a directory at a time"
+        );
+        drop(listening);
+        assert_eq!(
+            lan.listener(),
+            None,
+            "the file stays, unlocked: nobody listens"
+        );
+        let again = lan.listen(44).unwrap();
+        assert_eq!(lan.listener(), Some(44));
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

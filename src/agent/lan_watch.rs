@@ -4,15 +4,18 @@
 //! finds into the agent's directory (`agent::lan_state`), where ADD, CHECK and doctor read
 //! it:
 //!
-//! - **Probing ahead, while busy.** For every network whose attachments ask for it
-//!   (host-local with duplicate detection, on a master in this namespace), the addresses
-//!   ADD will hand out next are ARP-probed on the master every `reprobe_every`, with the network's
-//!   own probe count and interval, for `ACTIVE` after the network's last ADD; every ARP
-//!   packet the master receives is heard all along, busy or not: anyone claiming one of them
-//!   is noted at once. ADD then takes a freshly probed address without probing it itself;
-//!   after a quiet spell the first ADD probes for itself. Addresses held by the node's own
-//!   pods (of any network and store, as the agent's records say) count as claimed: the
-//!   master never hears its own macvlans.
+//! - **Probing ahead: in rounds while busy, one address at a time while idle.** For every
+//!   network whose attachments ask for it (host-local with duplicate detection, on a master
+//!   in this namespace), the addresses ADD will hand out next are ARP-probed on the master
+//!   every `reprobe_every`, with the network's own probe count and interval, for `ACTIVE`
+//!   after the network's last ADD; after that, each is probed once more about every
+//!   `recheck` (±20 %, one frame), as the pods' own addresses are. Every ARP packet the
+//!   master receives is heard all along, busy or not: anyone claiming one of them is noted
+//!   at once. ADD takes an address whose probe holds without probing it itself: a fresh one
+//!   (`lan_state::FRESH`), or one this watch probed within `lan_state::holds_for(recheck)`
+//!   and has listened since (it holds `lan_state::Listening`). Addresses held by the
+//!   node's own pods (of any network and store, as the agent's records say) count as
+//!   claimed: the master never hears its own macvlans.
 //! - **Watching after ADD, mostly by listening.** Every ARP packet each attachment's
 //!   interface receives is heard: another MAC announcing the pod's address, sending from
 //!   it or answering for it is a conflict, logged naming the pod and kept on file for CHECK
@@ -36,8 +39,8 @@ use std::sync::Arc;
 
 use crate::agent::budget::{Lease, Pool, AHEAD_SOCKET, MAX_AHEAD, POD_WATCHED};
 use crate::agent::lan_state::{
-    now_ms, reprobe_every, Conflict, LanState, Probed, Probes, ACTIVE, CONFLICT_EXPIRY, FRESH,
-    RECHECK, VERIFY_EVERY,
+    holds_for, now_ms, reprobe_every, Conflict, LanState, Listening, Probed, Probes, ACTIVE,
+    CONFLICT_EXPIRY, FRESH, RECHECK, VERIFY_EVERY,
 };
 use crate::agent::records::{ListingHealth, MembershipRecord, ProbeAhead, RecordDir};
 use crate::ipam::host_local::HostLocalConf;
@@ -159,6 +162,11 @@ struct Ahead {
     probes: Probes,
     /// The round under way: when it started and when it ends.
     round: Option<(u64, Instant)>,
+    /// While idle, the one address being probed again: when that started and when it ends.
+    reprobe: Option<(Ipv4Addr, u64, Instant)>,
+    /// How often, while idle, each upcoming address is probed again (±20 %); none are
+    /// when nothing listens (`Probes::listener` 0: the probes hold for `FRESH` only).
+    recheck: Option<Duration>,
     /// Probes of the round still to send, and when the next goes.
     sends_left: u32,
     next_send: Instant,
@@ -212,6 +220,8 @@ struct Watch {
     said: HashSet<String>,
     /// The kernel's word when the records' directory changes, once it could be watched.
     record_changes: Option<Inotify>,
+    /// Held while the watch runs: the probes it writes hold while it listens.
+    listening: Option<Listening>,
 }
 
 impl Watch {
@@ -229,6 +239,34 @@ impl Watch {
             synced_once: false,
             said: HashSet::new(),
             record_changes: None,
+            listening: None,
+        }
+    }
+
+    /// Marks this watch as listening (`lan_state::Listening`), under a name no earlier
+    /// watch of this directory had; tried again at every sync while another watch holds it
+    /// (an agent of an earlier version still running beside this one, in an upgrade). The
+    /// networks probed ahead meanwhile take the name from then on.
+    fn listen(&mut self) {
+        if self.listening.is_some() {
+            return;
+        }
+        // A watch restarted in the same process (a duty restarted after a panic) is another.
+        static WATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WATCHES.fetch_add(1, Ordering::Relaxed);
+        let id = stable_hash(format!("{}/{}/{n}", std::process::id(), now_ms()).as_bytes()).max(1);
+        match self.lan.listen(id) {
+            Ok(l) => {
+                for a in self.ahead.values_mut() {
+                    a.probes.listener = l.id;
+                    a.recheck = Some(self.pace.recheck);
+                }
+                self.listening = Some(l);
+            }
+            Err(e) => self.say_once(format!(
+                "agent: lan watch: probes ahead hold for {} s only until it can listen: {e}",
+                FRESH.as_secs()
+            )),
         }
     }
 
@@ -255,14 +293,19 @@ impl Watch {
         let timed = self
             .ahead
             .values()
-            .any(|a| a.round.is_some() || now < a.active_until)
+            .any(|a| a.round.is_some() || a.reprobe.is_some() || now < a.active_until)
             || self.pods.values().any(|w| w.conflict.is_some());
         if timed {
             return TICK;
         }
+        let now_ms = now_ms();
         self.pods
             .values()
             .map(|w| w.next_probe.saturating_duration_since(now))
+            .chain(self.ahead.values().filter_map(|a| {
+                let due = a.next_reprobe()?.1;
+                Some(Duration::from_millis(due.saturating_sub(now_ms)))
+            }))
             .fold(IDLE_WAIT, Duration::min)
     }
 
@@ -299,6 +342,7 @@ impl Watch {
     /// Makes what is watched match the records; records that cannot be listed whole
     /// change nothing (no watch ends, no conflict is forgotten).
     fn sync(&mut self) {
+        self.listen();
         let listed = self.records.list();
         let Some(records) = self.listing.whole("membership records (LAN watch)", listed) else {
             return;
@@ -439,9 +483,13 @@ impl Watch {
             detection: p.detection,
             probes: Probes {
                 master_mac: p.master_mac,
+                listener: self.listening.as_ref().map_or(0, |l| l.id),
+                holds_ms: holds_for(self.pace.recheck).as_millis() as u64,
                 ..Probes::default()
             },
             round: None,
+            reprobe: None,
+            recheck: self.listening.as_ref().map(|_| self.pace.recheck),
             sends_left: 0,
             next_send: Instant::now(),
             last_round: None,
@@ -666,9 +714,19 @@ impl Ahead {
 
     /// While the network is busy, starts a round when the last one is `reprobe_every` old (or
     /// none ran), and sends its probes, `detection.probes` of them `intervalMs` apart, to
-    /// every upcoming address. An idle network is only heard.
+    /// every upcoming address. While it is idle, probes the upcoming address that is due
+    /// again (`next_reprobe`), once.
     fn send_due(&mut self, now: Instant) {
         if self.round.is_none() && now >= self.active_until {
+            if self.reprobe.is_none() {
+                if let Some((ip, due)) = self.next_reprobe() {
+                    if due <= now_ms() {
+                        let _ = self.socket.probe(self.master_mac, ip);
+                        let wait = Duration::from_millis(self.detection.interval_ms);
+                        self.reprobe = Some((ip, now_ms(), now + wait));
+                    }
+                }
+            }
             return;
         }
         // An address that became upcoming since the last round (the store moved on) is
@@ -716,9 +774,55 @@ impl Ahead {
         changed
     }
 
-    /// Ends the round whose time is up: every address nobody claimed since it started is
-    /// free as of its start.
+    /// The idle network's upcoming address due to be probed again soonest, and when (wall
+    /// ms): each about `recheck` after it was last probed or claimed, stretched or shrunk by
+    /// up to 20 % for each node, address and probe, so that nodes do not probe in step and an
+    /// idle network sends one frame at a time. None when nothing listens (the probes would
+    /// not hold longer for it) or all are the node's own.
+    fn next_reprobe(&self) -> Option<(Ipv4Addr, u64)> {
+        let recheck = self.recheck?;
+        self.probes
+            .addresses
+            .iter()
+            .filter(|(_, p)| p.held_here_by.is_none())
+            .map(|(ip, p)| {
+                let last = p.free_at_ms.max(p.claimed_at_ms);
+                if last == 0 {
+                    return (*ip, 0);
+                }
+                let salt = format!("{}/{ip}/{last}", self.identity);
+                let spread = (stable_hash(salt.as_bytes()) % 1_000_000) as f64 / 1_000_000.0;
+                (
+                    *ip,
+                    last + recheck.mul_f64(0.8 + 0.4 * spread).as_millis() as u64,
+                )
+            })
+            .min_by_key(|(_, due)| *due)
+    }
+
+    /// Ends the round or the idle probe whose time is up: an address nobody claimed since
+    /// it was probed is free as of then. Returns whether anything changed.
     fn conclude(&mut self, now: Instant) -> bool {
+        self.conclude_reprobe(now) | self.conclude_round(now)
+    }
+
+    fn conclude_reprobe(&mut self, now: Instant) -> bool {
+        let Some((ip, started_ms, ends)) = self.reprobe else {
+            return false;
+        };
+        if now < ends {
+            return false;
+        }
+        self.reprobe = None;
+        if let Some(p) = self.probes.addresses.get_mut(&ip) {
+            if p.claimed_at_ms < started_ms {
+                p.free_at_ms = started_ms;
+            }
+        }
+        true
+    }
+
+    fn conclude_round(&mut self, now: Instant) -> bool {
         let Some((started_ms, ends)) = self.round else {
             return false;
         };

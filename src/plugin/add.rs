@@ -328,8 +328,9 @@ impl Adding<'_> {
 
     /// Gets the addresses from IPAM and, with duplicate detection on (host-local), makes
     /// sure nobody else on the LAN has them: an address the node agent probed ahead of time
-    /// with no answer, and heard nobody claim since (`lan_state::FRESH`), is taken as it is;
-    /// any other is ARP-probed here, from the new link, which hears the node's own pods too.
+    /// with no answer, and heard nobody claim since (`lan_state::Probes::verdict`), is taken
+    /// as it is; any other is ARP-probed here, from the new link, which hears the node's own
+    /// pods too.
     /// A claim the agent merely heard is asked about like any other (heard is not true: a
     /// spoofer's announcements alone cannot make ADD fail). An address someone answers for is
     /// released and passed over.
@@ -344,6 +345,11 @@ impl Adding<'_> {
             Some(p) => self.at.agent.lan().probes(&p.identity(&self.at.conf.name)),
             None => Default::default(),
         };
+        // Whether the agent's watch that made those probes listens still: then they hold
+        // for as long as the file says, else for lan_state::FRESH only.
+        let listening = (probes.listener != 0)
+            .then(|| self.at.agent.lan().listener())
+            .flatten();
         let mut avoid: Vec<IpAddr> = Vec::new();
         let mut answered: Vec<(IpAddr, [u8; 6])> = Vec::new();
         let config = self.at.conf.claim_identity();
@@ -367,7 +373,7 @@ impl Adding<'_> {
                 let IpAddr::V4(v4) = ip.address.ip() else {
                     continue;
                 };
-                let verdict = probes.verdict(mac_of(&self.plan.master), v4, now_ms());
+                let verdict = probes.verdict(mac_of(&self.plan.master), v4, now_ms(), listening);
                 if verdict == Verdict::Free {
                     continue;
                 }

@@ -128,8 +128,10 @@ struct AgentArgs {
     /// its localhost:7447 to one of them, a router of its own
     #[arg(long, default_value = crate::agent::relays::DEFAULT_ROUTERS)]
     zenoh_routers: crate::agent::relays::RouterPool,
-    /// Duplicate detection: how often each pod's address is asked for once on the LAN, in
-    /// seconds (±20 %); everything else is heard without asking
+    /// Duplicate detection: how often each pod's address, and each address an idle network
+    /// hands out next, is asked for once on the LAN, in seconds (±20 %); everything else is
+    /// heard without asking. ADD relies on the agent's probes for 1.5 times this while it
+    /// listens
     #[arg(long, default_value_t = crate::agent::lan_state::RECHECK.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     recheck_every: u64,
     /// Duplicate detection: how long a conflict counts after the other MAC last claimed

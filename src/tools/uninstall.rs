@@ -313,8 +313,13 @@ pub fn uninstall(opts: &Options) -> io::Result<Outcome> {
         done.note(&dir, fs::remove_dir_all(&dir));
     }
     let agent_dir = agent_dir(opts);
-    let state = agent_dir.join(crate::agent::host_keeper::STATE_FILE);
-    done.note(&state, fs::remove_file(&state));
+    for file in [crate::agent::host_keeper::STATE_FILE]
+        .iter()
+        .chain(crate::agent::lan_state::FILES)
+    {
+        let state = agent_dir.join(file);
+        done.note(&state, fs::remove_file(&state));
+    }
     done.note(&opts.agent_socket, fs::remove_file(&opts.agent_socket));
     // The directory itself only when empty, and not when it is a mount point (the
     // DaemonSet's hostPath, whose parent is the container's read-only root): the kernel
