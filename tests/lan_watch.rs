@@ -64,15 +64,14 @@ fn probed_for_itself(capture: &str, pod_mac: &str, ip: Ipv4Addr) -> bool {
 /// with a margin: what the probes ahead hold now, they hold because the agent listened.
 const QUIET_SPELL: Duration = Duration::from_secs(15);
 
-/// With a re-check period of 3 s (300 s by default), the probes ahead hold 4.5 s while the
-/// agent listens: what they hold after the quiet spell, they hold because the idle agent
-/// probed each address again.
+/// With the default re-check period (300 s) the idle agent probes nothing again within the
+/// quiet spell: the probes, 7 s or more old, hold because the agent listened all along.
 #[test]
 fn after_a_quiet_spell_a_burst_of_adds_takes_addresses_the_agent_probed_ahead() {
     if !require_root() {
         return;
     }
-    let s = WatchedLan::with_agent(&["--recheck-every", "3"]);
+    let s = WatchedLan::new();
     let first = s.node.pod(16);
     let a = net1_addr(add(&s.node, &first, &s.conf).ok());
     assert!(
@@ -128,6 +127,90 @@ fn probes_ahead_hold_past_a_few_seconds_only_while_the_agent_listens() {
     );
     del(&s.node, &first, &s.conf).ok();
     del(&s.node, &second, &s.conf).ok();
+}
+
+/// While its master has no link the agent hears nothing and nothing can answer it: it stops
+/// vouching for the addresses ahead, and vouches again once the link is back and it probed
+/// them (`--recheck-every 3`: its idle probes come every 3 s ± 20 % for each address).
+#[test]
+fn the_agent_vouches_for_no_address_while_its_master_has_no_link() {
+    if !require_root() {
+        return;
+    }
+    let s = WatchedLan::with_agent(&["--recheck-every", "3"]);
+    let first = s.node.pod(26);
+    let a = net1_addr(add(&s.node, &first, &s.conf).ok());
+    assert!(
+        s.probed_free(guide_next(a)),
+        "{}",
+        probes(&s.agent, "ros-net")
+    );
+    let vouched = || {
+        let p = probes(&s.agent, "ros-net");
+        p["addresses"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|v| v["freeAtMs"].as_u64().is_some_and(|t| t > 0))
+            .count()
+    };
+    // The switch's port down: the node's uplink loses its carrier.
+    let peer = s.node.ns.ip_json(&["link", "show", "lan0"])[0]["link_index"].clone();
+    let port = s
+        .lan
+        .switch
+        .ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ifindex"] == peer)
+        .and_then(|l| l["ifname"].as_str())
+        .expect("the node's port on the switch")
+        .to_owned();
+    s.lan.switch.ip(&["link", "set", &port, "down"]);
+    let forgot = within(Duration::from_secs(6), || vouched() == 0);
+    s.lan.switch.ip(&["link", "set", &port, "up"]);
+    assert!(
+        forgot,
+        "still vouched for while the link was down: {}",
+        probes(&s.agent, "ros-net")
+    );
+    assert!(
+        within(Duration::from_secs(8), || vouched() > 0),
+        "never vouched again once the link was back: {}",
+        probes(&s.agent, "ros-net")
+    );
+    del(&s.node, &first, &s.conf).ok();
+}
+
+/// The kernel counts the ARP packets it drops for a listener that reads too slowly, and
+/// the agent asks for that count (`ArpSocket::dropped`) to stop vouching for what it may
+/// have missed: a flood the node's socket never reads is counted, once.
+#[test]
+fn arp_packets_dropped_for_a_full_socket_are_counted() {
+    if !require_root() {
+        return;
+    }
+    let lan = Lan::create();
+    let node = Node::new(&lan);
+    let host = Node::new(&lan);
+    let ifindex = ifindex_of(&node.ns, "lan0");
+    let listener =
+        ros_macvlan::node::duplicate::ArpSocket::open_in(&node.ns.handle(), ifindex).unwrap();
+    assert_eq!(listener.dropped().unwrap(), 0);
+    announce_from(&host, Ipv4Addr::new(198, 51, 100, 99), 3000, Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(200));
+    let dropped = listener.dropped().unwrap();
+    println!("{dropped} of 3000 announcements dropped, the socket unread");
+    assert!(
+        dropped > 0,
+        "a socket never read dropped nothing of 3000 frames"
+    );
+    assert_eq!(
+        listener.dropped().unwrap(),
+        0,
+        "the count starts again once read"
+    );
 }
 
 /// A host that takes an upcoming address while the network is idle, and only answers, is

@@ -154,7 +154,8 @@ impl Probes {
         } else {
             FRESH.as_millis() as u64
         };
-        let fresh = |at: u64| at > 0 && now_ms.saturating_sub(at) <= holds;
+        // A time ahead of the clock (stepped back since) vouches for nothing.
+        let fresh = |at: u64| at > 0 && at <= now_ms && now_ms - at <= holds;
         // A probe that went unanswered after the last claim heard outweighs it (the agent
         // dates a probe free only when nothing claimed the address while it waited).
         match p.claimed_by {
@@ -162,6 +163,33 @@ impl Probes {
             Some(mac) if fresh(p.claimed_at_ms) => Verdict::Claimed(mac),
             _ => Verdict::Unknown,
         }
+    }
+    /// Marks `addresses` (those probed from `started_ms` on) free as of then, each unless
+    /// someone claimed it since; returns whether anything changed. An address that became
+    /// upcoming after the probes went out is not among them: nothing asked for it.
+    pub fn mark_free(&mut self, addresses: &[Ipv4Addr], started_ms: u64) -> bool {
+        let mut changed = false;
+        for ip in addresses {
+            if let Some(p) = self.addresses.get_mut(ip) {
+                if p.claimed_at_ms < started_ms && p.free_at_ms != started_ms {
+                    p.free_at_ms = started_ms;
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// Forgets every probe that found an address free (what the agent may not have heard
+    /// since: its master lost its link, or the kernel dropped packets); returns whether
+    /// anything changed. Claims stay.
+    pub fn forget_free(&mut self) -> bool {
+        let mut changed = false;
+        for p in self.addresses.values_mut().filter(|p| p.free_at_ms != 0) {
+            p.free_at_ms = 0;
+            changed = true;
+        }
+        changed
     }
 }
 
@@ -253,6 +281,14 @@ impl LanState {
         self.write(PROBES, identity, probes)
     }
 
+    /// Removes the probes of a network no longer probed ahead: nobody hears its master
+    /// for it any more, so they must not hold for its next ADD.
+    pub fn remove_probes(&self, identity: &str) {
+        if let Ok(Some(dir)) = self.0.join(PROBES).open_dir() {
+            let _ = dir.remove(&file(identity));
+        }
+    }
+
     /// Marks the agent's LAN watch as listening, for as long as the value lives (its lock
     /// goes with its descriptor, when the watch ends or the agent dies). `id` names it in
     /// the probes it writes; another watch listening here already is an error.
@@ -261,10 +297,24 @@ impl LanState {
             .0
             .create_dir()
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let file = dir.open(OsStr::new(LISTENING), OFlag::O_RDWR | OFlag::O_CREAT)?;
-        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            std::io::Error::other(format!("another agent listens on this directory ({e})"))
-        })?;
+        let mut file = dir.open(OsStr::new(LISTENING), OFlag::O_RDWR | OFlag::O_CREAT)?;
+        // An ADD asking who listens holds a shared lock for microseconds: a few tries.
+        let mut tries = 0;
+        let mut lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => break lock,
+                Err((again, nix::errno::Errno::EWOULDBLOCK)) if tries < 5 => {
+                    file = again;
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((_, e)) => {
+                    return Err(std::io::Error::other(format!(
+                        "another agent listens on this directory ({e})"
+                    )))
+                }
+            }
+        };
         lock.set_len(0)?;
         std::io::Write::write_all(&mut *lock, id.to_string().as_bytes())?;
         Ok(Listening { _lock: lock, id })
@@ -437,6 +487,65 @@ mod tests {
         // A file of an earlier agent names no watch: its probes hold for FRESH only.
         p.listener = 0;
         assert_eq!(p.verdict(mac, ip, later, Some(0)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn only_the_addresses_asked_for_and_unclaimed_since_are_found_free() {
+        let (a, b, c) = (
+            Ipv4Addr::new(198, 51, 100, 161),
+            Ipv4Addr::new(198, 51, 100, 162),
+            Ipv4Addr::new(198, 51, 100, 163),
+        );
+        let never = Probed {
+            free_at_ms: 0,
+            claimed_by: None,
+            claimed_at_ms: 0,
+            held_here_by: None,
+        };
+        let mut p = Probes::default();
+        for ip in [a, b, c] {
+            p.addresses.insert(ip, never);
+        }
+        // b was claimed after the probes went out; c became upcoming after they went out.
+        p.addresses.get_mut(&b).unwrap().claimed_at_ms = 1_500;
+        assert!(p.mark_free(&[a, b], 1_000));
+        assert_eq!(p.addresses[&a].free_at_ms, 1_000);
+        assert_eq!(
+            p.addresses[&b].free_at_ms, 0,
+            "claimed while its probe waited"
+        );
+        assert_eq!(p.addresses[&c].free_at_ms, 0, "never asked for");
+        assert!(!p.mark_free(&[a], 1_000), "nothing new");
+        // A lost link or dropped packets: nothing found free stands; claims do.
+        assert!(p.forget_free());
+        assert!(p.addresses.values().all(|p| p.free_at_ms == 0));
+        assert_eq!(p.addresses[&b].claimed_at_ms, 1_500);
+        assert!(!p.forget_free());
+    }
+
+    #[test]
+    fn a_probe_dated_ahead_of_the_clock_vouches_for_nothing() {
+        let mac = [2, 0, 0, 0, 0, 1];
+        let ip = Ipv4Addr::new(198, 51, 100, 161);
+        let mut p = Probes {
+            master_mac: mac,
+            ..Probes::default()
+        };
+        p.addresses.insert(
+            ip,
+            Probed {
+                free_at_ms: 2_000_000,
+                claimed_by: None,
+                claimed_at_ms: 0,
+                held_here_by: None,
+            },
+        );
+        // The clock was stepped back by a minute since the probe.
+        assert_eq!(
+            p.verdict(mac, ip, 2_000_000 - 60_000, None),
+            Verdict::Unknown
+        );
+        assert_eq!(p.verdict(mac, ip, 2_000_000, None), Verdict::Free);
     }
 
     #[test]

@@ -53,6 +53,10 @@ use crate::sys::stable_hash::stable_hash;
 /// How many upcoming addresses of each range set are kept probed: a burst of ADDs beyond
 /// them probes for itself.
 pub const AHEAD: usize = 8;
+/// How many addresses ahead the node keeps probed while idle, all networks together (each
+/// once a re-check period): with 110 pods' own re-checks, at most about 0.9 frames/s by
+/// default, whatever number of networks tenants make.
+pub const MAX_IDLE_AHEAD: usize = 150;
 /// How long a network is probed ahead after its last attachment went.
 pub const REMEMBER: Duration = Duration::from_secs(600);
 /// When the records are read again: at once when the kernel says their directory changed
@@ -160,12 +164,13 @@ struct Ahead {
     conf: HostLocalConf,
     detection: Detection,
     probes: Probes,
-    /// The round under way: when it started and when it ends.
-    round: Option<(u64, Instant)>,
-    /// While idle, the one address being probed again: when that started and when it ends.
-    reprobe: Option<(Ipv4Addr, u64, Instant)>,
-    /// How often, while idle, each upcoming address is probed again (±20 %); none are
-    /// when nothing listens (`Probes::listener` 0: the probes hold for `FRESH` only).
+    /// The round under way (while busy).
+    round: Option<Asking>,
+    /// While idle, the one address being probed again.
+    reprobe: Option<Asking>,
+    /// How often, while idle, each upcoming address is probed again (±20 %); none are when
+    /// nothing listens (`Probes::listener` 0) or beyond the node's `MAX_IDLE_AHEAD`: then
+    /// the probes hold for `FRESH` only.
     recheck: Option<Duration>,
     /// Probes of the round still to send, and when the next goes.
     sends_left: u32,
@@ -177,6 +182,14 @@ struct Ahead {
     active_until: Instant,
     /// The descriptor of its socket.
     _lease: Lease,
+}
+
+/// Probes out on the master: the addresses they asked for (each probe sent), when the first
+/// went, and when the answers are due.
+struct Asking {
+    addresses: Vec<Ipv4Addr>,
+    started_ms: u64,
+    ends: Instant,
 }
 
 /// One attachment watched in its pod.
@@ -257,9 +270,9 @@ impl Watch {
         let id = stable_hash(format!("{}/{}/{n}", std::process::id(), now_ms()).as_bytes()).max(1);
         match self.lan.listen(id) {
             Ok(l) => {
+                // Their idle probes and how long they hold follow in this sync.
                 for a in self.ahead.values_mut() {
                     a.probes.listener = l.id;
-                    a.recheck = Some(self.pace.recheck);
                 }
                 self.listening = Some(l);
             }
@@ -380,11 +393,22 @@ impl Watch {
         // A network is heard while attachments of it are held, and for a while after the
         // last one goes: a pod that restarts finds a claim heard meanwhile.
         let now = Instant::now();
-        self.ahead
-            .retain(|identity, a| match networks.get(identity) {
+        let mut dropped = Vec::new();
+        self.ahead.retain(|identity, a| {
+            let kept = match networks.get(identity) {
                 Some((_, _, spec)) => *spec == a.spec,
                 None => now.duration_since(a.last_held) < REMEMBER,
-            });
+            };
+            if !kept {
+                dropped.push(identity.clone());
+            }
+            kept
+        });
+        // Nobody hears a dropped network's master for it now: its probes must not hold for
+        // its next ADD.
+        for identity in dropped {
+            self.lan.remove_probes(&identity);
+        }
         for (identity, (network, added, p)) in networks {
             if !self.ahead.contains_key(&identity) {
                 if let Some(a) = self.open_ahead(&network, &identity, &p) {
@@ -398,9 +422,31 @@ impl Watch {
                 }
             }
         }
-        for a in self.ahead.values_mut() {
+        // The idle probes of addresses ahead keep within one budget for the node however many
+        // networks its tenants make (MAX_IDLE_AHEAD addresses a period): the networks busy
+        // most lately first; the others' probes hold FRESH only, and their first ADD after a
+        // quiet spell probes for itself.
+        let mut by_recency: Vec<&mut Ahead> = self.ahead.values_mut().collect();
+        by_recency.sort_by_key(|a| std::cmp::Reverse(a.active_until));
+        let mut budget = if self.listening.is_some() {
+            MAX_IDLE_AHEAD
+        } else {
+            0
+        };
+        for a in by_recency {
             a.refresh_upcoming();
-            if a.note_held_here(&self.held_here) {
+            let mut changed = a.note_held_here(&self.held_here);
+            let kept = a.probes.addresses.len() <= budget;
+            if kept {
+                budget -= a.probes.addresses.len();
+            }
+            let recheck = kept.then_some(self.pace.recheck);
+            let holds_ms = recheck.map_or(0, |r| holds_for(r).as_millis() as u64);
+            if a.recheck != recheck || a.probes.holds_ms != holds_ms {
+                (a.recheck, a.probes.holds_ms) = (recheck, holds_ms);
+                changed = true;
+            }
+            if changed {
                 let _ = self.lan.write_probes(&a.identity, &a.probes);
             }
         }
@@ -484,12 +530,13 @@ impl Watch {
             probes: Probes {
                 master_mac: p.master_mac,
                 listener: self.listening.as_ref().map_or(0, |l| l.id),
-                holds_ms: holds_for(self.pace.recheck).as_millis() as u64,
+                // Set with the node's budget of idle probes, at each sync.
+                holds_ms: 0,
                 ..Probes::default()
             },
             round: None,
             reprobe: None,
-            recheck: self.listening.as_ref().map(|_| self.pace.recheck),
+            recheck: None,
             sends_left: 0,
             next_send: Instant::now(),
             last_round: None,
@@ -630,7 +677,17 @@ impl Watch {
         let records_changed = !events.is_empty();
         for a in self.ahead.values_mut() {
             let claims = a.socket.claims();
-            if a.take_claims(&claims) {
+            let mut changed = a.take_claims(&claims);
+            // Packets the kernel dropped for want of room may have claimed an address: what
+            // was found free is not vouched for until probed again.
+            if a.socket.dropped().unwrap_or(0) > 0 && a.probes.forget_free() {
+                log::warn!(
+                    "agent: lan watch: ARP packets on {} were dropped before the agent read them; its addresses ahead are probed again",
+                    a.spec.master
+                );
+                changed = true;
+            }
+            if changed {
                 let _ = self.lan.write_probes(&a.identity, &a.probes);
             }
         }
@@ -717,13 +774,18 @@ impl Ahead {
     /// every upcoming address. While it is idle, probes the upcoming address that is due
     /// again (`next_reprobe`), once.
     fn send_due(&mut self, now: Instant) {
+        let wait = Duration::from_millis(self.detection.interval_ms);
         if self.round.is_none() && now >= self.active_until {
             if self.reprobe.is_none() {
                 if let Some((ip, due)) = self.next_reprobe() {
                     if due <= now_ms() {
-                        let _ = self.socket.probe(self.master_mac, ip);
-                        let wait = Duration::from_millis(self.detection.interval_ms);
-                        self.reprobe = Some((ip, now_ms(), now + wait));
+                        let mut asking = Asking {
+                            addresses: vec![ip],
+                            started_ms: now_ms(),
+                            ends: now + wait,
+                        };
+                        self.ask(&mut asking.addresses);
+                        self.reprobe = Some(asking);
                     }
                 }
             }
@@ -742,18 +804,28 @@ impl Ahead {
                     .last_round
                     .is_none_or(|t| now - t >= reprobe_every(&self.detection)))
         {
-            let d = Duration::from_millis(self.detection.interval_ms);
-            self.round = Some((now_ms(), now + d * self.detection.probes));
+            self.round = Some(Asking {
+                addresses: self.probes.addresses.keys().copied().collect(),
+                started_ms: now_ms(),
+                ends: now + wait * self.detection.probes,
+            });
             self.sends_left = self.detection.probes;
             self.next_send = now;
         }
-        if self.round.is_some() && self.sends_left > 0 && now >= self.next_send {
-            for ip in self.probes.addresses.keys() {
-                let _ = self.socket.probe(self.master_mac, *ip);
+        if self.sends_left > 0 && now >= self.next_send {
+            if let Some(mut round) = self.round.take() {
+                self.ask(&mut round.addresses);
+                self.round = Some(round);
             }
             self.sends_left -= 1;
-            self.next_send = now + Duration::from_millis(self.detection.interval_ms);
+            self.next_send = now + wait;
         }
+    }
+
+    /// Sends a probe for each of `addresses` and keeps those it could send: an address
+    /// whose probe never went out is not found free for it.
+    fn ask(&self, addresses: &mut Vec<Ipv4Addr>) {
+        addresses.retain(|ip| self.socket.probe(self.master_mac, *ip).is_ok());
     }
 
     /// Notes who claims an address of the network (an answer, an announcement, any ARP
@@ -787,7 +859,8 @@ impl Ahead {
             .filter(|(_, p)| p.held_here_by.is_none())
             .map(|(ip, p)| {
                 let last = p.free_at_ms.max(p.claimed_at_ms);
-                if last == 0 {
+                // Never probed, or dated ahead of a clock stepped back since: due now.
+                if last == 0 || last > now_ms() {
                     return (*ip, 0);
                 }
                 let salt = format!("{}/{ip}/{last}", self.identity);
@@ -800,43 +873,25 @@ impl Ahead {
             .min_by_key(|(_, due)| *due)
     }
 
-    /// Ends the round or the idle probe whose time is up: an address nobody claimed since
-    /// it was probed is free as of then. Returns whether anything changed.
+    /// Ends the round or the idle probe whose time is up: an address it asked for that
+    /// nobody claimed since is free as of then; but while the master has no link, nothing
+    /// is (nothing could answer, nothing was heard) and what was found before is forgotten.
+    /// Returns whether anything changed.
     fn conclude(&mut self, now: Instant) -> bool {
-        self.conclude_reprobe(now) | self.conclude_round(now)
-    }
-
-    fn conclude_reprobe(&mut self, now: Instant) -> bool {
-        let Some((ip, started_ms, ends)) = self.reprobe else {
-            return false;
-        };
-        if now < ends {
-            return false;
+        let reprobed = self.reprobe.take_if(|a| now >= a.ends);
+        let rounded = self.round.take_if(|a| now >= a.ends);
+        if rounded.is_some() {
+            self.last_round = Some(now);
         }
-        self.reprobe = None;
-        if let Some(p) = self.probes.addresses.get_mut(&ip) {
-            if p.claimed_at_ms < started_ms {
-                p.free_at_ms = started_ms;
-            }
+        let mut changed = false;
+        for asking in reprobed.iter().chain(&rounded) {
+            changed |= if is_running(&self.spec.master) {
+                self.probes.mark_free(&asking.addresses, asking.started_ms)
+            } else {
+                self.probes.forget_free()
+            };
         }
-        true
-    }
-
-    fn conclude_round(&mut self, now: Instant) -> bool {
-        let Some((started_ms, ends)) = self.round else {
-            return false;
-        };
-        if now < ends {
-            return false;
-        }
-        for p in self.probes.addresses.values_mut() {
-            if p.claimed_at_ms < started_ms {
-                p.free_at_ms = started_ms;
-            }
-        }
-        self.round = None;
-        self.last_round = Some(now);
-        true
+        changed
     }
 }
 
@@ -886,6 +941,15 @@ static CONFLICTS_FOUND: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 
 pub fn conflicts_found() -> u64 {
     CONFLICTS_FOUND.load(Ordering::Relaxed)
+}
+
+/// Whether interface `name` of this namespace is up with a link (IFF_RUNNING).
+fn is_running(name: &str) -> bool {
+    nix::ifaddrs::getifaddrs().is_ok_and(|mut addrs| {
+        addrs.any(|a| {
+            a.interface_name == name && a.flags.contains(nix::net::if_::InterfaceFlags::IFF_RUNNING)
+        })
+    })
 }
 
 /// The index of interface `name` in this namespace, if it has MAC `mac`.

@@ -222,6 +222,31 @@ impl ArpSocket {
         Ok(())
     }
 
+    /// How many ARP packets meant for this socket the kernel dropped since the last call
+    /// (its receive buffer was full): what they claimed was never heard.
+    pub fn dropped(&self) -> io::Result<u32> {
+        let mut stats = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: PACKET_STATISTICS writes one tpacket_stats (and resets the counters);
+        // `stats` is one, `len` its size, both live across the call. nix has no wrapper.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                std::ptr::from_mut(&mut stats).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stats.tp_drops)
+    }
+
     /// The claims among the ARP packets received since the last call (not those this host
     /// sent): each sender with an address, and each prober of an address (RFC 5227 2.1.1).
     pub fn claims(&self) -> Vec<Claim> {

@@ -55,9 +55,7 @@ pub fn mac_bytes(text: &str) -> [u8; 6] {
 /// Sends `count` gratuitous ARPs for `ip` from `host`'s `lan0`, `gap` apart, as a pod with
 /// NET_RAW on another node could.
 pub fn announce_from(host: &Node, ip: Ipv4Addr, count: usize, gap: Duration) {
-    let ifindex = host.ns.ip_json(&["link", "show", "lan0"])[0]["ifindex"]
-        .as_u64()
-        .unwrap() as u32;
+    let ifindex = ifindex_of(&host.ns, "lan0");
     let mac = mac_bytes(&mac_of(&host.ns, "lan0"));
     let arp = ros_macvlan::node::duplicate::ArpSocket::open_in(&host.ns.handle(), ifindex).unwrap();
     for i in 0..count {
@@ -66,6 +64,12 @@ pub fn announce_from(host: &Node, ip: Ipv4Addr, count: usize, gap: Duration) {
         }
         arp.announce(mac, ip).unwrap();
     }
+}
+
+pub fn ifindex_of(ns: &Ns, dev: &str) -> u32 {
+    ns.ip_json(&["link", "show", dev])[0]["ifindex"]
+        .as_u64()
+        .unwrap() as u32
 }
 
 pub fn mac_of(ns: &Ns, dev: &str) -> String {
