@@ -183,6 +183,69 @@ fn the_agent_vouches_for_no_address_while_its_master_has_no_link() {
     del(&s.node, &first, &s.conf).ok();
 }
 
+/// A LAN watch that panics (a test fault, as a bug would) lets go of its `listening` lock as
+/// it unwinds; the agent starts a new one at its next sweep, which probes ahead under a
+/// name of its own, and the next ADD takes its probes without probing for itself.
+#[test]
+fn a_lan_watch_that_panics_is_started_again_and_its_successor_is_relied_on() {
+    if !require_root() {
+        return;
+    }
+    let s = WatchedLan::with_agent_under(&["env", "ROS_MACVLAN_TEST_FAULT=panic@lan-watch"], &[]);
+    let (first, second) = (s.node.pod(27), s.node.pod(28));
+    let a = net1_addr(add(&s.node, &first, &s.conf).ok());
+    let restarted = within(Duration::from_secs(5), || {
+        s.agent.log().contains("starting the lan watch again")
+    });
+    assert!(restarted, "{}", s.agent.log());
+    assert!(
+        s.agent.log().contains("test fault: panic in the lan watch"),
+        "the panic was not said: {}",
+        s.agent.log()
+    );
+    // Two watches, each under a name of its own; the probes name the second.
+    let watches = || -> Vec<u64> {
+        s.agent
+            .log()
+            .lines()
+            .filter_map(|l| {
+                l.split("listening as watch ")
+                    .nth(1)?
+                    .split(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    };
+    let renamed = within(Duration::from_secs(5), || {
+        let w = watches();
+        w.len() == 2
+            && w[0] != w[1]
+            && probes(&s.agent, "ros-net")["listener"].as_u64() == Some(w[1])
+    });
+    assert!(
+        renamed,
+        "watches {:?}; probes {}",
+        watches(),
+        probes(&s.agent, "ros-net")
+    );
+    let next = guide_next(a);
+    assert!(s.probed_free(next), "{}", probes(&s.agent, "ros-net"));
+    let arp = Capture::start(&s.lan.switch, "br0", &["-e", "arp"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let b = net1_addr(add(&s.node, &second, &s.conf).ok());
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = arp.stop();
+    assert_eq!(b, next);
+    assert!(
+        !probed_for_itself(&seen, &mac_of(&second.ns, "net1"), b),
+        "{seen}"
+    );
+    del(&s.node, &first, &s.conf).ok();
+    del(&s.node, &second, &s.conf).ok();
+}
+
 /// The kernel counts the ARP packets it drops for a listener that reads too slowly, and
 /// the agent asks for that count (`ArpSocket::dropped`) to stop vouching for what it may
 /// have missed: a flood the node's socket never reads is counted, once.

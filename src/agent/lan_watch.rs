@@ -274,6 +274,10 @@ impl Watch {
                 for a in self.ahead.values_mut() {
                     a.probes.listener = l.id;
                 }
+                log::info!(
+                    "agent: lan watch: listening as watch {}: its probes ahead hold while it runs",
+                    l.id
+                );
                 self.listening = Some(l);
             }
             Err(e) => self.say_once(format!(
@@ -451,6 +455,9 @@ impl Watch {
             }
         }
         self.synced_once = true;
+        if !self.ahead.is_empty() {
+            test_fault();
+        }
     }
 
     fn say_once(&mut self, what: String) {
@@ -941,6 +948,18 @@ static CONFLICTS_FOUND: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 
 pub fn conflicts_found() -> u64 {
     CONFLICTS_FOUND.load(Ordering::Relaxed)
+}
+
+/// A test-only fault (`ROS_MACVLAN_TEST_FAULT=panic@lan-watch` in the agent's environment):
+/// the process's first watch panics once it probes a network ahead, as a bug would, so that
+/// tests see the agent start the watch again (docs/agent.md, "When a duty fails").
+fn test_fault() {
+    static FIRED: AtomicBool = AtomicBool::new(false);
+    if std::env::var("ROS_MACVLAN_TEST_FAULT").is_ok_and(|f| f == "panic@lan-watch")
+        && !FIRED.swap(true, Ordering::SeqCst)
+    {
+        panic!("test fault: panic in the lan watch");
+    }
 }
 
 /// Whether interface `name` of this namespace is up with a link (IFF_RUNNING).

@@ -97,9 +97,14 @@ impl WatchedLan {
 
     /// The scene with the agent started with `args` added.
     pub fn with_agent(args: &[&str]) -> WatchedLan {
+        WatchedLan::with_agent_under(&[], args)
+    }
+
+    /// The scene with the agent run under `under` (`env VAR=...`), `args` added.
+    pub fn with_agent_under(under: &[&str], args: &[&str]) -> WatchedLan {
         let lan = Lan::create();
         let node = Node::new(&lan);
-        let agent = TestAgent::start_in(Some(&node.ns.name), args);
+        let agent = TestAgent::start_under(under, Some(&node.ns.name), args);
         let data = DataDir::create();
         let mut conf = with_agent(guide(&data), &agent);
         conf.as_object_mut().unwrap().remove("duplicateDetection");
