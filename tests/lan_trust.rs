@@ -124,6 +124,62 @@ fn an_idle_node_asks_for_each_address_about_once_a_period() {
     }
 }
 
+/// A tenant who makes many networks on a node cannot make it probe more while idle than
+/// its budget (150 addresses ahead a period, in equal shares), nor take another tenant's
+/// share: tenant B's network, the first and least lately busy, keeps its next address
+/// probed, and B's ADD after the quiet spell takes it without probing for itself.
+#[test]
+fn many_networks_keep_the_idle_probes_within_the_nodes_budget_and_each_its_share() {
+    if !require_root() {
+        return;
+    }
+    const PERIOD: u64 = 2;
+    const NETWORKS: usize = 38;
+    let s = WatchedLan::with_agent(&["--recheck-every", &PERIOD.to_string()]);
+    // Six addresses each: five ahead once its pod holds one.
+    let confs: Vec<Value> = (0..NETWORKS)
+        .map(|i| {
+            let mut c = s.conf.clone();
+            c["name"] = json!(format!("ros-net-{i}"));
+            c["ipam"]["ranges"][0][0]["rangeStart"] = json!(format!("198.51.100.{}", 10 + 6 * i));
+            c["ipam"]["ranges"][0][0]["rangeEnd"] = json!(format!("198.51.100.{}", 15 + 6 * i));
+            c
+        })
+        .collect();
+    let pods: Vec<Pod> = (0..NETWORKS).map(|i| s.node.pod(100 + i as u8)).collect();
+    for (p, conf) in pods.iter().zip(&confs) {
+        add(&s.node, p, conf).ok();
+    }
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = Capture::start(&s.lan.switch, "br0", &["-e", "arp"]);
+    let window = Duration::from_secs(10);
+    std::thread::sleep(window);
+    let frames = arp_frames(&idle.stop()) as f64;
+    let periods = window.as_secs_f64() / PERIOD as f64;
+    // Each pod's own address, and each network's share: 150 / 38 = 3 of its 5 ahead.
+    let budgeted = (NETWORKS + NETWORKS * 3) as f64 * periods;
+    let unbounded = (NETWORKS + NETWORKS * 5) as f64 * periods;
+    println!("idle ARP frames with {NETWORKS} networks: {frames} in {window:?} ({budgeted} within the budget, {unbounded} without)");
+    assert!(
+        frames <= 1.2 * budgeted,
+        "{frames} frames: more than the budget's {budgeted}"
+    );
+    // Tenant B: network 0, its ADD first of all.
+    let b = s.node.pod(99);
+    let arp = Capture::start(&s.lan.switch, "br0", &["-e", "arp"]);
+    let ip = net1_addr(add(&s.node, &b, &confs[0]).ok());
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = arp.stop();
+    assert!(
+        !probed_for_itself(&seen, &mac_of(&b.ns, "net1"), ip),
+        "B's ADD after the quiet spell probed {ip} for itself: its share of idle probes was taken:\n{seen}"
+    );
+    del(&s.node, &b, &confs[0]).ok();
+    for (p, conf) in pods.iter().zip(&confs) {
+        del(&s.node, p, conf).ok();
+    }
+}
+
 #[test]
 fn a_burst_of_spoofed_announcements_fails_check_only_until_it_expires() {
     if !require_root() {

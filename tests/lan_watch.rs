@@ -43,23 +43,6 @@ fn add_takes_an_address_the_agent_probed_ahead_without_probing_itself() {
     del(&s.node, &second, &s.conf).ok();
 }
 
-/// Whether the pod with `pod_mac` sent an ARP probe (sender 0.0.0.0) before announcing
-/// `ip`, in a capture with link-level headers; panics when it never announced. A probe after
-/// the announcement is the agent's first ask from the new pod's interface, once it watches it.
-fn probed_for_itself(capture: &str, pod_mac: &str, ip: Ipv4Addr) -> bool {
-    let from_pod: Vec<&str> = capture
-        .lines()
-        .filter(|l| l.contains(&format!("{pod_mac} >")))
-        .collect();
-    let announced = from_pod
-        .iter()
-        .position(|l| l.contains(&format!("who-has {ip} tell {ip}")))
-        .unwrap_or_else(|| panic!("{pod_mac} never announced {ip}: {capture}"));
-    from_pod[..announced]
-        .iter()
-        .any(|l| l.contains("tell 0.0.0.0"))
-}
-
 /// The agent's busy spell (`lan_state::ACTIVE`, 8 s) and `lan_state::FRESH` (5 s) over,
 /// with a margin: what the probes ahead hold now, they hold because the agent listened.
 const QUIET_SPELL: Duration = Duration::from_secs(15);

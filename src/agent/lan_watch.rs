@@ -53,9 +53,9 @@ use crate::sys::stable_hash::stable_hash;
 /// How many upcoming addresses of each range set are kept probed: a burst of ADDs beyond
 /// them probes for itself.
 pub const AHEAD: usize = 8;
-/// How many addresses ahead the node keeps probed while idle, all networks together (each
-/// once a re-check period): with 110 pods' own re-checks, at most about 0.9 frames/s by
-/// default, whatever number of networks tenants make.
+/// How many addresses ahead the node keeps probed while idle, all networks together, in
+/// equal shares (each once a re-check period): with 110 pods' own re-checks, at most about
+/// 0.9 frames/s by default, whatever number of networks tenants make.
 pub const MAX_IDLE_AHEAD: usize = 150;
 /// How long a network is probed ahead after its last attachment went.
 pub const REMEMBER: Duration = Duration::from_secs(600);
@@ -168,10 +168,13 @@ struct Ahead {
     round: Option<Asking>,
     /// While idle, the one address being probed again.
     reprobe: Option<Asking>,
-    /// How often, while idle, each upcoming address is probed again (±20 %); none are when
-    /// nothing listens (`Probes::listener` 0) or beyond the node's `MAX_IDLE_AHEAD`: then
-    /// the probes hold for `FRESH` only.
+    /// How often, while idle, the first `idle_share` upcoming addresses are probed again
+    /// (±20 %); none are when nothing listens (`Probes::listener` 0: the probes hold for
+    /// `FRESH` only).
     recheck: Option<Duration>,
+    idle_share: usize,
+    /// The addresses ADD would take next, in the order it would take them.
+    upcoming: Vec<Ipv4Addr>,
     /// Probes of the round still to send, and when the next goes.
     sends_left: u32,
     next_send: Instant,
@@ -427,27 +430,18 @@ impl Watch {
             }
         }
         // The idle probes of addresses ahead keep within one budget for the node however many
-        // networks its tenants make (MAX_IDLE_AHEAD addresses a period): the networks busy
-        // most lately first; the others' probes hold FRESH only, and their first ADD after a
-        // quiet spell probes for itself.
-        let mut by_recency: Vec<&mut Ahead> = self.ahead.values_mut().collect();
-        by_recency.sort_by_key(|a| std::cmp::Reverse(a.active_until));
-        let mut budget = if self.listening.is_some() {
-            MAX_IDLE_AHEAD
-        } else {
-            0
-        };
-        for a in by_recency {
+        // networks its tenants make (MAX_IDLE_AHEAD addresses a period), shared equally: each
+        // network keeps its next few addresses probed, the one or two next at the least.
+        let listening = self.listening.is_some();
+        let share = (MAX_IDLE_AHEAD / self.ahead.len().max(1)).max(1);
+        let recheck = listening.then_some(self.pace.recheck);
+        let holds_ms = recheck.map_or(0, |r| holds_for(r).as_millis() as u64);
+        for a in self.ahead.values_mut() {
             a.refresh_upcoming();
             let mut changed = a.note_held_here(&self.held_here);
-            let kept = a.probes.addresses.len() <= budget;
-            if kept {
-                budget -= a.probes.addresses.len();
-            }
-            let recheck = kept.then_some(self.pace.recheck);
-            let holds_ms = recheck.map_or(0, |r| holds_for(r).as_millis() as u64);
-            if a.recheck != recheck || a.probes.holds_ms != holds_ms {
-                (a.recheck, a.probes.holds_ms) = (recheck, holds_ms);
+            (a.recheck, a.idle_share) = (recheck, share);
+            if a.probes.holds_ms != holds_ms {
+                a.probes.holds_ms = holds_ms;
                 changed = true;
             }
             if changed {
@@ -544,6 +538,8 @@ impl Watch {
             round: None,
             reprobe: None,
             recheck: None,
+            idle_share: 0,
+            upcoming: Vec::new(),
             sends_left: 0,
             next_send: Instant::now(),
             last_round: None,
@@ -737,7 +733,7 @@ impl Ahead {
         let Ok(upcoming) = self.conf.upcoming(&self.network, seed, AHEAD) else {
             return;
         };
-        let upcoming: HashSet<Ipv4Addr> = upcoming
+        self.upcoming = upcoming
             .into_iter()
             .filter_map(|ip| match ip {
                 IpAddr::V4(v4) => Some(v4),
@@ -745,10 +741,11 @@ impl Ahead {
             })
             .collect();
         let recent = now_ms().saturating_sub(FRESH.as_millis() as u64);
+        let upcoming = &self.upcoming;
         self.probes
             .addresses
             .retain(|ip, p| upcoming.contains(ip) || p.claimed_at_ms > recent);
-        for ip in upcoming {
+        for &ip in upcoming {
             self.probes.addresses.entry(ip).or_insert(Probed {
                 free_at_ms: 0,
                 claimed_by: None,
@@ -856,13 +853,15 @@ impl Ahead {
     /// The idle network's upcoming address due to be probed again soonest, and when (wall
     /// ms): each about `recheck` after it was last probed or claimed, stretched or shrunk by
     /// up to 20 % for each node, address and probe, so that nodes do not probe in step and an
-    /// idle network sends one frame at a time. None when nothing listens (the probes would
-    /// not hold longer for it) or all are the node's own.
+    /// idle network sends one frame at a time. Only the network's share of the node's idle
+    /// probes (`idle_share`) is kept probed, the addresses ADD takes first. None when
+    /// nothing listens (the probes would not hold longer for it) or all are the node's own.
     fn next_reprobe(&self) -> Option<(Ipv4Addr, u64)> {
         let recheck = self.recheck?;
-        self.probes
-            .addresses
+        self.upcoming
             .iter()
+            .take(self.idle_share)
+            .filter_map(|ip| Some((ip, self.probes.addresses.get(ip)?)))
             .filter(|(_, p)| p.held_here_by.is_none())
             .map(|(ip, p)| {
                 let last = p.free_at_ms.max(p.claimed_at_ms);

@@ -66,6 +66,23 @@ pub fn announce_from(host: &Node, ip: Ipv4Addr, count: usize, gap: Duration) {
     }
 }
 
+/// Whether the pod with `pod_mac` sent an ARP probe (sender 0.0.0.0) before announcing
+/// `ip`, in a capture with link-level headers; panics when it never announced. A probe after
+/// the announcement is the agent's first ask from the new pod's interface, once it watches it.
+pub fn probed_for_itself(capture: &str, pod_mac: &str, ip: Ipv4Addr) -> bool {
+    let from_pod: Vec<&str> = capture
+        .lines()
+        .filter(|l| l.contains(&format!("{pod_mac} >")))
+        .collect();
+    let announced = from_pod
+        .iter()
+        .position(|l| l.contains(&format!("who-has {ip} tell {ip}")))
+        .unwrap_or_else(|| panic!("{pod_mac} never announced {ip}: {capture}"));
+    from_pod[..announced]
+        .iter()
+        .any(|l| l.contains("tell 0.0.0.0"))
+}
+
 pub fn ifindex_of(ns: &Ns, dev: &str) -> u32 {
     ns.ip_json(&["link", "show", dev])[0]["ifindex"]
         .as_u64()
