@@ -374,12 +374,31 @@ impl LanState {
         serde_json::from_slice(&dir.read(&file(name)).ok()?).ok()
     }
 
+    /// Makes the directories (`DIRS`), when the agent's watch starts. Writes go only into
+    /// directories that exist: after `ros-macvlan uninstall` removed them, an agent still
+    /// running (until its DaemonSet is deleted) leaves nothing behind.
+    pub fn prepare(&self) -> std::io::Result<()> {
+        for kind in DIRS {
+            self.0
+                .join(kind)
+                .create_dir()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     fn write<T: Serialize>(&self, kind: &str, name: &str, value: &T) -> std::io::Result<()> {
         let dir = self
             .0
             .join(kind)
-            .create_dir()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            .open_dir()
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{kind}/ is gone (ros-macvlan uninstall removed it)"),
+                )
+            })?;
         let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
         dir.write_whole(&file(name), &bytes)
     }
@@ -546,6 +565,25 @@ mod tests {
             Verdict::Unknown
         );
         assert_eq!(p.verdict(mac, ip, 2_000_000, None), Verdict::Free);
+    }
+
+    #[test]
+    fn state_is_written_only_into_directories_the_watch_made() {
+        let dir = std::env::temp_dir().join(format!("ros-macvlan-prepare-{}", std::process::id()));
+        let lan = LanState::in_dir(ConfinedPath::trusted("test", &dir, 0o700));
+        let probes = Probes::default();
+        assert!(
+            lan.write_probes("net.1", &probes).is_err(),
+            "before prepare"
+        );
+        lan.prepare().unwrap();
+        lan.write_probes("net.1", &probes).unwrap();
+        assert_eq!(lan.probes("net.1"), probes);
+        // Removed by `ros-macvlan uninstall` while the agent still runs: nothing comes back.
+        std::fs::remove_dir_all(dir.join(PROBES)).unwrap();
+        assert!(lan.write_probes("net.1", &probes).is_err());
+        assert!(!dir.join(PROBES).exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

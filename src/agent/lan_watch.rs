@@ -330,6 +330,9 @@ impl Watch {
     }
 
     fn run(mut self, stop: &AtomicBool) {
+        if let Err(e) = self.lan.prepare() {
+            log::warn!("agent: lan watch: cannot make the directories it writes in: {e}");
+        }
         let mut last_sync: Option<Instant> = None;
         let mut last_look = Instant::now();
         let mut seen_change: Option<std::time::SystemTime> = None;
