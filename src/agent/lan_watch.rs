@@ -168,11 +168,6 @@ struct Ahead {
     round: Option<Asking>,
     /// While idle, the one address being probed again.
     reprobe: Option<Asking>,
-    /// How often, while idle, the first `idle_share` upcoming addresses are probed again
-    /// (±20 %); none are when nothing listens (`Probes::listener` 0: the probes hold for
-    /// `FRESH` only).
-    recheck: Option<Duration>,
-    idle_share: usize,
     /// The addresses ADD would take next, in the order it would take them.
     upcoming: Vec<Ipv4Addr>,
     /// Probes of the round still to send, and when the next goes.
@@ -193,6 +188,15 @@ struct Asking {
     addresses: Vec<Ipv4Addr>,
     started_ms: u64,
     ends: Instant,
+}
+
+/// What an idle network probes again, as the watch decides for all of them
+/// (`Watch::idle_probes`): its first `share` upcoming addresses, each once every `recheck`
+/// (±20 %).
+#[derive(Debug, Clone, Copy)]
+struct IdleProbes {
+    recheck: Duration,
+    share: usize,
 }
 
 /// One attachment watched in its pod.
@@ -319,11 +323,12 @@ impl Watch {
             return TICK;
         }
         let now_ms = now_ms();
+        let idle = self.idle_probes();
         self.pods
             .values()
             .map(|w| w.next_probe.saturating_duration_since(now))
             .chain(self.ahead.values().filter_map(|a| {
-                let due = a.next_reprobe()?.1;
+                let due = a.next_reprobe(idle?)?.1;
                 Some(Duration::from_millis(due.saturating_sub(now_ms)))
             }))
             .fold(IDLE_WAIT, Duration::min)
@@ -432,17 +437,12 @@ impl Watch {
                 }
             }
         }
-        // The idle probes of addresses ahead keep within one budget for the node however many
-        // networks its tenants make (MAX_IDLE_AHEAD addresses a period), shared equally: each
-        // network keeps its next few addresses probed, the one or two next at the least.
-        let listening = self.listening.is_some();
-        let share = (MAX_IDLE_AHEAD / self.ahead.len().max(1)).max(1);
-        let recheck = listening.then_some(self.pace.recheck);
-        let holds_ms = recheck.map_or(0, |r| holds_for(r).as_millis() as u64);
+        let holds_ms = self
+            .idle_probes()
+            .map_or(0, |i| holds_for(i.recheck).as_millis() as u64);
         for a in self.ahead.values_mut() {
             a.refresh_upcoming();
             let mut changed = a.note_held_here(&self.held_here);
-            (a.recheck, a.idle_share) = (recheck, share);
             if a.probes.holds_ms != holds_ms {
                 a.probes.holds_ms = holds_ms;
                 changed = true;
@@ -455,6 +455,18 @@ impl Watch {
         if !self.ahead.is_empty() {
             test_fault();
         }
+    }
+
+    /// What each idle network probes again, while the watch listens (else its probes hold
+    /// for `FRESH` only and idle probes would buy nothing). The node's idle probes of
+    /// addresses ahead keep within one budget however many networks its tenants make
+    /// (`MAX_IDLE_AHEAD` addresses a period), shared equally: each network keeps its next
+    /// few addresses probed, the one or two next at the least.
+    fn idle_probes(&self) -> Option<IdleProbes> {
+        self.listening.as_ref().map(|_| IdleProbes {
+            recheck: self.pace.recheck,
+            share: (MAX_IDLE_AHEAD / self.ahead.len().max(1)).max(1),
+        })
     }
 
     fn say_once(&mut self, what: String) {
@@ -540,8 +552,6 @@ impl Watch {
             },
             round: None,
             reprobe: None,
-            recheck: None,
-            idle_share: 0,
             upcoming: Vec::new(),
             sends_left: 0,
             next_send: Instant::now(),
@@ -617,8 +627,9 @@ impl Watch {
     /// pods' rare re-checks, and the verification of conflicts on file.
     fn send_due(&mut self) {
         let now = Instant::now();
+        let idle = self.idle_probes();
         for a in self.ahead.values_mut() {
-            a.send_due(now);
+            a.send_due(now, idle);
         }
         for (key, w) in self.pods.iter_mut() {
             if now >= w.next_probe {
@@ -780,11 +791,11 @@ impl Ahead {
     /// none ran), and sends its probes, `detection.probes` of them `intervalMs` apart, to
     /// every upcoming address. While it is idle, probes the upcoming address that is due
     /// again (`next_reprobe`), once.
-    fn send_due(&mut self, now: Instant) {
+    fn send_due(&mut self, now: Instant, idle: Option<IdleProbes>) {
         let wait = Duration::from_millis(self.detection.interval_ms);
         if self.round.is_none() && now >= self.active_until {
             if self.reprobe.is_none() {
-                if let Some((ip, due)) = self.next_reprobe() {
+                if let Some((ip, due)) = idle.and_then(|i| self.next_reprobe(i)) {
                     if due <= now_ms() {
                         let mut asking = Asking {
                             addresses: vec![ip],
@@ -854,16 +865,15 @@ impl Ahead {
     }
 
     /// The idle network's upcoming address due to be probed again soonest, and when (wall
-    /// ms): each about `recheck` after it was last probed or claimed, stretched or shrunk by
+    /// ms): each about `idle.recheck` after it was last probed or claimed, stretched or shrunk by
     /// up to 20 % for each node, address and probe, so that nodes do not probe in step and an
     /// idle network sends one frame at a time. Only the network's share of the node's idle
-    /// probes (`idle_share`) is kept probed, the addresses ADD takes first. None when
-    /// nothing listens (the probes would not hold longer for it) or all are the node's own.
-    fn next_reprobe(&self) -> Option<(Ipv4Addr, u64)> {
-        let recheck = self.recheck?;
+    /// probes (`idle.share`) is kept probed, the addresses ADD takes first. None when all
+    /// are the node's own.
+    fn next_reprobe(&self, idle: IdleProbes) -> Option<(Ipv4Addr, u64)> {
         self.upcoming
             .iter()
-            .take(self.idle_share)
+            .take(idle.share)
             .filter_map(|ip| Some((ip, self.probes.addresses.get(ip)?)))
             .filter(|(_, p)| p.held_here_by.is_none())
             .map(|(ip, p)| {
@@ -876,7 +886,7 @@ impl Ahead {
                 let spread = (stable_hash(salt.as_bytes()) % 1_000_000) as f64 / 1_000_000.0;
                 (
                     *ip,
-                    last + recheck.mul_f64(0.8 + 0.4 * spread).as_millis() as u64,
+                    last + idle.recheck.mul_f64(0.8 + 0.4 * spread).as_millis() as u64,
                 )
             })
             .min_by_key(|(_, due)| *due)
