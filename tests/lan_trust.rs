@@ -166,13 +166,12 @@ fn many_networks_keep_the_idle_probes_within_the_nodes_budget_and_each_its_share
     );
     // Tenant B: network 0, its ADD first of all.
     let b = s.node.pod(99);
-    let arp = Capture::start(&s.lan.switch, "br0", &["-e", "arp"]);
-    let ip = net1_addr(add(&s.node, &b, &confs[0]).ok());
-    std::thread::sleep(Duration::from_millis(300));
-    let seen = arp.stop();
+    let seen = add_seen(&s.lan, &s.node, &b, &confs[0]);
     assert!(
-        !probed_for_itself(&seen, &mac_of(&b.ns, "net1"), ip),
-        "B's ADD after the quiet spell probed {ip} for itself: its share of idle probes was taken:\n{seen}"
+        !seen.probed_itself,
+        "B's ADD after the quiet spell probed {} for itself: its share of idle probes was taken:\n{}",
+        seen.ip,
+        seen.arp
     );
     del(&s.node, &b, &confs[0]).ok();
     for (p, conf) in pods.iter().zip(&confs) {

@@ -27,18 +27,10 @@ fn add_takes_an_address_the_agent_probed_ahead_without_probing_itself() {
         "the agent never probed {next}: {}",
         probes(&s.agent, "ros-net")
     );
-    // With link-level headers (-e): who sent each ARP packet.
-    let arp = Capture::start(&s.lan.switch, "br0", &["-e", "arp"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
-    let b = net1_addr(add(&s.node, &second, &s.conf).ok());
-    let took = started.elapsed();
-    std::thread::sleep(Duration::from_millis(300));
-    let seen = arp.stop();
-    assert_eq!(b, next);
-    let pod_mac = mac_of(&second.ns, "net1");
-    println!("ADD with a fresh probe at hand took {took:?}");
-    assert!(!probed_for_itself(&seen, &pod_mac, b), "{seen}");
+    let b = add_seen(&s.lan, &s.node, &second, &s.conf);
+    assert_eq!(b.ip, next);
+    println!("ADD with a fresh probe at hand took {:?}", b.took);
+    assert!(!b.probed_itself, "{}", b.arp);
     del(&s.node, &first, &s.conf).ok();
     del(&s.node, &second, &s.conf).ok();
 }
@@ -99,14 +91,12 @@ fn probes_ahead_hold_past_a_few_seconds_only_while_the_agent_listens() {
     // Gone without a word: what it would have heard since, nobody wrote down.
     s.agent.kill();
     std::thread::sleep(Duration::from_secs(6));
-    let arp = Capture::start(&s.lan.switch, "br0", &["-e", "arp"]);
-    let b = net1_addr(add(&s.node, &second, &s.conf).ok());
-    std::thread::sleep(Duration::from_millis(300));
-    let seen = arp.stop();
-    assert_eq!(b, next);
+    let b = add_seen(&s.lan, &s.node, &second, &s.conf);
+    assert_eq!(b.ip, next);
     assert!(
-        probed_for_itself(&seen, &mac_of(&second.ns, "net1"), b),
-        "ADD took {b} on the word of an agent that no longer listens: {seen}"
+        b.probed_itself,
+        "ADD took {} on the word of an agent that no longer listens: {}",
+        b.ip, b.arp
     );
     del(&s.node, &first, &s.conf).ok();
     del(&s.node, &second, &s.conf).ok();
@@ -215,16 +205,9 @@ fn a_lan_watch_that_panics_is_started_again_and_its_successor_is_relied_on() {
     );
     let next = guide_next(a);
     assert!(s.probed_free(next), "{}", probes(&s.agent, "ros-net"));
-    let arp = Capture::start(&s.lan.switch, "br0", &["-e", "arp"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let b = net1_addr(add(&s.node, &second, &s.conf).ok());
-    std::thread::sleep(Duration::from_millis(300));
-    let seen = arp.stop();
-    assert_eq!(b, next);
-    assert!(
-        !probed_for_itself(&seen, &mac_of(&second.ns, "net1"), b),
-        "{seen}"
-    );
+    let b = add_seen(&s.lan, &s.node, &second, &s.conf);
+    assert_eq!(b.ip, next);
+    assert!(!b.probed_itself, "{}", b.arp);
     del(&s.node, &first, &s.conf).ok();
     del(&s.node, &second, &s.conf).ok();
 }

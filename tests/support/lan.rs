@@ -66,6 +66,32 @@ pub fn announce_from(host: &Node, ip: Ipv4Addr, count: usize, gap: Duration) {
     }
 }
 
+/// One ADD as the switch saw it: the address it took, how long it took, whether it probed
+/// for the address itself, and the ARP capture (link-level headers: who sent each packet).
+pub struct AddSeen {
+    pub ip: Ipv4Addr,
+    pub took: Duration,
+    pub probed_itself: bool,
+    pub arp: String,
+}
+
+/// ADD of `pod` with `conf` on `node`, the switch of `lan` capturing ARP meanwhile.
+pub fn add_seen(lan: &Lan, node: &Node, pod: &Pod, conf: &Value) -> AddSeen {
+    let capture = Capture::start(&lan.switch, "br0", &["-e", "arp"]);
+    let started = Instant::now();
+    let ip = net1_addr(add(node, pod, conf).ok());
+    let took = started.elapsed();
+    // The announcement, and the agent's first ask after it.
+    std::thread::sleep(Duration::from_millis(300));
+    let arp = capture.stop();
+    AddSeen {
+        ip,
+        took,
+        probed_itself: probed_for_itself(&arp, &mac_of(&pod.ns, "net1"), ip),
+        arp,
+    }
+}
+
 /// Whether the pod with `pod_mac` sent an ARP probe (sender 0.0.0.0) before announcing
 /// `ip`, in a capture with link-level headers; panics when it never announced. A probe after
 /// the announcement is the agent's first ask from the new pod's interface, once it watches it.
